@@ -25,4 +25,4 @@ pub use record::{
     Version, Versioned,
 };
 pub use rules::{ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
-pub use time::Instant;
+pub use time::{Clock, Instant};

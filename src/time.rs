@@ -69,6 +69,13 @@ impl fmt::Display for Instant {
     }
 }
 
+/// A source of [`Instant`]s. The core never calls one; the driver, the test kit and the
+/// simulator pass its readings into the state machine.
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant. Must never go backwards.
+    fn now(&self) -> Instant;
+}
+
 /// Scales `d` by `(1 - rate)` (rate in parts per million), rounding down: the shortest real
 /// duration that a clock running `rate` fast could report as `d`.
 pub fn shrink_by_drift(d: Duration, drift_ppm: u32) -> Duration {

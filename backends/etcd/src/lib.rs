@@ -1,0 +1,1 @@
+//! leasehold backend for etcd (in progress).
