@@ -161,7 +161,7 @@ mod humantime_serde_compat {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Repr::deserialize(d)? {
-            Repr::Secs(s) if s.is_finite() && s >= 0.0 && s < 1e12 => Ok(Duration::from_secs_f64(s)),
+            Repr::Secs(s) if s.is_finite() && (0.0..1e12).contains(&s) => Ok(Duration::from_secs_f64(s)),
             Repr::Secs(s) => Err(serde::de::Error::custom(format!("{s} is not a valid number of seconds"))),
             Repr::Text(t) => crate::config::parse_duration(&t).map_err(serde::de::Error::custom),
         }

@@ -587,11 +587,10 @@ impl RawView {
     /// [`ClusterView::problems`] and treated as absent.
     pub fn decode(self) -> ClusterView {
         let mut view = ClusterView { revision: self.revision, ..ClusterView::default() };
-        if let Some((entry, epoch)) = self.leader {
-            if let Some(record) = decode_or_report::<LeaderRecord>(&entry, &mut view.problems) {
+        if let Some((entry, epoch)) = self.leader
+            && let Some(record) = decode_or_report::<LeaderRecord>(&entry, &mut view.problems) {
                 view.leader = Some(LeaderView { record, epoch, version: entry.version });
             }
-        }
         for entry in self.members {
             if let Some(value) = decode_or_report::<MemberRecord>(&entry, &mut view.problems) {
                 view.members.push(Versioned { value, version: entry.version });

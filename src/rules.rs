@@ -195,12 +195,11 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
     if f.watchdog_required && f.watchdog != WatchdogHealth::Working {
         return No(Reason::WatchdogNotWorking);
     }
-    if let (Some(mine), Some(cluster)) = (me.timeline, f.cluster_timeline) {
-        if mine < cluster && me.role == ResourceRole::Primary {
+    if let (Some(mine), Some(cluster)) = (me.timeline, f.cluster_timeline)
+        && mine < cluster && me.role == ResourceRole::Primary {
             // An old primary whose timeline is behind must not grab the key back.
             return No(Reason::TimelineBehind { mine, cluster });
         }
-    }
     if let Some(candidate) = named_candidate {
         if named_me {
             // A manual failover to us bypasses lag and sync checks, as Patroni documents,
@@ -214,11 +213,10 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
             return No(Reason::ManualFailoverToOther { candidate: candidate.to_string() });
         }
     }
-    if let Some(sync) = f.synchronous {
-        if !sync.is_some_and(|s| s.contains(&me.name)) {
+    if let Some(sync) = f.synchronous
+        && !sync.is_some_and(|s| s.contains(&me.name)) {
             return No(Reason::NotInSyncSet);
         }
-    }
     if let Some(leader_pos) = f.leader_position {
         let lag = me.position.map_or(u64::MAX, |p| leader_pos.saturating_sub(p));
         if lag > f.maximum_lag_on_failover {
@@ -234,11 +232,10 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
         if !peer.may_be_promoted() || Some(peer.name.as_str()) == former_leader {
             continue;
         }
-        if let Some(Some(sync)) = f.synchronous {
-            if !sync.contains(&peer.name) {
+        if let Some(Some(sync)) = f.synchronous
+            && !sync.contains(&peer.name) {
                 continue;
             }
-        }
         let peer_position = peer.position.unwrap_or(0);
         if peer_position > my_position {
             return No(Reason::PeerAhead { peer: peer.name.clone(), peer_position, my_position });

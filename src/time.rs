@@ -87,7 +87,7 @@ pub fn shrink_by_drift(d: Duration, drift_ppm: u32) -> Duration {
 /// Scales `d` by `(1 + rate)` (rate in parts per million), rounding up.
 pub fn stretch_by_drift(d: Duration, drift_ppm: u32) -> Duration {
     let nanos = d.as_nanos();
-    let extra = (nanos * u128::from(drift_ppm) + 999_999) / 1_000_000;
+    let extra = (nanos * u128::from(drift_ppm)).div_ceil(1_000_000);
     Duration::from_nanos((nanos + extra).min(u128::from(u64::MAX)) as u64)
 }
 

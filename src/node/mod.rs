@@ -1,1 +1,1286 @@
-//! placeholder
+//! The HA state machine, sans-IO.
+//!
+//! ```text
+//!   timer, store answers, watch events,        +--------+        store requests, watchdog,
+//!   resource status, peer replies, admin  ---> |  Node  | --->   promote(epoch) / demote(mode),
+//!   requests: handle_*(.., now)                +--------+        follow: poll_action()
+//!                                                  |
+//!                                            poll_timeout(): when to call handle_timeout(now)
+//! ```
+//!
+//! [`Node`] reads no clock and does no I/O: every input carries `now`, every output is an
+//! [`Action`] for the driver (the tokio driver, the simulator, or a test). That is what lets the
+//! simulator run it under virtual time and replay a failure from a seed.
+//!
+//! The safety rules of DESIGN.md it enforces:
+//! 1. the belief of leadership ends at `renew sent + ttl * (1 - drift) - safety_margin`
+//!    ([`Timing::belief_for`]); when renewal fails, demotion starts at once and at the latest
+//!    at that instant;
+//! 2. only a won `acquire` / `renew` extends leadership; a read can only take it away;
+//! 3. an acquire with an unknown outcome is followed by a re-read, and the node promotes only
+//!    after the read shows its own token *and* a renewal succeeds;
+//! 4. write key -> arm watchdog -> promote(epoch); demote -> confirmed -> release.
+
+mod action;
+mod input;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+pub use action::{Action, DemoteMode, RequestId};
+pub use input::{AdminError, AdminRequest, NodeEvent, ResourceStatus};
+
+use crate::config::Timing;
+use crate::dcs::{CasOutcome, Expect, Lease};
+use crate::error::DcsError;
+use crate::record::{
+    ClusterView, ConfigRecord, ControlKey, Epoch, FailoverRecord, HistoryEntry, HistoryRecord, LeaderRecord, LeaderView,
+    MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version,
+};
+use crate::rules::{self, ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
+use crate::time::Instant;
+
+/// Watchdog policy (Patroni's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchdogMode {
+    /// No watchdog.
+    #[default]
+    Off,
+    /// Use it if it can be armed; lead without it otherwise.
+    Automatic,
+    /// Never lead without a working watchdog.
+    Required,
+}
+
+/// Static configuration of one member.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeConfig {
+    /// Member name, unique in the scope.
+    pub name: String,
+    /// Differs on every process start (a random number or a start time from the driver);
+    /// part of the leader token so two incarnations of one member are told apart.
+    pub incarnation: u64,
+    /// Timing, validated by [`Node::new`].
+    pub timing: Timing,
+    /// Election tags.
+    pub tags: Tags,
+    /// Our REST API, published for peers.
+    pub api_url: Option<String>,
+    /// Where replicas reach our resource.
+    pub conn_url: Option<String>,
+    /// Watchdog policy.
+    pub watchdog: WatchdogMode,
+    /// Synchronous mode (the `config` key can also switch it on).
+    pub synchronous_mode: bool,
+    /// Failsafe mode (the `config` key can also switch it on).
+    pub failsafe_mode: bool,
+}
+
+impl NodeConfig {
+    /// A configuration with defaults for everything but the name.
+    pub fn new(name: impl Into<String>, incarnation: u64) -> Self {
+        NodeConfig {
+            name: name.into(),
+            incarnation,
+            timing: Timing::default(),
+            tags: Tags::default(),
+            api_url: None,
+            conn_url: None,
+            watchdog: WatchdogMode::Off,
+            synchronous_mode: false,
+            failsafe_mode: false,
+        }
+    }
+}
+
+/// The node's role as seen from outside (REST `/status`, metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    /// Holds the key, resource primary.
+    Leader,
+    /// Holds the key, promotion in progress.
+    Promoting,
+    /// Stepping down.
+    Demoting,
+    /// Following a leader or waiting for one.
+    Replica,
+    /// Stopped after a fatal error.
+    Stopped,
+}
+
+/// A snapshot of the node for status endpoints.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeStatus {
+    /// Role.
+    pub role: NodeRole,
+    /// Epoch of the lease we hold, if any.
+    pub epoch: Option<Epoch>,
+    /// Until when we may act as leader, if we hold the key.
+    pub lease_deadline: Option<Instant>,
+    /// The current leader's name, as last loaded.
+    pub leader: Option<String>,
+    /// The cluster is paused.
+    pub paused: bool,
+    /// The last reason we did not race for a free key.
+    pub last_refusal: Option<Reason>,
+    /// When the last successful load completed.
+    pub last_load: Option<Instant>,
+}
+
+/// What the resource has been asked to be.
+#[derive(Clone, Debug, PartialEq)]
+enum Primary {
+    /// Not primary (replica, stopped or unknown).
+    No,
+    /// Asked to promote under this epoch.
+    Promoting(Epoch),
+    /// Confirmed primary under this epoch.
+    Acting(Epoch),
+    /// Asked to demote; release this lease once confirmed.
+    Demoting { release: bool },
+}
+
+#[derive(Clone, Debug)]
+struct Held {
+    lease: Lease,
+    /// The end of our belief: we must not act as leader at or after this instant.
+    acting_until: Instant,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum StoreOp {
+    Load,
+    Acquire(LeaderRecord),
+    Renew,
+    Release(Lease),
+    Publish(MemberRecord),
+    Write { key: ControlKey, expect: Expect, value: Vec<u8>, then: AfterWrite },
+    Delete { key: ControlKey, expect: Version },
+}
+
+/// What to do when a control write completes.
+#[derive(Clone, Debug, PartialEq)]
+enum AfterWrite {
+    Nothing,
+    /// The sync key now names only us: promotion may go ahead.
+    PromoteAfterSync,
+    /// The sync key was shrunk: reconfigure the resource's standbys.
+    SetStandbys(Vec<String>),
+    Admin(RequestId),
+    Status(u64),
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    id: RequestId,
+    op: StoreOp,
+    sent_at: Instant,
+    deadline: Instant,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum ProbePurpose {
+    Election,
+    Switchover { candidate: Option<String> },
+}
+
+#[derive(Clone, Debug)]
+struct Probe {
+    id: RequestId,
+    purpose: ProbePurpose,
+    deadline: Instant,
+}
+
+/// The HA state machine of one member in one scope. See the [module docs](self).
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    next_id: u64,
+    attempts: u64,
+    actions: VecDeque<Action>,
+    events: VecDeque<NodeEvent>,
+    queue: VecDeque<StoreOp>,
+    in_flight: Option<InFlight>,
+    probe: Option<Probe>,
+    failsafe_check: Option<(RequestId, Instant)>,
+    view: Option<ClusterView>,
+    last_load: Option<Instant>,
+    watched: Option<Option<Version>>,
+    resource: ResourceStatus,
+    held: Option<Held>,
+    /// Token of an acquire in flight or whose outcome is unknown.
+    pending_token: Option<String>,
+    primary: Primary,
+    promote_waits_for_sync: Option<Epoch>,
+    followed: Option<Option<String>>,
+    published: Option<MemberRecord>,
+    resource_standbys: Vec<String>,
+    cycle_start: Instant,
+    next_cycle: Instant,
+    renew_retry_at: Option<Instant>,
+    renew_failing_since: Option<Instant>,
+    backoff_until: Option<Instant>,
+    failsafe_leader_until: Option<Instant>,
+    watchdog: WatchdogHealth,
+    watchdog_armed: bool,
+    last_refusal: Option<Reason>,
+    last_leader: Option<Option<String>>,
+    stopped: bool,
+}
+
+impl Node {
+    /// A node that starts its first cycle at `now`. Fails if the timing is invalid.
+    pub fn new(cfg: NodeConfig, now: Instant) -> Result<Self, crate::config::TimingError> {
+        cfg.timing.validate()?;
+        let watchdog = if cfg.watchdog == WatchdogMode::Off { WatchdogHealth::Off } else { WatchdogHealth::Working };
+        Ok(Node {
+            cfg,
+            next_id: 0,
+            attempts: 0,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            queue: VecDeque::new(),
+            in_flight: None,
+            probe: None,
+            failsafe_check: None,
+            view: None,
+            last_load: None,
+            watched: None,
+            resource: ResourceStatus::default(),
+            held: None,
+            pending_token: None,
+            primary: Primary::No,
+            promote_waits_for_sync: None,
+            followed: None,
+            published: None,
+            resource_standbys: Vec::new(),
+            cycle_start: now,
+            next_cycle: now,
+            renew_retry_at: None,
+            renew_failing_since: None,
+            backoff_until: None,
+            failsafe_leader_until: None,
+            watchdog,
+            watchdog_armed: false,
+            last_refusal: None,
+            last_leader: None,
+            stopped: false,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`] next. `None` only after a fatal error.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        let mut t = self.next_cycle;
+        let mut consider = |o: Option<Instant>| {
+            if let Some(x) = o {
+                t = t.min(x);
+            }
+        };
+        consider(self.held.as_ref().map(|h| h.acting_until));
+        consider(self.in_flight.as_ref().map(|f| f.deadline));
+        consider(self.probe.as_ref().map(|p| p.deadline));
+        consider(self.failsafe_check.map(|(_, d)| d));
+        consider(self.renew_retry_at);
+        Some(t)
+    }
+
+    /// A snapshot for status endpoints.
+    pub fn status(&self) -> NodeStatus {
+        let role = if self.stopped {
+            NodeRole::Stopped
+        } else {
+            match (&self.primary, &self.held) {
+                (Primary::Demoting { .. }, _) => NodeRole::Demoting,
+                (Primary::Acting(_), Some(_)) => NodeRole::Leader,
+                (Primary::Promoting(_), _) | (_, Some(_)) => NodeRole::Promoting,
+                (Primary::Acting(_), None) => NodeRole::Demoting,
+                (Primary::No, None) => NodeRole::Replica,
+            }
+        };
+        NodeStatus {
+            role,
+            epoch: self.held.as_ref().map(|h| h.lease.epoch),
+            lease_deadline: self.held.as_ref().map(|h| h.acting_until),
+            leader: self.view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.record.member.clone()),
+            paused: self.paused(),
+            last_refusal: self.last_refusal.clone(),
+            last_load: self.last_load,
+        }
+    }
+
+    /// Whether the resource may accept writes as primary right now: it is confirmed primary
+    /// and our belief of holding the key has not run out.
+    pub fn is_acting_leader(&self, now: Instant) -> bool {
+        matches!(self.primary, Primary::Acting(_)) && self.held.as_ref().is_some_and(|h| now < h.acting_until)
+    }
+
+    /// The last loaded view.
+    pub fn view(&self) -> Option<&ClusterView> {
+        self.view.as_ref()
+    }
+
+    // === inputs ===
+
+    /// Timers: the loop, the lease belief, request deadlines.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.stopped {
+            return;
+        }
+        if let Some(h) = &self.held
+            && now >= h.acting_until {
+                tracing::warn!(node = %self.cfg.name, "lease belief ran out without a successful renewal");
+                self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
+            }
+        if let Some(f) = &self.in_flight
+            && now >= f.deadline {
+                let id = f.id;
+                // No answer within retry_timeout: the outcome is unknown (rule 3).
+                self.handle_store_error(id, DcsError::unknown("no answer within retry_timeout"), now);
+            }
+        if let Some(p) = &self.probe
+            && now >= p.deadline {
+                self.probe = None;
+            }
+        if let Some((id, d)) = self.failsafe_check
+            && now >= d {
+                self.handle_failsafe_result(id, false, now);
+            }
+        if self.renew_retry_at.is_some_and(|t| now >= t) {
+            self.renew_retry_at = None;
+            if self.held.is_some() {
+                self.enqueue_front(StoreOp::Renew);
+            }
+        }
+        if now >= self.next_cycle {
+            self.start_cycle(now);
+        }
+        self.pump(now);
+    }
+
+    /// The answer to [`Action::Load`].
+    pub fn handle_load(&mut self, id: RequestId, result: Result<ClusterView, DcsError>, now: Instant) {
+        let Some(_) = self.take_in_flight(id) else { return };
+        match result {
+            Ok(view) => {
+                self.last_load = Some(now);
+                self.on_view(view, now);
+            }
+            Err(e) => self.on_store_error(StoreOp::Load, e, now),
+        }
+        self.pump(now);
+    }
+
+    /// The answer to [`Action::Acquire`].
+    pub fn handle_acquire(
+        &mut self,
+        id: RequestId,
+        result: Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>,
+        now: Instant,
+    ) {
+        let Some(f) = self.take_in_flight(id) else { return };
+        match result {
+            Ok(CasOutcome::Won(lease)) => self.take_lease(lease, f.sent_at, now),
+            Ok(CasOutcome::Lost(current)) => {
+                self.pending_token = None;
+                if let Some(l) = current {
+                    self.follow(Some(&l), now);
+                }
+            }
+            Err(e) => self.on_store_error(f.op, e, now),
+        }
+        self.pump(now);
+    }
+
+    /// The answer to [`Action::Renew`].
+    pub fn handle_renew(
+        &mut self,
+        id: RequestId,
+        result: Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>,
+        now: Instant,
+    ) {
+        let Some(f) = self.take_in_flight(id) else { return };
+        match result {
+            Ok(CasOutcome::Won(lease)) => {
+                self.renew_failing_since = None;
+                self.take_lease(lease, f.sent_at, now);
+            }
+            Ok(CasOutcome::Lost(current)) => {
+                self.lose_lease(now, DemoteMode::ImmediateNoLock, "leader key lost to another holder");
+                if let Some(l) = current {
+                    self.follow(Some(&l), now);
+                }
+            }
+            Err(e) => self.on_store_error(f.op, e, now),
+        }
+        self.pump(now);
+    }
+
+    /// The answer to [`Action::Release`].
+    pub fn handle_release(
+        &mut self,
+        id: RequestId,
+        result: Result<CasOutcome<(), Option<LeaderView>>, DcsError>,
+        now: Instant,
+    ) {
+        let Some(_) = self.take_in_flight(id) else { return };
+        if let Err(e) = result {
+            // The key expires by itself; a release is only a courtesy that speeds up failover.
+            tracing::info!(node = %self.cfg.name, error = %e, "release failed; the key will expire");
+            if e.is_fatal() {
+                self.fatal(e, now);
+            }
+        }
+        self.schedule_cycle(now);
+        self.pump(now);
+    }
+
+    /// The answer to [`Action::PublishMember`], [`Action::WriteControl`] and
+    /// [`Action::DeleteControl`]. `won` is `Ok(true)` for `Won`, `Ok(false)` for `Lost`.
+    pub fn handle_write(&mut self, id: RequestId, result: Result<bool, DcsError>, now: Instant) {
+        let Some(f) = self.take_in_flight(id) else { return };
+        match (f.op, result) {
+            (StoreOp::Publish(record), Ok(_)) => self.published = Some(record),
+            (StoreOp::Write { then, .. }, Ok(won)) => self.after_write(then, won, now),
+            (StoreOp::Write { then: AfterWrite::Admin(admin), .. }, Err(e)) => {
+                tracing::warn!(node = %self.cfg.name, error = %e, "admin write failed");
+                self.events.push_back(NodeEvent::AdminDone { id: admin, ok: false });
+            }
+            (StoreOp::Write { then: AfterWrite::PromoteAfterSync, .. }, Err(e)) => {
+                // Try again next cycle; promotion waits (Patroni postpones it too).
+                tracing::warn!(node = %self.cfg.name, error = %e, "could not write the sync key before promoting");
+                self.promote_waits_for_sync = None;
+            }
+            (_, Ok(_)) => {}
+            (_, Err(e)) if e.is_fatal() => self.fatal(e, now),
+            (_, Err(e)) => tracing::info!(node = %self.cfg.name, error = %e, "store write failed; retried next cycle"),
+        }
+        self.pump(now);
+    }
+
+    /// A watch fired: start a cycle soon (at most once per `retry` interval).
+    pub fn handle_watch_event(&mut self, event: crate::dcs::WatchEvent, now: Instant) {
+        match event {
+            crate::dcs::WatchEvent::Timeout => {}
+            crate::dcs::WatchEvent::Changed | crate::dcs::WatchEvent::Resync => {
+                self.watched = None;
+                if self.in_flight.as_ref().is_none_or(|f| f.op != StoreOp::Load) {
+                    self.next_cycle = self.next_cycle.min(now);
+                }
+            }
+        }
+    }
+
+    /// The latest status of the local resource.
+    pub fn handle_resource_status(&mut self, status: ResourceStatus, now: Instant) {
+        let was_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
+        self.resource = status;
+        let is_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
+        // A resource that reports primary without our say-so is demoted (Patroni: "demoting
+        // self because I do not have the lock").
+        if is_primary && !was_primary && self.primary == Primary::No && self.held.is_none() && !self.paused() {
+            self.demote(DemoteMode::ImmediateNoLock, "resource is primary but we do not hold the key", false, now);
+        }
+    }
+
+    /// The answer to [`Action::ProbePeers`].
+    pub fn handle_peer_replies(&mut self, id: RequestId, replies: Vec<PeerReply>, now: Instant) {
+        let Some(probe) = self.probe.take_if(|p| p.id == id) else { return };
+        match probe.purpose {
+            ProbePurpose::Election => self.decide_election(&replies, now),
+            ProbePurpose::Switchover { candidate } => self.decide_switchover(candidate, &replies, now),
+        }
+        self.pump(now);
+    }
+
+    /// The answer to [`Action::FailsafeCheck`]: `all_confirmed` only if every listed member
+    /// accepted us as leader.
+    pub fn handle_failsafe_result(&mut self, id: RequestId, all_confirmed: bool, now: Instant) {
+        let Some((_, _)) = self.failsafe_check.take_if(|(i, _)| *i == id) else { return };
+        let Some(sent_at) = self.renew_failing_since else { return };
+        if all_confirmed && self.held.is_some() {
+            // Every member promised not to race for a ttl after our ping, which was sent no
+            // earlier than `now - retry_timeout`: extend the belief from then.
+            let from = now.saturating_sub(self.cfg.timing.retry_timeout).max(sent_at);
+            if let Some(h) = self.held.as_mut() {
+                h.acting_until = h.acting_until.max(from + self.cfg.timing.belief_for(self.cfg.timing.ttl));
+            }
+            self.keepalive_watchdog();
+            tracing::warn!(node = %self.cfg.name, "store unreachable; every member confirmed us (failsafe)");
+        } else {
+            self.lose_lease(now, DemoteMode::Offline, "store unreachable and failsafe not confirmed by every member");
+        }
+    }
+
+    /// Failsafe mode: the leader `leader` pinged us while its store is unreachable. Returns
+    /// whether we accept it; if so we do not race for the key for one ttl.
+    pub fn handle_failsafe_ping(&mut self, leader: &str, now: Instant) -> bool {
+        if !self.failsafe_on() || self.held.is_some() {
+            return false;
+        }
+        if let Some(v) = &self.view
+            && v.leader.as_ref().is_some_and(|l| l.record.member != leader) {
+                return false;
+            }
+        self.failsafe_leader_until = Some(now + crate::time::stretch_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
+        true
+    }
+
+    /// The answer to [`Action::Promote`]. An error is a failed pre-promote: the key is
+    /// released and the node backs off for a ttl.
+    pub fn handle_promoted(&mut self, result: Result<(), String>, now: Instant) {
+        let Primary::Promoting(epoch) = self.primary else { return };
+        match result {
+            Ok(()) if self.held.is_some() => {
+                self.primary = Primary::Acting(epoch);
+                self.events.push_back(NodeEvent::Promoted { epoch });
+                self.record_history(epoch);
+            }
+            Ok(()) => self.demote(DemoteMode::ImmediateNoLock, "promoted after the lease was lost", false, now),
+            Err(why) => {
+                tracing::warn!(node = %self.cfg.name, %why, "promote failed; releasing the key and backing off");
+                self.backoff_until = Some(now + self.cfg.timing.ttl);
+                self.demote(DemoteMode::Immediate, "promote failed", true, now);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The answer to [`Action::Demote`].
+    pub fn handle_demoted(&mut self, result: Result<(), String>, now: Instant) {
+        let Primary::Demoting { release } = self.primary else { return };
+        if let Err(why) = result {
+            tracing::error!(node = %self.cfg.name, %why, "demote failed; retrying immediately");
+            self.actions.push_back(Action::Demote { mode: DemoteMode::Immediate });
+            return;
+        }
+        self.primary = Primary::No;
+        self.events.push_back(NodeEvent::Demoted);
+        self.disarm_watchdog();
+        if release {
+            if let Some(h) = self.held.take() {
+                self.enqueue_front(StoreOp::Release(h.lease));
+            }
+        } else {
+            self.held = None;
+        }
+        let leader = self.view.as_ref().and_then(|v| v.leader.clone());
+        self.followed = None;
+        self.follow(leader.as_ref(), now);
+        self.pump(now);
+    }
+
+    /// The watchdog could not be armed.
+    pub fn handle_watchdog_failed(&mut self, now: Instant) {
+        self.watchdog = WatchdogHealth::Failed;
+        self.watchdog_armed = false;
+        if self.cfg.watchdog == WatchdogMode::Required && self.held.is_some() {
+            self.demote(DemoteMode::Immediate, "required watchdog cannot be armed", true, now);
+        }
+        self.pump(now);
+    }
+
+    /// An operator's request. Writes the matching control key; completion is reported as
+    /// [`NodeEvent::AdminDone`] with the returned id.
+    pub fn handle_admin(&mut self, request: AdminRequest, now: Instant) -> Result<RequestId, AdminError> {
+        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
+        let (key, expect, value) = match request {
+            AdminRequest::Switchover { candidate } => {
+                if self.held.is_none() {
+                    return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
+                }
+                if let Some(c) = &candidate {
+                    check_candidate(view, c)?;
+                }
+                if view.failover.is_some() {
+                    return Err(AdminError::AlreadyPending);
+                }
+                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate };
+                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::Failover { candidate } => {
+                check_candidate(view, &candidate)?;
+                if view.failover.is_some() {
+                    return Err(AdminError::AlreadyPending);
+                }
+                let rec = FailoverRecord { leader: None, candidate: Some(candidate) };
+                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::Pause | AdminRequest::Resume => {
+                let pause = request == AdminRequest::Pause;
+                let mut cfg = view.config.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+                if cfg.pause == pause {
+                    return Err(AdminError::NoChange(if pause { "paused" } else { "running" }));
+                }
+                cfg.pause = pause;
+                (ControlKey::Config, expect_for(view, ControlKey::Config), cfg.encode())
+            }
+        };
+        let id = self.next_request_id();
+        self.queue.push_back(StoreOp::Write { key, expect, value, then: AfterWrite::Admin(id) });
+        self.pump(now);
+        Ok(id)
+    }
+
+    // === the cycle ===
+
+    fn start_cycle(&mut self, now: Instant) {
+        self.cycle_start = now;
+        self.next_cycle = now + self.cfg.timing.loop_wait;
+        if self.held.is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
+            // Renew first: only a won renewal extends leadership (rule 2).
+            self.enqueue_front(StoreOp::Renew);
+        }
+        if !self.queue.contains(&StoreOp::Load) && !self.is_in_flight(&StoreOp::Load) {
+            self.queue.push_back(StoreOp::Load);
+        }
+    }
+
+    fn schedule_cycle(&mut self, now: Instant) {
+        self.next_cycle = self.next_cycle.min(now);
+    }
+
+    fn on_view(&mut self, view: ClusterView, now: Instant) {
+        let leader = view.leader.clone();
+        let leader_name = leader.as_ref().map(|l| l.record.member.clone());
+        if self.last_leader.as_ref() != Some(&leader_name) {
+            self.last_leader = Some(leader_name.clone());
+            self.events.push_back(NodeEvent::LeaderChanged { leader: leader_name });
+        }
+        if self.watched.as_ref() != Some(&view.revision) {
+            self.watched = Some(view.revision.clone());
+            self.actions.push_back(Action::Watch { after: view.revision.clone() });
+        }
+        self.view = Some(view);
+        self.publish_member_if_changed();
+
+        if let Some(h) = &self.held {
+            let ours = leader.as_ref().is_some_and(|l| l.epoch == h.lease.epoch && l.record.token == h.lease.record.token);
+            if !ours {
+                // A linearizable read shows the key gone or someone else's: leadership is
+                // over. A read may take leadership away, never confirm it (rule 2).
+                self.lose_lease(now, DemoteMode::ImmediateNoLock, "leader key is gone or held by another member");
+                self.follow(leader.as_ref(), now);
+                return;
+            }
+            self.leader_duties(now);
+            return;
+        }
+        if let (Some(token), Some(l)) = (&self.pending_token, &leader)
+            && &l.record.token == token {
+                // Our acquire went through although its answer was lost (rule 3): adopt the
+                // key, but act only after a renewal proves it and starts the belief afresh.
+                let lease = Lease { record: l.record.clone(), epoch: l.epoch, version: l.version.clone(), valid_for: Duration::ZERO };
+                self.held = Some(Held { lease, acting_until: now });
+                self.pending_token = None;
+                self.enqueue_front(StoreOp::Renew);
+                return;
+            }
+        match leader {
+            Some(l) => {
+                self.pending_token = None;
+                if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+                    self.demote(DemoteMode::ImmediateNoLock, "another member holds the leader key", false, now);
+                }
+                self.follow(Some(&l), now);
+            }
+            None => {
+                if self.pending_token.is_some() {
+                    // Unknown outcome, and the key is free: the acquire did not happen.
+                    self.pending_token = None;
+                }
+                if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+                    self.demote(DemoteMode::Offline, "resource is primary but the key is free", false, now);
+                    return;
+                }
+                if self.failsafe_leader_until.is_some_and(|t| now < t) {
+                    return;
+                }
+                self.follow(None, now);
+                self.start_election(now);
+            }
+        }
+    }
+
+    fn start_election(&mut self, now: Instant) {
+        if self.probe.is_some() || self.primary != Primary::No || self.in_flight_is_acquire() {
+            return;
+        }
+        let Some(view) = &self.view else { return };
+        let peers: Vec<MemberRecord> = view.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name).cloned().collect();
+        let id = self.next_request_id();
+        self.probe = Some(Probe { id, purpose: ProbePurpose::Election, deadline: now + self.cfg.timing.retry_timeout });
+        if peers.is_empty() {
+            // Nobody to ask: decide at once.
+            self.probe = None;
+            self.decide_election(&[], now);
+        } else {
+            self.actions.push_back(Action::ProbePeers { id, peers });
+        }
+    }
+
+    fn decide_election(&mut self, replies: &[PeerReply], now: Instant) {
+        let Some(view) = &self.view else { return };
+        if view.leader.is_some() || self.held.is_some() || self.primary != Primary::No {
+            return;
+        }
+        let me = self.my_status();
+        let sync = view.sync.as_ref().map(|s| &s.value);
+        let facts = ElectionFacts {
+            me: &me,
+            leader_position: view.status.as_ref().map(|s| s.value.position),
+            cluster_timeline: cluster_timeline(view),
+            maximum_lag_on_failover: self.max_lag(),
+            peers: replies,
+            paused: self.paused(),
+            synchronous: self.sync_on().then_some(sync),
+            failover: view.failover.as_ref().map(|f| &f.value),
+            watchdog_required: self.cfg.watchdog == WatchdogMode::Required,
+            watchdog: self.watchdog,
+            in_pre_promote_backoff: self.backoff_until.is_some_and(|t| now < t),
+        };
+        match rules::evaluate(&facts) {
+            Verdict::Eligible => {
+                self.last_refusal = None;
+                self.attempts += 1;
+                let token = format!("{:x}-{}", self.cfg.incarnation, self.attempts);
+                let record = LeaderRecord {
+                    member: self.cfg.name.clone(),
+                    token: token.clone(),
+                    api_url: self.cfg.api_url.clone(),
+                    conn_url: self.cfg.conn_url.clone(),
+                };
+                self.pending_token = Some(token);
+                self.enqueue_front(StoreOp::Acquire(record));
+            }
+            Verdict::Ineligible(reason) => {
+                if self.last_refusal.as_ref() != Some(&reason) {
+                    tracing::info!(node = %self.cfg.name, ?reason, "not racing for the free leader key");
+                    self.events.push_back(NodeEvent::NotEligible(reason.clone()));
+                }
+                self.last_refusal = Some(reason);
+            }
+        }
+    }
+
+    fn take_lease(&mut self, lease: Lease, sent_at: Instant, now: Instant) {
+        let acting_until = sent_at + self.cfg.timing.belief_for(lease.valid_for);
+        let epoch = lease.epoch;
+        let fresh = self.held.as_ref().is_none_or(|h| h.lease.epoch != epoch);
+        self.pending_token = None;
+        if acting_until <= now {
+            // The answer came too late to act on; keep the key and renew at once.
+            self.held = Some(Held { lease, acting_until: now });
+            self.renew_retry_at = Some(now);
+            return;
+        }
+        self.held = Some(Held { lease, acting_until });
+        if fresh {
+            self.events.push_back(NodeEvent::Acquired { epoch });
+        }
+        self.keepalive_watchdog();
+        if self.primary == Primary::No {
+            self.become_primary(epoch, now);
+        }
+    }
+
+    /// Rule 4: the key is ours -> arm watchdog -> (sync key) -> promote(epoch).
+    fn become_primary(&mut self, epoch: Epoch, now: Instant) {
+        if self.paused() {
+            // Paused: hold the key but change nothing in the resource unless it already runs
+            // as primary; Patroni makes no automatic promotions in maintenance mode.
+            if !(self.resource.running && self.resource.role == ResourceRole::Primary) {
+                return;
+            }
+        }
+        if self.cfg.watchdog != WatchdogMode::Off && !self.paused() && !self.watchdog_armed {
+            self.actions.push_back(Action::ArmWatchdog { timeout: self.cfg.timing.watchdog_timeout() });
+            self.watchdog_armed = true;
+        }
+        if self.sync_on() {
+            let Some(view) = &self.view else { return };
+            let mine = view.sync.as_ref().is_some_and(|s| s.value.leader == self.cfg.name && s.value.sync_standby.is_empty());
+            if !mine {
+                if self.promote_waits_for_sync.is_none() {
+                    let rec = SyncRecord { leader: self.cfg.name.clone(), sync_standby: Vec::new() };
+                    let expect = expect_for(view, ControlKey::Sync);
+                    self.promote_waits_for_sync = Some(epoch);
+                    self.enqueue_front(StoreOp::Write {
+                        key: ControlKey::Sync,
+                        expect,
+                        value: rec.encode(),
+                        then: AfterWrite::PromoteAfterSync,
+                    });
+                }
+                return;
+            }
+        }
+        self.promote(epoch, now);
+    }
+
+    fn promote(&mut self, epoch: Epoch, _now: Instant) {
+        self.primary = Primary::Promoting(epoch);
+        self.followed = None;
+        self.resource_standbys.clear();
+        self.actions.push_back(Action::Promote { epoch });
+        // A new leader clears a satisfied or stale failover request.
+        if let Some(f) = self.view.as_ref().and_then(|v| v.failover.as_ref()) {
+            self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
+        }
+    }
+
+    fn leader_duties(&mut self, now: Instant) {
+        let Some(view) = self.view.clone() else { return };
+        if self.primary == Primary::No && self.promote_waits_for_sync.is_none()
+            && let Some(h) = &self.held
+                && now < h.acting_until {
+                    let epoch = h.lease.epoch;
+                    self.become_primary(epoch, now);
+                }
+        // Status: the leader's position, written only when it moved.
+        if let Some(pos) = self.resource.position {
+            let current = view.status.as_ref().map(|s| s.value.position);
+            if current != Some(pos) && matches!(self.primary, Primary::Acting(_)) {
+                let failsafe = self.failsafe_on().then(|| {
+                    view.members
+                        .iter()
+                        .map(|m| (m.value.name.clone(), m.value.api_url.clone().unwrap_or_default()))
+                        .collect()
+                });
+                let rec = StatusRecord { position: pos, failsafe };
+                self.queue.push_back(StoreOp::Write {
+                    key: ControlKey::Status,
+                    expect: expect_for(&view, ControlKey::Status),
+                    value: rec.encode(),
+                    then: AfterWrite::Status(pos),
+                });
+            }
+        }
+        if self.sync_on() && matches!(self.primary, Primary::Acting(_)) {
+            self.maintain_sync_set(&view);
+        }
+        if let Some(f) = &view.failover {
+            let req = &f.value;
+            let me = self.cfg.name.as_str();
+            let aimed_at_me = req.leader.as_deref() == Some(me) || (req.leader.is_none() && req.candidate.as_deref() != Some(me));
+            if req.candidate.as_deref() == Some(me) || !aimed_at_me {
+                // Satisfied (we lead) or addressed to a former leader: clear it.
+                self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
+            } else if matches!(self.primary, Primary::Acting(_)) && self.probe.is_none() {
+                let peers: Vec<MemberRecord> =
+                    view.members.iter().map(|m| &m.value).filter(|m| m.name != me).cloned().collect();
+                let id = self.next_request_id();
+                self.probe = Some(Probe {
+                    id,
+                    purpose: ProbePurpose::Switchover { candidate: req.candidate.clone() },
+                    deadline: now + self.cfg.timing.retry_timeout,
+                });
+                self.actions.push_back(Action::ProbePeers { id, peers });
+            }
+        }
+    }
+
+    fn decide_switchover(&mut self, candidate: Option<String>, replies: &[PeerReply], now: Instant) {
+        let Some(view) = self.view.clone() else { return };
+        let Some(f) = &view.failover else { return };
+        let leader_pos = self.resource.position;
+        let sync = view.sync.as_ref().map(|s| &s.value);
+        let healthy = replies.iter().any(|r| match r {
+            PeerReply::Reachable(p) => {
+                candidate.as_deref().is_none_or(|c| c == p.name)
+                    && p.running
+                    && p.may_be_promoted()
+                    && (!self.sync_on() || sync.is_some_and(|s| s.contains(&p.name)))
+                    && match (leader_pos, p.position) {
+                        (Some(l), Some(pp)) => l.saturating_sub(pp) <= self.max_lag(),
+                        (Some(_), None) => false,
+                        (None, _) => true,
+                    }
+            }
+            PeerReply::Unreachable { .. } => false,
+        });
+        if healthy && matches!(self.primary, Primary::Acting(_)) {
+            self.demote(DemoteMode::Graceful, "switchover requested", true, now);
+        } else {
+            tracing::warn!(node = %self.cfg.name, ?candidate, "switchover refused: no healthy candidate");
+            self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
+        }
+    }
+
+    /// Synchronous mode, as the leader: keep the sync key a subset of the standbys the
+    /// resource confirms. Shrink the key before reconfiguring the resource; grow it only after
+    /// the resource confirms the new standby (Patroni's ordering).
+    fn maintain_sync_set(&mut self, view: &ClusterView) {
+        let me = self.cfg.name.as_str();
+        let published: Vec<String> = match view.sync.as_ref() {
+            Some(s) if s.value.leader == me => s.value.sync_standby.clone(),
+            _ => return, // written before promotion; wait for it to show up
+        };
+        let desired: Vec<String> = view
+            .members
+            .iter()
+            .map(|m| &m.value)
+            .filter(|m| m.name != me && m.running && m.role == ResourceRole::Replica && !m.tags.nosync)
+            .max_by(|a, b| a.position.cmp(&b.position).then_with(|| b.name.cmp(&a.name)))
+            .map(|m| vec![m.name.clone()])
+            .unwrap_or_default();
+        let pending = self.queue.iter().any(|op| matches!(op, StoreOp::Write { key: ControlKey::Sync, .. }))
+            || self.in_flight.as_ref().is_some_and(|f| matches!(f.op, StoreOp::Write { key: ControlKey::Sync, .. }));
+        if pending {
+            return;
+        }
+        let version = expect_for(view, ControlKey::Sync);
+        if published.iter().any(|p| !desired.contains(p)) {
+            let rec = SyncRecord { leader: me.to_string(), sync_standby: Vec::new() };
+            self.queue.push_back(StoreOp::Write {
+                key: ControlKey::Sync,
+                expect: version,
+                value: rec.encode(),
+                then: AfterWrite::SetStandbys(desired),
+            });
+            return;
+        }
+        if self.resource_standbys != desired && published.is_empty() {
+            self.resource_standbys = desired.clone();
+            self.actions.push_back(Action::SetSyncStandbys { names: desired });
+            return;
+        }
+        let confirmed: Vec<String> =
+            desired.iter().filter(|d| self.resource.sync_confirmed.contains(d)).cloned().collect();
+        if !confirmed.is_empty() && confirmed != published {
+            let rec = SyncRecord { leader: me.to_string(), sync_standby: confirmed };
+            self.queue.push_back(StoreOp::Write {
+                key: ControlKey::Sync,
+                expect: version,
+                value: rec.encode(),
+                then: AfterWrite::Nothing,
+            });
+        }
+    }
+
+    fn after_write(&mut self, then: AfterWrite, won: bool, now: Instant) {
+        match then {
+            AfterWrite::Nothing | AfterWrite::Status(_) => {}
+            AfterWrite::Admin(id) => self.events.push_back(NodeEvent::AdminDone { id, ok: won }),
+            AfterWrite::PromoteAfterSync => {
+                let epoch = self.promote_waits_for_sync.take();
+                match (won, epoch, &self.held) {
+                    (true, Some(e), Some(h)) if h.lease.epoch == e && now < h.acting_until => self.promote(e, now),
+                    _ => {} // lost the CAS or the lease: the next cycle decides again
+                }
+            }
+            AfterWrite::SetStandbys(names) => {
+                if won {
+                    self.resource_standbys = names.clone();
+                    self.actions.push_back(Action::SetSyncStandbys { names });
+                }
+            }
+        }
+    }
+
+    fn record_history(&mut self, epoch: Epoch) {
+        let Some(view) = &self.view else { return };
+        let mut history = view.history.as_ref().map(|h| h.value.clone()).unwrap_or_default();
+        let timeline = history.0.last().map_or(1, |e| e.timeline + 1);
+        history.0.push(HistoryEntry {
+            timeline,
+            position: self.resource.position.unwrap_or(0),
+            reason: if view.failover.is_some() { "switchover".into() } else { "failover".into() },
+            leader: self.cfg.name.clone(),
+            epoch,
+        });
+        // Keep the record bounded.
+        if history.0.len() > 100 {
+            let drop = history.0.len() - 100;
+            history.0.drain(..drop);
+        }
+        let expect = expect_for(view, ControlKey::History);
+        self.queue.push_back(StoreOp::Write {
+            key: ControlKey::History,
+            expect,
+            value: HistoryRecord::encode(&history),
+            then: AfterWrite::Nothing,
+        });
+    }
+
+    // === stepping down ===
+
+    fn lose_lease(&mut self, now: Instant, mode: DemoteMode, why: &'static str) {
+        if self.held.take().is_none() && !matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+            return;
+        }
+        self.renew_retry_at = None;
+        self.renew_failing_since = None;
+        self.failsafe_check = None;
+        self.promote_waits_for_sync = None;
+        self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
+        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_) | Primary::Demoting { .. }) {
+            self.demote(mode, why, false, now);
+        } else {
+            self.disarm_watchdog();
+        }
+        self.schedule_cycle(now + self.cfg.timing.loop_wait.min(Duration::from_secs(1)));
+    }
+
+    /// Asks the resource to step down. With `release`, the key is released once the demotion
+    /// is confirmed (rule 4: demote -> confirm -> release), and renewals continue meanwhile.
+    fn demote(&mut self, mode: DemoteMode, why: &'static str, release: bool, _now: Instant) {
+        if let Primary::Demoting { release: r } = &mut self.primary {
+            // Already stepping down; a lost key cancels a pending release.
+            *r = *r && release && self.held.is_some();
+            return;
+        }
+        let release = release && self.held.is_some();
+        self.primary = Primary::Demoting { release };
+        self.events.push_back(NodeEvent::Demoting { mode, why });
+        tracing::warn!(node = %self.cfg.name, ?mode, why, "demoting");
+        self.actions.push_back(Action::Demote { mode });
+    }
+
+    fn follow(&mut self, leader: Option<&LeaderView>, _now: Instant) {
+        if self.primary != Primary::No {
+            return;
+        }
+        // Never follow ourselves (a view loaded while we still held the key).
+        let leader = leader.filter(|l| l.record.member != self.cfg.name);
+        let name = leader.map(|l| l.record.member.clone());
+        if self.followed.as_ref() == Some(&name) {
+            return;
+        }
+        let conn_url = leader.and_then(|l| l.record.conn_url.clone());
+        self.followed = Some(name.clone());
+        self.actions.push_back(Action::Follow { leader: name, conn_url });
+    }
+
+    fn fatal(&mut self, e: DcsError, now: Instant) {
+        tracing::error!(node = %self.cfg.name, error = %e, "fatal store error; stopping");
+        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+            self.demote(DemoteMode::Offline, "fatal store error", false, now);
+        }
+        self.held = None;
+        self.stopped = true;
+        self.queue.clear();
+        self.events.push_back(NodeEvent::Fatal(e.to_string()));
+    }
+
+    // === store errors ===
+
+    fn handle_store_error(&mut self, id: RequestId, e: DcsError, now: Instant) {
+        let Some(f) = self.take_in_flight(id) else { return };
+        self.on_store_error(f.op, e, now);
+    }
+
+    fn on_store_error(&mut self, op: StoreOp, e: DcsError, now: Instant) {
+        if e.is_fatal() {
+            self.fatal(e, now);
+            return;
+        }
+        match op {
+            StoreOp::Acquire(_) if e.is_outcome_unknown() => {
+                // Rule 3: maybe ours. Re-read before anything else; keep the token.
+                self.enqueue_front(StoreOp::Load);
+            }
+            StoreOp::Acquire(_) => self.pending_token = None,
+            StoreOp::Renew if e.is_lease_lost() => {
+                self.lose_lease(now, DemoteMode::ImmediateNoLock, "session or lease lost");
+            }
+            StoreOp::Renew => self.renew_failed(e, now),
+            StoreOp::Load => {
+                tracing::info!(node = %self.cfg.name, error = %e, "load failed");
+                // Retry soon; a leader keeps renewing regardless.
+                let retry = now + self.cfg.timing.loop_wait.min(Duration::from_secs(1));
+                self.next_cycle = self.next_cycle.min(retry);
+            }
+            _ => tracing::info!(node = %self.cfg.name, error = %e, "store request failed"),
+        }
+    }
+
+    fn renew_failed(&mut self, e: DcsError, now: Instant) {
+        let since = *self.renew_failing_since.get_or_insert(self.cycle_start.min(now));
+        let Some((epoch, acting_until)) = self.held.as_ref().map(|h| (h.lease.epoch, h.acting_until)) else { return };
+        let budget_left = now < since + self.cfg.timing.retry_timeout;
+        let retry_at = now + (self.cfg.timing.retry_timeout / 8).max(Duration::from_millis(50));
+        if budget_left && retry_at < acting_until {
+            tracing::info!(node = %self.cfg.name, error = %e, "renew failed; retrying");
+            self.renew_retry_at = Some(retry_at);
+            return;
+        }
+        if self.failsafe_on() && matches!(self.primary, Primary::Acting(_)) && self.failsafe_check.is_none() {
+            let peers: Vec<MemberRecord> = self
+                .view
+                .as_ref()
+                .map(|v| v.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name).cloned().collect())
+                .unwrap_or_default();
+            let id = self.next_request_id();
+            // The check must finish while we may still act.
+            let deadline = acting_until.min(now + self.cfg.timing.retry_timeout);
+            self.failsafe_check = Some((id, deadline));
+            self.actions.push_back(Action::FailsafeCheck { id, peers, epoch });
+            self.renew_retry_at = Some(retry_at);
+            return;
+        }
+        self.lose_lease(now, DemoteMode::Offline, "cannot renew the leader key within retry_timeout");
+    }
+
+    // === plumbing ===
+
+    fn next_request_id(&mut self) -> RequestId {
+        self.next_id += 1;
+        RequestId(self.next_id)
+    }
+
+    fn enqueue_front(&mut self, op: StoreOp) {
+        if !self.queue.contains(&op) && !self.is_in_flight(&op) {
+            self.queue.push_front(op);
+        }
+    }
+
+    fn is_in_flight(&self, op: &StoreOp) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| &f.op == op)
+    }
+
+    fn in_flight_is_acquire(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| matches!(f.op, StoreOp::Acquire(_)))
+            || self.queue.iter().any(|op| matches!(op, StoreOp::Acquire(_)))
+    }
+
+    fn take_in_flight(&mut self, id: RequestId) -> Option<InFlight> {
+        self.in_flight.take_if(|f| f.id == id)
+    }
+
+    /// Issues the next queued store request if none is in flight.
+    fn pump(&mut self, now: Instant) {
+        if self.stopped || self.in_flight.is_some() {
+            return;
+        }
+        let Some(op) = self.queue.pop_front() else { return };
+        let id = self.next_request_id();
+        let action = match &op {
+            StoreOp::Load => Action::Load { id },
+            StoreOp::Acquire(record) => Action::Acquire { id, record: record.clone() },
+            StoreOp::Renew => match &self.held {
+                Some(h) => Action::Renew { id, lease: h.lease.clone() },
+                None => return self.pump(now),
+            },
+            StoreOp::Release(lease) => Action::Release { id, lease: lease.clone() },
+            StoreOp::Publish(record) => Action::PublishMember { id, record: record.clone() },
+            StoreOp::Write { key, expect, value, .. } => {
+                Action::WriteControl { id, key: *key, expect: expect.clone(), value: value.clone() }
+            }
+            StoreOp::Delete { key, expect } => Action::DeleteControl { id, key: *key, expect: expect.clone() },
+        };
+        self.in_flight = Some(InFlight { id, op, sent_at: now, deadline: now + self.cfg.timing.retry_timeout });
+        self.actions.push_back(action);
+    }
+
+    fn publish_member_if_changed(&mut self) {
+        let record = self.my_record();
+        let registered = self.view.as_ref().and_then(|v| v.member(&self.cfg.name)) == Some(&record);
+        if registered && self.published.as_ref() == Some(&record) {
+            return;
+        }
+        if !self.queue.iter().any(|op| matches!(op, StoreOp::Publish(_))) {
+            self.queue.push_back(StoreOp::Publish(record));
+        }
+    }
+
+    fn my_record(&self) -> MemberRecord {
+        MemberRecord {
+            name: self.cfg.name.clone(),
+            api_url: self.cfg.api_url.clone(),
+            conn_url: self.cfg.conn_url.clone(),
+            role: self.resource.role,
+            running: self.resource.running,
+            position: self.resource.position,
+            timeline: self.resource.timeline,
+            tags: self.cfg.tags.clone(),
+            watchdog_failed: self.cfg.watchdog == WatchdogMode::Required && self.watchdog == WatchdogHealth::Failed,
+        }
+    }
+
+    fn my_status(&self) -> PeerStatus {
+        PeerStatus {
+            name: self.cfg.name.clone(),
+            role: self.resource.role,
+            running: self.resource.running,
+            position: self.resource.position,
+            timeline: self.resource.timeline,
+            tags: self.cfg.tags.clone(),
+            watchdog_failed: self.watchdog == WatchdogHealth::Failed,
+        }
+    }
+
+    fn config_record(&self) -> Option<&ConfigRecord> {
+        self.view.as_ref().and_then(|v| v.config.as_ref()).map(|c| &c.value)
+    }
+
+    fn paused(&self) -> bool {
+        self.config_record().is_some_and(|c| c.pause)
+    }
+
+    fn sync_on(&self) -> bool {
+        self.cfg.synchronous_mode || self.config_record().is_some_and(|c| c.synchronous_mode)
+    }
+
+    fn failsafe_on(&self) -> bool {
+        self.cfg.failsafe_mode || self.config_record().is_some_and(|c| c.failsafe_mode)
+    }
+
+    fn max_lag(&self) -> u64 {
+        self.config_record().and_then(|c| c.maximum_lag_on_failover).unwrap_or(self.cfg.timing.maximum_lag_on_failover)
+    }
+
+    fn keepalive_watchdog(&mut self) {
+        if self.watchdog_armed {
+            self.actions.push_back(Action::KeepAliveWatchdog);
+        }
+    }
+
+    fn disarm_watchdog(&mut self) {
+        if self.watchdog_armed {
+            self.watchdog_armed = false;
+            self.actions.push_back(Action::DisarmWatchdog);
+        }
+    }
+}
+
+fn expect_for(view: &ClusterView, key: ControlKey) -> Expect {
+    match view.control_version(key) {
+        Some(v) => Expect::Version(v.clone()),
+        None => Expect::Absent,
+    }
+}
+
+fn cluster_timeline(view: &ClusterView) -> Option<u64> {
+    view.history.as_ref().and_then(|h| h.value.0.last()).map(|e| e.timeline + 1)
+}
+
+fn check_candidate(view: &ClusterView, candidate: &str) -> Result<(), AdminError> {
+    let m = view.member(candidate).ok_or_else(|| AdminError::UnknownMember(candidate.to_string()))?;
+    if !m.tags.allows_failover() {
+        return Err(AdminError::CandidateIneligible(candidate.to_string()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! Scripted tests of the state machine: each feeds answers by hand and checks the order of
+//! the actions that come out. The simulator checks the same rules under random faults.
+
+use std::time::Duration;
+
+use super::*;
+use crate::dcs::WatchEvent;
+use crate::record::{Versioned, Version};
+
+fn at(ms: u64) -> Instant {
+    Instant::from_origin(Duration::from_millis(ms))
+}
+
+fn node(name: &str) -> Node {
+    let mut cfg = NodeConfig::new(name, 0xabc);
+    cfg.timing = Timing::fast(); // ttl 5 s, loop 1 s, retry 1.5 s, margin 1 s
+    Node::new(cfg, at(0)).unwrap()
+}
+
+fn drain(n: &mut Node) -> Vec<Action> {
+    std::iter::from_fn(|| n.poll_action()).collect()
+}
+
+fn leader_view(member: &str, token: &str, epoch: u64) -> LeaderView {
+    LeaderView {
+        record: LeaderRecord { member: member.into(), token: token.into(), api_url: None, conn_url: None },
+        epoch: Epoch(epoch),
+        version: Version::new(epoch),
+    }
+}
+
+fn view_with(leader: Option<LeaderView>) -> ClusterView {
+    ClusterView { revision: Some(Version::new(1)), leader, ..ClusterView::default() }
+}
+
+fn lease_from(record: &LeaderRecord, epoch: u64) -> Lease {
+    Lease { record: record.clone(), epoch: Epoch(epoch), version: Version::new(epoch), valid_for: Duration::from_secs(5) }
+}
+
+/// Runs the first cycle on an empty store up to the acquire request.
+fn start_and_acquire(n: &mut Node) -> (RequestId, LeaderRecord) {
+    n.handle_timeout(at(0));
+    let Some(Action::Load { id }) = n.poll_action() else { panic!("first action must be a load") };
+    n.handle_load(id, Ok(view_with(None)), at(10));
+    let actions = drain(n);
+    let acquire = actions.iter().find_map(|a| match a {
+        Action::Acquire { id, record } => Some((*id, record.clone())),
+        _ => None,
+    });
+    acquire.unwrap_or_else(|| panic!("expected an acquire, got {actions:?}"))
+}
+
+/// Answers every queued store write with success until a non-write action shows up.
+fn answer_writes(n: &mut Node, now: Instant) -> Vec<Action> {
+    let mut out = Vec::new();
+    while let Some(a) = n.poll_action() {
+        match a {
+            Action::PublishMember { id, .. } | Action::WriteControl { id, .. } | Action::DeleteControl { id, .. } => {
+                n.handle_write(id, Ok(true), now)
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+#[test]
+fn single_node_acquires_then_promotes_with_the_epoch() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    assert_eq!(record.member, "a");
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    let actions = drain(&mut n);
+    assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
+    assert!(!n.is_acting_leader(at(30)), "not acting before the resource confirms");
+    n.handle_promoted(Ok(()), at(40));
+    assert!(n.is_acting_leader(at(50)));
+    // Belief counts from when the acquire was sent (t=10), not when it was answered.
+    let deadline = n.status().lease_deadline.unwrap();
+    assert_eq!(deadline, at(10) + Timing::fast().belief_for(Duration::from_secs(5)));
+    assert!(!n.is_acting_leader(deadline));
+}
+
+#[test]
+fn watchdog_is_armed_before_promote() {
+    let mut cfg = NodeConfig::new("a", 1);
+    cfg.timing = Timing::fast();
+    cfg.watchdog = WatchdogMode::Required;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 3))), at(20));
+    let actions = drain(&mut n);
+    let arm = actions.iter().position(|a| matches!(a, Action::ArmWatchdog { .. })).expect("arm");
+    let promote = actions.iter().position(|a| matches!(a, Action::Promote { .. })).expect("promote");
+    assert!(arm < promote, "{actions:?}");
+}
+
+#[test]
+fn failed_renewals_demote_before_the_belief_runs_out() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    let deadline = n.status().lease_deadline.unwrap();
+    let mut demoted_at = None;
+    let mut now = at(30);
+    // Every renewal fails as "unavailable"; drive the timers until the node demotes.
+    for _ in 0..1000 {
+        for a in answer_writes(&mut n, now) {
+            match a {
+                Action::Renew { id, .. } => n.handle_renew(id, Err(DcsError::unavailable("down")), now),
+                Action::Load { id } => n.handle_load(id, Err(DcsError::unavailable("down")), now),
+                Action::Demote { mode } => {
+                    demoted_at.get_or_insert((now, mode));
+                }
+                Action::Release { .. } => panic!("must never release a key it cannot renew"),
+                _ => {}
+            }
+        }
+        if demoted_at.is_some() {
+            break;
+        }
+        now = n.poll_timeout().unwrap().max(now);
+        n.handle_timeout(now);
+    }
+    let (when, mode) = demoted_at.expect("node never demoted");
+    assert!(when < deadline, "demoted at {when:?}, belief ended at {deadline:?}");
+    assert_eq!(mode, DemoteMode::Offline);
+    assert!(!n.is_acting_leader(when));
+}
+
+#[test]
+fn silent_store_still_demotes_at_the_deadline() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    drain(&mut n);
+    let deadline = n.status().lease_deadline.unwrap();
+    // No store answer ever arrives: only timers fire.
+    let mut now = at(30);
+    let mut demoted = false;
+    while now < deadline + Duration::from_secs(1) && !demoted {
+        now = n.poll_timeout().unwrap();
+        n.handle_timeout(now);
+        demoted = drain(&mut n).iter().any(|a| matches!(a, Action::Demote { .. }));
+    }
+    assert!(demoted && now <= deadline, "demote at {now:?}, deadline {deadline:?}");
+}
+
+#[test]
+fn unknown_acquire_outcome_rereads_and_renews_before_promoting() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Err(DcsError::unknown("reply lost")), at(20));
+    let actions = drain(&mut n);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. })), "{actions:?}");
+    let load = actions.iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    let load = load.expect("re-read after unknown outcome");
+    // The read shows our own token: adopt, but renew before acting.
+    n.handle_load(load, Ok(view_with(Some(leader_view("a", &record.token, 9)))), at(30));
+    let actions = answer_writes(&mut n, at(30));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. })), "{actions:?}");
+    let renew = actions.iter().find_map(|a| if let Action::Renew { id, lease } = a { Some((*id, lease.clone())) } else { None });
+    let (renew, lease) = renew.expect("renew before promote");
+    assert_eq!(lease.epoch, Epoch(9));
+    n.handle_renew(renew, Ok(CasOutcome::Won(Lease { valid_for: Duration::from_secs(5), ..lease })), at(40));
+    assert!(drain(&mut n).contains(&Action::Promote { epoch: Epoch(9) }));
+}
+
+#[test]
+fn unknown_acquire_outcome_with_another_holder_follows_it() {
+    let mut n = node("a");
+    let (id, _) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Err(DcsError::unknown("timeout")), at(20));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None }).unwrap();
+    n.handle_load(load, Ok(view_with(Some(leader_view("b", "other", 4)))), at(30));
+    let actions = answer_writes(&mut n, at(30));
+    assert!(actions.contains(&Action::Follow { leader: Some("b".into()), conn_url: None }), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. } | Action::Renew { .. })));
+}
+
+#[test]
+fn lost_key_demotes_at_once_and_never_releases() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    n.handle_timeout(at(1010));
+    let renew = drain(&mut n).iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None });
+    n.handle_renew(renew.expect("renew each loop"), Ok(CasOutcome::Lost(Some(leader_view("b", "x", 8)))), at(1020));
+    let actions = drain(&mut n);
+    assert_eq!(actions.first(), Some(&Action::Demote { mode: DemoteMode::ImmediateNoLock }), "{actions:?}");
+    n.handle_demoted(Ok(()), at(1030));
+    let after = drain(&mut n);
+    assert!(!after.iter().any(|a| matches!(a, Action::Release { .. })), "{after:?}");
+}
+
+#[test]
+fn a_read_showing_another_holder_ends_leadership() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    n.handle_timeout(at(1010));
+    let actions = drain(&mut n);
+    let renew = actions.iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None }).unwrap();
+    n.handle_renew(renew, Err(DcsError::unavailable("blip")), at(1015));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None }).unwrap();
+    n.handle_load(load, Ok(view_with(Some(leader_view("b", "x", 8)))), at(1020));
+    assert!(drain(&mut n).contains(&Action::Demote { mode: DemoteMode::ImmediateNoLock }));
+    assert!(!n.is_acting_leader(at(1021)));
+}
+
+#[test]
+fn switchover_demotes_then_releases() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    n.handle_resource_status(
+        ResourceStatus { running: true, role: ResourceRole::Primary, position: Some(100), ..Default::default() },
+        at(30),
+    );
+    answer_writes(&mut n, at(30));
+    n.handle_timeout(at(1010));
+    let renew = drain(&mut n).iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None }).unwrap();
+    n.handle_renew(renew, Ok(CasOutcome::Won(lease_from(&record, 7))), at(1020));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None }).unwrap();
+    let mut view = view_with(Some(leader_view("a", &record.token, 7)));
+    let mut b = MemberRecord::new("b");
+    b.running = true;
+    b.role = ResourceRole::Replica;
+    view.members.push(Versioned { value: b.clone(), version: Version::new(2) });
+    view.failover = Some(Versioned {
+        value: FailoverRecord { leader: Some("a".into()), candidate: Some("b".into()) },
+        version: Version::new(3),
+    });
+    n.handle_load(load, Ok(view), at(1030));
+    let actions = answer_writes(&mut n, at(1030));
+    let probe = actions.iter().find_map(|a| if let Action::ProbePeers { id, .. } = a { Some(*id) } else { None });
+    let status = PeerStatus {
+        name: "b".into(),
+        role: ResourceRole::Replica,
+        running: true,
+        position: Some(100),
+        timeline: None,
+        tags: Tags::default(),
+        watchdog_failed: false,
+    };
+    n.handle_peer_replies(probe.expect("probe the candidate"), vec![PeerReply::Reachable(status)], at(1040));
+    let actions = answer_writes(&mut n, at(1040));
+    assert_eq!(actions, vec![Action::Demote { mode: DemoteMode::Graceful }]);
+    n.handle_demoted(Ok(()), at(1500));
+    let actions = drain(&mut n);
+    assert!(actions.iter().any(|a| matches!(a, Action::Release { .. })), "release after the demote: {actions:?}");
+}
+
+#[test]
+fn ineligible_member_does_not_race() {
+    let mut cfg = NodeConfig::new("a", 1);
+    cfg.timing = Timing::fast();
+    cfg.tags.nofailover = true;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    n.handle_timeout(at(0));
+    let Some(Action::Load { id }) = n.poll_action() else { panic!() };
+    n.handle_load(id, Ok(view_with(None)), at(10));
+    let actions = answer_writes(&mut n, at(10));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Acquire { .. })), "{actions:?}");
+    assert_eq!(n.status().last_refusal, Some(Reason::NoFailoverTag));
+}
+
+#[test]
+fn late_answers_are_ignored() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    // The acquire times out inside the node first (no answer within retry_timeout)...
+    n.handle_timeout(at(10) + Duration::from_millis(1500));
+    // ...then the real answer arrives: it must not be acted on.
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(1600));
+    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::Promote { .. })));
+}
+
+#[test]
+fn watch_events_start_a_cycle_early() {
+    let mut n = node("a");
+    n.handle_timeout(at(0));
+    let Some(Action::Load { id }) = n.poll_action() else { panic!() };
+    n.handle_load(id, Ok(view_with(Some(leader_view("b", "t", 1)))), at(5));
+    answer_writes(&mut n, at(5));
+    assert_eq!(n.poll_timeout(), Some(at(1000)));
+    n.handle_watch_event(WatchEvent::Changed, at(200));
+    assert_eq!(n.poll_timeout(), Some(at(200)));
+}
+
+#[test]
+fn invalid_timing_is_refused() {
+    let mut cfg = NodeConfig::new("a", 1);
+    cfg.timing.loop_wait = Duration::from_secs(60);
+    assert_eq!(Node::new(cfg, at(0)).unwrap_err().field, "ttl");
+}
