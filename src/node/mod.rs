@@ -227,6 +227,7 @@ pub struct Node {
     watchdog_armed: bool,
     last_refusal: Option<Reason>,
     last_leader: Option<Option<String>>,
+    shutting_down: bool,
     stopped: bool,
 }
 
@@ -266,6 +267,7 @@ impl Node {
             watchdog_armed: false,
             last_refusal: None,
             last_leader: None,
+            shutting_down: false,
             stopped: false,
         })
     }
@@ -337,6 +339,34 @@ impl Node {
     /// The last loaded view.
     pub fn view(&self) -> Option<&ClusterView> {
         self.view.as_ref()
+    }
+
+    /// Whether the node has stopped (after [`Node::handle_shutdown`] completed, or a fatal
+    /// error). A stopped node emits nothing more.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Clean shutdown: a leader demotes gracefully and releases the key once the resource
+    /// confirms (rule 4); anyone else stops at once. No new cycles start.
+    pub fn handle_shutdown(&mut self, now: Instant) {
+        if self.stopped || self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.probe = None;
+        self.queue.retain(|op| matches!(op, StoreOp::Renew));
+        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+            self.demote(DemoteMode::Graceful, "shutting down", true, now);
+        } else if let Primary::Demoting { release } = &mut self.primary {
+            *release = self.held.is_some();
+        } else if let Some(h) = self.held.take() {
+            self.disarm_watchdog();
+            self.enqueue_front(StoreOp::Release(h.lease));
+        } else {
+            self.stopped = true;
+        }
+        self.pump(now);
     }
 
     // === inputs ===
@@ -443,6 +473,11 @@ impl Node {
         now: Instant,
     ) {
         let Some(_) = self.take_in_flight(id) else { return };
+        if self.shutting_down {
+            self.stopped = true;
+            self.queue.clear();
+            return;
+        }
         if let Err(e) = result {
             // The key expires by itself; a release is only a courtesy that speeds up failover.
             tracing::info!(node = %self.cfg.name, error = %e, "release failed; the key will expire");
@@ -583,6 +618,10 @@ impl Node {
         } else {
             self.held = None;
         }
+        if self.shutting_down && !self.queue.iter().any(|op| matches!(op, StoreOp::Release(_))) {
+            self.stopped = true;
+            return;
+        }
         let leader = self.view.as_ref().and_then(|v| v.leader.clone());
         self.followed = None;
         self.follow(leader.as_ref(), now);
@@ -644,6 +683,13 @@ impl Node {
     // === the cycle ===
 
     fn start_cycle(&mut self, now: Instant) {
+        if self.shutting_down {
+            self.next_cycle = now + self.cfg.timing.loop_wait;
+            if self.held.is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
+                self.enqueue_front(StoreOp::Renew);
+            }
+            return;
+        }
         self.cycle_start = now;
         self.next_cycle = now + self.cfg.timing.loop_wait;
         if self.held.is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {

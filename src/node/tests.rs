@@ -301,3 +301,30 @@ fn invalid_timing_is_refused() {
     cfg.timing.loop_wait = Duration::from_secs(60);
     assert_eq!(Node::new(cfg, at(0)).unwrap_err().field, "ttl");
 }
+
+#[test]
+fn shutdown_demotes_before_releasing() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    n.handle_shutdown(at(40));
+    let actions = answer_writes(&mut n, at(40));
+    assert_eq!(actions, vec![Action::Demote { mode: DemoteMode::Graceful }]);
+    assert!(!n.is_stopped());
+    n.handle_demoted(Ok(()), at(50));
+    let actions = answer_writes(&mut n, at(50));
+    let release = actions.iter().find_map(|a| if let Action::Release { id, .. } = a { Some(*id) } else { None });
+    n.handle_release(release.expect("release after demote"), Ok(CasOutcome::Won(())), at(60));
+    assert!(n.is_stopped());
+    assert_eq!(n.poll_timeout(), None);
+}
+
+#[test]
+fn shutdown_of_a_replica_stops_at_once() {
+    let mut n = node("a");
+    n.handle_timeout(at(0));
+    n.handle_shutdown(at(1));
+    assert!(n.is_stopped());
+}
