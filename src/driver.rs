@@ -1,0 +1,701 @@
+//! The async driver (feature `tokio`): runs a [`Node`] against a [`Dcs`], a [`Resource`],
+//! a [`PeerProbe`] and a [`Watchdog`].
+//!
+//! This is the only part of the crate that reads the clock and spawns tasks. It maps
+//! `tokio::time::Instant` onto the node's [`Instant`], executes the node's actions, and feeds
+//! the results back:
+//!
+//! * store requests run one at a time (the node issues them that way), each bounded by
+//!   `retry_timeout`; a request that times out is reported as an unknown outcome;
+//! * resource actions (watchdog, promote, demote, follow, sync standbys) run on one worker in
+//!   the order the node emitted them, so "arm watchdog -> promote" and "demote -> release"
+//!   keep their order;
+//! * watches and peer probes run beside them and only wake the node.
+//!
+//! Many scopes in one process: spawn one driver per scope, each with a handle from the same
+//! backend store client; they share its connection and lease.
+#![allow(clippy::disallowed_methods)] // the driver is where the clock is read and tasks are spawned
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::TimingError;
+use crate::dcs::{CasOutcome, Dcs, WatchEvent};
+use crate::error::DcsError;
+use crate::node::{Action, AdminError, AdminRequest, DemoteMode, Node, NodeConfig, NodeEvent, NodeRole, NodeStatus};
+use crate::node::{RequestId, ResourceStatus};
+use crate::record::{ClusterView, Epoch, MemberRecord};
+use crate::rules::{PeerReply, PeerStatus};
+use crate::time::Instant;
+
+/// The thing being made highly available (a database, a scheduler...). Calls are made one at
+/// a time, in order.
+#[async_trait]
+pub trait Resource: Send + Sync + 'static {
+    /// Start acting as primary. `epoch` is the fencing token: from now on the resource (or
+    /// whatever it writes to) should reject writes carrying an older epoch. An error is a
+    /// failed pre-promote: the node releases the key and backs off for a ttl.
+    async fn promote(&self, epoch: Epoch) -> Result<(), String>;
+
+    /// Stop acting as primary. Must not return `Ok` before the resource has stopped accepting
+    /// writes; the key is released only after that (DESIGN.md rule 4).
+    async fn demote(&self, mode: DemoteMode) -> Result<(), String>;
+
+    /// Replicate from `leader` (reachable at `conn_url`), or wait when `None`.
+    async fn follow(&self, leader: Option<&str>, conn_url: Option<&str>) -> Result<(), String>;
+
+    /// Current state. Must answer quickly; a resource that cannot tell reports
+    /// `running: false`.
+    async fn status(&self) -> ResourceStatus;
+
+    /// Synchronous mode: acknowledge writes only after one of `names` has them.
+    async fn set_sync_standbys(&self, names: &[String]) -> Result<(), String> {
+        let _ = names;
+        Ok(())
+    }
+}
+
+/// Asks peers about themselves (their REST API's `/status`).
+#[async_trait]
+pub trait PeerProbe: Send + Sync + 'static {
+    /// `peer`'s status, or `None` if it did not answer within the probe's own timeout
+    /// (keep it short: Patroni uses 2 s).
+    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus>;
+
+    /// Failsafe mode: ask `peer` to accept `leader` (with `epoch`) while the store is
+    /// unreachable. `true` only if it explicitly accepted.
+    async fn failsafe_confirm(&self, peer: &MemberRecord, leader: &str, epoch: Epoch) -> bool {
+        let _ = (peer, leader, epoch);
+        false
+    }
+}
+
+/// A probe for setups without peers' APIs: every peer is reported from its member record
+/// only if `trust_records` is set, else as unreachable (the rules then ignore it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RecordProbe {
+    /// Use the peer's own member record as its status.
+    pub trust_records: bool,
+}
+
+#[async_trait]
+impl PeerProbe for RecordProbe {
+    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
+        self.trust_records.then(|| PeerStatus {
+            name: peer.name.clone(),
+            role: peer.role,
+            running: peer.running,
+            position: peer.position,
+            timeline: peer.timeline,
+            tags: peer.tags.clone(),
+            watchdog_failed: peer.watchdog_failed,
+        })
+    }
+}
+
+/// A hardware or software watchdog that resets the machine unless kept alive.
+pub trait Watchdog: Send + 'static {
+    /// Arm with a reset deadline of `timeout`. Fails if the device cannot do it.
+    fn arm(&mut self, timeout: Duration) -> std::io::Result<()>;
+    /// Restart the countdown.
+    fn keepalive(&mut self) -> std::io::Result<()>;
+    /// Disarm cleanly.
+    fn disarm(&mut self) -> std::io::Result<()>;
+}
+
+/// No watchdog.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoWatchdog;
+
+impl Watchdog for NoWatchdog {
+    fn arm(&mut self, _: Duration) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn keepalive(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn disarm(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+pub use linux_watchdog::LinuxWatchdog;
+
+mod linux_watchdog {
+    use std::fs::{File, OpenOptions};
+    use std::io::Write;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// `/dev/watchdog` (Linux watchdog API): armed by opening the device, timeout set with
+    /// `WDIOC_SETTIMEOUT`, kept alive by writes, disarmed with the magic `V` before close.
+    #[derive(Debug)]
+    pub struct LinuxWatchdog {
+        path: PathBuf,
+        file: Option<File>,
+    }
+
+    impl LinuxWatchdog {
+        /// A watchdog on `path` (usually `/dev/watchdog`); nothing is opened until armed.
+        pub fn new(path: impl Into<PathBuf>) -> Self {
+            LinuxWatchdog { path: path.into(), file: None }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn set_timeout(file: &File, secs: i32) -> std::io::Result<i32> {
+        use std::os::fd::AsRawFd;
+        // _IOWR('W', 6, int)
+        const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
+        let mut value: libc::c_int = secs;
+        // SAFETY: the fd is open for the lifetime of `file`, and the ioctl reads and writes
+        // exactly one c_int through the pointer, which lives on this stack frame.
+        let rc = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut value) };
+        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(value) }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn set_timeout(_: &File, _: i32) -> std::io::Result<i32> {
+        Err(std::io::Error::other("watchdog devices are only supported on Linux"))
+    }
+
+    impl super::Watchdog for LinuxWatchdog {
+        fn arm(&mut self, timeout: Duration) -> std::io::Result<()> {
+            if self.file.is_some() {
+                return Ok(());
+            }
+            let file = OpenOptions::new().write(true).open(&self.path)?;
+            let wanted = timeout.as_secs().max(1) as i32;
+            let got = set_timeout(&file, wanted)?;
+            self.file = Some(file);
+            if got > wanted {
+                // The device cannot fire early enough to protect the lease.
+                let _ = super::Watchdog::disarm(self);
+                return Err(std::io::Error::other(format!(
+                    "watchdog timeout is {got}s but the lease needs {wanted}s or less"
+                )));
+            }
+            Ok(())
+        }
+
+        fn keepalive(&mut self) -> std::io::Result<()> {
+            match &mut self.file {
+                Some(f) => f.write_all(b"1"),
+                None => Ok(()),
+            }
+        }
+
+        fn disarm(&mut self) -> std::io::Result<()> {
+            match self.file.take() {
+                Some(mut f) => f.write_all(b"V"),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// Counters for metrics endpoints.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DriverMetrics {
+    /// Renewals won.
+    pub renewals: u64,
+    /// Store requests that failed.
+    pub store_errors: u64,
+    /// Latency of the last won renewal.
+    pub last_renew_latency: Option<Duration>,
+    /// Promotions confirmed by the resource.
+    pub promotions: u64,
+    /// Demotions confirmed by the resource.
+    pub demotions: u64,
+}
+
+/// What the driver publishes after every step.
+#[derive(Clone, Debug)]
+pub struct DriverState {
+    /// The node's status.
+    pub status: NodeStatus,
+    /// Whether the resource may act as primary right now.
+    pub acting: bool,
+    /// Time left on our lease belief, if we hold the key.
+    pub lease_remaining: Option<Duration>,
+    /// The resource's last reported status.
+    pub resource: ResourceStatus,
+    /// The last loaded view.
+    pub view: Option<Arc<ClusterView>>,
+    /// Counters.
+    pub metrics: DriverMetrics,
+}
+
+enum Command {
+    Admin(AdminRequest, oneshot::Sender<Result<bool, AdminError>>),
+    FailsafePing(String, oneshot::Sender<bool>),
+    Shutdown,
+}
+
+enum Done {
+    Load(RequestId, Box<Result<ClusterView, DcsError>>),
+    Acquire(RequestId, Result<CasOutcome<crate::dcs::Lease, Option<crate::record::LeaderView>>, DcsError>),
+    Renew(RequestId, Result<CasOutcome<crate::dcs::Lease, Option<crate::record::LeaderView>>, DcsError>, Duration),
+    Release(RequestId, Result<CasOutcome<(), Option<crate::record::LeaderView>>, DcsError>),
+    Write(RequestId, Result<bool, DcsError>),
+    Watch(WatchEvent),
+    Peers(RequestId, Vec<PeerReply>),
+    Failsafe(RequestId, bool),
+    Promoted(Result<(), String>),
+    Demoted(Result<(), String>),
+    WatchdogFailed,
+    Status(ResourceStatus),
+}
+
+enum ResourceCmd {
+    Arm(Duration),
+    KeepAlive,
+    Disarm,
+    Promote(Epoch),
+    Demote(DemoteMode),
+    Follow(Option<String>, Option<String>),
+    SetSync(Vec<String>),
+}
+
+/// A running driver. Dropping the handle does not stop it; call [`DriverHandle::shutdown`]
+/// (clean: demote, release) or [`DriverHandle::abort`] (as if the process died).
+#[derive(Debug)]
+pub struct DriverHandle {
+    state: watch::Receiver<DriverState>,
+    events: broadcast::Sender<NodeEvent>,
+    commands: mpsc::Sender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl DriverHandle {
+    /// The latest published state.
+    pub fn state(&self) -> DriverState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change.
+    pub fn watch_state(&self) -> watch::Receiver<DriverState> {
+        self.state.clone()
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Submits an admin request; resolves when it was written (`true`) or lost a race
+    /// (`false`).
+    pub async fn admin(&self, request: AdminRequest) -> Result<bool, AdminError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Admin(request, tx)).await.map_err(|_| AdminError::NotReady)?;
+        rx.await.map_err(|_| AdminError::NotReady)?
+    }
+
+    /// Failsafe mode: `leader` says its store is unreachable. Returns whether we accept it.
+    pub async fn failsafe_ping(&self, leader: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::FailsafePing(leader.to_string(), tx)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Clean shutdown: a leader demotes, then releases the key. Waits until done.
+    pub async fn shutdown(self) {
+        let _ = self.commands.send(Command::Shutdown).await;
+        let _ = self.task.await;
+    }
+
+    /// Stops the loop at once, with no demotion and no release, as if the process was
+    /// killed. The lease expires on the store's own schedule.
+    pub fn abort(self) {
+        self.task.abort();
+    }
+
+    /// Whether the loop has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Starts a driver for one scope. Must be called inside a tokio runtime.
+pub fn spawn(
+    cfg: NodeConfig,
+    dcs: Arc<dyn Dcs>,
+    resource: Arc<dyn Resource>,
+    probe: Arc<dyn PeerProbe>,
+    watchdog: Box<dyn Watchdog>,
+) -> Result<DriverHandle, TimingError> {
+    let base = tokio::time::Instant::now();
+    let node = Node::new(cfg, Instant::ZERO)?;
+    let status = node.status();
+    let (state_tx, state_rx) = watch::channel(DriverState {
+        status,
+        acting: false,
+        lease_remaining: None,
+        resource: ResourceStatus::default(),
+        view: None,
+        metrics: DriverMetrics::default(),
+    });
+    let (events, _) = broadcast::channel(256);
+    let (commands, command_rx) = mpsc::channel(16);
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (res_tx, res_rx) = mpsc::unbounded_channel();
+    let worker = tokio::spawn(resource_worker(resource.clone(), watchdog, res_rx, done_tx.clone()));
+    let driver = Driver {
+        node,
+        base,
+        dcs,
+        resource,
+        probe,
+        state: state_tx,
+        events: events.clone(),
+        done_tx,
+        done_rx,
+        res_tx,
+        watch_task: None,
+        admin_waiters: Vec::new(),
+        metrics: DriverMetrics::default(),
+        resource_status: ResourceStatus::default(),
+        worker,
+    };
+    let task = tokio::spawn(driver.run(command_rx));
+    Ok(DriverHandle { state: state_rx, events, commands, task })
+}
+
+struct Driver {
+    node: Node,
+    base: tokio::time::Instant,
+    dcs: Arc<dyn Dcs>,
+    resource: Arc<dyn Resource>,
+    probe: Arc<dyn PeerProbe>,
+    state: watch::Sender<DriverState>,
+    events: broadcast::Sender<NodeEvent>,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    res_tx: mpsc::UnboundedSender<ResourceCmd>,
+    watch_task: Option<JoinHandle<()>>,
+    admin_waiters: Vec<(RequestId, oneshot::Sender<Result<bool, AdminError>>)>,
+    metrics: DriverMetrics,
+    resource_status: ResourceStatus,
+    worker: JoinHandle<()>,
+}
+
+impl Driver {
+    fn now(&self) -> Instant {
+        Instant::from_origin(tokio::time::Instant::now().saturating_duration_since(self.base))
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let poll_every = self.node.config().timing.loop_wait.clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut status_tick = tokio::time::interval(poll_every);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commands_open = true;
+        loop {
+            let now = self.now();
+            self.node.handle_timeout(now);
+            self.dispatch(now);
+            self.publish(now);
+            if self.node.is_stopped() {
+                break;
+            }
+            let wake = self.node.poll_timeout().map(|t| self.base + t.since_origin());
+            let sleep = async {
+                match wake {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(done) = self.done_rx.recv() => self.apply(done),
+                cmd = commands.recv(), if commands_open => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => commands_open = false,
+                },
+                _ = sleep => {}
+                _ = status_tick.tick() => self.poll_status(),
+            }
+        }
+        if let Some(w) = self.watch_task.take() {
+            w.abort();
+        }
+        // Let the resource worker finish what it was asked (a final demote).
+        drop(self.res_tx);
+        let _ = self.worker.await;
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Admin(req, reply) => match self.node.handle_admin(req, now) {
+                Ok(id) => self.admin_waiters.push((id, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
+            Command::FailsafePing(leader, reply) => {
+                let _ = reply.send(self.node.handle_failsafe_ping(&leader, now));
+            }
+            Command::Shutdown => self.node.handle_shutdown(now),
+        }
+    }
+
+    fn apply(&mut self, done: Done) {
+        let now = self.now();
+        let n = &mut self.node;
+        match done {
+            Done::Load(id, r) => {
+                self.metrics.store_errors += u64::from(r.is_err());
+                n.handle_load(id, *r, now)
+            }
+            Done::Acquire(id, r) => {
+                self.metrics.store_errors += u64::from(r.is_err());
+                n.handle_acquire(id, r, now)
+            }
+            Done::Renew(id, r, took) => {
+                match &r {
+                    Ok(CasOutcome::Won(_)) => {
+                        self.metrics.renewals += 1;
+                        self.metrics.last_renew_latency = Some(took);
+                    }
+                    Err(_) => self.metrics.store_errors += 1,
+                    Ok(CasOutcome::Lost(_)) => {}
+                }
+                n.handle_renew(id, r, now)
+            }
+            Done::Release(id, r) => n.handle_release(id, r, now),
+            Done::Write(id, r) => {
+                self.metrics.store_errors += u64::from(r.is_err());
+                n.handle_write(id, r, now)
+            }
+            Done::Watch(ev) => n.handle_watch_event(ev, now),
+            Done::Peers(id, replies) => n.handle_peer_replies(id, replies, now),
+            Done::Failsafe(id, ok) => n.handle_failsafe_result(id, ok, now),
+            Done::Promoted(r) => {
+                self.metrics.promotions += u64::from(r.is_ok());
+                n.handle_promoted(r, now)
+            }
+            Done::Demoted(r) => {
+                self.metrics.demotions += u64::from(r.is_ok());
+                n.handle_demoted(r, now)
+            }
+            Done::WatchdogFailed => n.handle_watchdog_failed(now),
+            Done::Status(s) => {
+                self.resource_status = s.clone();
+                n.handle_resource_status(s, now)
+            }
+        }
+    }
+
+    fn poll_status(&self) {
+        let resource = self.resource.clone();
+        let tx = self.done_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Done::Status(resource.status().await));
+        });
+    }
+
+    fn dispatch(&mut self, _now: Instant) {
+        while let Some(action) = self.node.poll_action() {
+            self.execute(action);
+        }
+        while let Some(ev) = self.node.poll_event() {
+            if let NodeEvent::AdminDone { id, ok } = &ev
+                && let Some(pos) = self.admin_waiters.iter().position(|(w, _)| w == id) {
+                    let (_, reply) = self.admin_waiters.swap_remove(pos);
+                    let _ = reply.send(Ok(*ok));
+                }
+            tracing::debug!(event = ?ev, "node event");
+            let _ = self.events.send(ev);
+        }
+    }
+
+    fn execute(&mut self, action: Action) {
+        let timeout = self.node.config().timing.retry_timeout;
+        let dcs = self.dcs.clone();
+        let tx = self.done_tx.clone();
+        // Store calls are bounded: no answer within retry_timeout is an unknown outcome.
+        macro_rules! store {
+            ($call:expr, $wrap:expr) => {{
+                tokio::spawn(async move {
+                    let started = tokio::time::Instant::now();
+                    let r = match tokio::time::timeout(timeout, $call).await {
+                        Ok(r) => r,
+                        Err(_) => Err(DcsError::unknown(format!("no answer within {timeout:?}"))),
+                    };
+                    let _ = tx.send($wrap(r, started.elapsed()));
+                });
+            }};
+        }
+        match action {
+            Action::Load { id } => store!(async move { dcs.load().await }, |r, _| Done::Load(id, Box::new(r))),
+            Action::Acquire { id, record } => {
+                store!(async move { dcs.acquire(&record).await }, |r, _| Done::Acquire(id, r))
+            }
+            Action::Renew { id, lease } => {
+                store!(async move { dcs.renew(&lease).await }, |r, took| Done::Renew(id, r, took))
+            }
+            Action::Release { id, lease } => {
+                store!(async move { dcs.release(&lease).await }, |r, _| Done::Release(id, r))
+            }
+            Action::PublishMember { id, record } => store!(
+                async move { dcs.publish_member(&record).await.map(|()| true) },
+                |r, _| Done::Write(id, r)
+            ),
+            Action::WriteControl { id, key, expect, value } => store!(
+                async move { dcs.write_control(key, expect, &value).await.map(|o| o.is_won()) },
+                |r, _| Done::Write(id, r)
+            ),
+            Action::DeleteControl { id, key, expect } => store!(
+                async move { dcs.delete_control(key, &expect).await.map(|o| o.is_won()) },
+                |r, _| Done::Write(id, r)
+            ),
+            Action::Watch { after } => {
+                if let Some(t) = self.watch_task.take() {
+                    t.abort();
+                }
+                self.watch_task = Some(tokio::spawn(async move {
+                    loop {
+                        match dcs.watch(after.as_ref(), Duration::from_secs(30)).await {
+                            Ok(WatchEvent::Timeout) => continue,
+                            Ok(ev) => {
+                                let _ = tx.send(Done::Watch(ev));
+                                return;
+                            }
+                            // The loop's timer is the backstop; back off and keep watching.
+                            Err(e) => {
+                                tracing::debug!(error = %e, "watch failed");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                }));
+            }
+            Action::ProbePeers { id, peers } => {
+                let probe = self.probe.clone();
+                tokio::spawn(async move {
+                    let replies = futures::future::join_all(peers.into_iter().map(|p| {
+                        let probe = probe.clone();
+                        async move {
+                            match tokio::time::timeout(timeout, probe.probe(&p)).await {
+                                Ok(Some(status)) => PeerReply::Reachable(status),
+                                _ => PeerReply::Unreachable { name: p.name },
+                            }
+                        }
+                    }))
+                    .await;
+                    let _ = tx.send(Done::Peers(id, replies));
+                });
+            }
+            Action::FailsafeCheck { id, peers, epoch } => {
+                let probe = self.probe.clone();
+                let me = self.node.config().name.clone();
+                tokio::spawn(async move {
+                    let answers = futures::future::join_all(peers.into_iter().map(|p| {
+                        let probe = probe.clone();
+                        let me = me.clone();
+                        async move {
+                            tokio::time::timeout(timeout, probe.failsafe_confirm(&p, &me, epoch)).await.unwrap_or(false)
+                        }
+                    }))
+                    .await;
+                    let _ = tx.send(Done::Failsafe(id, answers.iter().all(|ok| *ok)));
+                });
+            }
+            Action::ArmWatchdog { timeout } => self.resource_cmd(ResourceCmd::Arm(timeout)),
+            Action::KeepAliveWatchdog => self.resource_cmd(ResourceCmd::KeepAlive),
+            Action::DisarmWatchdog => self.resource_cmd(ResourceCmd::Disarm),
+            Action::Promote { epoch } => self.resource_cmd(ResourceCmd::Promote(epoch)),
+            Action::Demote { mode } => self.resource_cmd(ResourceCmd::Demote(mode)),
+            Action::Follow { leader, conn_url } => self.resource_cmd(ResourceCmd::Follow(leader, conn_url)),
+            Action::SetSyncStandbys { names } => self.resource_cmd(ResourceCmd::SetSync(names)),
+        }
+    }
+
+    fn resource_cmd(&self, cmd: ResourceCmd) {
+        let _ = self.res_tx.send(cmd);
+    }
+
+    fn publish(&mut self, now: Instant) {
+        let status = self.node.status();
+        let lease_remaining = status.lease_deadline.map(|d| d.saturating_since(now));
+        let acting = self.node.is_acting_leader(now);
+        let view = self.node.view().map(|v| Arc::new(v.clone()));
+        let changed = {
+            let cur = self.state.borrow();
+            cur.status != status
+                || cur.acting != acting
+                || cur.metrics != self.metrics
+                || cur.resource != self.resource_status
+                || cur.view.as_deref() != view.as_deref()
+        };
+        if changed || status.role == NodeRole::Leader {
+            let _ = self.state.send(DriverState {
+                status,
+                acting,
+                lease_remaining,
+                resource: self.resource_status.clone(),
+                view,
+                metrics: self.metrics.clone(),
+            });
+        }
+    }
+}
+
+async fn resource_worker(
+    resource: Arc<dyn Resource>,
+    mut watchdog: Box<dyn Watchdog>,
+    mut rx: mpsc::UnboundedReceiver<ResourceCmd>,
+    tx: mpsc::UnboundedSender<Done>,
+) {
+    while let Some(cmd) = rx.recv().await {
+        match cmd {
+            ResourceCmd::Arm(timeout) => {
+                if let Err(e) = watchdog.arm(timeout) {
+                    tracing::error!(error = %e, "cannot arm the watchdog");
+                    let _ = tx.send(Done::WatchdogFailed);
+                }
+            }
+            ResourceCmd::KeepAlive => {
+                if let Err(e) = watchdog.keepalive() {
+                    tracing::error!(error = %e, "watchdog keepalive failed");
+                }
+            }
+            ResourceCmd::Disarm => {
+                if let Err(e) = watchdog.disarm() {
+                    tracing::error!(error = %e, "cannot disarm the watchdog");
+                }
+            }
+            ResourceCmd::Promote(epoch) => {
+                let r = resource.promote(epoch).await;
+                let _ = tx.send(Done::Promoted(r));
+            }
+            ResourceCmd::Demote(mode) => {
+                let r = resource.demote(mode).await;
+                let _ = tx.send(Done::Demoted(r));
+            }
+            ResourceCmd::Follow(leader, url) => {
+                if let Err(e) = resource.follow(leader.as_deref(), url.as_deref()).await {
+                    tracing::warn!(error = %e, "follow failed");
+                }
+            }
+            ResourceCmd::SetSync(names) => {
+                if let Err(e) = resource.set_sync_standbys(&names).await {
+                    tracing::warn!(error = %e, "could not set synchronous standbys");
+                }
+            }
+        }
+    }
+}
