@@ -161,7 +161,11 @@ pub trait Dcs: Send + Sync + 'static {
     ) -> Result<CasOutcome<Version, Option<Version>>, DcsError>;
 
     /// Deletes a control key if it has exactly version `expect`.
-    async fn delete_control(&self, key: ControlKey, expect: &Version) -> Result<CasOutcome<(), Option<Version>>, DcsError>;
+    async fn delete_control(
+        &self,
+        key: ControlKey,
+        expect: &Version,
+    ) -> Result<CasOutcome<(), Option<Version>>, DcsError>;
 
     /// Waits until something in the scope changes after revision `after` (from
     /// [`ClusterView::revision`]), or `timeout` passes. Wakes within

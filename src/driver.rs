@@ -513,10 +513,11 @@ impl Driver {
         }
         while let Some(ev) = self.node.poll_event() {
             if let NodeEvent::AdminDone { id, ok } = &ev
-                && let Some(pos) = self.admin_waiters.iter().position(|(w, _)| w == id) {
-                    let (_, reply) = self.admin_waiters.swap_remove(pos);
-                    let _ = reply.send(Ok(*ok));
-                }
+                && let Some(pos) = self.admin_waiters.iter().position(|(w, _)| w == id)
+            {
+                let (_, reply) = self.admin_waiters.swap_remove(pos);
+                let _ = reply.send(Ok(*ok));
+            }
             tracing::debug!(event = ?ev, "node event");
             let _ = self.events.send(ev);
         }
@@ -550,14 +551,14 @@ impl Driver {
             Action::Release { id, lease } => {
                 store!(async move { dcs.release(&lease).await }, |r, _| Done::Release(id, r))
             }
-            Action::PublishMember { id, record } => store!(
-                async move { dcs.publish_member(&record).await.map(|()| true) },
-                |r, _| Done::Write(id, r)
-            ),
-            Action::WriteControl { id, key, expect, value } => store!(
-                async move { dcs.write_control(key, expect, &value).await.map(|o| o.is_won()) },
-                |r, _| Done::Write(id, r)
-            ),
+            Action::PublishMember { id, record } => {
+                store!(async move { dcs.publish_member(&record).await.map(|()| true) }, |r, _| Done::Write(id, r))
+            }
+            Action::WriteControl { id, key, expect, value } => {
+                store!(async move { dcs.write_control(key, expect, &value).await.map(|o| o.is_won()) }, |r, _| {
+                    Done::Write(id, r)
+                })
+            }
             Action::DeleteControl { id, key, expect } => store!(
                 async move { dcs.delete_control(key, &expect).await.map(|o| o.is_won()) },
                 |r, _| Done::Write(id, r)

@@ -588,9 +588,10 @@ impl RawView {
     pub fn decode(self) -> ClusterView {
         let mut view = ClusterView { revision: self.revision, ..ClusterView::default() };
         if let Some((entry, epoch)) = self.leader
-            && let Some(record) = decode_or_report::<LeaderRecord>(&entry, &mut view.problems) {
-                view.leader = Some(LeaderView { record, epoch, version: entry.version });
-            }
+            && let Some(record) = decode_or_report::<LeaderRecord>(&entry, &mut view.problems)
+        {
+            view.leader = Some(LeaderView { record, epoch, version: entry.version });
+        }
         for entry in self.members {
             if let Some(value) = decode_or_report::<MemberRecord>(&entry, &mut view.problems) {
                 view.members.push(Versioned { value, version: entry.version });

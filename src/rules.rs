@@ -196,10 +196,12 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
         return No(Reason::WatchdogNotWorking);
     }
     if let (Some(mine), Some(cluster)) = (me.timeline, f.cluster_timeline)
-        && mine < cluster && me.role == ResourceRole::Primary {
-            // An old primary whose timeline is behind must not grab the key back.
-            return No(Reason::TimelineBehind { mine, cluster });
-        }
+        && mine < cluster
+        && me.role == ResourceRole::Primary
+    {
+        // An old primary whose timeline is behind must not grab the key back.
+        return No(Reason::TimelineBehind { mine, cluster });
+    }
     if let Some(candidate) = named_candidate {
         if named_me {
             // A manual failover to us bypasses lag and sync checks, as Patroni documents,
@@ -214,9 +216,10 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
         }
     }
     if let Some(sync) = f.synchronous
-        && !sync.is_some_and(|s| s.contains(&me.name)) {
-            return No(Reason::NotInSyncSet);
-        }
+        && !sync.is_some_and(|s| s.contains(&me.name))
+    {
+        return No(Reason::NotInSyncSet);
+    }
     if let Some(leader_pos) = f.leader_position {
         let lag = me.position.map_or(u64::MAX, |p| leader_pos.saturating_sub(p));
         if lag > f.maximum_lag_on_failover {
@@ -233,9 +236,10 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
             continue;
         }
         if let Some(Some(sync)) = f.synchronous
-            && !sync.contains(&peer.name) {
-                continue;
-            }
+            && !sync.contains(&peer.name)
+        {
+            continue;
+        }
         let peer_position = peer.position.unwrap_or(0);
         if peer_position > my_position {
             return No(Reason::PeerAhead { peer: peer.name.clone(), peer_position, my_position });

@@ -112,7 +112,10 @@ fn parse(file: &str, text: &str) -> Vec<Case> {
                     Some(&"-") | None => None,
                     Some(leader) => Some(SyncRecord {
                         leader: leader.to_string(),
-                        sync_standby: words.get(2).map(|s| s.split(',').map(String::from).collect()).unwrap_or_default(),
+                        sync_standby: words
+                            .get(2)
+                            .map(|s| s.split(',').map(String::from).collect())
+                            .unwrap_or_default(),
                     }),
                 })
             }
@@ -182,7 +185,11 @@ fn check(file: &str, c: &Case) -> Result<(), String> {
     let ok = c.expect.len() <= got.len()
         && c.expect.iter().take(2).zip(&got).all(|(e, g)| e == g)
         && c.expect.iter().skip(2).all(|e| got.contains(e));
-    if ok { Ok(()) } else { Err(format!("{file}:{}: {:?}: expected `{}`, got `{}`", c.line, c.title, c.expect.join(" "), got.join(" "))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{file}:{}: {:?}: expected `{}`, got `{}`", c.line, c.title, c.expect.join(" "), got.join(" ")))
+    }
 }
 
 #[test]

@@ -34,8 +34,8 @@ use crate::config::Timing;
 use crate::dcs::{CasOutcome, Expect, Lease};
 use crate::error::DcsError;
 use crate::record::{
-    ClusterView, ConfigRecord, ControlKey, Epoch, FailoverRecord, HistoryEntry, HistoryRecord, LeaderRecord, LeaderView,
-    MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version,
+    ClusterView, ConfigRecord, ControlKey, Epoch, FailoverRecord, HistoryEntry, HistoryRecord, LeaderRecord,
+    LeaderView, MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version,
 };
 use crate::rules::{self, ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
 use crate::time::Instant;
@@ -377,24 +377,28 @@ impl Node {
             return;
         }
         if let Some(h) = &self.held
-            && now >= h.acting_until {
-                tracing::warn!(node = %self.cfg.name, "lease belief ran out without a successful renewal");
-                self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
-            }
+            && now >= h.acting_until
+        {
+            tracing::warn!(node = %self.cfg.name, "lease belief ran out without a successful renewal");
+            self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
+        }
         if let Some(f) = &self.in_flight
-            && now >= f.deadline {
-                let id = f.id;
-                // No answer within retry_timeout: the outcome is unknown (rule 3).
-                self.handle_store_error(id, DcsError::unknown("no answer within retry_timeout"), now);
-            }
+            && now >= f.deadline
+        {
+            let id = f.id;
+            // No answer within retry_timeout: the outcome is unknown (rule 3).
+            self.handle_store_error(id, DcsError::unknown("no answer within retry_timeout"), now);
+        }
         if let Some(p) = &self.probe
-            && now >= p.deadline {
-                self.probe = None;
-            }
+            && now >= p.deadline
+        {
+            self.probe = None;
+        }
         if let Some((id, d)) = self.failsafe_check
-            && now >= d {
-                self.handle_failsafe_result(id, false, now);
-            }
+            && now >= d
+        {
+            self.handle_failsafe_result(id, false, now);
+        }
         if self.renew_retry_at.is_some_and(|t| now >= t) {
             self.renew_retry_at = None;
             if self.held.is_some() {
@@ -573,10 +577,12 @@ impl Node {
             return false;
         }
         if let Some(v) = &self.view
-            && v.leader.as_ref().is_some_and(|l| l.record.member != leader) {
-                return false;
-            }
-        self.failsafe_leader_until = Some(now + crate::time::stretch_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
+            && v.leader.as_ref().is_some_and(|l| l.record.member != leader)
+        {
+            return false;
+        }
+        self.failsafe_leader_until =
+            Some(now + crate::time::stretch_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
         true
     }
 
@@ -645,7 +651,9 @@ impl Node {
         let (key, expect, value) = match request {
             AdminRequest::Switchover { candidate } => {
                 if self.held.is_none() {
-                    return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
+                    return Err(AdminError::NotLeader {
+                        leader: view.leader.as_ref().map(|l| l.record.member.clone()),
+                    });
                 }
                 if let Some(c) = &candidate {
                     check_candidate(view, c)?;
@@ -720,7 +728,8 @@ impl Node {
         self.publish_member_if_changed();
 
         if let Some(h) = &self.held {
-            let ours = leader.as_ref().is_some_and(|l| l.epoch == h.lease.epoch && l.record.token == h.lease.record.token);
+            let ours =
+                leader.as_ref().is_some_and(|l| l.epoch == h.lease.epoch && l.record.token == h.lease.record.token);
             if !ours {
                 // A linearizable read shows the key gone or someone else's: leadership is
                 // over. A read may take leadership away, never confirm it (rule 2).
@@ -732,15 +741,21 @@ impl Node {
             return;
         }
         if let (Some(token), Some(l)) = (&self.pending_token, &leader)
-            && &l.record.token == token {
-                // Our acquire went through although its answer was lost (rule 3): adopt the
-                // key, but act only after a renewal proves it and starts the belief afresh.
-                let lease = Lease { record: l.record.clone(), epoch: l.epoch, version: l.version.clone(), valid_for: Duration::ZERO };
-                self.held = Some(Held { lease, acting_until: now });
-                self.pending_token = None;
-                self.enqueue_front(StoreOp::Renew);
-                return;
-            }
+            && &l.record.token == token
+        {
+            // Our acquire went through although its answer was lost (rule 3): adopt the
+            // key, but act only after a renewal proves it and starts the belief afresh.
+            let lease = Lease {
+                record: l.record.clone(),
+                epoch: l.epoch,
+                version: l.version.clone(),
+                valid_for: Duration::ZERO,
+            };
+            self.held = Some(Held { lease, acting_until: now });
+            self.pending_token = None;
+            self.enqueue_front(StoreOp::Renew);
+            return;
+        }
         match leader {
             Some(l) => {
                 self.pending_token = None;
@@ -772,7 +787,8 @@ impl Node {
             return;
         }
         let Some(view) = &self.view else { return };
-        let peers: Vec<MemberRecord> = view.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name).cloned().collect();
+        let peers: Vec<MemberRecord> =
+            view.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name).cloned().collect();
         let id = self.next_request_id();
         self.probe = Some(Probe { id, purpose: ProbePurpose::Election, deadline: now + self.cfg.timing.retry_timeout });
         if peers.is_empty() {
@@ -864,7 +880,8 @@ impl Node {
         }
         if self.sync_on() {
             let Some(view) = &self.view else { return };
-            let mine = view.sync.as_ref().is_some_and(|s| s.value.leader == self.cfg.name && s.value.sync_standby.is_empty());
+            let mine =
+                view.sync.as_ref().is_some_and(|s| s.value.leader == self.cfg.name && s.value.sync_standby.is_empty());
             if !mine {
                 if self.promote_waits_for_sync.is_none() {
                     let rec = SyncRecord { leader: self.cfg.name.clone(), sync_standby: Vec::new() };
@@ -896,12 +913,14 @@ impl Node {
 
     fn leader_duties(&mut self, now: Instant) {
         let Some(view) = self.view.clone() else { return };
-        if self.primary == Primary::No && self.promote_waits_for_sync.is_none()
+        if self.primary == Primary::No
+            && self.promote_waits_for_sync.is_none()
             && let Some(h) = &self.held
-                && now < h.acting_until {
-                    let epoch = h.lease.epoch;
-                    self.become_primary(epoch, now);
-                }
+            && now < h.acting_until
+        {
+            let epoch = h.lease.epoch;
+            self.become_primary(epoch, now);
+        }
         // Status: the leader's position, written only when it moved.
         if let Some(pos) = self.resource.position {
             let current = view.status.as_ref().map(|s| s.value.position);
@@ -927,7 +946,8 @@ impl Node {
         if let Some(f) = &view.failover {
             let req = &f.value;
             let me = self.cfg.name.as_str();
-            let aimed_at_me = req.leader.as_deref() == Some(me) || (req.leader.is_none() && req.candidate.as_deref() != Some(me));
+            let aimed_at_me =
+                req.leader.as_deref() == Some(me) || (req.leader.is_none() && req.candidate.as_deref() != Some(me));
             if req.candidate.as_deref() == Some(me) || !aimed_at_me {
                 // Satisfied (we lead) or addressed to a former leader: clear it.
                 self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });

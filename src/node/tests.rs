@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::dcs::WatchEvent;
-use crate::record::{Versioned, Version};
+use crate::record::{Version, Versioned};
 
 fn at(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
@@ -34,7 +34,12 @@ fn view_with(leader: Option<LeaderView>) -> ClusterView {
 }
 
 fn lease_from(record: &LeaderRecord, epoch: u64) -> Lease {
-    Lease { record: record.clone(), epoch: Epoch(epoch), version: Version::new(epoch), valid_for: Duration::from_secs(5) }
+    Lease {
+        record: record.clone(),
+        epoch: Epoch(epoch),
+        version: Version::new(epoch),
+        valid_for: Duration::from_secs(5),
+    }
 }
 
 /// Runs the first cycle on an empty store up to the acquire request.
@@ -161,7 +166,9 @@ fn unknown_acquire_outcome_rereads_and_renews_before_promoting() {
     n.handle_load(load, Ok(view_with(Some(leader_view("a", &record.token, 9)))), at(30));
     let actions = answer_writes(&mut n, at(30));
     assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. })), "{actions:?}");
-    let renew = actions.iter().find_map(|a| if let Action::Renew { id, lease } = a { Some((*id, lease.clone())) } else { None });
+    let renew = actions
+        .iter()
+        .find_map(|a| if let Action::Renew { id, lease } = a { Some((*id, lease.clone())) } else { None });
     let (renew, lease) = renew.expect("renew before promote");
     assert_eq!(lease.epoch, Epoch(9));
     n.handle_renew(renew, Ok(CasOutcome::Won(Lease { valid_for: Duration::from_secs(5), ..lease })), at(40));
@@ -226,7 +233,8 @@ fn switchover_demotes_then_releases() {
     );
     answer_writes(&mut n, at(30));
     n.handle_timeout(at(1010));
-    let renew = drain(&mut n).iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None }).unwrap();
+    let renew =
+        drain(&mut n).iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None }).unwrap();
     n.handle_renew(renew, Ok(CasOutcome::Won(lease_from(&record, 7))), at(1020));
     let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None }).unwrap();
     let mut view = view_with(Some(leader_view("a", &record.token, 7)));
