@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it: setup, formatting, lints, docs, every test
+# (real etcd and ZooKeeper are started by the tests themselves on loopback ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+export RUSTFLAGS="${RUSTFLAGS:-} -Dwarnings"
+export RUSTDOCFLAGS="-Dwarnings"
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo doc --workspace --no-deps --all-features"
+cargo doc --workspace --no-deps --all-features
+
+step "cargo test --workspace --all-features"
+cargo test --workspace --all-features -- --test-threads=2
+
+step "benches and fuzz targets build"
+cargo bench --workspace --all-features --no-run
+if [ -d fuzz ] && rustup toolchain list | grep -q nightly; then
+  (cd fuzz && cargo +nightly build --quiet) || { echo "fuzz targets failed to build"; exit 1; }
+fi
+step "all checks passed"
