@@ -379,8 +379,17 @@ impl Node {
         if let Some(h) = &self.held
             && now >= h.acting_until
         {
-            tracing::warn!(node = %self.cfg.name, "lease belief ran out without a successful renewal");
-            self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
+            if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+                tracing::warn!(node = %self.cfg.name, "lease belief ran out without a successful renewal");
+                self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
+            } else if !self.queue.contains(&StoreOp::Renew)
+                && !self.is_in_flight(&StoreOp::Renew)
+                && self.renew_retry_at.is_none()
+            {
+                // Not acting (an adopted key, or a won answer that came too late): no harm
+                // done, but only a won renewal may start acting again.
+                self.enqueue_front(StoreOp::Renew);
+            }
         }
         if let Some(f) = &self.in_flight
             && now >= f.deadline

@@ -336,3 +336,22 @@ fn shutdown_of_a_replica_stops_at_once() {
     n.handle_shutdown(at(1));
     assert!(n.is_stopped());
 }
+
+#[test]
+fn an_adopted_key_survives_until_its_renewal_answers() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Err(DcsError::unknown("reply lost")), at(20));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None }).unwrap();
+    n.handle_load(load, Ok(view_with(Some(leader_view("a", &record.token, 9)))), at(30));
+    // The driver calls handle_timeout on every turn of its loop; the adopted key is not
+    // acting yet, so this must not throw it away.
+    n.handle_timeout(at(31));
+    let actions = answer_writes(&mut n, at(31));
+    let (renew, lease) = actions
+        .iter()
+        .find_map(|a| if let Action::Renew { id, lease } = a { Some((*id, lease.clone())) } else { None })
+        .expect("renew the adopted key");
+    n.handle_renew(renew, Ok(CasOutcome::Won(Lease { valid_for: Duration::from_secs(5), ..lease })), at(40));
+    assert!(drain(&mut n).contains(&Action::Promote { epoch: Epoch(9) }));
+}
