@@ -227,6 +227,10 @@ pub struct Node {
     watchdog_armed: bool,
     last_refusal: Option<Reason>,
     last_leader: Option<Option<String>>,
+    /// A watch fired since the last load.
+    view_stale: bool,
+    /// The next load belongs to a regular cycle: publish our member record after it.
+    regular_load: bool,
     shutting_down: bool,
     stopped: bool,
 }
@@ -267,6 +271,8 @@ impl Node {
             watchdog_armed: false,
             last_refusal: None,
             last_leader: None,
+            view_stale: true,
+            regular_load: false,
             shutting_down: false,
             stopped: false,
         })
@@ -531,8 +537,15 @@ impl Node {
             crate::dcs::WatchEvent::Timeout => {}
             crate::dcs::WatchEvent::Changed | crate::dcs::WatchEvent::Resync => {
                 self.watched = None;
-                if self.in_flight.as_ref().is_none_or(|f| f.op != StoreOp::Load) {
-                    self.next_cycle = self.next_cycle.min(now);
+                self.view_stale = true;
+                // A leader reads at its next regular cycle; everyone else reads at once so a
+                // vanished leader key starts an election without waiting for the timer. The
+                // read alone writes nothing, so events cannot feed back into more events.
+                if self.held.is_none() && !self.shutting_down && !self.stopped {
+                    if !self.queue.contains(&StoreOp::Load) && !self.is_in_flight(&StoreOp::Load) {
+                        self.queue.push_back(StoreOp::Load);
+                    }
+                    self.pump(now);
                 }
             }
         }
@@ -713,9 +726,16 @@ impl Node {
             // Renew first: only a won renewal extends leadership (rule 2).
             self.enqueue_front(StoreOp::Renew);
         }
-        if !self.queue.contains(&StoreOp::Load) && !self.is_in_flight(&StoreOp::Load) {
+        // A leader needs the view only for admin requests and the sync set: re-read when a
+        // watch says something changed, or at least once per ttl as a backstop (rule 7).
+        let view_old = self.last_load.is_none_or(|t| now >= t + self.cfg.timing.ttl / 2);
+        if (self.held.is_none() || self.view_stale || view_old)
+            && !self.queue.contains(&StoreOp::Load)
+            && !self.is_in_flight(&StoreOp::Load)
+        {
             self.queue.push_back(StoreOp::Load);
         }
+        self.regular_load = true;
     }
 
     fn schedule_cycle(&mut self, now: Instant) {
@@ -734,7 +754,10 @@ impl Node {
             self.actions.push_back(Action::Watch { after: view.revision.clone() });
         }
         self.view = Some(view);
-        self.publish_member_if_changed();
+        self.view_stale = false;
+        if std::mem::take(&mut self.regular_load) || self.published.is_none() {
+            self.publish_member_if_changed();
+        }
 
         if let Some(h) = &self.held {
             let ours =

@@ -211,6 +211,8 @@ fn a_read_showing_another_holder_ends_leadership() {
     n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
     n.handle_promoted(Ok(()), at(30));
     answer_writes(&mut n, at(30));
+    // A watch says the scope changed: the leader re-reads at its next cycle.
+    n.handle_watch_event(WatchEvent::Changed, at(500));
     n.handle_timeout(at(1010));
     let actions = drain(&mut n);
     let renew = actions.iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None }).unwrap();
@@ -232,6 +234,7 @@ fn switchover_demotes_then_releases() {
         at(30),
     );
     answer_writes(&mut n, at(30));
+    n.handle_watch_event(WatchEvent::Changed, at(500));
     n.handle_timeout(at(1010));
     let renew =
         drain(&mut n).iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None }).unwrap();
@@ -300,7 +303,24 @@ fn watch_events_start_a_cycle_early() {
     answer_writes(&mut n, at(5));
     assert_eq!(n.poll_timeout(), Some(at(1000)));
     n.handle_watch_event(WatchEvent::Changed, at(200));
-    assert_eq!(n.poll_timeout(), Some(at(200)));
+    let actions = drain(&mut n);
+    let load = actions.iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    let load = load.unwrap_or_else(|| panic!("a follower re-reads at once on a watch event: {actions:?}"));
+    // The leader key vanished: the follower races without waiting for its timer.
+    n.handle_load(load, Ok(view_with(None)), at(210));
+    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Acquire { .. })));
+}
+
+#[test]
+fn an_idle_leader_renews_without_reading() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    n.handle_timeout(at(1010));
+    let actions = drain(&mut n);
+    assert!(matches!(actions.as_slice(), [Action::Renew { .. }]), "{actions:?}");
 }
 
 #[test]
