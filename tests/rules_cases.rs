@@ -204,10 +204,10 @@ fn rule_case_files() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         for case in parse(&name, &fs::read_to_string(path).unwrap()) {
             total += 1;
-            if let [verdict, reason, ..] = case.expect.as_slice() {
-                if verdict == "ineligible" {
-                    reasons_seen.insert(reason.clone());
-                }
+            if let [verdict, reason, ..] = case.expect.as_slice()
+                && verdict == "ineligible"
+            {
+                reasons_seen.insert(reason.clone());
             }
             if let Err(e) = check(&name, &case) {
                 failures.push(e);
