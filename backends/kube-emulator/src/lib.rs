@@ -1,0 +1,1 @@
+//! A small Kubernetes API server emulator for testing `leasehold-kube`.
