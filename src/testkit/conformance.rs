@@ -3,11 +3,17 @@
 //! A backend implements [`Harness`] (how to open independent clients, write garbage and
 //! compact history in its store) and calls [`run_suite`]:
 //!
-//! ```ignore
-//! #[tokio::test(flavor = "multi_thread")]
-//! async fn conformance() {
-//!     let server = start_server();               // real server, killed on drop
-//!     let report = run_suite(&MyHarness::new(&server)).await;
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use leasehold::testkit::conformance::run_suite;
+//! use leasehold::testkit::{MemoryStore, TokioClock};
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     // A backend passes its own `Harness` here (a real server, killed on drop).
+//!     let harness = MemoryStore::new(Arc::new(TokioClock::new()), Duration::from_secs(2));
+//!     let report = run_suite(&harness).await;
 //!     println!("{report}");
 //! }
 //! ```
@@ -32,6 +38,21 @@
 //! the crash returned (a soft bound with generous slack for noisy machines). Watches must
 //! wake within `max(5 s, 10 * watch_latency)`. The checks that wait for expiry run
 //! concurrently, so a run takes roughly `1.5 * ttl + 2 * max_expiry` plus a few seconds.
+//!
+//! # Points backends tend to miss
+//!
+//! * Versions returned by writes must equal the versions `load` reports for the same state
+//!   (leader key after acquire and after renew, control keys after every write).
+//! * `Lost` carries the current state: an acquire that loses names the holder (epoch and
+//!   token); a failed control write carries the current version, `None` when absent.
+//! * A watch on a quiet scope returns [`WatchEvent::Timeout`], not `Changed` or `Resync`,
+//!   even while a scope whose name extends it (`<scope>0`) is written: watch `<scope>/`,
+//!   not `<scope>`. A change made between `load` and `watch` must still wake the watch.
+//! * The Resync check writes to the scope between the `load` and [`Harness::compact`], so
+//!   the watched revision is strictly older than the compaction point.
+//! * Acquire over a garbage leader key may win or be `Lost(None)`, never `Lost(Some)`.
+//! * After a crash the same member name re-acquires through a new client; `Lost` is
+//!   retried for up to `max_expiry + slack` (Consul's lock-delay, Kubernetes observers).
 
 use std::collections::BTreeSet;
 use std::fmt;

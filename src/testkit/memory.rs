@@ -247,6 +247,11 @@ impl Client for MemoryClient {
 }
 
 /// A [`MemoryClient`]'s handle on one scope. Clones share the handle's injected faults.
+///
+/// Behaves as the model says (see [`MemoryModel`]), plus: every call refreshes the
+/// client's session; the first session-bound call after the session expired reports
+/// [`DcsError::LeaseLost`] and the client opens a new session; `watch(None, ..)` waits for
+/// changes after the call; a foreign (non-numeric) version makes `watch` report `Resync`.
 #[derive(Clone)]
 pub struct MemoryDcs {
     scope: String,
