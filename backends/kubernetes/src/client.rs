@@ -1,0 +1,328 @@
+//! One connection to the API server, shared by any number of scope handles, with the
+//! keep-alive that renews this process's member Leases.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use kube::api::{DeleteParams, ListParams, ObjectList, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Config};
+use leasehold::{DcsError, Epoch, LeaderRecord, MemberRecord, Record};
+use tokio::task::AbortHandle;
+
+use crate::dcs::KubeDcs;
+use crate::error::{Op, api_code, classify, timed};
+use crate::names::{MEMBER_ANNOTATION, ScopeNames};
+use crate::objects::{self, duration_secs, new_lease, stamp, wall_now};
+use crate::observe::Observations;
+use crate::options::{ConfigSource, KubeOptions};
+
+/// How a conditional write ended when it did not fail.
+#[derive(Debug)]
+pub(crate) enum Write<T> {
+    /// Applied.
+    Done(T),
+    /// 409: a stale resourceVersion, a failed precondition, or the name already exists.
+    Conflict,
+    /// 404: the object does not exist.
+    Missing,
+}
+
+/// The last leader Lease this process wrote, so a renewal needs no read first.
+#[derive(Clone, Debug)]
+pub(crate) struct Held {
+    pub(crate) object: Lease,
+    pub(crate) record: LeaderRecord,
+    pub(crate) epoch: Epoch,
+}
+
+/// A member Lease this process keeps alive.
+#[derive(Debug)]
+pub(crate) struct PublishedMember {
+    pub(crate) names: ScopeNames,
+    pub(crate) name: String,
+    pub(crate) record: MemberRecord,
+    pub(crate) last: Option<Lease>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) api: Api<Lease>,
+    pub(crate) namespace: String,
+    pub(crate) options: KubeOptions,
+    pub(crate) observations: Observations,
+    pub(crate) held: Mutex<HashMap<String, Held>>,
+    /// One async lock per member object: a publish and a keep-alive never interleave, so an
+    /// older record can never overwrite a newer one.
+    members: Mutex<HashMap<String, Arc<tokio::sync::Mutex<PublishedMember>>>>,
+    stopped: AtomicBool,
+    keepalive: Mutex<Option<AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.keepalive.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            task.abort();
+        }
+    }
+}
+
+/// A connection to the Kubernetes API server for leader election.
+///
+/// Cheap to clone; every clone and every [`KubeDcs`] handle from [`KubeClient::scope`] shares
+/// one `kube::Client` (one connection pool) and one keep-alive task. The keep-alive renews
+/// this process's member Leases every `ttl / 3` (one PUT per published member) and stops
+/// when the client and all its handles are dropped, or on [`KubeClient::stop`].
+#[derive(Clone)]
+pub struct KubeClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for KubeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeClient").field("namespace", &self.inner.namespace).finish_non_exhaustive()
+    }
+}
+
+async fn load_config(source: &ConfigSource) -> Result<Config, DcsError> {
+    let fatal = |what: &str, e: &dyn std::fmt::Display| DcsError::fatal(format!("kubernetes client configuration ({what}): {e}"));
+    match source {
+        ConfigSource::Infer => Config::infer().await.map_err(|e| fatal("kubeconfig or in-cluster", &e)),
+        ConfigSource::InCluster => Config::incluster().map_err(|e| fatal("in-cluster service account", &e)),
+        ConfigSource::Kubeconfig { path, context } => {
+            let options = KubeConfigOptions { context: context.clone(), ..KubeConfigOptions::default() };
+            match path {
+                Some(p) => {
+                    let file = Kubeconfig::read_from(p).map_err(|e| fatal(&format!("kubeconfig {}", p.display()), &e))?;
+                    Config::from_custom_kubeconfig(file, &options).await.map_err(|e| fatal("kubeconfig", &e))
+                }
+                None => Config::from_kubeconfig(&options).await.map_err(|e| fatal("kubeconfig", &e)),
+            }
+        }
+        ConfigSource::Explicit(config) => Ok((**config).clone()),
+    }
+}
+
+impl KubeClient {
+    /// Connects as `options` say. Configuration problems (bad options, no kubeconfig, an
+    /// unusable certificate) are [`DcsError::Fatal`]. No request is made yet: credentials
+    /// are checked by the first call (401/403 are fatal there).
+    pub async fn connect(options: KubeOptions) -> Result<KubeClient, DcsError> {
+        options.validate().map_err(|e| DcsError::fatal(e.to_string()))?;
+        let mut config = load_config(&options.config).await?;
+        // kube retries 429/503/504 by default; a retried write whose first attempt went
+        // through would then look like a lost race (409). We classify and retry ourselves.
+        config.default_retry = false;
+        let namespace = options.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+        let client = kube::Client::try_from(config)
+            .map_err(|e| DcsError::fatal_with("kubernetes client cannot be built from the configuration", e))?;
+        KubeClient::from_client(client, &namespace, options)
+    }
+
+    /// Uses an existing `kube::Client` on `namespace`. Must be called within a tokio runtime
+    /// (it starts the keep-alive task).
+    pub fn from_client(client: kube::Client, namespace: &str, options: KubeOptions) -> Result<KubeClient, DcsError> {
+        options.validate().map_err(|e| DcsError::fatal(e.to_string()))?;
+        crate::names::dns_label(namespace)
+            .map_err(|e| DcsError::fatal(format!("kubernetes namespace {namespace:?} {e}")))?;
+        let inner = Arc::new(Inner {
+            api: Api::namespaced(client, namespace),
+            namespace: namespace.to_string(),
+            options,
+            observations: Observations::default(),
+            held: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
+            keepalive: Mutex::new(None),
+        });
+        let every = inner.options.ttl / 3;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| DcsError::fatal("KubeClient must be created inside a tokio runtime"))?;
+        // The client owns its keep-alive, as a store client owns its session heartbeat.
+        let task = handle.spawn(keep_alive(Arc::downgrade(&inner), every));
+        *inner.keepalive.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
+        Ok(KubeClient { inner })
+    }
+
+    /// A handle on election scope `scope`. The scope must be a DNS-1123 label (it becomes
+    /// part of object names and a label value); otherwise every call on the handle fails
+    /// with [`DcsError::Fatal`] naming the rule.
+    pub fn scope(&self, scope: &str) -> KubeDcs {
+        KubeDcs::new(self.inner.clone(), scope)
+    }
+
+    /// The namespace in use.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// Stops the keep-alive and refuses further calls, leaving every object as it is: member
+    /// and leader Leases then expire by the observer rule, as after a crash. Release leader
+    /// keys first for a clean shutdown.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        if let Some(task) = self.inner.keepalive.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            task.abort();
+        }
+    }
+}
+
+async fn keep_alive(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        inner.renew_members().await;
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_running(&self) -> Result<(), DcsError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(DcsError::fatal("this KubeClient was stopped"));
+        }
+        Ok(())
+    }
+
+    fn limit(&self) -> Duration {
+        self.options.request_timeout
+    }
+
+    /// GET; 404 is `None`.
+    pub(crate) async fn get(&self, name: &str) -> Result<Option<Lease>, DcsError> {
+        let what = format!("get Lease {}/{name}", self.namespace);
+        match timed(Op::Read, &what, self.limit(), self.api.get(name)).await? {
+            Ok(lease) => Ok(Some(lease)),
+            Err(e) if api_code(&e) == Some(404) => Ok(None),
+            Err(e) => Err(classify(Op::Read, &what, e)),
+        }
+    }
+
+    /// LIST by label selector: a quorum read (no resourceVersion), so linearizable.
+    pub(crate) async fn list(&self, selector: &str) -> Result<ObjectList<Lease>, DcsError> {
+        let what = format!("list Leases in {} with {selector}", self.namespace);
+        let params = ListParams::default().labels(selector);
+        timed(Op::Read, &what, self.limit(), self.api.list(&params)).await?.map_err(|e| classify(Op::Read, &what, e))
+    }
+
+    /// POST; 409 AlreadyExists is `Conflict`.
+    pub(crate) async fn create(&self, lease: &Lease) -> Result<Write<Lease>, DcsError> {
+        let what = format!("create Lease {}/{}", self.namespace, objects::name(lease));
+        match timed(Op::Write, &what, self.limit(), self.api.create(&PostParams::default(), lease)).await? {
+            Ok(l) => Ok(Write::Done(l)),
+            Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
+            Err(e) => Err(classify(Op::Write, &what, e)),
+        }
+    }
+
+    /// PUT carrying the object's resourceVersion; 409 is `Conflict`, 404 `Missing`.
+    pub(crate) async fn replace(&self, lease: &Lease) -> Result<Write<Lease>, DcsError> {
+        let name = objects::name(lease);
+        let what = format!("replace Lease {}/{name} at resourceVersion {}", self.namespace, objects::rv(lease));
+        match timed(Op::Write, &what, self.limit(), self.api.replace(name, &PostParams::default(), lease)).await? {
+            Ok(l) => Ok(Write::Done(l)),
+            Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
+            Err(e) if api_code(&e) == Some(404) => Ok(Write::Missing),
+            Err(e) => Err(classify(Op::Write, &what, e)),
+        }
+    }
+
+    /// DELETE with a resourceVersion precondition; 409 is `Conflict`, 404 `Missing`.
+    pub(crate) async fn delete(&self, name: &str, rv: &str) -> Result<Write<()>, DcsError> {
+        let what = format!("delete Lease {}/{name} at resourceVersion {rv}", self.namespace);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { resource_version: Some(rv.to_string()), uid: None }),
+            ..DeleteParams::default()
+        };
+        match timed(Op::Write, &what, self.limit(), self.api.delete(name, &params)).await? {
+            Ok(_) => Ok(Write::Done(())),
+            Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
+            Err(e) if api_code(&e) == Some(404) => Ok(Write::Missing),
+            Err(e) => Err(classify(Op::Write, &what, e)),
+        }
+    }
+
+    /// Creates or replaces a member Lease and keeps it alive from now on.
+    pub(crate) async fn publish_member(&self, names: &ScopeNames, record: &MemberRecord) -> Result<(), DcsError> {
+        let name = names.member(&record.name)?;
+        let entry = {
+            let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+            members
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Mutex::new(PublishedMember {
+                        names: names.clone(),
+                        name: name.clone(),
+                        record: record.clone(),
+                        last: None,
+                    }))
+                })
+                .clone()
+        };
+        let mut member = entry.lock().await;
+        member.record = record.clone();
+        self.put_member(&mut member).await
+    }
+
+    /// Writes `member`'s Lease: a replace at the last version we know, re-reading on a
+    /// conflict (our own member object: last writer wins, as a re-registration should).
+    async fn put_member(&self, member: &mut PublishedMember) -> Result<(), DcsError> {
+        let text = String::from_utf8(member.record.encode()).unwrap_or_default();
+        let labels = member.names.labels("member");
+        for _ in 0..4 {
+            let result = match member.last.take() {
+                Some(mut lease) => {
+                    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                    spec.holder_identity = Some(member.record.name.clone());
+                    spec.lease_duration_seconds = Some(duration_secs(self.options.ttl));
+                    spec.renew_time = Some(wall_now());
+                    spec.acquire_time.get_or_insert_with(wall_now);
+                    stamp(&mut lease, &labels, MEMBER_ANNOTATION, Some(text.clone()));
+                    self.replace(&lease).await?
+                }
+                None => {
+                    let spec = LeaseSpec {
+                        holder_identity: Some(member.record.name.clone()),
+                        lease_duration_seconds: Some(duration_secs(self.options.ttl)),
+                        acquire_time: Some(wall_now()),
+                        renew_time: Some(wall_now()),
+                        ..LeaseSpec::default()
+                    };
+                    let annotations = [(MEMBER_ANNOTATION.to_string(), text.clone())].into();
+                    self.create(&new_lease(member.name.clone(), &self.namespace, labels.clone(), annotations, spec)).await?
+                }
+            };
+            match result {
+                Write::Done(lease) => {
+                    self.observations.observe(&member.name, objects::rv(&lease), crate::observe::now());
+                    member.last = Some(lease);
+                    return Ok(());
+                }
+                Write::Conflict => member.last = self.get(&member.name).await?,
+                Write::Missing => member.last = None,
+            }
+        }
+        Err(DcsError::unavailable(format!("member Lease {} kept changing under every write; try again", member.name)))
+    }
+
+    /// One keep-alive round: every published member, a few at a time.
+    async fn renew_members(&self) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let entries: Vec<_> = self.members.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        futures::stream::iter(entries)
+            .for_each_concurrent(16, |entry| async move {
+                let mut member = entry.lock().await;
+                if let Err(e) = self.put_member(&mut member).await {
+                    tracing::warn!(member = %member.name, error = %e, "member keep-alive failed");
+                }
+            })
+            .await;
+    }
+}

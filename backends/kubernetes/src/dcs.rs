@@ -1,0 +1,432 @@
+//! [`KubeDcs`]: one election scope as Leases in one namespace.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use kube::api::WatchParams;
+use kube::core::WatchEvent as KubeEvent;
+use leasehold::dcs::{CasOutcome, Dcs, Expect, Lease as HeldLease, StoreBounds, WatchEvent};
+use leasehold::{
+    ClusterView, ControlKey, DcsError, Epoch, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record, Version,
+};
+use tokio::time::Instant;
+
+use crate::client::{Held, Inner, Write};
+use crate::error::{Op, api_code, classify};
+use crate::names::{LEADER_ANNOTATION, ObjectRole, ScopeNames, VALUE_ANNOTATION};
+use crate::objects::{self, Fingerprint, duration_secs, new_lease, stamp, wall_now};
+use crate::observe::now;
+
+/// What the last `load` saw, so a watch from its revision can ignore heartbeats and wake
+/// when a holder it showed would expire.
+#[derive(Debug)]
+struct Snapshot {
+    revision: String,
+    loaded_at: Instant,
+    objects: HashMap<String, Fingerprint>,
+    /// Objects with a holder (leader, members) and how long they may stay unrenewed.
+    holders: HashMap<String, Duration>,
+}
+
+/// One election scope, stored as `coordination.k8s.io/v1` Leases (see the crate docs for
+/// the layout). Created by [`KubeClient::scope`](crate::KubeClient::scope).
+pub struct KubeDcs {
+    inner: Arc<Inner>,
+    scope: String,
+    names: Result<ScopeNames, String>,
+    snapshot: Mutex<Option<Snapshot>>,
+}
+
+impl std::fmt::Debug for KubeDcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeDcs").field("scope", &self.scope).field("namespace", &self.inner.namespace).finish()
+    }
+}
+
+fn invalid_record(what: &str, e: impl std::fmt::Display) -> DcsError {
+    DcsError::fatal(format!("refusing to write an invalid {what} record (readers would see garbage): {e}"))
+}
+
+impl KubeDcs {
+    pub(crate) fn new(inner: Arc<Inner>, scope: &str) -> Self {
+        let names = ScopeNames::new(&inner.options.prefix, scope, &inner.options.labels).map_err(|e| e.to_string());
+        KubeDcs { inner, scope: scope.to_string(), names, snapshot: Mutex::new(None) }
+    }
+
+    fn names(&self) -> Result<&ScopeNames, DcsError> {
+        self.inner.check_running()?;
+        self.names.as_ref().map_err(DcsError::fatal)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.inner.options.ttl
+    }
+
+    /// The leader as it is now, for a `Lost` answer (no expiry judgement: it was just written).
+    async fn current_leader(&self, name: &str) -> Result<Option<LeaderView>, DcsError> {
+        Ok(self.inner.get(name).await?.as_ref().and_then(objects::leader_view))
+    }
+
+    fn remember(&self, name: &str, object: &Lease, record: &LeaderRecord, epoch: Epoch) {
+        self.inner.observations.observe(name, objects::rv(object), now());
+        let held = Held { object: object.clone(), record: record.clone(), epoch };
+        self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string(), held);
+    }
+
+    fn forget_held(&self, name: &str) {
+        self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+    }
+
+    /// The leader Lease as `lease` left it, if this process wrote it last at `lease.version`;
+    /// otherwise read it and check that it still is that acquisition. `Err(view)` means it
+    /// is not ours any more.
+    async fn our_leader(&self, name: &str, lease: &HeldLease) -> Result<Result<Lease, Option<LeaderView>>, DcsError> {
+        let cached = self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned();
+        if let Some(held) = cached
+            && held.record == lease.record
+            && held.epoch == lease.epoch
+            && objects::rv(&held.object) == lease.version.to_text()
+        {
+            return Ok(Ok(held.object));
+        }
+        self.fresh_leader(name, lease).await
+    }
+
+    async fn fresh_leader(&self, name: &str, lease: &HeldLease) -> Result<Result<Lease, Option<LeaderView>>, DcsError> {
+        match self.inner.get(name).await? {
+            Some(current) if objects::held_as(&current, &lease.record, lease.epoch) => Ok(Ok(current)),
+            Some(current) => Ok(Err(objects::leader_view(&current))),
+            None => Ok(Err(None)),
+        }
+    }
+
+    /// Writes the leader Lease holding `record` at `epoch` (acquire and renew), based on
+    /// `base` (its resourceVersion is the condition). On a conflict, re-reads once and
+    /// retries if the Lease is still this acquisition (someone edited labels, say).
+    async fn write_leader(
+        &self,
+        name: &str,
+        mut base: Lease,
+        lease: &HeldLease,
+        release: bool,
+    ) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
+        let names = self.names()?;
+        for attempt in 0..2 {
+            let mut object = base.clone();
+            let spec = object.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(wall_now());
+            let annotation = if release {
+                spec.holder_identity = None;
+                None
+            } else {
+                spec.holder_identity = Some(lease.record.member.clone());
+                spec.lease_duration_seconds = Some(duration_secs(self.ttl()));
+                Some(String::from_utf8(lease.record.encode()).unwrap_or_default())
+            };
+            stamp(&mut object, &names.labels("leader"), LEADER_ANNOTATION, annotation);
+            match self.inner.replace(&object).await? {
+                Write::Done(written) => return Ok(CasOutcome::Won(written)),
+                Write::Missing => return Ok(CasOutcome::Lost(None)),
+                Write::Conflict if attempt == 0 => match self.fresh_leader(name, lease).await? {
+                    Ok(current) => base = current,
+                    Err(view) => return Ok(CasOutcome::Lost(view)),
+                },
+                Write::Conflict => return Ok(CasOutcome::Lost(self.current_leader(name).await?)),
+            }
+        }
+        Ok(CasOutcome::Lost(self.current_leader(name).await?))
+    }
+
+    async fn control_version(&self, name: &str) -> Result<Option<Version>, DcsError> {
+        Ok(self.inner.get(name).await?.map(|l| Version::opaque(objects::rv(&l))))
+    }
+
+    /// The store's current resourceVersion, for a watch without a starting point.
+    async fn current_revision(&self, names: &ScopeNames) -> Result<String, DcsError> {
+        let list = self.inner.list(&names.selector()).await?;
+        Ok(list.metadata.resource_version.unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl Dcs for KubeDcs {
+    fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// `ttl` is `leaseDurationSeconds`. There is no server-side expiry: another client
+    /// treats a holder as gone once it has seen the Lease unchanged for the duration on its
+    /// own clock, counted from when it first saw the last renewal. An observer that reads
+    /// the scope at least once per ttl (the HA loop does, every `loop_wait`) therefore sees
+    /// the key gone at most `2 * ttl` after the holder's last renew call: `max_expiry`.
+    fn bounds(&self) -> StoreBounds {
+        let ttl = self.ttl();
+        StoreBounds { ttl, max_expiry: ttl * 2, watch_latency: Duration::from_secs(1) }
+    }
+
+    async fn load(&self) -> Result<ClusterView, DcsError> {
+        let names = self.names()?;
+        let list = self.inner.list(&names.selector()).await?;
+        let revision = list.metadata.resource_version.clone().unwrap_or_default();
+        let seen_at = now();
+        let ttl = self.ttl();
+        let obs = &self.inner.observations;
+        let mut raw = RawView { revision: Some(Version::opaque(revision.as_str())), ..RawView::default() };
+        let mut snapshot = Snapshot { revision, loaded_at: seen_at, objects: HashMap::new(), holders: HashMap::new() };
+        for item in &list.items {
+            let (name, rv) = (objects::name(item), objects::rv(item));
+            let Some(role) = names.role_of(name) else { continue };
+            snapshot.objects.insert(name.to_string(), Fingerprint::of(item));
+            let entry = |bytes: Vec<u8>| RawEntry { key: name.to_string(), bytes, version: Version::opaque(rv) };
+            match role {
+                ObjectRole::Control(key) => raw.control.push((key, entry(objects::record_bytes(item, VALUE_ANNOTATION)))),
+                ObjectRole::Leader | ObjectRole::Member(_) => {
+                    if objects::holder(item).is_none() {
+                        continue;
+                    }
+                    let duration = objects::hold_duration(item, ttl);
+                    if obs.expired(name, rv, duration, seen_at) {
+                        tracing::debug!(object = name, ?duration, "unchanged for its lease duration: treated as expired");
+                        continue;
+                    }
+                    snapshot.holders.insert(name.to_string(), duration);
+                    if role == ObjectRole::Leader {
+                        let bytes = objects::leader_bytes(item).unwrap_or_default();
+                        raw.leader = Some((entry(bytes), Epoch(objects::transitions(item))));
+                    } else {
+                        raw.members.push(entry(objects::record_bytes(item, crate::names::MEMBER_ANNOTATION)));
+                    }
+                }
+            }
+        }
+        obs.forget(|name| names.role_of(name).is_none() || snapshot.objects.contains_key(name));
+        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
+        Ok(raw.decode())
+    }
+
+    async fn acquire(&self, record: &LeaderRecord) -> Result<CasOutcome<HeldLease, Option<LeaderView>>, DcsError> {
+        let names = self.names()?;
+        record.validate().map_err(|e| invalid_record("leader", e))?;
+        let name = names.leader();
+        let ttl = self.ttl();
+        let text = String::from_utf8(record.encode()).unwrap_or_default();
+        let current = self.inner.get(&name).await?;
+        let spec = |transitions: i32| LeaseSpec {
+            holder_identity: Some(record.member.clone()),
+            lease_duration_seconds: Some(duration_secs(ttl)),
+            acquire_time: Some(wall_now()),
+            renew_time: Some(wall_now()),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        };
+        let written = match current {
+            None => {
+                let annotations = [(LEADER_ANNOTATION.to_string(), text)].into();
+                let fresh = new_lease(name.clone(), &self.inner.namespace, names.labels("leader"), annotations, spec(1));
+                self.inner.create(&fresh).await?
+            }
+            Some(existing) => {
+                let rv = objects::rv(&existing).to_string();
+                if objects::holder(&existing).is_some() {
+                    let duration = objects::hold_duration(&existing, ttl);
+                    if !self.inner.observations.expired(&name, &rv, duration, now()) {
+                        return Ok(CasOutcome::Lost(objects::leader_view(&existing)));
+                    }
+                    tracing::info!(object = %name, %rv, ?duration, "leader Lease unchanged for its duration: taking it over");
+                }
+                let Ok(next) = i32::try_from(objects::transitions(&existing) + 1) else {
+                    return Err(DcsError::fatal(format!("leaseTransitions of {name} cannot grow any further")));
+                };
+                let mut object = existing;
+                let preserved = object.spec.take().unwrap_or_default();
+                object.spec = Some(LeaseSpec { preferred_holder: preserved.preferred_holder, strategy: preserved.strategy, ..spec(next) });
+                stamp(&mut object, &names.labels("leader"), LEADER_ANNOTATION, Some(text));
+                self.inner.replace(&object).await?
+            }
+        };
+        match written {
+            Write::Done(object) => {
+                let epoch = Epoch(objects::transitions(&object));
+                self.remember(&name, &object, record, epoch);
+                let version = Version::opaque(objects::rv(&object));
+                Ok(CasOutcome::Won(HeldLease { record: record.clone(), epoch, version, valid_for: ttl }))
+            }
+            Write::Conflict => Ok(CasOutcome::Lost(self.current_leader(&name).await?)),
+            Write::Missing => Ok(CasOutcome::Lost(None)),
+        }
+    }
+
+    async fn renew(&self, lease: &HeldLease) -> Result<CasOutcome<HeldLease, Option<LeaderView>>, DcsError> {
+        let name = self.names()?.leader();
+        let base = match self.our_leader(&name, lease).await? {
+            Ok(base) => base,
+            Err(view) => {
+                self.forget_held(&name);
+                return Ok(CasOutcome::Lost(view));
+            }
+        };
+        match self.write_leader(&name, base, lease, false).await? {
+            CasOutcome::Won(object) => {
+                self.remember(&name, &object, &lease.record, lease.epoch);
+                let version = Version::opaque(objects::rv(&object));
+                Ok(CasOutcome::Won(HeldLease { version, valid_for: self.ttl(), ..lease.clone() }))
+            }
+            CasOutcome::Lost(view) => {
+                self.forget_held(&name);
+                Ok(CasOutcome::Lost(view))
+            }
+        }
+    }
+
+    async fn release(&self, lease: &HeldLease) -> Result<CasOutcome<(), Option<LeaderView>>, DcsError> {
+        let name = self.names()?.leader();
+        let base = match self.our_leader(&name, lease).await? {
+            Ok(base) => base,
+            Err(view) => return Ok(CasOutcome::Lost(view)),
+        };
+        let outcome = self.write_leader(&name, base, lease, true).await?;
+        self.forget_held(&name);
+        Ok(match outcome {
+            CasOutcome::Won(object) => {
+                self.inner.observations.observe(&name, objects::rv(&object), now());
+                CasOutcome::Won(())
+            }
+            CasOutcome::Lost(view) => CasOutcome::Lost(view),
+        })
+    }
+
+    async fn publish_member(&self, member: &MemberRecord) -> Result<(), DcsError> {
+        let names = self.names()?;
+        member.validate().map_err(|e| invalid_record("member", e))?;
+        self.inner.publish_member(names, member).await
+    }
+
+    async fn write_control(
+        &self,
+        key: ControlKey,
+        expect: Expect,
+        value: &[u8],
+    ) -> Result<CasOutcome<Version, Option<Version>>, DcsError> {
+        let names = self.names()?;
+        let name = names.control(key);
+        let text = std::str::from_utf8(value).map_err(|e| {
+            DcsError::fatal(format!("control key {} must be UTF-8 to fit an annotation: {e}", key.name()))
+        })?;
+        let labels = names.labels("control");
+        let annotations = [(VALUE_ANNOTATION.to_string(), text.to_string())].into();
+        let mut object = new_lease(name.clone(), &self.inner.namespace, labels, annotations, LeaseSpec::default());
+        let written = match expect {
+            Expect::Absent => self.inner.create(&object).await?,
+            Expect::Version(v) => {
+                object.metadata.resource_version = Some(v.to_text());
+                self.inner.replace(&object).await?
+            }
+        };
+        match written {
+            Write::Done(object) => Ok(CasOutcome::Won(Version::opaque(objects::rv(&object)))),
+            Write::Conflict => Ok(CasOutcome::Lost(self.control_version(&name).await?)),
+            Write::Missing => Ok(CasOutcome::Lost(None)),
+        }
+    }
+
+    async fn delete_control(
+        &self,
+        key: ControlKey,
+        expect: &Version,
+    ) -> Result<CasOutcome<(), Option<Version>>, DcsError> {
+        let name = self.names()?.control(key);
+        match self.inner.delete(&name, &expect.to_text()).await? {
+            Write::Done(()) => Ok(CasOutcome::Won(())),
+            Write::Conflict => Ok(CasOutcome::Lost(self.control_version(&name).await?)),
+            Write::Missing => Ok(CasOutcome::Lost(None)),
+        }
+    }
+
+    /// Watches the scope's Leases from `after` (a list resourceVersion from `load`). Only
+    /// changes readers care about wake it: renewals that touch nothing but `renewTime` do
+    /// not. It also wakes when a holder shown by that load would expire by the observer rule.
+    /// 410 Gone (an ERROR event or the HTTP status) is [`WatchEvent::Resync`].
+    async fn watch(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
+        let names = self.names()?;
+        let deadline = now() + timeout;
+        let mut since = match after {
+            Some(v) => v.to_text(),
+            None => self.current_revision(names).await?,
+        };
+        let (mut known, holders, loaded_at) = {
+            let snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+            match snapshot.as_ref().filter(|s| s.revision == since) {
+                Some(s) => (Some(s.objects.clone()), s.holders.clone(), s.loaded_at),
+                None => (None, HashMap::new(), now()),
+            }
+        };
+        let obs = &self.inner.observations;
+        // A holder the load showed alive wakes us when it would expire.
+        let expiry = |holders: &HashMap<String, Duration>| {
+            holders
+                .iter()
+                .filter_map(|(name, d)| obs.since(name).map(|s| s + *d))
+                .filter(|at| *at > loaded_at)
+                .min()
+        };
+        let what = format!("watch Leases in {} with {}", self.inner.namespace, names.selector());
+        loop {
+            let wake = expiry(&holders).map_or(deadline, |at| at.min(deadline));
+            if now() >= wake {
+                return Ok(if wake < deadline { WatchEvent::Changed } else { WatchEvent::Timeout });
+            }
+            let remaining = wake.saturating_duration_since(now());
+            let params = WatchParams::default()
+                .labels(&names.selector())
+                .timeout(u32::try_from(remaining.as_secs() + 1).unwrap_or(290).min(290));
+            let opened = tokio::time::timeout(remaining, self.inner.api.watch(&params, &since)).await;
+            let stream = match opened {
+                Err(_) => continue,
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) if api_code(&e) == Some(410) => return Ok(WatchEvent::Resync),
+                Ok(Err(e)) => return Err(classify(Op::Read, &what, e)),
+            };
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let next = tokio::time::timeout_at(wake, stream.next()).await;
+                let event = match next {
+                    Err(_) => break,
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => return Err(classify(Op::Read, &what, e)),
+                    Ok(Some(Ok(event))) => event,
+                };
+                let (object, deleted) = match event {
+                    KubeEvent::Added(l) | KubeEvent::Modified(l) => (l, false),
+                    KubeEvent::Deleted(l) => (l, true),
+                    KubeEvent::Bookmark(b) => {
+                        since = b.metadata.resource_version;
+                        continue;
+                    }
+                    KubeEvent::Error(status) if status.code == 410 => return Ok(WatchEvent::Resync),
+                    KubeEvent::Error(status) => {
+                        return Err(DcsError::unavailable(format!("{what}: error event {}: {}", status.code, status.message)));
+                    }
+                };
+                since = objects::rv(&object).to_string();
+                let name = objects::name(&object).to_string();
+                if names.role_of(&name).is_none() {
+                    continue;
+                }
+                obs.observe(&name, &since, now());
+                let Some(known) = known.as_mut() else { return Ok(WatchEvent::Changed) };
+                let changed = if deleted {
+                    known.remove(&name).is_some()
+                } else {
+                    known.insert(name.clone(), Fingerprint::of(&object)).as_ref() != Some(&Fingerprint::of(&object))
+                };
+                if changed {
+                    return Ok(WatchEvent::Changed);
+                }
+            }
+        }
+    }
+}
