@@ -88,7 +88,9 @@ impl std::fmt::Debug for KubeClient {
 }
 
 async fn load_config(source: &ConfigSource) -> Result<Config, DcsError> {
-    let fatal = |what: &str, e: &dyn std::fmt::Display| DcsError::fatal(format!("kubernetes client configuration ({what}): {e}"));
+    let fatal = |what: &str, e: &dyn std::fmt::Display| {
+        DcsError::fatal(format!("kubernetes client configuration ({what}): {e}"))
+    };
     match source {
         ConfigSource::Infer => Config::infer().await.map_err(|e| fatal("kubeconfig or in-cluster", &e)),
         ConfigSource::InCluster => Config::incluster().map_err(|e| fatal("in-cluster service account", &e)),
@@ -96,7 +98,8 @@ async fn load_config(source: &ConfigSource) -> Result<Config, DcsError> {
             let options = KubeConfigOptions { context: context.clone(), ..KubeConfigOptions::default() };
             match path {
                 Some(p) => {
-                    let file = Kubeconfig::read_from(p).map_err(|e| fatal(&format!("kubeconfig {}", p.display()), &e))?;
+                    let file =
+                        Kubeconfig::read_from(p).map_err(|e| fatal(&format!("kubeconfig {}", p.display()), &e))?;
                     Config::from_custom_kubeconfig(file, &options).await.map_err(|e| fatal("kubeconfig", &e))
                 }
                 None => Config::from_kubeconfig(&options).await.map_err(|e| fatal("kubeconfig", &e)),
@@ -294,7 +297,8 @@ impl Inner {
                         ..LeaseSpec::default()
                     };
                     let annotations = [(MEMBER_ANNOTATION.to_string(), text.clone())].into();
-                    self.create(&new_lease(member.name.clone(), &self.namespace, labels.clone(), annotations, spec)).await?
+                    self.create(&new_lease(member.name.clone(), &self.namespace, labels.clone(), annotations, spec))
+                        .await?
                 }
             };
             match result {

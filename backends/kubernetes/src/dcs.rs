@@ -11,7 +11,8 @@ use kube::api::WatchParams;
 use kube::core::WatchEvent as KubeEvent;
 use leasehold::dcs::{CasOutcome, Dcs, Expect, Lease as HeldLease, StoreBounds, WatchEvent};
 use leasehold::{
-    ClusterView, ControlKey, DcsError, Epoch, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record, Version,
+    ClusterView, ControlKey, DcsError, Epoch, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record,
+    Version,
 };
 use tokio::time::Instant;
 
@@ -183,14 +184,20 @@ impl Dcs for KubeDcs {
             snapshot.objects.insert(name.to_string(), Fingerprint::of(item));
             let entry = |bytes: Vec<u8>| RawEntry { key: name.to_string(), bytes, version: Version::opaque(rv) };
             match role {
-                ObjectRole::Control(key) => raw.control.push((key, entry(objects::record_bytes(item, VALUE_ANNOTATION)))),
+                ObjectRole::Control(key) => {
+                    raw.control.push((key, entry(objects::record_bytes(item, VALUE_ANNOTATION))))
+                }
                 ObjectRole::Leader | ObjectRole::Member(_) => {
                     if objects::holder(item).is_none() {
                         continue;
                     }
                     let duration = objects::hold_duration(item, ttl);
                     if obs.expired(name, rv, duration, seen_at) {
-                        tracing::debug!(object = name, ?duration, "unchanged for its lease duration: treated as expired");
+                        tracing::debug!(
+                            object = name,
+                            ?duration,
+                            "unchanged for its lease duration: treated as expired"
+                        );
                         continue;
                     }
                     snapshot.holders.insert(name.to_string(), duration);
@@ -226,7 +233,8 @@ impl Dcs for KubeDcs {
         let written = match current {
             None => {
                 let annotations = [(LEADER_ANNOTATION.to_string(), text)].into();
-                let fresh = new_lease(name.clone(), &self.inner.namespace, names.labels("leader"), annotations, spec(1));
+                let fresh =
+                    new_lease(name.clone(), &self.inner.namespace, names.labels("leader"), annotations, spec(1));
                 self.inner.create(&fresh).await?
             }
             Some(existing) => {
@@ -243,7 +251,11 @@ impl Dcs for KubeDcs {
                 };
                 let mut object = existing;
                 let preserved = object.spec.take().unwrap_or_default();
-                object.spec = Some(LeaseSpec { preferred_holder: preserved.preferred_holder, strategy: preserved.strategy, ..spec(next) });
+                object.spec = Some(LeaseSpec {
+                    preferred_holder: preserved.preferred_holder,
+                    strategy: preserved.strategy,
+                    ..spec(next)
+                });
                 stamp(&mut object, &names.labels("leader"), LEADER_ANNOTATION, Some(text));
                 self.inner.replace(&object).await?
             }
@@ -367,11 +379,7 @@ impl Dcs for KubeDcs {
         let obs = &self.inner.observations;
         // A holder the load showed alive wakes us when it would expire.
         let expiry = |holders: &HashMap<String, Duration>| {
-            holders
-                .iter()
-                .filter_map(|(name, d)| obs.since(name).map(|s| s + *d))
-                .filter(|at| *at > loaded_at)
-                .min()
+            holders.iter().filter_map(|(name, d)| obs.since(name).map(|s| s + *d)).filter(|at| *at > loaded_at).min()
         };
         let what = format!("watch Leases in {} with {}", self.inner.namespace, names.selector());
         loop {
@@ -408,7 +416,10 @@ impl Dcs for KubeDcs {
                     }
                     KubeEvent::Error(status) if status.code == 410 => return Ok(WatchEvent::Resync),
                     KubeEvent::Error(status) => {
-                        return Err(DcsError::unavailable(format!("{what}: error event {}: {}", status.code, status.message)));
+                        return Err(DcsError::unavailable(format!(
+                            "{what}: error event {}: {}",
+                            status.code, status.message
+                        )));
                     }
                 };
                 since = objects::rv(&object).to_string();

@@ -66,13 +66,16 @@ pub(crate) fn classify(op: Op, what: &str, e: kube::Error) -> DcsError {
                 e,
             ),
             429 => DcsError::unavailable_with(format!("{what}: throttled by the API server (429)"), e),
-            400 | 404 | 405 | 406 | 413 | 415 | 422 => {
-                DcsError::fatal_with(format!("{what}: rejected by the API server ({}): {}", status.code, status.message), e)
-            }
+            400 | 404 | 405 | 406 | 413 | 415 | 422 => DcsError::fatal_with(
+                format!("{what}: rejected by the API server ({}): {}", status.code, status.message),
+                e,
+            ),
             code if op == Op::Write && code >= 500 => {
                 DcsError::unknown_with(format!("{what}: the API server failed ({code}) after the write was sent"), e)
             }
-            code => DcsError::unavailable_with(format!("{what}: the API server answered {code}: {}", status.message), e),
+            code => {
+                DcsError::unavailable_with(format!("{what}: the API server answered {code}: {}", status.message), e)
+            }
         },
         kube::Error::Auth(_) | kube::Error::InferConfig(_) | kube::Error::InferKubeconfig(_) => {
             DcsError::fatal_with(format!("{what}: client configuration or credentials unusable"), e)
@@ -84,7 +87,9 @@ pub(crate) fn classify(op: Op, what: &str, e: kube::Error) -> DcsError {
             DcsError::fatal_with(format!("{what}: the API server's answer does not parse as a Lease"), e)
         }
         _ if never_connected(&e) => DcsError::unavailable_with(format!("{what}: cannot connect to the API server"), e),
-        _ if op == Op::Write => DcsError::unknown_with(format!("{what}: the write was sent but its answer was lost"), e),
+        _ if op == Op::Write => {
+            DcsError::unknown_with(format!("{what}: the write was sent but its answer was lost"), e)
+        }
         _ => DcsError::unavailable_with(format!("{what}: request failed"), e),
     }
 }

@@ -34,7 +34,9 @@ pub fn dns_label(name: &str) -> Result<(), String> {
         return Err("must be 1 to 63 characters long".into());
     }
     if !name.chars().all(|c| alnum(c) || c == '-') || !name.starts_with(alnum) || !name.ends_with(alnum) {
-        return Err("must consist of lowercase letters, digits and '-', starting and ending with a letter or digit".into());
+        return Err(
+            "must consist of lowercase letters, digits and '-', starting and ending with a letter or digit".into()
+        );
     }
     Ok(())
 }
@@ -43,9 +45,7 @@ pub fn dns_label(name: &str) -> Result<(), String> {
 pub fn label_key(key: &str) -> Result<(), String> {
     let name = match key.split_once('/') {
         Some((prefix, name)) => {
-            let ok = !prefix.is_empty()
-                && prefix.len() <= 253
-                && prefix.split('.').all(|l| dns_label(l).is_ok());
+            let ok = !prefix.is_empty() && prefix.len() <= 253 && prefix.split('.').all(|l| dns_label(l).is_ok());
             if !ok {
                 return Err(format!("prefix {prefix:?} is not a DNS subdomain"));
             }
@@ -66,7 +66,11 @@ pub fn label_value(value: &str) -> Result<(), String> {
             && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && value.starts_with(|c: char| c.is_ascii_alphanumeric())
             && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
-    if ok { Ok(()) } else { Err("must be at most 63 of [A-Za-z0-9-_.], starting and ending with a letter or digit".into()) }
+    if ok {
+        Ok(())
+    } else {
+        Err("must be at most 63 of [A-Za-z0-9-_.], starting and ending with a letter or digit".into())
+    }
 }
 
 /// Encodes a member name into a DNS-safe object-name part: names that already are lowercase

@@ -75,7 +75,10 @@ impl KubeOptions {
     pub fn validate(&self) -> Result<(), OptionsError> {
         let fail = |field, message: String| Err(OptionsError { field, message });
         if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
-            return fail("ttl", format!("{:?} must be a whole number of seconds, at least 1 (leaseDurationSeconds)", self.ttl));
+            return fail(
+                "ttl",
+                format!("{:?} must be a whole number of seconds, at least 1 (leaseDurationSeconds)", self.ttl),
+            );
         }
         if self.ttl > Duration::from_secs(i32::MAX as u64) {
             return fail("ttl", format!("{:?} does not fit leaseDurationSeconds (int32)", self.ttl));

@@ -12,7 +12,12 @@ use leasehold_kube_emulator::{Emulator, Resource, micro_time};
 use serde_json::{Value, json};
 
 fn record(member: &str, token: &str) -> LeaderRecord {
-    LeaderRecord { member: member.into(), token: token.into(), api_url: Some("http://10.0.0.1:8008".into()), conn_url: None }
+    LeaderRecord {
+        member: member.into(),
+        token: token.into(),
+        api_url: Some("http://10.0.0.1:8008".into()),
+        conn_url: None,
+    }
 }
 
 fn client(emulator: &Emulator, ttl: u64) -> KubeClient {
@@ -21,8 +26,15 @@ fn client(emulator: &Emulator, ttl: u64) -> KubeClient {
 }
 
 /// The fields of client-go's `coordinationv1.LeaseSpec` (Go struct tags), as JSON names.
-const LEASE_SPEC_FIELDS: [&str; 7] =
-    ["holderIdentity", "leaseDurationSeconds", "acquireTime", "renewTime", "leaseTransitions", "preferredHolder", "strategy"];
+const LEASE_SPEC_FIELDS: [&str; 7] = [
+    "holderIdentity",
+    "leaseDurationSeconds",
+    "acquireTime",
+    "renewTime",
+    "leaseTransitions",
+    "preferredHolder",
+    "strategy",
+];
 
 /// Checks `spec` the way Go's `json.Unmarshal` into `LeaseSpec` would: known names, the
 /// right JSON types, MicroTime in `RFC3339Micro` (exactly 6 fractional digits).
@@ -102,7 +114,9 @@ async fn a_client_go_holder_is_respected_until_seen_unchanged_for_its_duration()
     let dcs = client(&emulator, 1).scope("pg");
     // renewTime far in the past, as a holder with a skewed clock would write: the observed
     // time rule ignores it.
-    emulator.put_object(Resource::Lease, NAMESPACE, client_go_lease("other-pod", "2000-01-01T00:00:00.000000Z", 7, 2)).unwrap();
+    emulator
+        .put_object(Resource::Lease, NAMESPACE, client_go_lease("other-pod", "2000-01-01T00:00:00.000000Z", 7, 2))
+        .unwrap();
     let view = dcs.load().await.unwrap();
     assert!(view.leader.is_none(), "not a leasehold leader");
     assert!(view.problems.is_empty(), "without our labels it is not listed at all");

@@ -21,7 +21,10 @@ fn client(emulator: &Emulator, token: Option<&str>) -> KubeClient {
 #[tokio::test]
 async fn unauthorized_and_forbidden_are_fatal_with_a_clear_message() {
     let config = EmulatorConfig {
-        tokens: vec![AccessToken::full(TOKEN), AccessToken::with_verbs("reader", &[Verb::Get, Verb::List, Verb::Watch])],
+        tokens: vec![
+            AccessToken::full(TOKEN),
+            AccessToken::with_verbs("reader", &[Verb::Get, Verb::List, Verb::Watch]),
+        ],
         ..EmulatorConfig::default()
     };
     let emulator = Emulator::start(config).unwrap();

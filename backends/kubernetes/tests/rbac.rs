@@ -50,8 +50,11 @@ async fn every_call(emulator: &Emulator, token: &str) -> Result<(), DcsError> {
     let record = LeaderRecord { member: "pod-a".into(), token: "t".into(), api_url: None, conn_url: None };
     let lease = dcs.acquire(&record).await?.won().expect("free");
     let lease = dcs.renew(&lease).await?.won().expect("ours");
-    let CasOutcome::Won(v) = dcs.write_control(ControlKey::Config, Expect::Absent, b"{}").await? else { panic!("absent") };
-    let CasOutcome::Won(v) = dcs.write_control(ControlKey::Config, Expect::Version(v), br#"{"pause":true}"#).await? else {
+    let CasOutcome::Won(v) = dcs.write_control(ControlKey::Config, Expect::Absent, b"{}").await? else {
+        panic!("absent")
+    };
+    let CasOutcome::Won(v) = dcs.write_control(ControlKey::Config, Expect::Version(v), br#"{"pause":true}"#).await?
+    else {
         panic!("current version")
     };
     assert!(dcs.delete_control(ControlKey::Config, &v).await?.is_won());
@@ -67,14 +70,19 @@ async fn the_role_allows_every_call_and_each_verb_is_needed() {
     let (group, resource, verbs) = &rules[0];
     assert_eq!((group.as_str(), resource.as_str()), ("coordination.k8s.io", "leases"), "only Leases");
     let verbs: Vec<Verb> = verbs.iter().map(|v| verb(v)).collect();
-    let token = |name: &str, verbs: &[Verb]| AccessToken::with_verbs(name, verbs).only_resources(&[Resource::Lease]).only_namespaces(&[NAMESPACE]);
+    let token = |name: &str, verbs: &[Verb]| {
+        AccessToken::with_verbs(name, verbs).only_resources(&[Resource::Lease]).only_namespaces(&[NAMESPACE])
+    };
 
-    let emulator = Emulator::start(EmulatorConfig { tokens: vec![token("role", &verbs)], ..EmulatorConfig::default() }).unwrap();
+    let emulator =
+        Emulator::start(EmulatorConfig { tokens: vec![token("role", &verbs)], ..EmulatorConfig::default() }).unwrap();
     every_call(&emulator, "role").await.expect("the Role allows every call");
 
     for missing in &verbs {
         let fewer: Vec<Verb> = verbs.iter().copied().filter(|v| v != missing).collect();
-        let emulator = Emulator::start(EmulatorConfig { tokens: vec![token("less", &fewer)], ..EmulatorConfig::default() }).unwrap();
+        let emulator =
+            Emulator::start(EmulatorConfig { tokens: vec![token("less", &fewer)], ..EmulatorConfig::default() })
+                .unwrap();
         let err = every_call(&emulator, "less").await.expect_err("a verb was removed");
         assert!(err.is_fatal() && err.to_string().contains("403"), "without {missing:?}: {err}");
     }

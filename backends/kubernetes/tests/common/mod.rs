@@ -42,13 +42,19 @@ pub async fn write_garbage(api: &Api<Lease>, scope: &str, key: &Key) -> Result<(
     let lease = Lease {
         metadata: ObjectMeta {
             name: Some(name),
-            labels: Some([(MANAGED_BY.to_string(), "leasehold".to_string()), (SCOPE_LABEL.to_string(), scope.to_string())].into()),
+            labels: Some(
+                [(MANAGED_BY.to_string(), "leasehold".to_string()), (SCOPE_LABEL.to_string(), scope.to_string())]
+                    .into(),
+            ),
             annotations: Some([(annotation.to_string(), "{not json \u{1}".to_string())].into()),
             ..ObjectMeta::default()
         },
         spec: Some(LeaseSpec { holder_identity: holder, lease_duration_seconds: Some(2), ..LeaseSpec::default() }),
     };
-    api.create(&PostParams::default(), &lease).await.map(|_| ()).map_err(|e| DcsError::unavailable_with("write garbage", e))
+    api.create(&PostParams::default(), &lease)
+        .await
+        .map(|_| ())
+        .map_err(|e| DcsError::unavailable_with("write garbage", e))
 }
 
 /// One suite client: a KubeClient of its own (own connection pool and keep-alive).
