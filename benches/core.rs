@@ -79,7 +79,12 @@ fn leader_step(c: &mut Criterion) {
             Action::Load { id } => node.handle_load(id, Ok(ClusterView::default()), at(1)),
             Action::Acquire { id, record } => {
                 token = record.token.clone();
-                let l = leasehold::Lease { record, epoch: Epoch(7), version: Version::new(7), valid_for: Duration::from_secs(5) };
+                let l = leasehold::Lease {
+                    record,
+                    epoch: Epoch(7),
+                    version: Version::new(7),
+                    valid_for: Duration::from_secs(5),
+                };
                 lease = Some(l.clone());
                 node.handle_acquire(id, Ok(CasOutcome::Won(l)), at(2));
             }
@@ -102,9 +107,9 @@ fn leader_step(c: &mut Criterion) {
                 match a {
                     Action::Renew { id, .. } => node.handle_renew(id, Ok(CasOutcome::Won(lease.clone())), at(now)),
                     Action::Load { id } => node.handle_load(id, Ok(black_box(v.clone())), at(now)),
-                    Action::PublishMember { id, .. } | Action::WriteControl { id, .. } | Action::DeleteControl { id, .. } => {
-                        node.handle_write(id, Ok(true), at(now))
-                    }
+                    Action::PublishMember { id, .. }
+                    | Action::WriteControl { id, .. }
+                    | Action::DeleteControl { id, .. } => node.handle_write(id, Ok(true), at(now)),
                     _ => {}
                 }
             }

@@ -11,8 +11,6 @@ pub mod time;
 
 #[cfg(feature = "tokio")]
 pub mod driver;
-#[cfg(feature = "sim")]
-pub mod sim;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
