@@ -1078,7 +1078,15 @@ impl Node {
     fn after_write(&mut self, then: AfterWrite, won: bool, now: Instant) {
         match then {
             AfterWrite::Nothing | AfterWrite::Status(_) => {}
-            AfterWrite::Admin(id) => self.events.push_back(NodeEvent::AdminDone { id, ok: won }),
+            AfterWrite::Admin(id) => {
+                self.events.push_back(NodeEvent::AdminDone { id, ok: won });
+                if won {
+                    // Act on the request now rather than a loop_wait later: a switchover sent to
+                    // the leader is what an operator times.
+                    self.view_stale = true;
+                    self.next_cycle = self.next_cycle.min(now);
+                }
+            }
             AfterWrite::PromoteAfterSync => {
                 let epoch = self.promote_waits_for_sync.take();
                 match (won, epoch, &self.held) {

@@ -270,6 +270,35 @@ fn switchover_demotes_then_releases() {
 }
 
 #[test]
+fn an_accepted_admin_request_starts_a_cycle_at_once() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    let mut view = view_with(Some(leader_view("a", &record.token, 7)));
+    view.members.push(Versioned { value: MemberRecord::new("b"), version: Version::new(2) });
+    n.handle_watch_event(WatchEvent::Changed, at(500));
+    n.handle_timeout(at(1000));
+    let renew = drain(&mut n).iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None });
+    n.handle_renew(renew.expect("the leader renews"), Ok(CasOutcome::Won(lease_from(&record, 7))), at(1005));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    n.handle_load(load.expect("a watch event makes the leader re-read"), Ok(view), at(1010));
+    answer_writes(&mut n, at(1010));
+    let next_regular = n.poll_timeout().unwrap();
+    n.handle_admin(AdminRequest::Switchover { candidate: Some("b".into()) }, at(1100)).unwrap();
+    let write =
+        drain(&mut n).iter().find_map(|a| if let Action::WriteControl { id, .. } = a { Some(*id) } else { None });
+    n.handle_write(write.expect("the failover key is written"), Ok(true), at(1110));
+    assert!(n.poll_timeout().unwrap() <= at(1110), "next wake-up {:?}, regular {next_regular:?}", n.poll_timeout());
+    n.handle_timeout(at(1110));
+    // Store calls go one at a time: the renewal first, then the read.
+    let renew = drain(&mut n).iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None });
+    n.handle_renew(renew.expect("the cycle renews first"), Ok(CasOutcome::Won(lease_from(&record, 7))), at(1115));
+    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Load { .. })), "the leader re-reads at once");
+}
+
+#[test]
 fn ineligible_member_does_not_race() {
     let mut cfg = NodeConfig::new("a", 1);
     cfg.timing = Timing::fast();
