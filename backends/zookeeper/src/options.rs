@@ -1,0 +1,236 @@
+//! How to reach the ensemble, where the scopes live, and who may touch the znodes.
+
+use std::time::Duration;
+
+/// Digest credentials (`user:password`), sent with `addAuth("digest", ...)` on every connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DigestAuth {
+    /// The user name; must not contain `:`.
+    pub user: String,
+    /// The password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for DigestAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestAuth").field("user", &self.user).field("password", &"<redacted>").finish()
+    }
+}
+
+/// The ACL put on every znode this backend creates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AclPolicy {
+    /// `world:anyone` may do everything (ZooKeeper's open ACL).
+    #[default]
+    Open,
+    /// Only the creating identity (`auth` scheme: the digest user) may do anything; needs
+    /// [`ZkOptions::digest`].
+    CreatorOnly,
+    /// The creating identity may do everything, everyone else may read (observers, tools);
+    /// needs [`ZkOptions::digest`].
+    CreatorWriteOthersRead,
+}
+
+/// Options of a [`ZkClient`](crate::ZkClient).
+#[derive(Clone, Debug)]
+pub struct ZkOptions {
+    /// Comma-separated `host:port` list, as the Java client takes it
+    /// (`zk1:2181,zk2:2181,zk3:2181`), optionally followed by a chroot (`.../leasehold`).
+    /// The chroot is created (with [`acl`](Self::acl)) if it does not exist.
+    pub connect: String,
+    /// Parent path of every scope inside the chroot: scope `pg` lives at `<prefix>/pg`.
+    /// Absolute, no trailing `/`; Patroni uses `/service`.
+    pub prefix: String,
+    /// The leader lease: the session timeout asked for (Patroni: session timeout = ttl). The
+    /// server clamps it to `[2, 20] x tickTime`; the negotiated value is what the backend
+    /// promises ([`ZkClient::session_timeout`](crate::ZkClient::session_timeout)).
+    pub ttl: Duration,
+    /// Idle time after which the client declares its connection dead and tries the next
+    /// server. `None`: the client's default, 2/5 of the negotiated session timeout.
+    pub connection_timeout: Option<Duration>,
+    /// Upper bound on one request. A read that runs out is `Unavailable`, a write `OutcomeUnknown`.
+    pub request_timeout: Duration,
+    /// Digest credentials for this process's identity.
+    pub digest: Option<DigestAuth>,
+    /// ACL of every znode created (directories, leader, members, control keys).
+    pub acl: AclPolicy,
+    /// `sync` before every `load`, so a read served by a lagging follower still sees every
+    /// write committed before the call (a linearizable read). Off saves one round trip per
+    /// load but only guarantees that this process never reads older than its own writes.
+    pub sync_reads: bool,
+    /// Leave the session open when the client is dropped, so it expires by timeout as after a
+    /// crash (tests, or handing the session to another process). Normally `false`: dropping
+    /// the last handle closes the session and every ephemeral znode vanishes at once.
+    pub detached: bool,
+}
+
+impl Default for ZkOptions {
+    fn default() -> Self {
+        ZkOptions {
+            connect: "127.0.0.1:2181".into(),
+            prefix: "/service".into(),
+            ttl: Duration::from_secs(30),
+            connection_timeout: None,
+            request_timeout: Duration::from_secs(5),
+            digest: None,
+            acl: AclPolicy::Open,
+            sync_reads: true,
+            detached: false,
+        }
+    }
+}
+
+/// An option broke a rule. The message names the field and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid zookeeper option {field}: {message}")]
+pub struct OptionsError {
+    /// The field at fault.
+    pub field: &'static str,
+    /// The rule and the value.
+    pub message: String,
+}
+
+/// The servers and chroot of a connect string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ConnectString {
+    pub(crate) servers: Vec<(String, u16)>,
+    pub(crate) chroot: Option<String>,
+}
+
+impl ConnectString {
+    /// `host:port,...` without the chroot, as the client library takes it.
+    pub(crate) fn hosts(&self) -> String {
+        let hosts: Vec<String> = self.servers.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+        hosts.join(",")
+    }
+}
+
+fn check_path(field: &'static str, path: &str) -> Result<(), OptionsError> {
+    let fail = |message: String| Err(OptionsError { field, message });
+    if !path.starts_with('/') {
+        return fail(format!("{path:?} must be an absolute path starting with '/'"));
+    }
+    if path.len() > 1 && path.ends_with('/') {
+        return fail(format!("{path:?} must not end with '/'"));
+    }
+    if path.len() > 1 && path[1..].split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return fail(format!("{path:?} has an empty, '.' or '..' component"));
+    }
+    if path.chars().any(|c| c.is_control()) {
+        return fail(format!("{path:?} contains a control character"));
+    }
+    Ok(())
+}
+
+pub(crate) fn parse_connect(connect: &str) -> Result<ConnectString, OptionsError> {
+    let fail = |message: String| Err(OptionsError { field: "connect", message });
+    let (hosts, chroot) = match connect.find('/') {
+        Some(i) => (&connect[..i], Some(&connect[i..])),
+        None => (connect, None),
+    };
+    let chroot = match chroot {
+        None | Some("/") => None,
+        Some(c) => {
+            check_path("connect", c)?;
+            Some(c.to_string())
+        }
+    };
+    if hosts.trim().is_empty() {
+        return fail(format!("{connect:?} names no server; expected host:port[,host:port...][/chroot]"));
+    }
+    let mut servers = Vec::new();
+    for part in hosts.split(',') {
+        let part = part.trim();
+        let Some((host, port)) = part.rsplit_once(':') else {
+            return fail(format!("server {part:?} in {connect:?} has no port; expected host:port"));
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return fail(format!("server {part:?} in {connect:?} has an empty or invalid host"));
+        }
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => servers.push((host.to_string(), p)),
+            _ => return fail(format!("server {part:?} in {connect:?}: port {port:?} is not a number in 1..=65535")),
+        }
+    }
+    Ok(ConnectString { servers, chroot })
+}
+
+impl ZkOptions {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let fail = |field, message: String| Err(OptionsError { field, message });
+        parse_connect(&self.connect)?;
+        check_path("prefix", &self.prefix)?;
+        if self.prefix == "/" {
+            return fail("prefix", "must not be the root; use for example \"/service\"".into());
+        }
+        if self.ttl < Duration::from_millis(100) || self.ttl > Duration::from_millis(i32::MAX as u64) {
+            return fail("ttl", format!("{:?} must be between 100ms and i32::MAX milliseconds", self.ttl));
+        }
+        if let Some(c) = self.connection_timeout
+            && (c.is_zero() || c >= self.ttl)
+        {
+            return fail("connection_timeout", format!("{c:?} must be greater than zero and below ttl {:?}", self.ttl));
+        }
+        if self.request_timeout.is_zero() {
+            return fail("request_timeout", "must be greater than zero".into());
+        }
+        if let Some(d) = &self.digest {
+            if d.user.is_empty() || d.user.contains(':') {
+                return fail("digest", format!("user {:?} must be non-empty and must not contain ':'", d.user));
+            }
+        } else if self.acl != AclPolicy::Open {
+            return fail("acl", format!("{:?} protects znodes by the creator's identity and needs digest", self.acl));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_strings_parse() {
+        let c = parse_connect("a:1, b:2,[::1]:3/lh/x").unwrap();
+        assert_eq!(c.servers, vec![("a".into(), 1), ("b".into(), 2), ("::1".into(), 3)]);
+        assert_eq!(c.chroot.as_deref(), Some("/lh/x"));
+        assert_eq!(c.hosts(), "a:1,b:2,::1:3");
+        assert_eq!(parse_connect("a:1/").unwrap().chroot, None);
+    }
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let ok = ZkOptions::default();
+        assert!(ok.validate().is_ok());
+        let digest = Some(DigestAuth { user: "u".into(), password: "p".into() });
+        let cases = [
+            (ZkOptions { connect: String::new(), ..ok.clone() }, "connect"),
+            (ZkOptions { connect: "localhost".into(), ..ok.clone() }, "connect"),
+            (ZkOptions { connect: "a:0".into(), ..ok.clone() }, "connect"),
+            (ZkOptions { connect: "a:99999".into(), ..ok.clone() }, "connect"),
+            (ZkOptions { connect: "a:1,:2".into(), ..ok.clone() }, "connect"),
+            (ZkOptions { connect: "a:1/x//y".into(), ..ok.clone() }, "connect"),
+            (ZkOptions { prefix: "service".into(), ..ok.clone() }, "prefix"),
+            (ZkOptions { prefix: "/".into(), ..ok.clone() }, "prefix"),
+            (ZkOptions { prefix: "/a/".into(), ..ok.clone() }, "prefix"),
+            (ZkOptions { ttl: Duration::ZERO, ..ok.clone() }, "ttl"),
+            (ZkOptions { connection_timeout: Some(Duration::from_secs(60)), ..ok.clone() }, "connection_timeout"),
+            (ZkOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
+            (ZkOptions { acl: AclPolicy::CreatorOnly, ..ok.clone() }, "acl"),
+            (ZkOptions { digest: Some(DigestAuth { user: "a:b".into(), password: "p".into() }), ..ok.clone() }, "digest"),
+        ];
+        for (options, field) in cases {
+            let err = options.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+        }
+        assert!(ZkOptions { acl: AclPolicy::CreatorOnly, digest, ..ok }.validate().is_ok());
+    }
+
+    #[test]
+    fn digest_password_is_not_printed() {
+        let d = DigestAuth { user: "u".into(), password: "secret".into() };
+        assert!(!format!("{d:?}").contains("secret"));
+    }
+}
