@@ -1,0 +1,300 @@
+//! One etcd connection and one lease per process, shared by any number of scope handles.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, PutOptions, TlsOptions};
+use leasehold::DcsError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::dcs::EtcdDcs;
+use crate::error::{Op, timed};
+use crate::keeper;
+use crate::options::EtcdOptions;
+
+/// The current process lease as this process knows it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaseState {
+    /// etcd's lease id.
+    pub(crate) id: i64,
+    /// The lease lives at least until here (send time of the last acknowledged keep-alive
+    /// plus the TTL), on this process's monotonic clock.
+    pub(crate) expires: Instant,
+    /// etcd said the lease is gone; a new one is being granted.
+    pub(crate) lost: bool,
+}
+
+/// A keep-alive that etcd acknowledged: lease `id` lives at least until `expires`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ack {
+    pub(crate) id: i64,
+    pub(crate) expires: Instant,
+}
+
+/// A member key this process keeps, re-written under a new lease after a re-grant.
+#[derive(Clone, Debug)]
+pub(crate) struct Published {
+    pub(crate) bytes: Vec<u8>,
+    /// The lease the bytes were last written with; `None` when a write is still owed.
+    pub(crate) written_with: Option<i64>,
+}
+
+pub(crate) type Waiter = oneshot::Sender<Result<Ack, DcsError>>;
+
+pub(crate) struct Inner {
+    pub(crate) etcd: Client,
+    pub(crate) options: EtcdOptions,
+    /// The TTL etcd granted (it may raise a short one to its minimum).
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Mutex<LeaseState>,
+    /// Member keys of this process, by full key.
+    pub(crate) published: Mutex<BTreeMap<String, Published>>,
+    /// Leader keys this process holds. While any is held, only `acquire`/`renew` keep the
+    /// lease alive, so a holder that stops renewing loses its keys within the TTL.
+    pub(crate) held: Mutex<BTreeSet<String>>,
+    /// Requests sent to etcd by this client (unary calls, keep-alive messages, watch streams).
+    pub(crate) requests: AtomicU64,
+    refresh: mpsc::UnboundedSender<Waiter>,
+    stopped: AtomicBool,
+    keeper: Mutex<Option<AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.keeper.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            task.abort();
+        }
+    }
+}
+
+/// The current instant on the monotonic clock.
+#[allow(clippy::disallowed_methods)] // a store client measures its own lease on the real clock
+pub(crate) fn now() -> Instant {
+    Instant::now()
+}
+
+/// Locks a std mutex; a panic elsewhere cannot leave these plain maps half-updated.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A connection to an etcd v3 cluster for leader election.
+///
+/// Cheap to clone; every clone and every [`EtcdDcs`] handle from [`EtcdClient::scope`] shares
+/// one gRPC channel and **one lease**: every leader key and member key this process writes is
+/// attached to it, so a crash removes them all within the TTL.
+///
+/// The lease is kept alive by a background task every `ttl / 3` while this process holds no
+/// leader key. While it holds one, only [`Dcs::acquire`](leasehold::Dcs::acquire) and
+/// [`Dcs::renew`](leasehold::Dcs::renew) refresh it (concurrent calls share one keep-alive),
+/// so a holder that stops renewing loses its keys a TTL after its last renew, as in Patroni.
+/// When etcd reports the lease gone, the task grants a new one and re-writes this process's
+/// member keys; leader keys are gone with the old lease and renewals of them are `Lost`.
+#[derive(Clone)]
+pub struct EtcdClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EtcdClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lease = *lock(&self.inner.lease);
+        f.debug_struct("EtcdClient")
+            .field("endpoints", &self.inner.options.endpoints)
+            .field("prefix", &self.inner.options.prefix)
+            .field("lease", &lease.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file(field: &str, path: &std::path::Path) -> Result<Vec<u8>, DcsError> {
+    std::fs::read(path).map_err(|e| DcsError::fatal(format!("etcd option {field}: cannot read {}: {e}", path.display())))
+}
+
+fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, DcsError> {
+    let mut co = ConnectOptions::new()
+        .with_connect_timeout(options.dial_timeout)
+        .with_keep_alive(options.keepalive_interval, options.keepalive_interval)
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true)
+        .with_auto_token_refresh(true);
+    if let (Some(user), Some(password)) = (&options.user, &options.password) {
+        co = co.with_user(user.clone(), password.clone());
+    }
+    if options.uses_tls() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &options.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read_file("ca_file", ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&options.cert_file, &options.key_file) {
+            tls = tls.identity(Identity::from_pem(read_file("cert_file", cert)?, read_file("key_file", key)?));
+        }
+        co = co.with_tls(tls);
+    }
+    Ok(co)
+}
+
+impl EtcdClient {
+    /// Connects, authenticates (when `user` is set) and grants the process lease.
+    ///
+    /// Bad options, unreadable TLS files and a wrong user or password are
+    /// [`DcsError::Fatal`] with a message naming the cause; an unreachable cluster is
+    /// [`DcsError::Unavailable`] naming the endpoints. Must be called within a tokio runtime
+    /// (it starts the keep-alive task).
+    pub async fn connect(options: EtcdOptions) -> Result<EtcdClient, DcsError> {
+        options.validate().map_err(|e| DcsError::fatal(e.to_string()))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| DcsError::fatal("EtcdClient::connect must be called inside a tokio runtime"))?;
+        let co = connect_options(&options)?;
+        let endpoints = options.endpoints.join(",");
+        let unreachable = |e: DcsError| match e {
+            DcsError::Fatal { .. } | DcsError::LeaseLost { .. } => e,
+            other => DcsError::unavailable(format!(
+                "no etcd member of {endpoints} answered within dial_timeout {:?}: {other}",
+                options.dial_timeout
+            )),
+        };
+        // Connecting authenticates when a user is set, so it is the first request.
+        let etcd = timed(Op::Read, "connect", options.dial_timeout, Client::connect(&options.endpoints, Some(co)))
+            .await
+            .map_err(unreachable)?;
+        let ttl_secs = i64::try_from(options.ttl.as_secs()).unwrap_or(i64::MAX);
+        let sent = now();
+        let grant = timed(Op::Write, "grant the process lease", options.dial_timeout, async {
+            etcd.lease_client().grant(ttl_secs, None).await
+        })
+        .await
+        .map_err(unreachable)?;
+        if !grant.error().is_empty() || grant.ttl() <= 0 {
+            return Err(DcsError::unavailable(format!(
+                "etcd did not grant the process lease (ttl {}): {}",
+                grant.ttl(),
+                grant.error()
+            )));
+        }
+        let ttl = Duration::from_secs(grant.ttl().unsigned_abs());
+        if ttl != options.ttl {
+            tracing::info!(asked = ?options.ttl, granted = ?ttl, "etcd changed the lease TTL");
+        }
+        let (refresh, requests) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            etcd,
+            options,
+            ttl,
+            lease: Mutex::new(LeaseState { id: grant.id(), expires: sent + ttl, lost: false }),
+            published: Mutex::new(BTreeMap::new()),
+            held: Mutex::new(BTreeSet::new()),
+            requests: AtomicU64::new(2),
+            refresh,
+            stopped: AtomicBool::new(false),
+            keeper: Mutex::new(None),
+        });
+        // The client owns its keep-alive, as a store client owns its session heartbeat.
+        let task = runtime.spawn(keeper::run(Arc::downgrade(&inner), requests));
+        *lock(&inner.keeper) = Some(task.abort_handle());
+        tracing::debug!(lease = grant.id(), ?ttl, "etcd process lease granted");
+        Ok(EtcdClient { inner })
+    }
+
+    /// A handle on election scope `scope`: keys under `<prefix>/<scope>/`. The scope must be
+    /// non-empty and contain no `/` or control characters; otherwise every call on the
+    /// handle fails with [`DcsError::Fatal`] naming the rule.
+    pub fn scope(&self, scope: &str) -> EtcdDcs {
+        EtcdDcs::new(self.inner.clone(), scope)
+    }
+
+    /// The lease TTL etcd granted.
+    pub fn ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// The current process lease id.
+    pub fn lease_id(&self) -> i64 {
+        lock(&self.inner.lease).id
+    }
+
+    /// How many requests this client has sent to etcd: unary calls, lease keep-alive
+    /// messages and watch streams opened. For measuring idle cost.
+    pub fn requests(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// The underlying etcd-client handle (same channel and credentials), for tools and tests.
+    pub fn raw(&self) -> Client {
+        self.inner.etcd.clone()
+    }
+
+    /// Stops the keep-alive and refuses further calls, leaving every key as it is: they
+    /// expire with the lease, as after a crash.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        if let Some(task) = lock(&self.inner.keeper).take() {
+            task.abort();
+        }
+    }
+
+    /// Stops like [`stop`](EtcdClient::stop) and revokes the lease, so every key of this
+    /// process (members and any leader key still held) is deleted now. Release leader keys
+    /// through [`Dcs::release`](leasehold::Dcs::release) first for an orderly step-down.
+    pub async fn shutdown(&self) -> Result<(), DcsError> {
+        self.stop();
+        let id = lock(&self.inner.lease).id;
+        self.inner.count();
+        timed(Op::Write, "revoke the process lease", self.inner.options.request_timeout, async {
+            self.inner.etcd.lease_client().revoke(id).await
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+impl Inner {
+    pub(crate) fn check_running(&self) -> Result<(), DcsError> {
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(DcsError::fatal("this EtcdClient was stopped"));
+        }
+        Ok(())
+    }
+
+    /// Counts one request to etcd.
+    pub(crate) fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The lease to attach new keys to; unavailable while a lost lease is being replaced.
+    pub(crate) fn current_lease(&self) -> Result<LeaseState, DcsError> {
+        let lease = *lock(&self.lease);
+        if lease.lost {
+            self.poke();
+            return Err(DcsError::unavailable("the process lease expired; a new one is being granted, retry"));
+        }
+        Ok(lease)
+    }
+
+    /// Asks the keeper for a keep-alive without waiting (it also re-grants a lost lease).
+    pub(crate) fn poke(&self) {
+        let (tx, _rx) = oneshot::channel();
+        let _ = self.refresh.send(tx);
+    }
+
+    /// A keep-alive sent after this call started. Concurrent callers share one.
+    pub(crate) async fn keep_alive(&self) -> Result<Ack, DcsError> {
+        let (tx, rx) = oneshot::channel();
+        self.refresh.send(tx).map_err(|_| DcsError::fatal("the lease keeper of this EtcdClient has stopped"))?;
+        rx.await.map_err(|_| DcsError::fatal("the lease keeper of this EtcdClient has stopped"))?
+    }
+
+    /// Writes a member key with the current lease; `Ok(false)` when the lease is gone.
+    pub(crate) async fn put_member(&self, key: &str, bytes: Vec<u8>, lease: i64) -> Result<(), DcsError> {
+        self.count();
+        let what = format!("publish member {key}");
+        timed(Op::Write, &what, self.options.request_timeout, async {
+            self.etcd.kv_client().put(key, bytes, Some(PutOptions::new().with_lease(lease))).await
+        })
+        .await
+        .map(|_| ())
+    }
+}

@@ -1,0 +1,443 @@
+//! One election scope over the shared connection and lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+};
+use leasehold::{
+    CasOutcome, ClusterView, ControlKey, Dcs, DcsError, Epoch, Expect, Key, LeaderRecord, LeaderView, Lease,
+    MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
+};
+
+use crate::client::{Inner, Published, lock, now};
+use crate::error::{Op, classify, is_compacted, timed};
+
+/// How long after a holder stops its keys may outlive the TTL: etcd checks for expired
+/// leases every 500 ms, revokes through raft, and a new raft leader extends every lease
+/// by an election timeout (1 s by default).
+const EXPIRY_SLACK: Duration = Duration::from_secs(2);
+/// Watch wake-up in a healthy cluster (events are pushed; this is generous).
+const WATCH_LATENCY: Duration = Duration::from_millis(500);
+/// Pause before re-opening a broken watch stream.
+const WATCH_RETRY: Duration = Duration::from_millis(250);
+
+/// One election scope in etcd: keys `<prefix>/<scope>/...` (Patroni's layout).
+///
+/// * `leader`: the [`LeaderRecord`], attached to the process lease. Acquire is a txn on
+///   `create_revision == 0`; its `create_revision` is the fencing epoch, its `mod_revision`
+///   the version. Renew confirms with a linearizable txn that the key still holds our
+///   record at our epoch on our lease, while a shared lease keep-alive extends it. Release
+///   compares epoch and record before deleting.
+/// * `members/<name>`: [`MemberRecord`]s, attached to the process lease; an unchanged record
+///   is not re-written.
+/// * `config`, `failover`, `sync`, `initialize`, `history`, `status`: control keys without a
+///   lease, compare-and-set on `mod_revision` (absent: `create_revision == 0`).
+///
+/// Reads are linearizable ranges over `<prefix>/<scope>/`. `watch` opens a watch on that
+/// prefix from the given revision + 1, re-opens it (on any member) from the same revision
+/// when the stream breaks, and reports [`WatchEvent::Resync`] when etcd compacted it.
+#[derive(Clone)]
+pub struct EtcdDcs {
+    inner: Arc<Inner>,
+    scope: String,
+    /// `<prefix>/<scope>/`
+    base: String,
+    leader: String,
+    invalid: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdDcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdDcs").field("scope", &self.scope).field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
+fn check_scope(scope: &str) -> Option<String> {
+    if scope.is_empty() {
+        return Some("etcd scope name is empty".into());
+    }
+    if scope.contains('/') || scope.contains(char::is_control) {
+        return Some(format!("etcd scope name {scope:?} contains '/' or a control character"));
+    }
+    None
+}
+
+fn kv_entry(kv: &KeyValue) -> RawEntry {
+    RawEntry {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        bytes: kv.value().to_vec(),
+        version: Version::new(kv.mod_revision().unsigned_abs()),
+    }
+}
+
+/// The key-values of the first range in a txn's responses.
+fn got(resp: &TxnResponse) -> Option<KeyValue> {
+    resp.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+fn revision(resp: &TxnResponse) -> u64 {
+    resp.header().map(|h| h.revision().unsigned_abs()).unwrap_or_default()
+}
+
+/// The leader key as read; garbage is reported (logged) and treated as absent.
+fn leader_view(kv: Option<KeyValue>) -> Option<LeaderView> {
+    let kv = kv?;
+    let entry = kv_entry(&kv);
+    match LeaderRecord::decode(&entry.key, &entry.bytes) {
+        Ok(record) => {
+            Some(LeaderView { record, epoch: Epoch(kv.create_revision().unsigned_abs()), version: entry.version })
+        }
+        Err(e) => {
+            tracing::warn!(key = %entry.key, reason = %e.reason, "garbage in the leader key, treated as absent");
+            None
+        }
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl EtcdDcs {
+    pub(crate) fn new(inner: Arc<Inner>, scope: &str) -> Self {
+        let prefix = inner.options.prefix.clone();
+        EtcdDcs {
+            leader: Key::Leader.path(&prefix, scope),
+            base: format!("{}/{scope}/", prefix.trim_end_matches('/')),
+            invalid: check_scope(scope),
+            scope: scope.to_string(),
+            inner,
+        }
+    }
+
+    fn ready(&self) -> Result<(), DcsError> {
+        if let Some(problem) = &self.invalid {
+            return Err(DcsError::fatal(problem));
+        }
+        self.inner.check_running()
+    }
+
+    fn limit(&self) -> Duration {
+        self.inner.options.request_timeout
+    }
+
+    async fn txn(&self, op: Op, what: &str, txn: Txn) -> Result<TxnResponse, DcsError> {
+        self.inner.count();
+        timed(op, what, self.limit(), async { self.inner.etcd.kv_client().txn(txn).await }).await
+    }
+
+    fn control_key(&self, key: ControlKey) -> String {
+        Key::Control(key).path(&self.inner.options.prefix, &self.scope)
+    }
+
+    /// The current control key's version after a failed compare.
+    fn current_version(resp: &TxnResponse) -> Option<Version> {
+        got(resp).map(|kv| Version::new(kv.mod_revision().unsigned_abs()))
+    }
+}
+
+#[async_trait]
+impl Dcs for EtcdDcs {
+    fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    fn bounds(&self) -> StoreBounds {
+        StoreBounds { ttl: self.inner.ttl, max_expiry: self.inner.ttl + EXPIRY_SLACK, watch_latency: WATCH_LATENCY }
+    }
+
+    async fn load(&self) -> Result<ClusterView, DcsError> {
+        self.ready()?;
+        self.inner.count();
+        let what = format!("load {}", self.base);
+        let resp = timed(Op::Read, &what, self.limit(), async {
+            self.inner.etcd.kv_client().get(self.base.as_str(), Some(GetOptions::new().with_prefix())).await
+        })
+        .await?;
+        let prefix = &self.inner.options.prefix;
+        let mut raw =
+            RawView { revision: resp.header().map(|h| Version::new(h.revision().unsigned_abs())), ..RawView::default() };
+        for kv in resp.kvs() {
+            let Ok(path) = std::str::from_utf8(kv.key()) else { continue };
+            match Key::parse(prefix, &self.scope, path) {
+                Some(Key::Leader) => raw.leader = Some((kv_entry(kv), Epoch(kv.create_revision().unsigned_abs()))),
+                Some(Key::Member(_)) => raw.members.push(kv_entry(kv)),
+                Some(Key::Control(c)) => raw.control.push((c, kv_entry(kv))),
+                // Keys other tools keep in the scope (Patroni's `optime/leader`, `failsafe`).
+                None => {}
+            }
+        }
+        Ok(raw.decode())
+    }
+
+    async fn acquire(&self, record: &LeaderRecord) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
+        self.ready()?;
+        let started = now();
+        let lease = self.inner.current_lease()?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(self.leader.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(self.leader.as_str(), record.encode(), Some(PutOptions::new().with_lease(lease.id)))])
+            .or_else([TxnOp::get(self.leader.as_str(), None)]);
+        let what = format!("acquire {}", self.leader);
+        let (kept, resp) = tokio::join!(self.inner.keep_alive(), self.txn(Op::Write, &what, txn));
+        let resp = match resp {
+            Err(DcsError::LeaseLost { message }) => {
+                // The txn failed as a whole: nothing was written. The keeper grants a new lease.
+                self.inner.poke();
+                return Err(DcsError::unavailable(format!("{message}; a new lease is being granted, retry")));
+            }
+            other => other?,
+        };
+        if !resp.succeeded() {
+            return Ok(CasOutcome::Lost(leader_view(got(&resp))));
+        }
+        lock(&self.inner.held).insert(self.leader.clone());
+        let revision = revision(&resp);
+        let expires = match kept {
+            Ok(ack) if ack.id == lease.id => ack.expires,
+            _ => lock(&self.inner.lease).expires,
+        };
+        Ok(CasOutcome::Won(Lease {
+            record: record.clone(),
+            epoch: Epoch(revision),
+            version: Version::new(revision),
+            valid_for: expires.saturating_duration_since(started),
+        }))
+    }
+
+    async fn renew(&self, held: &Lease) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
+        self.ready()?;
+        let started = now();
+        let lease = self.inner.current_lease().map_err(|_| {
+            lock(&self.inner.held).remove(&self.leader);
+            DcsError::lease_lost("the process lease expired, and the leader key with it")
+        })?;
+        let key = self.leader.as_str();
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key, CompareOp::Equal, to_i64(held.epoch.0)),
+                Compare::value(key, CompareOp::Equal, held.record.encode()),
+                Compare::lease(key, CompareOp::Equal, lease.id),
+            ])
+            .and_then([TxnOp::get(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let what = format!("renew {key}");
+        let (kept, resp) = tokio::join!(self.inner.keep_alive(), self.txn(Op::Read, &what, txn));
+        let resp = resp?;
+        if !resp.succeeded() {
+            lock(&self.inner.held).remove(&self.leader);
+            self.inner.poke();
+            return Ok(CasOutcome::Lost(leader_view(got(&resp))));
+        }
+        let ack = match kept {
+            Ok(ack) if ack.id == lease.id => ack,
+            Ok(_) | Err(DcsError::LeaseLost { .. }) => {
+                lock(&self.inner.held).remove(&self.leader);
+                return Err(DcsError::lease_lost("the process lease expired, and the leader key with it"));
+            }
+            Err(e) => return Err(e),
+        };
+        let version = got(&resp).map(|kv| kv.mod_revision().unsigned_abs()).unwrap_or_default();
+        Ok(CasOutcome::Won(Lease {
+            record: held.record.clone(),
+            epoch: held.epoch,
+            version: Version::new(version),
+            valid_for: ack.expires.saturating_duration_since(started),
+        }))
+    }
+
+    async fn release(&self, held: &Lease) -> Result<CasOutcome<(), Option<LeaderView>>, DcsError> {
+        self.ready()?;
+        let key = self.leader.as_str();
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(key, CompareOp::Equal, to_i64(held.epoch.0)),
+                Compare::value(key, CompareOp::Equal, held.record.encode()),
+            ])
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let what = format!("release {key}");
+        let resp = self.txn(Op::Write, &what, txn).await?;
+        if !resp.succeeded() {
+            return Ok(CasOutcome::Lost(leader_view(got(&resp))));
+        }
+        lock(&self.inner.held).remove(&self.leader);
+        // Background keep-alives resume once no leader key is held.
+        self.inner.poke();
+        Ok(CasOutcome::Won(()))
+    }
+
+    async fn publish_member(&self, member: &MemberRecord) -> Result<(), DcsError> {
+        self.ready()?;
+        if let Err(e) = MemberRecord::decode("member", &member.encode()) {
+            return Err(DcsError::fatal(format!("member record cannot be published: {}", e.reason)));
+        }
+        let key = Key::Member(member.name.clone()).path(&self.inner.options.prefix, &self.scope);
+        let bytes = member.encode();
+        let lease = self.inner.current_lease()?;
+        let unchanged = lock(&self.inner.published)
+            .get(&key)
+            .is_some_and(|p| p.bytes == bytes && p.written_with == Some(lease.id));
+        if unchanged {
+            return Ok(());
+        }
+        lock(&self.inner.published).insert(key.clone(), Published { bytes: bytes.clone(), written_with: None });
+        match self.inner.put_member(&key, bytes.clone(), lease.id).await {
+            Ok(()) => {
+                if let Some(entry) = lock(&self.inner.published).get_mut(&key)
+                    && entry.bytes == bytes
+                {
+                    entry.written_with = Some(lease.id);
+                }
+                Ok(())
+            }
+            Err(DcsError::LeaseLost { message }) => {
+                self.inner.poke();
+                Err(DcsError::unavailable(format!("{message}; the keeper re-writes the member under a new lease")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_control(
+        &self,
+        key: ControlKey,
+        expect: Expect,
+        value: &[u8],
+    ) -> Result<CasOutcome<Version, Option<Version>>, DcsError> {
+        self.ready()?;
+        let path = self.control_key(key);
+        let compare = match &expect {
+            Expect::Absent => Compare::create_revision(path.as_str(), CompareOp::Equal, 0),
+            Expect::Version(v) => {
+                let Some(n) = v.as_u64().filter(|n| *n > 0) else {
+                    return Ok(CasOutcome::Lost(self.control_version(&path).await?));
+                };
+                Compare::mod_revision(path.as_str(), CompareOp::Equal, to_i64(n))
+            }
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(path.as_str(), value.to_vec(), None)])
+            .or_else([TxnOp::get(path.as_str(), None)]);
+        let resp = self.txn(Op::Write, &format!("write {path}"), txn).await?;
+        if resp.succeeded() {
+            Ok(CasOutcome::Won(Version::new(revision(&resp))))
+        } else {
+            Ok(CasOutcome::Lost(Self::current_version(&resp)))
+        }
+    }
+
+    async fn delete_control(
+        &self,
+        key: ControlKey,
+        expect: &Version,
+    ) -> Result<CasOutcome<(), Option<Version>>, DcsError> {
+        self.ready()?;
+        let path = self.control_key(key);
+        let Some(n) = expect.as_u64().filter(|n| *n > 0) else {
+            return Ok(CasOutcome::Lost(self.control_version(&path).await?));
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(path.as_str(), CompareOp::Equal, to_i64(n))])
+            .and_then([TxnOp::delete(path.as_str(), None)])
+            .or_else([TxnOp::get(path.as_str(), None)]);
+        let resp = self.txn(Op::Write, &format!("delete {path}"), txn).await?;
+        if resp.succeeded() { Ok(CasOutcome::Won(())) } else { Ok(CasOutcome::Lost(Self::current_version(&resp))) }
+    }
+
+    async fn watch(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
+        self.ready()?;
+        let deadline = now() + timeout;
+        // Resume point: events from here on count. Unknown until a stream reports it when
+        // the caller gave no revision.
+        let mut start = after.and_then(Version::as_u64).map(|r| r + 1);
+        let mut last_error: Option<DcsError> = None;
+        loop {
+            if now() >= deadline {
+                return match last_error {
+                    Some(e) if start.is_none() => Err(e),
+                    _ => Ok(WatchEvent::Timeout),
+                };
+            }
+            let mut options = WatchOptions::new().with_prefix();
+            if let Some(rev) = start {
+                options = options.with_start_revision(to_i64(rev));
+            }
+            self.inner.count();
+            let opened = tokio::time::timeout_at(deadline, async {
+                self.inner.etcd.watch_client().watch(self.base.as_str(), Some(options)).await
+            })
+            .await;
+            let mut stream = match opened {
+                Err(_) => continue,
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) if is_compacted(&e) => return Ok(WatchEvent::Resync),
+                Ok(Err(e)) => {
+                    let e = classify(Op::Read, &format!("watch {}", self.base), e);
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    last_error = Some(e);
+                    tokio::time::sleep_until(deadline.min(now() + WATCH_RETRY)).await;
+                    continue;
+                }
+            };
+            loop {
+                let message = match tokio::time::timeout_at(deadline, stream.message()).await {
+                    Err(_) => return Ok(WatchEvent::Timeout),
+                    Ok(m) => m,
+                };
+                match message {
+                    Ok(Some(resp)) => {
+                        if resp.compact_revision() > 0 {
+                            return Ok(WatchEvent::Resync);
+                        }
+                        if !resp.events().is_empty() {
+                            return Ok(WatchEvent::Changed);
+                        }
+                        if resp.canceled() {
+                            if resp.cancel_reason().contains("compacted") {
+                                return Ok(WatchEvent::Resync);
+                            }
+                            tracing::debug!(reason = resp.cancel_reason(), "etcd cancelled a watch; re-opening");
+                            break;
+                        }
+                        if start.is_none()
+                            && let Some(h) = resp.header()
+                        {
+                            // Nothing before the stream's creation revision is ours to report.
+                            start = Some(h.revision().unsigned_abs() + 1);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) if is_compacted(&e) => return Ok(WatchEvent::Resync),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "etcd watch stream broke; re-opening from the same revision");
+                        last_error = Some(classify(Op::Read, &format!("watch {}", self.base), e));
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep_until(deadline.min(now() + WATCH_RETRY)).await;
+        }
+    }
+}
+
+impl EtcdDcs {
+    /// A control key's current version (`None` when absent), by a linearizable read.
+    async fn control_version(&self, path: &str) -> Result<Option<Version>, DcsError> {
+        self.inner.count();
+        let resp = timed(Op::Read, &format!("read {path}"), self.limit(), async {
+            self.inner.etcd.kv_client().get(path, None).await
+        })
+        .await?;
+        Ok(resp.kvs().first().map(|kv| Version::new(kv.mod_revision().unsigned_abs())))
+    }
+}

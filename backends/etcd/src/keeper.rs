@@ -1,0 +1,181 @@
+//! The task that keeps the process lease alive, shares keep-alives between concurrent
+//! renewals, and replaces the lease (re-writing member keys) when etcd reports it gone.
+//!
+//! etcd-client sends one keep-alive per `LeaseKeeper::keep_alive` call and never on its own
+//! (reference/crates.md section 1), so this task owns the timer and the stream.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use etcd_client::{Error, LeaseKeepAliveStream, LeaseKeeper};
+use leasehold::DcsError;
+use tokio::sync::mpsc;
+
+use crate::client::{Ack, Inner, Waiter, lock, now};
+use crate::error::{Op, classify, is_lease_not_found, timed};
+
+type Stream = Option<(LeaseKeeper, LeaseKeepAliveStream)>;
+
+/// A copy of an error for every waiter of one shared keep-alive.
+fn copy(e: &DcsError) -> DcsError {
+    match e {
+        DcsError::Unavailable { message, .. } => DcsError::unavailable(message),
+        DcsError::OutcomeUnknown { message, .. } => DcsError::unknown(message),
+        DcsError::LeaseLost { message } => DcsError::lease_lost(message),
+        DcsError::Fatal { message, .. } => DcsError::fatal(message),
+        other => DcsError::fatal(other.to_string()),
+    }
+}
+
+/// Runs until the client is dropped or stopped.
+pub(crate) async fn run(inner: Weak<Inner>, mut requests: mpsc::UnboundedReceiver<Waiter>) {
+    let mut stream: Stream = None;
+    loop {
+        let every = match inner.upgrade() {
+            None => return,
+            Some(inner) if lock(&inner.lease).lost => (inner.ttl / 3).min(Duration::from_secs(1)),
+            Some(inner) => inner.ttl / 3,
+        };
+        let mut waiters = Vec::new();
+        tokio::select! {
+            waiter = requests.recv() => match waiter {
+                Some(w) => waiters.push(w),
+                None => return,
+            },
+            () = tokio::time::sleep(every) => {}
+        }
+        // Everyone who asked before this keep-alive is sent is served by it.
+        while let Ok(w) = requests.try_recv() {
+            waiters.push(w);
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let lost = lock(&inner.lease).lost;
+        if waiters.is_empty() && !lost && !lock(&inner.held).is_empty() {
+            // A leader key is held: only its renewals keep the lease alive (see EtcdClient).
+            continue;
+        }
+        let result = round(&inner, &mut stream).await;
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "etcd lease keep-alive failed");
+        }
+        for w in waiters {
+            let _ = w.send(result.as_ref().map(|a| *a).map_err(copy));
+        }
+    }
+}
+
+/// One keep-alive (after re-granting a lost lease and re-writing owed member keys).
+async fn round(inner: &Inner, stream: &mut Stream) -> Result<Ack, DcsError> {
+    if lock(&inner.lease).lost {
+        *stream = None;
+        regrant(inner).await?;
+    }
+    let id = lock(&inner.lease).id;
+    republish(inner, id).await;
+    let limit = inner.options.request_timeout;
+    let sent = now();
+    inner.count();
+    let answer = tokio::time::timeout(limit, async {
+        match stream {
+            Some((keeper, messages)) => {
+                keeper.keep_alive().await?;
+                match messages.message().await? {
+                    Some(resp) => Ok(resp.ttl()),
+                    None => Err(Error::LeaseKeepAliveError("the keep-alive stream was closed".into())),
+                }
+            }
+            None => {
+                // Opening the stream sends the first keep-alive and fails if the lease is gone.
+                let opened = inner.etcd.lease_client().keep_alive(id).await?;
+                *stream = Some(opened);
+                Ok(i64::try_from(inner.ttl.as_secs()).unwrap_or(i64::MAX))
+            }
+        }
+    })
+    .await;
+    match answer {
+        Err(_) => {
+            *stream = None;
+            Err(DcsError::unavailable(format!("lease keep-alive: no answer within {limit:?}")))
+        }
+        Ok(Err(e)) if is_lease_not_found(&e) => Err(lease_gone(inner, id, stream).await),
+        Ok(Err(e)) => {
+            *stream = None;
+            Err(classify(Op::Read, "lease keep-alive", e))
+        }
+        Ok(Ok(ttl)) if ttl <= 0 => Err(lease_gone(inner, id, stream).await),
+        Ok(Ok(ttl)) => {
+            let expires = sent + Duration::from_secs(ttl.unsigned_abs());
+            let mut lease = lock(&inner.lease);
+            if lease.id == id && expires > lease.expires {
+                lease.expires = expires;
+            }
+            Ok(Ack { id, expires })
+        }
+    }
+}
+
+/// etcd says lease `id` is gone, and with it every key attached to it.
+async fn lease_gone(inner: &Inner, id: i64, stream: &mut Stream) -> DcsError {
+    *stream = None;
+    {
+        let mut lease = lock(&inner.lease);
+        if lease.id == id {
+            lease.lost = true;
+        }
+    }
+    lock(&inner.held).clear();
+    tracing::warn!(lease = id, "the etcd process lease expired; its leader and member keys are gone");
+    if let Err(e) = regrant(inner).await {
+        tracing::warn!(error = %e, "granting a new etcd lease failed; will retry");
+    }
+    DcsError::lease_lost(format!("etcd reports the process lease {id:x} expired or revoked"))
+}
+
+/// Grants a new lease and re-writes the member keys under it.
+async fn regrant(inner: &Inner) -> Result<(), DcsError> {
+    let ttl = i64::try_from(inner.ttl.as_secs()).unwrap_or(i64::MAX);
+    let sent = now();
+    inner.count();
+    let grant = timed(Op::Write, "grant a new process lease", inner.options.request_timeout, async {
+        inner.etcd.lease_client().grant(ttl, None).await
+    })
+    .await?;
+    if grant.ttl() <= 0 {
+        return Err(DcsError::unavailable(format!("etcd did not grant a new lease: {}", grant.error())));
+    }
+    {
+        let mut lease = lock(&inner.lease);
+        lease.id = grant.id();
+        lease.expires = sent + Duration::from_secs(grant.ttl().unsigned_abs());
+        lease.lost = false;
+    }
+    for entry in lock(&inner.published).values_mut() {
+        entry.written_with = None;
+    }
+    tracing::info!(lease = grant.id(), "granted a new etcd process lease");
+    republish(inner, grant.id()).await;
+    Ok(())
+}
+
+/// Writes every member key not yet written with lease `id`.
+async fn republish(inner: &Inner, id: i64) {
+    let owed: Vec<(String, Vec<u8>)> = lock(&inner.published)
+        .iter()
+        .filter(|(_, p)| p.written_with != Some(id))
+        .map(|(k, p)| (k.clone(), p.bytes.clone()))
+        .collect();
+    for (key, bytes) in owed {
+        match inner.put_member(&key, bytes.clone(), id).await {
+            Ok(()) => {
+                // A newer record published meanwhile stays owed and is written next round.
+                if let Some(entry) = lock(&inner.published).get_mut(&key)
+                    && entry.bytes == bytes
+                {
+                    entry.written_with = Some(id);
+                }
+            }
+            Err(e) => tracing::warn!(key = %key, error = %e, "re-writing a member key failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! How to reach etcd and how long the process lease lives.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of an [`EtcdClient`](crate::EtcdClient).
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// Client URLs of the cluster members (`http://10.0.0.1:2379`, `https://...`). Calls are
+    /// balanced over the members that answer; a dead or frozen member is dropped by the
+    /// HTTP/2 keep-alive and the per-request timeout. All must use the same scheme.
+    pub endpoints: Vec<String>,
+    /// Key prefix (Patroni's namespace): keys are `<prefix>/<scope>/leader`,
+    /// `<prefix>/<scope>/members/<name>`, `<prefix>/<scope>/config`, ... Must start with `/`.
+    pub prefix: String,
+    /// PEM file of the CA that signed the servers' certificates. Required for `https://`
+    /// endpoints (no system trust store is built in).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers started with `--client-cert-auth`. Needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// User name for etcd's authentication (`etcdctl user add`). Needs `password`.
+    pub user: Option<String>,
+    /// Password of `user`.
+    pub password: Option<String>,
+    /// Upper bound on connecting (TCP + TLS) to one member and on the first requests of
+    /// [`EtcdClient::connect`](crate::EtcdClient::connect) (authentication, lease grant).
+    pub dial_timeout: Duration,
+    /// Upper bound on one request. A read that runs out is `Unavailable`, a write
+    /// `OutcomeUnknown`. Also bounds how long a lease keep-alive may wait for its answer.
+    pub request_timeout: Duration,
+    /// HTTP/2 ping interval (and ping timeout) that detects a frozen or unreachable member
+    /// while no request is in flight. etcd answers pings sent more often than its
+    /// `--grpc-keepalive-min-time` (default 5 s) by closing the connection, so keep it at
+    /// least that.
+    pub keepalive_interval: Duration,
+    /// TTL of the process lease that holds every leader and member key of this process.
+    /// Whole seconds, at least 1; etcd may raise it to its minimum (about 2 s with default
+    /// election timeouts): [`Dcs::bounds`](leasehold::Dcs::bounds) reports the granted TTL.
+    pub ttl: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/service".into(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password: None,
+            dial_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(5),
+            ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An option broke a rule. The message names the field and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid etcd option {field}: {message}")]
+pub struct OptionsError {
+    /// The field at fault.
+    pub field: &'static str,
+    /// The rule and the value.
+    pub message: String,
+}
+
+impl EtcdOptions {
+    /// Whether the endpoints use TLS (`https://`).
+    pub fn uses_tls(&self) -> bool {
+        self.endpoints.iter().any(|e| e.starts_with("https://"))
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let fail = |field, message: String| Err(OptionsError { field, message });
+        if self.endpoints.is_empty() {
+            return fail("endpoints", "at least one endpoint is needed".into());
+        }
+        for e in &self.endpoints {
+            let rest = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://"));
+            match rest {
+                Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => {}
+                _ => return fail("endpoints", format!("{e:?} must be an http:// or https:// URL with a host")),
+            }
+        }
+        let tls = self.uses_tls();
+        if tls && self.endpoints.iter().any(|e| e.starts_with("http://")) {
+            return fail("endpoints", "mixes http:// and https:// URLs; use one scheme for every member".into());
+        }
+        if !self.prefix.starts_with('/') || self.prefix.contains(char::is_control) {
+            return fail("prefix", format!("{:?} must start with '/' and contain no control characters", self.prefix));
+        }
+        if tls && self.ca_file.is_none() {
+            return fail("ca_file", "is required with https:// endpoints (no system trust store is built in)".into());
+        }
+        if !tls && (self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()) {
+            return fail("endpoints", "TLS files are set but the endpoints are http://; use https:// URLs".into());
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            let field = if self.cert_file.is_some() { "key_file" } else { "cert_file" };
+            return fail(field, "cert_file and key_file must be given together".into());
+        }
+        match (&self.user, &self.password) {
+            (Some(u), Some(_)) if u.is_empty() => return fail("user", "must not be empty".into()),
+            (Some(_), None) => return fail("password", "is required when user is set".into()),
+            (None, Some(_)) => return fail("user", "is required when password is set".into()),
+            _ => {}
+        }
+        for (field, value) in [
+            ("dial_timeout", self.dial_timeout),
+            ("request_timeout", self.request_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+        ] {
+            if value.is_zero() {
+                return fail(field, "must be greater than zero".into());
+            }
+        }
+        if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
+            return fail("ttl", format!("{:?} must be a whole number of seconds, at least 1", self.ttl));
+        }
+        if self.ttl > Duration::from_secs(9_000_000_000) {
+            return fail("ttl", format!("{:?} is longer than etcd's maximum lease TTL", self.ttl));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let ok = EtcdOptions::default();
+        assert!(ok.validate().is_ok());
+        let tls = EtcdOptions {
+            endpoints: vec!["https://a:2379".into()],
+            ca_file: Some("ca.pem".into()),
+            ..EtcdOptions::default()
+        };
+        assert!(tls.validate().is_ok());
+        let cases = [
+            (EtcdOptions { endpoints: vec![], ..ok.clone() }, "endpoints"),
+            (EtcdOptions { endpoints: vec!["127.0.0.1:2379".into()], ..ok.clone() }, "endpoints"),
+            (EtcdOptions { endpoints: vec!["http://a".into(), "https://b".into()], ..ok.clone() }, "endpoints"),
+            (EtcdOptions { prefix: "service".into(), ..ok.clone() }, "prefix"),
+            (EtcdOptions { ca_file: None, ..tls.clone() }, "ca_file"),
+            (EtcdOptions { ca_file: Some("ca.pem".into()), ..ok.clone() }, "endpoints"),
+            (EtcdOptions { cert_file: Some("c.pem".into()), ..tls.clone() }, "key_file"),
+            (EtcdOptions { key_file: Some("k.pem".into()), ..tls.clone() }, "cert_file"),
+            (EtcdOptions { user: Some("u".into()), ..ok.clone() }, "password"),
+            (EtcdOptions { password: Some("p".into()), ..ok.clone() }, "user"),
+            (EtcdOptions { user: Some(String::new()), password: Some("p".into()), ..ok.clone() }, "user"),
+            (EtcdOptions { dial_timeout: Duration::ZERO, ..ok.clone() }, "dial_timeout"),
+            (EtcdOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
+            (EtcdOptions { keepalive_interval: Duration::ZERO, ..ok.clone() }, "keepalive_interval"),
+            (EtcdOptions { ttl: Duration::from_millis(1500), ..ok.clone() }, "ttl"),
+            (EtcdOptions { ttl: Duration::ZERO, ..ok.clone() }, "ttl"),
+        ];
+        for (options, field) in cases {
+            let err = options.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+}
