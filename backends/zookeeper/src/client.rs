@@ -88,4 +88,10 @@ impl ZkClient {
     pub(crate) fn session_info(&self) -> Option<zookeeper_client::SessionInfo> {
         self.shared.session().ok().map(|s| s.zk.session().clone())
     }
+
+    /// The current session, for the test harness's raw writes.
+    #[cfg(feature = "testing")]
+    pub(crate) fn shared_session(&self) -> Result<Arc<crate::session::Session>, DcsError> {
+        self.shared.session()
+    }
 }

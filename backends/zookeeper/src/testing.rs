@@ -1,0 +1,381 @@
+//! Test harness (feature `testing`): real ZooKeeper servers on free loopback ports in
+//! temporary directories, standalone or as an ensemble, stopped by pid when dropped; and a
+//! conformance [`Harness`] over them.
+//!
+//! Servers run Debian's `/usr/share/java/zookeeper.jar` with `tickTime` 500 ms (session
+//! timeouts 1 to 10 s) and the admin server disabled. Readiness is the `srvr` four-letter
+//! word answering with a `Mode:` line.
+
+use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Write as _};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leasehold::testkit::conformance::{Client, Harness};
+use leasehold::{Dcs, DcsError, Key};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use zookeeper_client as zk;
+
+use crate::{ZkClient, ZkOptions};
+
+/// The server's tick: sessions may last 2 to 20 ticks.
+pub const TICK: Duration = Duration::from_millis(500);
+
+const JARS: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const START_TRIES: usize = 3;
+
+/// Whether a port is free on 127.0.0.1 right now.
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// `n` distinct ports in 10000..32000 that are free now (below the ephemeral range, where an
+/// outgoing connection could take them).
+fn free_ports(n: usize) -> Vec<u16> {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut ports = Vec::new();
+    let mut i = 0u64;
+    while ports.len() < n {
+        let seed = (std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed), i);
+        let port = 10000 + (RandomState::new().hash_one(seed) % 22000) as u16;
+        i += 1;
+        if !ports.contains(&port) && port_free(port) {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
+/// Asks a server a four-letter word; `None` if it does not answer.
+pub async fn four_letter(port: u16, word: &str) -> Option<String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.write_all(word.as_bytes()).await.ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).await.ok()?;
+        Some(reply)
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange).await.ok().flatten()
+}
+
+/// The `Mode:` a server reports (`standalone`, `leader`, `follower`), if it answers.
+pub async fn mode(port: u16) -> Option<String> {
+    let reply = four_letter(port, "srvr").await?;
+    reply.lines().find_map(|l| l.strip_prefix("Mode: ")).map(|m| m.trim().to_string())
+}
+
+struct Node {
+    id: usize,
+    client_port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+}
+
+/// One standalone ZooKeeper server or an ensemble, killed (and reaped) on drop.
+pub struct ZkServer {
+    _dir: tempfile::TempDir,
+    nodes: Vec<Node>,
+}
+
+impl std::fmt::Debug for ZkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkServer").field("connect", &self.connect_string()).finish()
+    }
+}
+
+impl ZkServer {
+    /// Starts a standalone server and waits until it serves.
+    pub async fn standalone() -> io::Result<ZkServer> {
+        ZkServer::start(1).await
+    }
+
+    /// Starts a three-node ensemble and waits until every node reports leader or follower.
+    pub async fn ensemble() -> io::Result<ZkServer> {
+        ZkServer::start(3).await
+    }
+
+    async fn start(n: usize) -> io::Result<ZkServer> {
+        let mut last = None;
+        for _ in 0..START_TRIES {
+            // Ports are picked free, but another process may take one before the JVM binds it:
+            // then the server never gets ready and we try again with new ports.
+            match ZkServer::start_once(n).await {
+                Ok(server) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("ZooKeeper did not start")))
+    }
+
+    async fn start_once(n: usize) -> io::Result<ZkServer> {
+        let dir = tempfile::Builder::new().prefix("leasehold-zk-").tempdir()?;
+        let ports = free_ports(3 * n);
+        let mut nodes = Vec::new();
+        for id in 1..=n {
+            let node_dir = dir.path().join(format!("n{id}"));
+            std::fs::create_dir_all(node_dir.join("data"))?;
+            let mut cfg = format!(
+                "tickTime={}\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
+                 4lw.commands.whitelist=*\nadmin.enableServer=false\n",
+                TICK.as_millis(),
+                node_dir.join("data").display(),
+                ports[3 * (id - 1)]
+            );
+            if n > 1 {
+                for peer in 1..=n {
+                    let (q, e) = (ports[3 * (peer - 1) + 1], ports[3 * (peer - 1) + 2]);
+                    cfg.push_str(&format!("server.{peer}=127.0.0.1:{q}:{e}\n"));
+                }
+                std::fs::write(node_dir.join("data").join("myid"), format!("{id}\n"))?;
+            }
+            std::fs::write(node_dir.join("zoo.cfg"), cfg)?;
+            nodes.push(Node { id, client_port: ports[3 * (id - 1)], dir: node_dir, child: None, stopped: false });
+        }
+        let mut server = ZkServer { _dir: dir, nodes };
+        for i in 0..n {
+            server.spawn(i)?;
+        }
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    fn spawn(&mut self, i: usize) -> io::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.dir.join("server.log"))?;
+        let child = Command::new("java")
+            .args(["-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
+            .arg("-Dzookeeper.admin.enableServer=false")
+            .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")
+            .args(["-cp", JARS, "org.apache.zookeeper.server.quorum.QuorumPeerMain"])
+            .arg(node.dir.join("zoo.cfg"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        node.child = Some(child);
+        node.stopped = false;
+        Ok(())
+    }
+
+    /// Waits until every running node reports a mode (and, in an ensemble, one is leader).
+    pub async fn wait_ready(&self) -> io::Result<()> {
+        let deadline = crate::session::now() + READY_WITHIN;
+        loop {
+            let mut modes = Vec::new();
+            for node in self.nodes.iter().filter(|n| n.child.is_some() && !n.stopped) {
+                modes.push(mode(node.client_port).await);
+            }
+            let all = modes.iter().all(Option::is_some);
+            let led = self.nodes.len() == 1 || modes.iter().any(|m| m.as_deref() == Some("leader"));
+            if all && led {
+                return Ok(());
+            }
+            if crate::session::now() > deadline {
+                return Err(io::Error::other(format!("ZooKeeper not ready within {READY_WITHIN:?}: modes {modes:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `127.0.0.1:p1,127.0.0.1:p2,...`
+    pub fn connect_string(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.client_port)).collect();
+        hosts.join(",")
+    }
+
+    /// The client port of node `i` (0-based).
+    pub fn client_port(&self, i: usize) -> u16 {
+        self.nodes[i].client_port
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: a server has at least one node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The index of the node that reports `Mode: leader`, if any.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            if node.child.is_some() && mode(node.client_port).await.as_deref() == Some("leader") {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn pid(&self, i: usize) -> Option<i32> {
+        self.nodes[i].child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
+    }
+
+    fn signal(&self, i: usize, signal: i32) -> io::Result<()> {
+        let pid = self.pid(i).ok_or_else(|| io::Error::other(format!("node {i} is not running")))?;
+        if unsafe_free_kill(pid, signal) { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+
+    /// SIGKILL to node `i`, then reaps it.
+    pub fn kill(&mut self, i: usize) -> io::Result<()> {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `i` again (after [`kill`](Self::kill)) with the same ports and data.
+    pub fn restart(&mut self, i: usize) -> io::Result<()> {
+        self.kill(i)?;
+        self.spawn(i)
+    }
+
+    /// SIGSTOP: the process freezes, its connections stay open and silent.
+    pub fn pause(&mut self, i: usize) -> io::Result<()> {
+        self.signal(i, libc::SIGSTOP)?;
+        self.nodes[i].stopped = true;
+        Ok(())
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&mut self, i: usize) -> io::Result<()> {
+        self.signal(i, libc::SIGCONT)?;
+        self.nodes[i].stopped = false;
+        Ok(())
+    }
+
+    /// The node's log, for failure messages.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Node `i`'s id in the ensemble (1-based, its `myid`).
+    pub fn id(&self, i: usize) -> usize {
+        self.nodes[i].id
+    }
+}
+
+/// `kill(2)` through libc, which is the only way to send SIGSTOP/SIGCONT.
+#[allow(unsafe_code)] // kill(2) has no safe wrapper in std; it touches no memory.
+fn unsafe_free_kill(pid: i32, signal: i32) -> bool {
+    // SAFETY: kill takes plain integers and has no memory effects.
+    unsafe { libc::kill(pid, signal) == 0 }
+}
+
+impl Drop for ZkServer {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                // SIGKILL works on a stopped process too; then reap it.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Options for a test client of `server`: tickTime-sized session, detached so that a crash
+/// in the suite leaves the session to expire.
+pub fn test_options(server: &ZkServer, ttl: Duration) -> ZkOptions {
+    ZkOptions {
+        connect: server.connect_string(),
+        prefix: "/leasehold".into(),
+        ttl,
+        request_timeout: Duration::from_secs(5),
+        ..ZkOptions::default()
+    }
+}
+
+/// Closes `client`'s session on the server from a second connection (the way ZooKeeper's
+/// own tests force expiry): the client learns it when it next talks to the server.
+pub async fn expire_session(server: &ZkServer, client: &ZkClient) -> Result<(), DcsError> {
+    let info = client.session_info().ok_or_else(|| DcsError::fatal("the client has no session"))?;
+    let other = zk::Client::connector()
+        .with_session(info)
+        .connect(&server.connect_string())
+        .await
+        .map_err(|e| DcsError::unavailable_with("re-attaching to the session", e))?;
+    // Dropping the only handle of a non-detached client sends CloseSession.
+    drop(other);
+    Ok(())
+}
+
+/// The conformance [`Harness`] over a running [`ZkServer`].
+pub struct ZkHarness {
+    /// The server every client connects to.
+    pub server: Arc<ZkServer>,
+    /// Options every client is opened with (`detached` is forced on so crashes are crashes).
+    pub options: ZkOptions,
+    admin: ZkClient,
+}
+
+impl ZkHarness {
+    /// A harness whose clients ask for `ttl` as session timeout.
+    pub async fn new(server: Arc<ZkServer>, ttl: Duration) -> Result<ZkHarness, DcsError> {
+        let options = ZkOptions { detached: true, ..test_options(&server, ttl) };
+        let admin = ZkClient::connect(test_options(&server, ttl)).await?;
+        Ok(ZkHarness { server, options, admin })
+    }
+}
+
+struct HarnessClient {
+    client: ZkClient,
+}
+
+#[async_trait]
+impl Client for HarnessClient {
+    fn scope(&self, scope: &str) -> Arc<dyn Dcs> {
+        Arc::new(self.client.scope(scope))
+    }
+
+    async fn crash(self: Box<Self>) {
+        // Detached: the connection drops without CloseSession, the session expires by timeout.
+        self.client.close();
+    }
+}
+
+#[async_trait]
+impl Harness for ZkHarness {
+    async fn open_client(&self) -> Result<Box<dyn Client>, DcsError> {
+        Ok(Box::new(HarnessClient { client: ZkClient::connect(self.options.clone()).await? }))
+    }
+
+    async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {
+        let path = key.path(&self.options.prefix, scope);
+        let session = self.admin.shared_session()?;
+        let parent = &path[..path.rfind('/').unwrap_or(0)];
+        let dirs = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        match session.zk.mkdir(parent, &dirs).await {
+            Ok(()) | Err(zk::Error::NodeExists) => {}
+            Err(e) => return Err(DcsError::unavailable_with("mkdir for garbage", e)),
+        }
+        let garbage = b"\xff\xfe not a record {";
+        match session.zk.create(&path, garbage, &dirs).await {
+            Ok(_) => Ok(()),
+            Err(zk::Error::NodeExists) => match session.zk.set_data(&path, garbage, None).await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(DcsError::unavailable_with("writing garbage", e)),
+            },
+            Err(e) => Err(DcsError::unavailable_with("writing garbage", e)),
+        }
+    }
+
+    /// ZooKeeper keeps no history to compact.
+    async fn compact(&self) -> Result<bool, DcsError> {
+        Ok(false)
+    }
+}
+
+/// Writes `text` to stderr (test diagnostics that survive output capture on failure).
+pub fn note(text: &str) {
+    let _ = writeln!(io::stderr(), "{text}");
+}
