@@ -1,0 +1,185 @@
+//! How to reach the Consul agent and how to lay out and time the keys.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Consistency mode of reads that do not decide anything (watches). Decision reads
+/// ([`Dcs::load`](leasehold::Dcs::load), the reads inside acquire/renew/release) are always
+/// `consistent`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Consul's default: served by the leader, without the extra round of `consistent`.
+    #[default]
+    Default,
+    /// `?consistent`: linearizable, one extra round trip among the servers.
+    Consistent,
+    /// `?stale`: any server may answer, possibly behind.
+    Stale,
+}
+
+/// HTTPS settings (needs the crate feature `tls`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsulTls {
+    /// PEM file of the CA that signed the agent's certificate (added to the system roots).
+    pub ca_cert: Option<PathBuf>,
+    /// PEM file of the client certificate, for agents with `verify_incoming`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    pub client_key: Option<PathBuf>,
+}
+
+/// Options of a [`ConsulClient`](crate::ConsulClient).
+#[derive(Clone, Debug)]
+pub struct ConsulOptions {
+    /// The agent's HTTP API, `http://host:port` or `https://host:port` (default
+    /// `http://127.0.0.1:8500`). Use the local client agent: Patroni issue 522 shows what
+    /// a remote server agent's blips do to sessions.
+    pub address: String,
+    /// `?dc=`: the datacenter to talk to; `None` is the agent's own.
+    pub datacenter: Option<String>,
+    /// ACL token sent as `X-Consul-Token`. It needs `session:write` on the agent's node and
+    /// `key:write` on the prefix. `None` sends no token (the agent's default token applies).
+    pub token: Option<String>,
+    /// HTTPS settings; `Some` needs the crate feature `tls` and an `https://` address.
+    pub tls: Option<ConsulTls>,
+    /// Key prefix; a scope's keys are `<prefix>/<scope>/leader`, `.../members/<name>`, ...
+    /// (Patroni's layout without the leading `/`). Default `service`.
+    pub prefix: String,
+    /// The leader ttl. The session TTL is half of it, because Consul may take up to twice
+    /// the session TTL to invalidate a session. Consul accepts session TTLs of 10 s to 24 h;
+    /// when the agent rejects the TTL, the client adopts the agent's minimum and logs it.
+    pub ttl: Duration,
+    /// Session lock-delay: how long Consul blocks re-acquiring a key after its session was
+    /// invalidated. Near zero by default (1 ms, as Patroni); Consul's own default is 15 s.
+    pub lock_delay: Duration,
+    /// Health checks the session is tied to (`NodeChecks`). Empty by default: a TTL-only
+    /// session (Patroni issue 522: `serfHealth` invalidated sessions on short network blips).
+    pub checks: Vec<String>,
+    /// Consistency of non-decision reads (watches).
+    pub consistency: Consistency,
+    /// Upper bound on one request (blocking queries get their `wait` on top). A read that
+    /// runs out is `Unavailable`, a write `OutcomeUnknown`.
+    pub request_timeout: Duration,
+    /// Name given to the session (shown by `consul operator` tools).
+    pub session_name: String,
+}
+
+impl Default for ConsulOptions {
+    fn default() -> Self {
+        ConsulOptions {
+            address: "http://127.0.0.1:8500".into(),
+            datacenter: None,
+            token: None,
+            tls: None,
+            prefix: "service".into(),
+            ttl: Duration::from_secs(30),
+            lock_delay: Duration::from_millis(1),
+            checks: Vec::new(),
+            consistency: Consistency::Default,
+            request_timeout: Duration::from_secs(10),
+            session_name: "leasehold".into(),
+        }
+    }
+}
+
+/// An option broke a rule. The message names the field and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid consul option {field}: {message}")]
+pub struct OptionsError {
+    /// The field at fault.
+    pub field: &'static str,
+    /// The rule and the value.
+    pub message: String,
+}
+
+impl ConsulOptions {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let fail = |field, message: String| Err(OptionsError { field, message });
+        let scheme = self.address.split_once("://").map(|(s, _)| s);
+        let url = reqwest::Url::parse(&self.address);
+        match (scheme, &url) {
+            (Some("http" | "https"), Ok(u)) if u.host().is_some() => {}
+            _ => return fail("address", format!("{:?} must be http://host:port or https://host:port", self.address)),
+        }
+        if let Ok(u) = &url
+            && (u.path() != "/" || u.query().is_some())
+        {
+            return fail("address", format!("{:?} must not have a path or query", self.address));
+        }
+        let https = scheme == Some("https");
+        if (https || self.tls.is_some()) && !cfg!(feature = "tls") {
+            return fail("tls", "HTTPS needs leasehold-consul built with the `tls` feature".into());
+        }
+        if self.tls.is_some() && !https {
+            return fail("tls", format!("TLS settings need an https:// address, not {:?}", self.address));
+        }
+        if let Some(tls) = &self.tls
+            && tls.client_cert.is_some() != tls.client_key.is_some()
+        {
+            return fail("tls", "client_cert and client_key must be given together".into());
+        }
+        if let Some(dc) = &self.datacenter
+            && (dc.is_empty() || !dc.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return fail("datacenter", format!("{dc:?} must be non-empty letters, digits, '-' or '_'"));
+        }
+        if let Some(token) = &self.token
+            && (token.is_empty() || token.chars().any(|c| c.is_control() || c == ' '))
+        {
+            return fail("token", "must be non-empty without spaces or control characters (leave it None for no token)".into());
+        }
+        if self.prefix.chars().any(|c| c.is_control() || c == '?' || c == '#') || self.prefix.contains("//") {
+            return fail("prefix", format!("{:?} must not contain control characters, '?', '#' or '//'", self.prefix));
+        }
+        if self.ttl < Duration::from_millis(2) {
+            return fail("ttl", format!("{:?} is too short: the session TTL (ttl / 2) must be at least 1 ms", self.ttl));
+        }
+        if self.ttl / 2 > Duration::from_secs(86_400) {
+            return fail("ttl", format!("{:?} is too long: Consul's session TTL (ttl / 2) is at most 24 h", self.ttl));
+        }
+        if self.lock_delay > Duration::from_secs(60) {
+            return fail("lock_delay", format!("{:?} exceeds Consul's limit of 60 s", self.lock_delay));
+        }
+        if self.request_timeout.is_zero() {
+            return fail("request_timeout", "must be greater than zero".into());
+        }
+        if self.checks.iter().any(String::is_empty) {
+            return fail("checks", "check names must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The session TTL this client asks for: half the ttl.
+    pub fn session_ttl(&self) -> Duration {
+        self.ttl / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let ok = ConsulOptions::default();
+        assert!(ok.validate().is_ok());
+        let cases = [
+            (ConsulOptions { address: "127.0.0.1:8500".into(), ..ok.clone() }, "address"),
+            (ConsulOptions { address: "http://h:1/v1".into(), ..ok.clone() }, "address"),
+            (ConsulOptions { datacenter: Some("dc 1".into()), ..ok.clone() }, "datacenter"),
+            (ConsulOptions { token: Some(String::new()), ..ok.clone() }, "token"),
+            (ConsulOptions { prefix: "a//b".into(), ..ok.clone() }, "prefix"),
+            (ConsulOptions { ttl: Duration::from_millis(1), ..ok.clone() }, "ttl"),
+            (ConsulOptions { lock_delay: Duration::from_secs(61), ..ok.clone() }, "lock_delay"),
+            (ConsulOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
+            (ConsulOptions { checks: vec![String::new()], ..ok.clone() }, "checks"),
+            (ConsulOptions { tls: Some(ConsulTls::default()), ..ok.clone() }, "tls"),
+        ];
+        for (options, field) in cases {
+            let err = options.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().contains(field), "{err}");
+        }
+    }
+}
