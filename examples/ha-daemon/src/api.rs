@@ -1,0 +1,422 @@
+//! The REST API (axum): status for peers and load balancers, Prometheus metrics, and the
+//! token-protected admin verbs.
+//!
+//! | endpoint | 200 when | otherwise |
+//! |---|---|---|
+//! | `GET /status` | always (the JSON peers use in the leader race) | |
+//! | `GET /primary` | we hold the lease and the resource runs as primary | 503 |
+//! | `GET /leader` | we hold the lease | 503 |
+//! | `GET /replica?lag=<bytes or 16MB>` | the resource runs as a replica, within `lag` of the leader | 503 (400 on a bad `lag`) |
+//! | `GET /health` | the resource runs | 503 |
+//! | `GET /liveness` | the HA loop made progress within ttl (leader) or 2 x ttl | 503 |
+//! | `GET /readiness` | we lead, or the resource runs and the view is fresh | 503 |
+//! | `GET /metrics` | Prometheus text | |
+//! | `POST /switchover`, `/failover`, `/pause`, `/resume`, `/failsafe` | `Authorization: Bearer <restapi.token>` | 401 bad token, 403 no token configured |
+//!
+//! Every GET also answers HEAD with the same status code and no body.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use leasehold::driver::{DriverHandle, DriverState};
+use leasehold::node::{AdminError, AdminRequest, NodeRole};
+use leasehold::{ResourceRole, Tags};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::DaemonConfig;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The configuration.
+    pub config: Arc<DaemonConfig>,
+    /// The driver; `None` once shutdown has begun.
+    pub driver: RwLock<Option<DriverHandle>>,
+    /// When the driver last published a state (the HA loop made progress).
+    pub last_progress: Mutex<tokio::time::Instant>,
+    /// Leader changes seen since start.
+    pub leader_changes: AtomicU64,
+}
+
+impl ApiState {
+    /// State for `config` and a running driver.
+    pub fn new(config: Arc<DaemonConfig>, driver: DriverHandle) -> Arc<Self> {
+        #[allow(clippy::disallowed_methods)] // the API reports real time since the loop's last step
+        let now = tokio::time::Instant::now();
+        Arc::new(ApiState {
+            config,
+            driver: RwLock::new(Some(driver)),
+            last_progress: Mutex::new(now),
+            leader_changes: AtomicU64::new(0),
+        })
+    }
+
+    async fn state(&self) -> Option<DriverState> {
+        self.driver.read().await.as_ref().map(DriverHandle::state)
+    }
+
+    #[allow(clippy::disallowed_methods)] // see `new`
+    async fn since_progress(&self) -> Duration {
+        self.last_progress.lock().await.elapsed()
+    }
+}
+
+/// The `/status` document. Its first fields are [`leasehold::PeerStatus`]'s, so a peer's
+/// probe decodes it directly.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusDoc {
+    /// Member name.
+    pub name: String,
+    /// What the resource does: `primary`, `replica` or `unknown`.
+    pub role: ResourceRole,
+    /// Whether the resource runs.
+    pub running: bool,
+    /// Replication position.
+    pub position: Option<u64>,
+    /// Timeline.
+    pub timeline: Option<u64>,
+    /// Election tags.
+    pub tags: Tags,
+    /// A required watchdog failed.
+    pub watchdog_failed: bool,
+    /// The HA state: `leader`, `promoting`, `demoting`, `replica` or `stopped`.
+    pub state: String,
+    /// Whether the resource may act as primary now (we hold a valid lease).
+    pub acting: bool,
+    /// The scope.
+    pub scope: String,
+    /// The current leader, as last loaded.
+    pub leader: Option<String>,
+    /// Our fencing epoch, if we hold the key.
+    pub epoch: Option<u64>,
+    /// Milliseconds left on our lease belief, if we hold the key.
+    pub lease_remaining_ms: Option<u64>,
+    /// The leader's last published position.
+    pub leader_position: Option<u64>,
+    /// Bytes behind the leader's last published position.
+    pub lag: Option<u64>,
+    /// The cluster is paused.
+    pub paused: bool,
+    /// Why we last declined to race for a free key.
+    pub last_refusal: Option<String>,
+    /// Our API URL.
+    pub api_url: String,
+    /// Where replicas reach our resource.
+    pub conn_url: Option<String>,
+}
+
+/// Lower-case name of a node role.
+pub fn state_name(role: NodeRole) -> &'static str {
+    match role {
+        NodeRole::Leader => "leader",
+        NodeRole::Promoting => "promoting",
+        NodeRole::Demoting => "demoting",
+        NodeRole::Replica => "replica",
+        NodeRole::Stopped => "stopped",
+    }
+}
+
+fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
+    let leader_position = s.view.as_ref().and_then(|v| v.status.as_ref()).map(|st| st.value.position);
+    let me = s.view.as_ref().and_then(|v| v.member(&cfg.name).cloned());
+    StatusDoc {
+        name: cfg.name.clone(),
+        role: s.resource.role,
+        running: s.resource.running,
+        position: s.resource.position,
+        timeline: s.resource.timeline,
+        tags: cfg.tags.clone(),
+        watchdog_failed: me.is_some_and(|m| m.watchdog_failed),
+        state: state_name(s.status.role).into(),
+        acting: s.acting,
+        scope: cfg.scope.clone(),
+        leader: s.status.leader.clone(),
+        epoch: s.status.epoch.map(|e| e.0),
+        lease_remaining_ms: s.lease_remaining.map(|d| d.as_millis() as u64),
+        leader_position,
+        lag: match (leader_position, s.resource.position) {
+            (Some(l), Some(p)) => Some(l.saturating_sub(p)),
+            _ => None,
+        },
+        paused: s.status.paused,
+        last_refusal: s.status.last_refusal.as_ref().map(|r| format!("{r:?}")),
+        api_url: cfg.restapi.connect_url.clone(),
+        conn_url: cfg.conn_url.clone(),
+    }
+}
+
+/// The router for `state`.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/primary", get(primary))
+        .route("/leader", get(leader))
+        .route("/replica", get(replica))
+        .route("/health", get(health))
+        .route("/liveness", get(liveness))
+        .route("/readiness", get(readiness))
+        .route("/metrics", get(metrics))
+        .route("/switchover", post(switchover))
+        .route("/failover", post(failover))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .route("/failsafe", post(failsafe))
+        .with_state(state)
+}
+
+type Shared = State<Arc<ApiState>>;
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "shutting down"}))).into_response()
+}
+
+/// The status document with 200 if `ok`, else 503.
+async fn check(st: &ApiState, ok: impl FnOnce(&DriverState, &StatusDoc) -> bool) -> Response {
+    let Some(s) = st.state().await else { return unavailable() };
+    let doc = status_doc(&st.config, &s);
+    let code = if ok(&s, &doc) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(doc)).into_response()
+}
+
+async fn status(State(st): Shared) -> Response {
+    check(&st, |_, _| true).await
+}
+
+async fn primary(State(st): Shared) -> Response {
+    check(&st, |s, _| s.acting && s.resource.running && s.resource.role == ResourceRole::Primary).await
+}
+
+async fn leader(State(st): Shared) -> Response {
+    check(&st, |s, _| s.acting).await
+}
+
+async fn health(State(st): Shared) -> Response {
+    check(&st, |s, _| s.resource.running).await
+}
+
+async fn liveness(State(st): Shared) -> Response {
+    let idle = st.since_progress().await;
+    let ttl = st.config.timing.ttl;
+    check(&st, |s, _| {
+        let limit = if s.acting { ttl } else { 2 * ttl };
+        s.status.paused || idle <= limit
+    })
+    .await
+}
+
+async fn readiness(State(st): Shared) -> Response {
+    let idle = st.since_progress().await;
+    let ttl = st.config.timing.ttl;
+    check(&st, |s, _| s.acting || (s.resource.running && idle <= ttl)).await
+}
+
+/// `?lag=` for `/replica`.
+#[derive(Debug, Deserialize)]
+pub struct LagQuery {
+    lag: Option<String>,
+}
+
+/// Parses `1048576`, `16MB`, `512kB`, `1GB` into bytes.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+async fn replica(State(st): Shared, Query(q): Query<LagQuery>) -> Response {
+    let max = match q.lag.as_deref().map(parse_bytes) {
+        None => u64::MAX,
+        Some(Some(n)) => n,
+        Some(None) => {
+            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "lag must be bytes, like 1048576 or 16MB"})))
+                .into_response();
+        }
+    };
+    check(&st, |s, doc| {
+        s.resource.running && s.resource.role == ResourceRole::Replica && !s.acting && doc.lag.unwrap_or(0) <= max
+    })
+    .await
+}
+
+async fn metrics(State(st): Shared) -> Response {
+    let Some(s) = st.state().await else { return unavailable() };
+    let cfg = &st.config;
+    let labels = format!("scope=\"{}\",name=\"{}\"", cfg.scope, cfg.name);
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{{labels}}} {value}");
+    };
+    let m = &s.metrics;
+    metric("leasehold_leader", "gauge", "1 while this member holds a valid lease.", u8::from(s.acting).to_string());
+    metric(
+        "leasehold_primary",
+        "gauge",
+        "1 while the resource reports the primary role.",
+        u8::from(s.resource.role == ResourceRole::Primary).to_string(),
+    );
+    metric("leasehold_running", "gauge", "1 while the resource runs.", u8::from(s.resource.running).to_string());
+    metric("leasehold_epoch", "gauge", "Fencing epoch of the lease held, 0 if none.", s.status.epoch.map_or(0, |e| e.0).to_string());
+    metric(
+        "leasehold_lease_remaining_seconds",
+        "gauge",
+        "Time left on the lease belief.",
+        s.lease_remaining.map_or(0.0, |d| d.as_secs_f64()).to_string(),
+    );
+    metric(
+        "leasehold_renew_latency_seconds",
+        "gauge",
+        "Latency of the last successful renewal.",
+        m.last_renew_latency.map_or(0.0, |d| d.as_secs_f64()).to_string(),
+    );
+    metric("leasehold_renewals_total", "counter", "Renewals won.", m.renewals.to_string());
+    metric("leasehold_store_errors_total", "counter", "Store requests that failed.", m.store_errors.to_string());
+    metric("leasehold_promotions_total", "counter", "Promotions confirmed by the resource.", m.promotions.to_string());
+    metric("leasehold_demotions_total", "counter", "Demotions confirmed by the resource.", m.demotions.to_string());
+    metric(
+        "leasehold_failovers_total",
+        "counter",
+        "Leader changes observed by this member since it started.",
+        st.leader_changes.load(Ordering::Relaxed).to_string(),
+    );
+    metric("leasehold_paused", "gauge", "1 while the cluster is paused.", u8::from(s.status.paused).to_string());
+    metric("leasehold_position_bytes", "gauge", "The resource's position.", s.resource.position.unwrap_or(0).to_string());
+    let _ = writeln!(out, "# HELP leasehold_state The member's HA state.\n# TYPE leasehold_state gauge");
+    for role in [NodeRole::Leader, NodeRole::Promoting, NodeRole::Demoting, NodeRole::Replica, NodeRole::Stopped] {
+        let on = u8::from(s.status.role == role);
+        let _ = writeln!(out, "leasehold_state{{{labels},state=\"{}\"}} {on}", state_name(role));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &st.config.restapi.token else {
+        return Err((
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({"error": "write endpoints are disabled: set restapi.token"})),
+        )
+            .into_response());
+    };
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    // Compare without an early exit so timing does not reveal a matching prefix.
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+        )
+            .into_response())
+    }
+}
+
+async fn admin(st: &ApiState, headers: &HeaderMap, request: AdminRequest) -> Response {
+    if let Err(r) = authorize(st, headers) {
+        return r;
+    }
+    let guard = st.driver.read().await;
+    let Some(driver) = guard.as_ref() else { return unavailable() };
+    let (code, body) = match driver.admin(request.clone()).await {
+        Ok(true) => (StatusCode::ACCEPTED, serde_json::json!({"accepted": request})),
+        Ok(false) => (StatusCode::CONFLICT, serde_json::json!({"error": "lost a race with another writer; retry"})),
+        Err(e) => {
+            let code = match &e {
+                AdminError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+                AdminError::UnknownMember(_) | AdminError::CandidateIneligible(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::CONFLICT,
+            };
+            let leader = match &e {
+                AdminError::NotLeader { leader } => leader.clone(),
+                _ => None,
+            };
+            (code, serde_json::json!({"error": e.to_string(), "leader": leader}))
+        }
+    };
+    (code, Json(body)).into_response()
+}
+
+/// Body of `POST /switchover` and `POST /failover`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+pub struct CandidateBody {
+    /// The member that should take over.
+    #[serde(default)]
+    pub candidate: Option<String>,
+}
+
+async fn switchover(State(st): Shared, headers: HeaderMap, body: Option<Json<CandidateBody>>) -> Response {
+    let candidate = body.and_then(|b| b.0.candidate);
+    admin(&st, &headers, AdminRequest::Switchover { candidate }).await
+}
+
+async fn failover(State(st): Shared, headers: HeaderMap, body: Option<Json<CandidateBody>>) -> Response {
+    let Some(candidate) = body.and_then(|b| b.0.candidate) else {
+        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "failover needs {\"candidate\": <member>}"})))
+            .into_response();
+    };
+    admin(&st, &headers, AdminRequest::Failover { candidate }).await
+}
+
+async fn pause(State(st): Shared, headers: HeaderMap) -> Response {
+    admin(&st, &headers, AdminRequest::Pause).await
+}
+
+async fn resume(State(st): Shared, headers: HeaderMap) -> Response {
+    admin(&st, &headers, AdminRequest::Resume).await
+}
+
+/// Body of `POST /failsafe`.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct FailsafeBody {
+    /// The leader asking to be confirmed.
+    pub leader: String,
+}
+
+async fn failsafe(State(st): Shared, headers: HeaderMap, Json(body): Json<FailsafeBody>) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
+    }
+    let guard = st.driver.read().await;
+    let Some(driver) = guard.as_ref() else { return unavailable() };
+    if driver.failsafe_ping(&body.leader).await {
+        (StatusCode::OK, "Accepted").into_response()
+    } else {
+        (StatusCode::CONFLICT, "Rejected").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_units() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("16MB"), Some(16 << 20));
+        assert_eq!(parse_bytes("512kB"), Some(512 << 10));
+        assert_eq!(parse_bytes("1 GB"), Some(1 << 30));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_bytes("99999999999999999999GB"), None);
+    }
+}

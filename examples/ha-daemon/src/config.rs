@@ -1,0 +1,806 @@
+//! The configuration file (TOML), its environment overrides and its validation.
+//!
+//! The format is documented in the crate's README and in `leasehold-ha.sample.toml`. Every
+//! error is a [`ConfigError`] naming the key and the rule it broke.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use leasehold::node::{NodeConfig, WatchdogMode};
+use leasehold::{Tags, Timing};
+use serde::Deserialize;
+
+/// Environment variables that start with this prefix override keys of the file:
+/// `LEASEHOLD_TTL=20` sets `ttl`, `LEASEHOLD_ETCD__ENDPOINTS=...` sets `etcd.endpoints`.
+pub const ENV_PREFIX: &str = "LEASEHOLD_";
+
+/// Variables with the prefix that are not config keys (the config path, the log filter).
+const ENV_RESERVED: [&str; 2] = ["LEASEHOLD_CONFIG", "LEASEHOLD_LOG"];
+
+/// A configuration broke a rule. `key` is the dotted key (`ttl`, `etcd.endpoints`, ...), or
+/// `file` when the file itself cannot be read or parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key at fault.
+    pub key: String,
+    /// The rule and the offending value.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { key: key.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration of one daemon.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DaemonConfig {
+    /// The cluster (election scope) name.
+    pub scope: String,
+    /// This member's name, unique in the scope.
+    pub name: String,
+    /// Timing, validated.
+    pub timing: Timing,
+    /// Election tags.
+    pub tags: Tags,
+    /// Watchdog policy and device.
+    pub watchdog: WatchdogConfig,
+    /// Only members of the sync set may be promoted automatically.
+    pub synchronous_mode: bool,
+    /// Keep the leader through a store outage while every member confirms it.
+    pub failsafe_mode: bool,
+    /// How replicas reach this member's resource (passed to their `follow` hook).
+    pub conn_url: Option<String>,
+    /// The REST API.
+    pub restapi: RestApiConfig,
+    /// The resource's hooks.
+    pub hooks: HooksConfig,
+    /// The consensus store.
+    pub store: StoreConfig,
+}
+
+/// The `[watchdog]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    /// `off`, `automatic` or `required`.
+    pub mode: WatchdogMode,
+    /// The device (default `/dev/watchdog`).
+    pub device: PathBuf,
+}
+
+/// The `[restapi]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestApiConfig {
+    /// Where to listen (default `127.0.0.1:8008`).
+    pub listen: SocketAddr,
+    /// The URL peers and `ctl` use to reach this API (default `http://<listen>`).
+    pub connect_url: String,
+    /// Bearer token required by the POST endpoints; without one they are refused.
+    pub token: Option<String>,
+}
+
+/// The `[hooks]` section: programs that drive the resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HooksConfig {
+    /// Run with the epoch as its argument.
+    pub promote: PathBuf,
+    /// Run with the demote mode as its argument.
+    pub demote: PathBuf,
+    /// Run with the leader's name and connection URL as arguments.
+    pub follow: PathBuf,
+    /// Prints JSON `{"running", "role", "position", "timeline"}`.
+    pub status: PathBuf,
+    /// Upper bound for promote, demote and follow.
+    pub timeout: Duration,
+    /// Upper bound for status.
+    pub status_timeout: Duration,
+    /// Extra environment for every hook.
+    pub env: BTreeMap<String, String>,
+}
+
+/// The store section that is present.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `[etcd]`
+    Etcd(EtcdSection),
+    /// `[zookeeper]`
+    Zookeeper(ZookeeperSection),
+    /// `[consul]`
+    Consul(ConsulSection),
+    /// `[kubernetes]`
+    Kubernetes(KubernetesSection),
+}
+
+impl StoreConfig {
+    /// The section's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreConfig::Etcd(_) => "etcd",
+            StoreConfig::Zookeeper(_) => "zookeeper",
+            StoreConfig::Consul(_) => "consul",
+            StoreConfig::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
+/// `[etcd]`: etcd v3 over gRPC.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdSection {
+    /// Client URLs (`http://host:port`); a list or one comma-separated string.
+    pub endpoints: Endpoints,
+    /// Key prefix (Patroni's `namespace`, default `/service`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// User name for authentication.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for authentication.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// `[zookeeper]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZookeeperSection {
+    /// `host:port` of the ensemble members; a list or one comma-separated string.
+    pub hosts: Endpoints,
+    /// Path prefix (default `/service`).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+/// `[consul]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsulSection {
+    /// The agent's HTTP address (default `http://127.0.0.1:8500`).
+    #[serde(default = "default_consul")]
+    pub address: String,
+    /// ACL token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Key prefix (default `service`).
+    #[serde(default = "default_consul_prefix")]
+    pub prefix: String,
+}
+
+/// `[kubernetes]`
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSection {
+    /// Namespace of the Lease objects (default: the context's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Prepended to object names.
+    #[serde(default)]
+    pub prefix: String,
+    /// A kubeconfig file (default: `KUBECONFIG`, `~/.kube/config`, then in-cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Extra labels on every object.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_prefix() -> String {
+    "/service".into()
+}
+fn default_consul() -> String {
+    "http://127.0.0.1:8500".into()
+}
+fn default_consul_prefix() -> String {
+    "service".into()
+}
+
+/// A list of endpoints, written as a TOML array or one comma-separated string (handy in
+/// environment variables).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Endpoints(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Endpoints {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match Repr::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a list of strings or one comma-separated string"))?
+        {
+            Repr::One(s) => s.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect(),
+            Repr::Many(v) => v,
+        };
+        Ok(Endpoints(list))
+    }
+}
+
+/// The file as written, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    scope: Option<String>,
+    name: Option<String>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    loop_wait: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    retry_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    safety_margin: Option<Duration>,
+    max_drift_ppm: Option<u32>,
+    maximum_lag_on_failover: Option<u64>,
+    #[serde(default)]
+    synchronous_mode: bool,
+    #[serde(default)]
+    failsafe_mode: bool,
+    conn_url: Option<String>,
+    #[serde(default)]
+    tags: RawTags,
+    #[serde(default)]
+    watchdog: RawWatchdog,
+    #[serde(default)]
+    restapi: RawRestApi,
+    hooks: Option<RawHooks>,
+    etcd: Option<EtcdSection>,
+    zookeeper: Option<ZookeeperSection>,
+    consul: Option<ConsulSection>,
+    kubernetes: Option<KubernetesSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTags {
+    #[serde(default)]
+    nofailover: bool,
+    #[serde(default = "one")]
+    failover_priority: u32,
+    #[serde(default)]
+    nosync: bool,
+}
+
+impl Default for RawTags {
+    fn default() -> Self {
+        RawTags { nofailover: false, failover_priority: 1, nosync: false }
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatchdog {
+    #[serde(default)]
+    mode: WatchdogMode,
+    device: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestApi {
+    listen: Option<String>,
+    connect_url: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHooks {
+    /// A directory holding `promote`, `demote`, `follow` and `status`; single entries
+    /// below override it.
+    dir: Option<PathBuf>,
+    promote: Option<PathBuf>,
+    demote: Option<PathBuf>,
+    follow: Option<PathBuf>,
+    status: Option<PathBuf>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    status_timeout: Option<Duration>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// Durations as text (`"10s"`, `"1500ms"`) or a number of seconds, like Patroni's.
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Secs(f64),
+        Text(String),
+    }
+    let repr = Repr::deserialize(d)
+        .map_err(|_| serde::de::Error::custom("expected a duration like \"10s\", \"1500ms\" or a number of seconds"))?;
+    match repr {
+        Repr::Secs(s) if s.is_finite() && (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
+        Repr::Secs(s) => Err(serde::de::Error::custom(format!("{s} is not a valid number of seconds"))),
+        Repr::Text(t) => leasehold::config::parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+impl DaemonConfig {
+    /// Reads `path`, applies the process's `LEASEHOLD_*` environment variables and validates.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("file", format!("cannot read {}: {e}", path.display())))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, std::env::vars(), &base)
+    }
+
+    /// Parses `text`, applies the `LEASEHOLD_*` variables among `env` and validates. Relative
+    /// hook paths are resolved against `base` (the config file's directory).
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        base: &Path,
+    ) -> Result<DaemonConfig, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::new("file", e.to_string()))?;
+        let applied = apply_env(&mut table, env)?;
+        let raw: RawConfig = if applied.is_empty() {
+            toml::from_str(text).map_err(|e| parse_error(e, &[]))?
+        } else {
+            // Re-render the merged document so the error points at the key, as in a file.
+            let merged = toml::to_string(&table).map_err(|e| ConfigError::new("file", e.to_string()))?;
+            toml::from_str(&merged).map_err(|e| parse_error(e, &applied))?
+        };
+        raw.validate(base)
+    }
+
+    /// The node configuration the driver runs with.
+    pub fn node_config(&self, incarnation: u64) -> NodeConfig {
+        let mut cfg = NodeConfig::new(self.name.clone(), incarnation);
+        cfg.timing = self.timing.clone();
+        cfg.tags = self.tags.clone();
+        cfg.api_url = Some(self.restapi.connect_url.clone());
+        cfg.conn_url = self.conn_url.clone();
+        cfg.watchdog = self.watchdog.mode;
+        cfg.synchronous_mode = self.synchronous_mode;
+        cfg.failsafe_mode = self.failsafe_mode;
+        cfg
+    }
+}
+
+fn parse_error(e: toml::de::Error, applied: &[String]) -> ConfigError {
+    let key = e.message().split('`').nth(1).filter(|_| e.message().starts_with("unknown field"));
+    let mut message = e.to_string().trim_end().to_string();
+    if !applied.is_empty() {
+        message.push_str(&format!("\n(after environment overrides from {})", applied.join(", ")));
+    }
+    ConfigError::new(key.unwrap_or("file"), message)
+}
+
+/// Applies `LEASEHOLD_<KEY>` variables: `__` separates nesting levels, names are
+/// lowercased. Values are read as TOML values (`20`, `true`, `["a", "b"]`) and fall back to
+/// plain strings; a key that is a string in the file stays a string. Returns the variables
+/// applied.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_RESERVED.contains(&k.as_str()))
+        .collect();
+    vars.sort();
+    let mut applied = Vec::new();
+    for (var, value) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::new(var, "empty key segment; use LEASEHOLD_<KEY> or LEASEHOLD_<SECTION>__<KEY>"));
+        }
+        let dotted = path.join(".");
+        let (last, parents) = path.split_last().expect("split yields at least one segment");
+        let mut cur = &mut *table;
+        for p in parents {
+            let entry = cur.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cur = entry.as_table_mut().ok_or_else(|| {
+                ConfigError::new(&dotted, format!("{var} sets a key inside `{p}`, which is not a section"))
+            })?;
+        }
+        let parsed = match cur.get(last.as_str()) {
+            Some(toml::Value::String(_)) => toml::Value::String(value.clone()),
+            _ => format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(value.clone())),
+        };
+        cur.insert(last.clone(), parsed);
+        applied.push(var);
+    }
+    Ok(applied)
+}
+
+fn check_name(key: &str, value: Option<String>) -> Result<String, ConfigError> {
+    let v = value.ok_or_else(|| ConfigError::new(key, "is required"))?;
+    let ok = !v.is_empty()
+        && v.len() <= 63
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !ok {
+        return Err(ConfigError::new(
+            key,
+            format!("{v:?} must be 1 to 63 characters of letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(v)
+}
+
+fn check_url(key: &str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let rest = schemes.iter().find_map(|s| url.strip_prefix(s));
+    let Some(rest) = rest else {
+        return Err(ConfigError::new(key, format!("{url:?} must start with {}", schemes.join(" or "))));
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || !host.contains(':') {
+        return Err(ConfigError::new(key, format!("{url:?} must name a host and a port, like http://127.0.0.1:2379")));
+    }
+    Ok(())
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+impl RawConfig {
+    fn validate(self, base: &Path) -> Result<DaemonConfig, ConfigError> {
+        let scope = check_name("scope", self.scope)?;
+        let name = check_name("name", self.name)?;
+
+        let defaults = Timing::default();
+        let ttl = self.ttl.unwrap_or(defaults.ttl);
+        let timing = Timing {
+            ttl,
+            loop_wait: self.loop_wait.unwrap_or(defaults.loop_wait),
+            retry_timeout: self.retry_timeout.unwrap_or(defaults.retry_timeout),
+            // Patroni has no margin; ours defaults to what leaves a short ttl usable.
+            safety_margin: self.safety_margin.unwrap_or_else(|| (ttl / 5).min(defaults.safety_margin)),
+            max_drift_ppm: self.max_drift_ppm.unwrap_or(defaults.max_drift_ppm),
+            maximum_lag_on_failover: self.maximum_lag_on_failover.unwrap_or(defaults.maximum_lag_on_failover),
+        };
+        timing.validate().map_err(|e| ConfigError::new(e.field, e.message))?;
+
+        let tags = Tags {
+            nofailover: self.tags.nofailover,
+            failover_priority: self.tags.failover_priority,
+            nosync: self.tags.nosync,
+        };
+
+        let watchdog = WatchdogConfig {
+            mode: self.watchdog.mode,
+            device: self.watchdog.device.unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
+        };
+        if watchdog.mode == WatchdogMode::Required && !watchdog.device.exists() {
+            return Err(ConfigError::new(
+                "watchdog.device",
+                format!(
+                    "{} does not exist, and watchdog.mode = \"required\" never leads without a working watchdog",
+                    watchdog.device.display()
+                ),
+            ));
+        }
+
+        let listen_text = self.restapi.listen.unwrap_or_else(|| "127.0.0.1:8008".into());
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            ConfigError::new("restapi.listen", format!("{listen_text:?} must be an IP address and port, like 127.0.0.1:8008"))
+        })?;
+        let connect_url = match self.restapi.connect_url {
+            Some(u) => {
+                check_url("restapi.connect_url", &u, &["http://", "https://"])?;
+                u.trim_end_matches('/').to_string()
+            }
+            None if listen.ip().is_unspecified() => {
+                return Err(ConfigError::new(
+                    "restapi.connect_url",
+                    format!("is required when restapi.listen ({listen}) is a wildcard address: peers need a reachable URL"),
+                ));
+            }
+            None => format!("http://{listen}"),
+        };
+        if let Some(t) = &self.restapi.token
+            && (t.len() < 8 || t.chars().any(char::is_whitespace))
+        {
+            return Err(ConfigError::new("restapi.token", "must be at least 8 characters without whitespace"));
+        }
+        let restapi = RestApiConfig { listen, connect_url, token: self.restapi.token };
+
+        let raw_hooks = self.hooks.ok_or_else(|| {
+            ConfigError::new("hooks", "the [hooks] section is required (promote, demote, follow and status, or dir)")
+        })?;
+        let dir = raw_hooks.dir.map(|d| base.join(d));
+        let hook = |key: &str, explicit: Option<PathBuf>| -> Result<PathBuf, ConfigError> {
+            let path = match (explicit, &dir) {
+                (Some(p), _) => base.join(p),
+                (None, Some(d)) => d.join(key),
+                (None, None) => {
+                    return Err(ConfigError::new(format!("hooks.{key}"), "is required (or set hooks.dir)"));
+                }
+            };
+            if !is_executable(&path) {
+                return Err(ConfigError::new(
+                    format!("hooks.{key}"),
+                    format!("{} must be an executable file", path.display()),
+                ));
+            }
+            Ok(path)
+        };
+        let hooks = HooksConfig {
+            promote: hook("promote", raw_hooks.promote)?,
+            demote: hook("demote", raw_hooks.demote)?,
+            follow: hook("follow", raw_hooks.follow)?,
+            status: hook("status", raw_hooks.status)?,
+            timeout: raw_hooks.timeout.unwrap_or(Duration::from_secs(60)),
+            status_timeout: raw_hooks.status_timeout.unwrap_or(Duration::from_secs(5)),
+            env: raw_hooks.env,
+        };
+        if hooks.timeout.is_zero() {
+            return Err(ConfigError::new("hooks.timeout", "must be greater than zero"));
+        }
+        if hooks.status_timeout.is_zero() {
+            return Err(ConfigError::new("hooks.status_timeout", "must be greater than zero"));
+        }
+
+        let mut stores = Vec::new();
+        if let Some(s) = self.etcd {
+            stores.push(StoreConfig::Etcd(s));
+        }
+        if let Some(s) = self.zookeeper {
+            stores.push(StoreConfig::Zookeeper(s));
+        }
+        if let Some(s) = self.consul {
+            stores.push(StoreConfig::Consul(s));
+        }
+        if let Some(s) = self.kubernetes {
+            stores.push(StoreConfig::Kubernetes(s));
+        }
+        if stores.len() != 1 {
+            let found: Vec<_> = stores.iter().map(StoreConfig::kind).collect();
+            return Err(ConfigError::new(
+                "etcd|zookeeper|consul|kubernetes",
+                if found.is_empty() {
+                    "exactly one store section is required; none is present".to_string()
+                } else {
+                    format!("exactly one store section is required; found {}", found.join(" and "))
+                },
+            ));
+        }
+        let store = stores.remove(0);
+        validate_store(&store)?;
+
+        if let Some(u) = &self.conn_url
+            && u.trim().is_empty()
+        {
+            return Err(ConfigError::new("conn_url", "must not be empty when set"));
+        }
+
+        Ok(DaemonConfig {
+            scope,
+            name,
+            timing,
+            tags,
+            watchdog,
+            synchronous_mode: self.synchronous_mode,
+            failsafe_mode: self.failsafe_mode,
+            conn_url: self.conn_url,
+            restapi,
+            hooks,
+            store,
+        })
+    }
+}
+
+fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
+    let kind = store.kind();
+    if !crate::store::built_in(kind) {
+        return Err(ConfigError::new(
+            kind,
+            format!("the {kind} backend is not built in to this binary (rebuild with `--features {kind}`)"),
+        ));
+    }
+    match store {
+        StoreConfig::Etcd(s) => {
+            if s.endpoints.0.is_empty() {
+                return Err(ConfigError::new("etcd.endpoints", "needs at least one URL, like http://127.0.0.1:2379"));
+            }
+            for e in &s.endpoints.0 {
+                check_url("etcd.endpoints", e, &["http://", "https://"])?;
+            }
+            check_prefix("etcd.prefix", &s.prefix)?;
+            if s.username.is_some() != s.password.is_some() {
+                return Err(ConfigError::new("etcd.password", "username and password must be set together"));
+            }
+        }
+        StoreConfig::Zookeeper(s) => {
+            if s.hosts.0.is_empty() {
+                return Err(ConfigError::new("zookeeper.hosts", "needs at least one host:port"));
+            }
+            for h in &s.hosts.0 {
+                if h.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                    return Err(ConfigError::new("zookeeper.hosts", format!("{h:?} must be host:port")));
+                }
+            }
+            check_prefix("zookeeper.prefix", &s.prefix)?;
+        }
+        StoreConfig::Consul(s) => check_url("consul.address", &s.address, &["http://", "https://"])?,
+        StoreConfig::Kubernetes(_) => {}
+    }
+    Ok(())
+}
+
+fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') || prefix.contains("//") {
+        return Err(ConfigError::new(key, format!("{prefix:?} must be an absolute path like /service")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hooks_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/file")
+    }
+
+    fn base(extra: &str) -> String {
+        format!(
+            "scope = \"demo\"\nname = \"n1\"\n{extra}\n[hooks]\ndir = {:?}\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
+            hooks_dir().display().to_string()
+        )
+    }
+
+    fn parse(text: &str) -> Result<DaemonConfig, ConfigError> {
+        DaemonConfig::parse(text, Vec::new(), Path::new("/"))
+    }
+
+    fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<DaemonConfig, ConfigError> {
+        DaemonConfig::parse(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())), Path::new("/"))
+    }
+
+    #[test]
+    fn minimal_config_takes_patroni_defaults() {
+        let c = parse(&base("")).unwrap();
+        assert_eq!(c.scope, "demo");
+        assert_eq!(c.timing.ttl, Duration::from_secs(30));
+        assert_eq!(c.timing.loop_wait, Duration::from_secs(10));
+        assert_eq!(c.timing.maximum_lag_on_failover, 1 << 20);
+        assert_eq!(c.restapi.listen, "127.0.0.1:8008".parse().unwrap());
+        assert_eq!(c.restapi.connect_url, "http://127.0.0.1:8008");
+        assert_eq!(c.watchdog.mode, WatchdogMode::Off);
+        assert!(matches!(c.store, StoreConfig::Etcd(ref e) if e.prefix == "/service"));
+        assert_eq!(c.hooks.status, hooks_dir().join("status"));
+    }
+
+    #[test]
+    fn the_sample_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("leasehold-ha.sample.toml");
+        let c = DaemonConfig::load(&path).unwrap();
+        assert_eq!(c.name, "node1");
+        assert_eq!(c.tags.failover_priority, 1);
+    }
+
+    #[test]
+    fn short_ttl_gets_a_fitting_margin() {
+        let c = parse(&base("ttl = 5\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"")).unwrap();
+        assert_eq!(c.timing.safety_margin, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn timing_errors_name_the_key_and_rule() {
+        let e = parse(&base("ttl = 10\nloop_wait = 5\nretry_timeout = 5")).unwrap_err();
+        assert_eq!(e.key, "ttl");
+        assert!(e.message.contains("loop_wait + 2 * retry_timeout <= ttl"), "{e}");
+        let e = parse(&base("ttl = \"ten\"")).unwrap_err();
+        assert!(e.to_string().contains("ttl") && e.message.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse(&base("tll = 30")).unwrap_err();
+        assert_eq!(e.key, "tll");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn required_keys_are_named() {
+        let e = parse("name = \"n1\"\n[etcd]\nendpoints = \"http://a:1\"").unwrap_err();
+        assert_eq!(e.key, "scope");
+        let e = parse(&base("").replace("name = \"n1\"", "name = \"bad/name\"")).unwrap_err();
+        assert_eq!(e.key, "name");
+        assert!(e.message.contains("letters, digits"), "{e}");
+    }
+
+    #[test]
+    fn exactly_one_store_section() {
+        let none = base("").replace("[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n", "");
+        let e = parse(&none).unwrap_err();
+        assert!(e.message.contains("none is present"), "{e}");
+        let two = format!("{}\n[consul]\naddress = \"http://127.0.0.1:8500\"\n", base(""));
+        let e = parse(&two).unwrap_err();
+        assert!(e.message.contains("found etcd and consul"), "{e}");
+    }
+
+    #[test]
+    fn store_sections_are_checked() {
+        let e = parse(&base("").replace("http://127.0.0.1:2379", "127.0.0.1:2379")).unwrap_err();
+        assert_eq!(e.key, "etcd.endpoints");
+        let e = parse(&base("").replace("[\"http://127.0.0.1:2379\"]", "[]")).unwrap_err();
+        assert_eq!(e.key, "etcd.endpoints");
+    }
+
+    #[test]
+    fn restapi_and_hooks_are_checked() {
+        let e = parse(&base("[restapi]\nlisten = \"localhost\"")).unwrap_err();
+        assert_eq!(e.key, "restapi.listen");
+        let e = parse(&base("[restapi]\nlisten = \"0.0.0.0:8008\"")).unwrap_err();
+        assert_eq!(e.key, "restapi.connect_url");
+        let e = parse(&base("[restapi]\ntoken = \"short\"")).unwrap_err();
+        assert_eq!(e.key, "restapi.token");
+        let e = parse(&base("").replace("hooks/file", "hooks/nowhere")).unwrap_err();
+        assert_eq!(e.key, "hooks.promote");
+        assert!(e.message.contains("executable"), "{e}");
+        let e = parse(&base("[watchdog]\nmode = \"sometimes\"")).unwrap_err();
+        assert!(e.message.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_keys() {
+        let c = parse_env(
+            &base(""),
+            &[
+                ("LEASEHOLD_TTL", "40"),
+                ("LEASEHOLD_ETCD__ENDPOINTS", "http://127.0.0.1:1,http://127.0.0.1:2"),
+                ("LEASEHOLD_TAGS__NOFAILOVER", "true"),
+                ("LEASEHOLD_NAME", "123"),
+                ("LEASEHOLD_RESTAPI__TOKEN", "s3cret-token"),
+                ("LEASEHOLD_CONFIG", "/ignored"),
+                ("OTHER", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.timing.ttl, Duration::from_secs(40));
+        assert_eq!(c.name, "123");
+        assert!(c.tags.nofailover);
+        assert_eq!(c.restapi.token.as_deref(), Some("s3cret-token"));
+        let StoreConfig::Etcd(e) = c.store else { panic!("etcd expected") };
+        assert_eq!(e.endpoints.0, vec!["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn environment_errors_say_where_they_came_from() {
+        let e = parse_env(&base(""), &[("LEASEHOLD_LOOP_WAIT", "25")]).unwrap_err();
+        assert_eq!(e.key, "ttl");
+        let e = parse_env(&base(""), &[("LEASEHOLD_TLL", "25")]).unwrap_err();
+        assert_eq!(e.key, "tll");
+        assert!(e.message.contains("LEASEHOLD_TLL"), "{e}");
+        let e = parse_env(&base(""), &[("LEASEHOLD_SCOPE__X", "1")]).unwrap_err();
+        assert_eq!(e.key, "scope.x");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for text in ["", "=", "scope = [", "\u{0}", "[etcd]\nendpoints = 5", "ttl = -3"] {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+    }
+}

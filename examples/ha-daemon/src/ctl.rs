@@ -1,0 +1,315 @@
+//! `leasehold-ha ctl`: reads the store directly (linearizable loads) and acts through the
+//! leader's REST API, falling back to writing the control keys itself when no API answers.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use leasehold::{ClusterView, ControlKey, Dcs, Expect, FailoverRecord, Record};
+use serde_json::Value;
+
+use crate::api::StatusDoc;
+use crate::config::DaemonConfig;
+use crate::store;
+
+/// The ctl commands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlCommand {
+    /// A table of members: role, state, lag, epoch and the lease's remaining time.
+    List,
+    /// The leader steps down gracefully, to `--candidate` or the best member.
+    Switchover {
+        /// The member that should take over.
+        #[arg(long)]
+        candidate: Option<String>,
+        /// How long to wait for the new leader, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Promote `--candidate`, also when there is no healthy leader.
+    Failover {
+        /// The member to promote.
+        #[arg(long)]
+        candidate: String,
+        /// How long to wait for the new leader, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// Maintenance mode: no automatic failover.
+    Pause,
+    /// Leave maintenance mode.
+    Resume,
+    /// The promotion history.
+    History,
+}
+
+struct Ctl {
+    config: DaemonConfig,
+    dcs: std::sync::Arc<dyn Dcs>,
+    http: reqwest::Client,
+}
+
+/// Runs one ctl command; prints to stdout. Returns the process exit code.
+pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i32> {
+    let store = store::connect(&config.store, &config.scope, &config.timing)
+        .await
+        .with_context(|| format!("cannot connect to the {} store", config.store.kind()))?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()?;
+    let ctl = Ctl { config, dcs: store.dcs.clone(), http };
+    let code = match command {
+        CtlCommand::List => {
+            let view = ctl.load().await?;
+            print!("{}", ctl.table(&view).await);
+            0
+        }
+        CtlCommand::History => {
+            let view = ctl.load().await?;
+            print!("{}", history_table(&view));
+            0
+        }
+        CtlCommand::Switchover { candidate, wait } => ctl.switchover(candidate, Duration::from_secs(wait)).await?,
+        CtlCommand::Failover { candidate, wait } => ctl.failover(candidate, Duration::from_secs(wait)).await?,
+        CtlCommand::Pause => ctl.set_pause(true).await?,
+        CtlCommand::Resume => ctl.set_pause(false).await?,
+    };
+    drop(store);
+    Ok(code)
+}
+
+impl Ctl {
+    async fn load(&self) -> anyhow::Result<ClusterView> {
+        self.dcs.load().await.context("cannot read the cluster from the store")
+    }
+
+    async fn peer_status(&self, api_url: &str) -> Option<StatusDoc> {
+        let r = self.http.get(format!("{api_url}/status")).send().await.ok()?;
+        r.json().await.ok()
+    }
+
+    async fn table(&self, view: &ClusterView) -> String {
+        let leader = view.leader.as_ref();
+        let leader_pos = view.status.as_ref().map(|s| s.value.position);
+        let paused = view.config.as_ref().is_some_and(|c| c.value.pause);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "cluster {} ({}), leader: {}, epoch: {}{}",
+            self.config.scope,
+            self.config.store.kind(),
+            leader.map_or("none", |l| l.record.member.as_str()),
+            leader.map_or("-".to_string(), |l| l.epoch.to_string()),
+            if paused { ", PAUSED" } else { "" }
+        );
+        let _ = writeln!(
+            out,
+            "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  {}",
+            "member", "role", "state", "lag", "epoch", "lease left", "api"
+        );
+        let statuses = futures::future::join_all(
+            view.members.iter().map(|m| async move {
+                match &m.value.api_url {
+                    Some(u) => self.peer_status(u).await,
+                    None => None,
+                }
+            }),
+        )
+        .await;
+        for (m, st) in view.members.iter().map(|m| &m.value).zip(statuses) {
+            let is_leader = leader.is_some_and(|l| l.record.member == m.name);
+            let role = if is_leader { "leader".to_string() } else { format!("{:?}", m.role).to_lowercase() };
+            let state = match &st {
+                Some(s) => s.state.clone(),
+                None if m.running => "running?".into(),
+                None => "stopped?".into(),
+            };
+            let position = st.as_ref().and_then(|s| s.position).or(m.position);
+            let lag = match (is_leader, leader_pos, position) {
+                (true, _, _) => "-".to_string(),
+                (false, Some(l), Some(p)) => l.saturating_sub(p).to_string(),
+                _ => "unknown".into(),
+            };
+            let epoch = if is_leader { leader.map(|l| l.epoch.to_string()).unwrap_or_default() } else { "-".into() };
+            let lease = st
+                .as_ref()
+                .and_then(|s| s.lease_remaining_ms)
+                .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
+            let _ = writeln!(
+                out,
+                "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  {}",
+                m.name,
+                role,
+                state,
+                lag,
+                epoch,
+                lease,
+                m.api_url.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(f) = &view.failover {
+            let _ = writeln!(
+                out,
+                "pending: {} (leader {:?}, candidate {:?})",
+                if f.value.leader.is_some() { "switchover" } else { "failover" },
+                f.value.leader,
+                f.value.candidate
+            );
+        }
+        out
+    }
+
+    /// POSTs `path` to the first API among `urls` that answers; `None` if none did.
+    async fn post(&self, urls: &[String], path: &str, body: Value) -> Option<(u16, Value)> {
+        for url in urls {
+            let mut req = self.http.post(format!("{url}{path}")).json(&body);
+            if let Some(t) = &self.config.restapi.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    let body = r.json().await.unwrap_or(Value::Null);
+                    return Some((code, body));
+                }
+                Err(e) => println!("{url} did not answer: {e}"),
+            }
+        }
+        None
+    }
+
+    fn api_of(view: &ClusterView, member: &str) -> Option<String> {
+        view.leader
+            .as_ref()
+            .filter(|l| l.record.member == member)
+            .and_then(|l| l.record.api_url.clone())
+            .or_else(|| view.member(member).and_then(|m| m.api_url.clone()))
+    }
+
+    /// Writes the failover key directly (the API route did not work).
+    async fn write_failover(&self, view: &ClusterView, rec: FailoverRecord) -> anyhow::Result<()> {
+        let expect = match view.control_version(ControlKey::Failover) {
+            Some(_) if view.failover.is_some() => bail!("a switchover or failover is already pending: {:?}", view.failover),
+            Some(v) => Expect::Version(v.clone()),
+            None => Expect::Absent,
+        };
+        match self.dcs.write_control(ControlKey::Failover, expect, &rec.encode()).await? {
+            leasehold::CasOutcome::Won(_) => {
+                println!("wrote the failover key directly: {rec:?}");
+                Ok(())
+            }
+            leasehold::CasOutcome::Lost(_) => bail!("another writer changed the failover key; retry"),
+        }
+    }
+
+    fn report(code: u16, body: &Value) -> anyhow::Result<()> {
+        if (200..300).contains(&code) {
+            println!("accepted ({code})");
+            Ok(())
+        } else {
+            bail!("refused ({code}): {}", body.get("error").and_then(Value::as_str).unwrap_or(&body.to_string()))
+        }
+    }
+
+    async fn switchover(&self, candidate: Option<String>, wait: Duration) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        let Some(leader) = view.leader.clone() else { bail!("there is no leader to switch over from; use failover") };
+        let from = leader.record.member.clone();
+        println!("switchover from {from} (epoch {}) to {}", leader.epoch, candidate.as_deref().unwrap_or("the best member"));
+        let urls: Vec<String> = Self::api_of(&view, &from).into_iter().collect();
+        match self.post(&urls, "/switchover", serde_json::json!({"candidate": candidate})).await {
+            Some((code, body)) => Self::report(code, &body)?,
+            None => {
+                self.write_failover(&view, FailoverRecord { leader: Some(from.clone()), candidate: candidate.clone() })
+                    .await?
+            }
+        }
+        self.wait_for_new_leader(&from, candidate.as_deref(), wait).await
+    }
+
+    async fn failover(&self, candidate: String, wait: Duration) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        if view.member(&candidate).is_none() {
+            bail!("{candidate:?} is not a registered member of {}", self.config.scope);
+        }
+        let old = view.leader.as_ref().map(|l| l.record.member.clone()).unwrap_or_default();
+        println!("failover to {candidate}");
+        // The leader first, then the candidate itself, then any member.
+        let mut urls: Vec<String> = Vec::new();
+        for name in [old.as_str(), candidate.as_str()] {
+            if let Some(u) = Self::api_of(&view, name) {
+                urls.push(u);
+            }
+        }
+        urls.extend(view.members.iter().filter_map(|m| m.value.api_url.clone()));
+        urls.dedup();
+        match self.post(&urls, "/failover", serde_json::json!({"candidate": candidate})).await {
+            Some((code, body)) => Self::report(code, &body)?,
+            None => self.write_failover(&view, FailoverRecord { leader: None, candidate: Some(candidate.clone()) }).await?,
+        }
+        self.wait_for_new_leader(&old, Some(&candidate), wait).await
+    }
+
+    async fn set_pause(&self, pause: bool) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        let path = if pause { "/pause" } else { "/resume" };
+        let mut urls: Vec<String> = view.leader.iter().filter_map(|l| l.record.api_url.clone()).collect();
+        urls.extend(view.members.iter().filter_map(|m| m.value.api_url.clone()));
+        urls.dedup();
+        match self.post(&urls, path, Value::Null).await {
+            Some((code, body)) => Self::report(code, &body)?,
+            None => {
+                let mut cfg = view.config.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+                if cfg.pause == pause {
+                    println!("already {}", if pause { "paused" } else { "running" });
+                    return Ok(0);
+                }
+                cfg.pause = pause;
+                let expect = view.control_version(ControlKey::Config).cloned().map_or(Expect::Absent, Expect::Version);
+                if !self.dcs.write_control(ControlKey::Config, expect, &cfg.encode()).await?.is_won() {
+                    bail!("another writer changed the config key; retry");
+                }
+                println!("wrote the config key directly");
+            }
+        }
+        println!("cluster {}", if pause { "paused" } else { "resumed" });
+        Ok(0)
+    }
+
+    #[allow(clippy::disallowed_methods)] // an operator command reports how long the handover took
+    async fn wait_for_new_leader(&self, old: &str, want: Option<&str>, wait: Duration) -> anyhow::Result<i32> {
+        let started = tokio::time::Instant::now();
+        while started.elapsed() < wait {
+            if let Ok(view) = self.dcs.load().await
+                && let Some(l) = &view.leader
+                && l.record.member != old
+                && want.is_none_or(|w| w == l.record.member)
+            {
+                // The key is taken; wait for the resource to be writable.
+                let api = l.record.api_url.clone().unwrap_or_default();
+                if let Ok(r) = self.http.get(format!("{api}/primary")).send().await
+                    && r.status().is_success()
+                {
+                    println!(
+                        "new leader {} (epoch {}) accepts writes {:.2}s after the request",
+                        l.record.member,
+                        l.epoch,
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(0);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!("no new leader within {wait:?}");
+        Ok(2)
+    }
+}
+
+fn history_table(view: &ClusterView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} {}", "timeline", "position", "epoch", "leader", "reason");
+    for h in view.history.iter().flat_map(|h| h.value.0.iter()) {
+        let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} {}", h.timeline, h.position, h.epoch, h.leader, h.reason);
+    }
+    out
+}

@@ -1,0 +1,121 @@
+//! `leasehold-ha run`: wires the configuration, the store, the hooks, the REST API and the
+//! driver together, and shuts down cleanly on SIGTERM or SIGINT.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use leasehold::driver::{self, LinuxWatchdog, NoWatchdog, Watchdog};
+use leasehold::node::{NodeEvent, WatchdogMode};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::api::{self, ApiState};
+use crate::config::DaemonConfig;
+use crate::hooks::{HookResource, mode_name};
+use crate::probe::HttpProbe;
+use crate::store;
+
+/// A number that differs on every start, so two incarnations of a member are told apart.
+fn incarnation() -> u64 {
+    #[allow(clippy::disallowed_methods)] // only uniqueness matters here, not the time
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    (u64::from(std::process::id()) << 40) ^ (nanos as u64)
+}
+
+/// Runs the daemon until a signal or a fatal store error. Returns the process exit code.
+pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
+    let config = Arc::new(config);
+    // Bind first: a busy port is a configuration problem worth failing on before joining.
+    let listener = tokio::net::TcpListener::bind(config.restapi.listen)
+        .await
+        .with_context(|| format!("config key `restapi.listen`: cannot listen on {}", config.restapi.listen))?;
+    let store = store::connect(&config.store, &config.scope, &config.timing)
+        .await
+        .with_context(|| format!("cannot connect to the {} store", config.store.kind()))?;
+    tracing::info!(scope = %config.scope, name = %config.name, store = config.store.kind(), api = %config.restapi.connect_url, "starting");
+
+    let resource = Arc::new(HookResource::new(config.hooks.clone(), &config.scope, &config.name));
+    let probe = Arc::new(HttpProbe::new(Duration::from_secs(2), config.restapi.token.clone())?);
+    let watchdog: Box<dyn Watchdog> = match config.watchdog.mode {
+        WatchdogMode::Off => Box::new(NoWatchdog),
+        _ => Box::new(LinuxWatchdog::new(&config.watchdog.device)),
+    };
+    let handle = driver::spawn(config.node_config(incarnation()), store.dcs.clone(), resource, probe, watchdog)
+        .map_err(|e| anyhow::anyhow!("config key `{}`: {}", e.field, e.message))?;
+    let mut events = handle.subscribe();
+    let mut states = handle.watch_state();
+    let state = ApiState::new(config.clone(), handle);
+
+    // Progress tracking for /liveness, and leader-change counting for /metrics.
+    let progress = state.clone();
+    #[allow(clippy::disallowed_methods)] // the daemon owns its tasks; the core stays clock-free
+    let progress_task = tokio::spawn(async move {
+        while states.changed().await.is_ok() {
+            *progress.last_progress.lock().await = tokio::time::Instant::now();
+        }
+    });
+    let counter = state.clone();
+    #[allow(clippy::disallowed_methods)] // see above
+    let events_task = tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(ev) => log_event(&counter, &ev),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log lagged"),
+                Err(_) => break,
+            }
+        }
+    });
+
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let app = api::router(state.clone());
+    #[allow(clippy::disallowed_methods)] // see above
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = api_stopped.await;
+        })
+        .await
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let code = loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break 0; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break 0; }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                if state.driver.read().await.as_ref().is_none_or(|d| d.is_finished()) {
+                    tracing::error!("the HA loop stopped (fatal store error)");
+                    break 1;
+                }
+            }
+        }
+    };
+    // A leader demotes, then releases the key, before the process exits.
+    if let Some(d) = state.driver.write().await.take() {
+        d.shutdown().await;
+    }
+    let _ = stop_api.send(());
+    let _ = server.await;
+    progress_task.abort();
+    events_task.abort();
+    drop(store);
+    tracing::info!("stopped");
+    Ok(code)
+}
+
+fn log_event(state: &ApiState, ev: &NodeEvent) {
+    match ev {
+        NodeEvent::Acquired { epoch } => tracing::info!(%epoch, "acquired the leader key"),
+        NodeEvent::Promoted { epoch } => tracing::info!(%epoch, "promoted: acting as primary"),
+        NodeEvent::Demoting { mode, why } => tracing::warn!(mode = mode_name(*mode), why, "demoting"),
+        NodeEvent::Demoted => tracing::info!("demoted"),
+        NodeEvent::LeaderChanged { leader } => {
+            state.leader_changes.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(leader = leader.as_deref().unwrap_or("none"), "leader changed")
+        }
+        NodeEvent::NotEligible(reason) => tracing::info!(?reason, "not racing for the free leader key"),
+        NodeEvent::Fatal(e) => tracing::error!(error = %e, "fatal store error"),
+        other => tracing::debug!(event = ?other, "event"),
+    }
+}

@@ -1,0 +1,18 @@
+//! The leasehold HA daemon: a thin binary over the `leasehold` library.
+//!
+//! * [`config`]: the TOML configuration, `LEASEHOLD_*` environment overrides, validation;
+//! * [`hooks`]: a [`Resource`](leasehold::driver::Resource) driven by external programs;
+//! * [`api`]: the REST API (status, load-balancer checks, metrics, admin verbs);
+//! * [`probe`]: peers probed over that API for the healthy-enough rules;
+//! * [`ctl`]: operator commands that read the store and act through the leader's API;
+//! * [`daemon`]: `leasehold-ha run`.
+//!
+//! See the README for the configuration format and a walkthrough.
+
+pub mod api;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod hooks;
+pub mod probe;
+pub mod store;

@@ -1,0 +1,46 @@
+//! Peers are asked about themselves over their REST API (`GET /status`), Patroni style.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leasehold::driver::PeerProbe;
+use leasehold::{Epoch, MemberRecord, PeerStatus};
+
+/// Probes peers with one short HTTP request each; silence or garbage reads as unreachable.
+#[derive(Clone, Debug)]
+pub struct HttpProbe {
+    client: reqwest::Client,
+    token: Option<String>,
+}
+
+impl HttpProbe {
+    /// A probe whose requests give up after `timeout` (Patroni uses 2 s). `token` is sent to
+    /// peers' `/failsafe` endpoint.
+    pub fn new(timeout: Duration, token: Option<String>) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy().build()?;
+        Ok(HttpProbe { client, token })
+    }
+}
+
+#[async_trait]
+impl PeerProbe for HttpProbe {
+    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
+        let url = format!("{}/status", peer.api_url.as_deref()?.trim_end_matches('/'));
+        let reply = self.client.get(&url).send().await.ok()?;
+        let status: PeerStatus = reply.json().await.ok()?;
+        // A different member answering at that address is not the peer.
+        (status.name == peer.name).then_some(status)
+    }
+
+    async fn failsafe_confirm(&self, peer: &MemberRecord, leader: &str, epoch: Epoch) -> bool {
+        let Some(api) = peer.api_url.as_deref() else { return false };
+        let mut req = self
+            .client
+            .post(format!("{}/failsafe", api.trim_end_matches('/')))
+            .json(&serde_json::json!({"leader": leader, "epoch": epoch.0}));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.is_ok_and(|r| r.status().is_success())
+    }
+}

@@ -1,0 +1,366 @@
+//! The end-to-end harness: a real store, three `leasehold-ha` processes with the file
+//! resource, helpers to read their REST APIs and run `ctl`. Every process started here is
+//! killed (SIGKILL) and reaped on drop, also when a test panics.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+// Tests wait for states with deadlines (never asserting on elapsed time) and read the clock
+// for those deadlines; the workspace bans clock reads only to keep the library's core pure.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const TOKEN: &str = "e2e-secret-token";
+
+/// A child process killed and reaped on drop.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.into(), child: Some(child) }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: plain kill(2) on our own child's pid, which is not reaped yet.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(c.id() as i32, sig);
+            }
+        }
+    }
+
+    /// kill -9, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Freezes the process (SIGSTOP).
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Thaws it (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit; the exit code if it exited.
+    pub fn terminate(&mut self, limit: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Some(c) = &mut self.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // A frozen process must be thawed to die promptly and be reaped.
+            let _ = c.kill();
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
+            }
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free loopback port below 32768 (the tests' rule), picked at run time.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919) ^ NEXT.fetch_add(1, Ordering::SeqCst).wrapping_mul(104_729);
+    for i in 0..2000u32 {
+        let port = 12000 + (seed.wrapping_add(i.wrapping_mul(7)) % 20000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below 32768");
+}
+
+/// A real store the members share.
+pub enum Store {
+    Etcd { _server: Proc, _dir: tempfile::TempDir, endpoint: String },
+    Zookeeper { server: leasehold_zookeeper::testing::ZkServer, _rt: tokio::runtime::Runtime },
+}
+
+impl Store {
+    /// A single-node etcd (Debian's /usr/bin/etcd) on free loopback ports in a temp dir.
+    pub fn etcd() -> Store {
+        for _ in 0..5 {
+            let dir = tempfile::Builder::new().prefix("leasehold-ha-etcd-").tempdir().unwrap();
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+            let server = Proc::spawn(
+                "etcd",
+                Command::new("etcd")
+                    .args(["--name", "e2e", "--data-dir"])
+                    .arg(dir.path().join("data"))
+                    .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+                    .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                    .args(["--initial-cluster", &format!("e2e={peer_url}")])
+                    .stdout(Stdio::null())
+                    .stderr(log),
+            );
+            let until = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < until {
+                if http_get_blocking(&format!("{endpoint}/health")).is_some_and(|(c, _)| c == 200) {
+                    return Store::Etcd { _server: server, _dir: dir, endpoint };
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("etcd did not start");
+    }
+
+    /// A standalone ZooKeeper (the backend's test harness).
+    pub fn zookeeper() -> Store {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let server = rt.block_on(leasehold_zookeeper::testing::ZkServer::standalone()).expect("ZooKeeper starts");
+        Store::Zookeeper { server, _rt: rt }
+    }
+
+    /// The config section for this store.
+    pub fn section(&self) -> String {
+        match self {
+            Store::Etcd { endpoint, .. } => format!("[etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"/e2e\"\n"),
+            Store::Zookeeper { server, .. } => {
+                let hosts: Vec<String> =
+                    server.connect_string().split(',').map(|h| format!("\"{h}\"")).collect();
+                format!("[zookeeper]\nhosts = [{}]\nprefix = \"/e2e\"\n", hosts.join(", "))
+            }
+        }
+    }
+}
+
+/// An HTTP GET without an async runtime (curl is part of the setup script's packages).
+pub fn http_get_blocking(url: &str) -> Option<(u16, String)> {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n')?;
+    let code: u16 = code.trim().parse().ok()?;
+    (code != 0).then(|| (code, body.to_string()))
+}
+
+/// A request with curl: method, url, optional bearer token and JSON body → (status, body).
+pub fn http(method: &str, url: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-m", "10", "-X", method, "-o", "-", "-w", "\n%{http_code}"]);
+    if method == "HEAD" {
+        cmd.arg("-I");
+    }
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "-d", b]);
+    }
+    let out = cmd.arg(url).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+pub fn hooks_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("hooks/file")
+}
+
+/// One member: its config file, API URL and process.
+pub struct Member {
+    pub name: String,
+    pub config: PathBuf,
+    pub api: String,
+    pub proc: Option<Proc>,
+}
+
+/// A store, a shared file-resource directory and three members.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    pub resource_dir: PathBuf,
+    pub dir: tempfile::TempDir,
+    // Dropped last: members die before their store.
+    pub store: Store,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_leasehold-ha")
+}
+
+impl Cluster {
+    /// Writes configs for `n` members (ttl 5 s, loop_wait 1 s) and starts them.
+    pub fn start(store: Store, n: usize) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("leasehold-ha-e2e-").tempdir().unwrap();
+        let resource_dir = dir.path().join("resource");
+        std::fs::create_dir_all(&resource_dir).unwrap();
+        let mut members = Vec::new();
+        for i in 1..=n {
+            let name = format!("n{i}");
+            let port = free_port();
+            let config = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "scope = \"e2e\"\nname = \"{name}\"\nttl = \"5s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n\
+                     safety_margin = \"1s\"\nconn_url = \"file://{name}\"\n\
+                     [restapi]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\
+                     [hooks]\ndir = \"{}\"\n[hooks.env]\nFILE_RESOURCE_DIR = \"{}\"\n{}",
+                    hooks_dir().display(),
+                    resource_dir.display(),
+                    store.section()
+                ),
+            )
+            .unwrap();
+            members.push(Member { name, config, api: format!("http://127.0.0.1:{port}"), proc: None });
+        }
+        let mut cluster = Cluster { members, resource_dir, dir, store };
+        for i in 0..n {
+            cluster.start_member(i);
+        }
+        cluster
+    }
+
+    pub fn start_member(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", m.name)))
+            .unwrap();
+        m.proc = Some(Proc::spawn(
+            &m.name,
+            Command::new(bin())
+                .arg("--config")
+                .arg(&m.config)
+                .arg("run")
+                .env("LEASEHOLD_LOG", "info,leasehold=debug")
+                .stdout(Stdio::null())
+                .stderr(log),
+        ));
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name))).unwrap_or_default()
+    }
+
+    /// `/status` of member `i`, if it answers.
+    pub fn status(&self, i: usize) -> Option<Value> {
+        let (code, body) = http_get_blocking(&format!("{}/status", self.members[i].api))?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    /// The member acting as leader (holding a valid lease) with a running primary, if exactly one.
+    pub fn leader(&self) -> Option<(usize, u64)> {
+        let leaders: Vec<(usize, u64)> = (0..self.members.len())
+            .filter(|&i| self.members[i].proc.is_some())
+            .filter_map(|i| {
+                let s = self.status(i)?;
+                let acting = s["acting"].as_bool()? && s["role"] == "primary";
+                acting.then(|| (i, s["epoch"].as_u64().unwrap_or(0)))
+            })
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    }
+
+    /// Waits for a leader satisfying `ok`; panics with the members' logs after `limit`.
+    pub fn wait_leader(&self, limit: Duration, ok: impl Fn(usize, u64) -> bool) -> (usize, u64) {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if let Some((i, e)) = self.leader()
+                && ok(i, e)
+            {
+                return (i, e);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.dump();
+        panic!("no suitable leader within {limit:?}");
+    }
+
+    /// Waits until `check` holds; panics with the logs after `limit`.
+    pub fn wait_for(&self, what: &str, limit: Duration, check: impl Fn(&Cluster) -> bool) {
+        let until = Instant::now() + limit;
+        while Instant::now() < until {
+            if check(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.dump();
+        panic!("{what}: not reached within {limit:?}");
+    }
+
+    pub fn dump(&self) {
+        for i in 0..self.members.len() {
+            eprintln!("==== {} status: {:?}", self.members[i].name, self.status(i));
+            let log = self.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("==== {} log (last 40 lines):\n{}", self.members[i].name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        }
+        eprintln!("==== resource events:\n{}", std::fs::read_to_string(self.resource_dir.join("events")).unwrap_or_default());
+    }
+
+    /// `leasehold-ha ctl <args>` with member `via`'s config.
+    pub fn ctl(&self, via: usize, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--config")
+            .arg(&self.members[via].config)
+            .arg("ctl")
+            .args(args)
+            .output()
+            .expect("ctl runs")
+    }
+
+    /// A client write to member `i`'s resource through the file resource's `write` tool.
+    pub fn client_write(&self, i: usize) -> bool {
+        Command::new(hooks_dir().join("write"))
+            .arg(&self.members[i].name)
+            .env("FILE_RESOURCE_DIR", &self.resource_dir)
+            .output()
+            .expect("write runs")
+            .status
+            .success()
+    }
+
+    pub fn events(&self) -> String {
+        std::fs::read_to_string(self.resource_dir.join("events")).unwrap_or_default()
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}

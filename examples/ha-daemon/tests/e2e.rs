@@ -1,0 +1,162 @@
+//! End to end: real store servers, three `leasehold-ha` processes each, the file resource.
+//! Waits use generous deadlines; assertions are on states, never on elapsed time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, Store, TOKEN, http, text};
+
+const LIMIT: Duration = Duration::from_secs(40);
+
+/// The store for the tests that do not name one.
+fn store() -> Store {
+    Store::zookeeper()
+}
+
+/// kill -9 of the leader: another member takes over with a greater epoch, and the dead
+/// leader's resource can no longer write (fenced by the epoch).
+fn crash_failover(store: Store) {
+    let mut c = Cluster::start(store, 3);
+    let (first, epoch1) = c.wait_leader(LIMIT, |_, _| true);
+    assert!(c.client_write(first), "the leader's resource accepts writes");
+    let others: Vec<usize> = (0..3).filter(|&i| i != first).collect();
+    assert!(!c.client_write(others[0]), "a replica refuses writes");
+    // The replicas catch up with the leader's position before the crash.
+    c.wait_for("replicas caught up", LIMIT, |c| {
+        others.iter().all(|&i| c.status(i).is_some_and(|s| s["lag"] == 0 && s["leader"] == c.members[first].name))
+    });
+
+    c.members[first].proc.as_mut().unwrap().kill9();
+    let (second, epoch2) = c.wait_leader(LIMIT, |i, _| i != first);
+    assert!(epoch2 > epoch1, "new epoch {epoch2} must exceed {epoch1}");
+    assert!(c.client_write(second), "the new leader accepts writes");
+    // The old leader's resource still believes it is primary, but its epoch is fenced off.
+    assert!(!c.client_write(first), "the dead leader's stale epoch must be refused");
+
+    let list = c.ctl(second, &["list"]);
+    let out = text(&list);
+    assert!(list.status.success(), "{out}");
+    assert!(out.contains(&format!("leader: {}", c.members[second].name)), "{out}");
+    assert!(out.contains(&format!("epoch: {epoch2}")), "{out}");
+    assert!(!out.contains(&format!("\n{} ", c.members[first].name)) || out.contains("stopped?"), "{out}");
+}
+
+#[test]
+fn crash_failover_on_etcd() {
+    crash_failover(Store::etcd());
+}
+
+#[test]
+fn crash_failover_on_zookeeper() {
+    crash_failover(Store::zookeeper());
+}
+
+/// A graceful switchover through `ctl`, then the history records it; pause blocks failover.
+#[test]
+fn switchover_history_and_pause() {
+    let mut c = Cluster::start(store(), 3);
+    let (first, epoch1) = c.wait_leader(LIMIT, |_, _| true);
+    let target = (first + 1) % 3;
+    c.wait_for("all members registered", LIMIT, |c| {
+        (0..3).all(|i| c.status(i).is_some_and(|s| s["leader"] == c.members[first].name))
+    });
+    let out = c.ctl(first, &["switchover", "--candidate", &c.members[target].name, "--wait", "40"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (now, epoch2) = c.wait_leader(LIMIT, |i, _| i != first);
+    assert_eq!(now, target, "the named candidate takes over");
+    assert!(epoch2 > epoch1);
+    // The old leader demoted gracefully and follows.
+    c.wait_for("old leader follows", LIMIT, |c| {
+        c.status(first).is_some_and(|s| s["role"] == "replica" && s["leader"] == c.members[target].name)
+    });
+    assert!(c.events().contains(&format!("{} demoted (graceful)", c.members[first].name)), "{}", c.events());
+    let history = text(&c.ctl(first, &["history"]));
+    assert!(history.contains(&c.members[target].name) && history.contains("switchover"), "{history}");
+
+    // Pause: the leader's crash leaves the cluster without a leader.
+    let out = c.ctl(first, &["pause"]);
+    assert!(out.status.success(), "{}", text(&out));
+    c.wait_for("paused everywhere", LIMIT, |c| (0..3).all(|i| c.status(i).is_some_and(|s| s["paused"] == true)));
+    c.members[target].proc.as_mut().unwrap().kill9();
+    // Long enough for the lease (ttl 5 s) to expire several times over.
+    c.wait_for("the dead leader's key expired", LIMIT, |c| {
+        [first, 3 - first - target].iter().all(|&i| c.status(i).is_some_and(|s| s["leader"].is_null()))
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(c.leader().is_none(), "no failover while paused");
+    for i in [first, 3 - first - target] {
+        let s = c.status(i).unwrap();
+        assert_eq!(s["state"], "replica", "{s}");
+    }
+    let out = c.ctl(first, &["resume"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, epoch3) = c.wait_leader(LIMIT, |i, _| i != target);
+    assert!(epoch3 > epoch2);
+}
+
+/// A leader frozen past its ttl (SIGSTOP) loses the key; on SIGCONT it demotes before it
+/// does anything else, and its resource was fenced off meanwhile.
+#[test]
+fn frozen_leader_demotes_on_resume() {
+    let c = Cluster::start(store(), 3);
+    let (first, epoch1) = c.wait_leader(LIMIT, |_, _| true);
+    let name = c.members[first].name.clone();
+    c.members[first].proc.as_ref().unwrap().freeze();
+    let (second, epoch2) = c.wait_leader(LIMIT, |i, _| i != first);
+    assert!(epoch2 > epoch1);
+    assert!(!c.client_write(first), "the frozen leader's epoch {epoch1} is fenced by {epoch2}");
+    assert!(c.client_write(second));
+    let before = c.events();
+    c.members[first].proc.as_ref().unwrap().thaw();
+    c.wait_for("the thawed leader demoted", LIMIT, |c| {
+        c.status(first).is_some_and(|s| s["role"] == "replica" && s["acting"] == false)
+    });
+    let after = c.events();
+    let new = &after[before.len()..];
+    let first_line = new.lines().find(|l| l.contains(&name)).unwrap_or("");
+    assert!(first_line.contains(&format!("{name} demoted")), "first action after thaw must be a demote: {new}");
+    assert!(!new.contains(&format!("{name} promoted")), "{new}");
+    assert_eq!(c.leader().map(|l| l.0), Some(second));
+}
+
+/// Status codes for load balancers, HEAD, metrics, and tokens on the write endpoints.
+#[test]
+fn rest_codes_and_tokens() {
+    let c = Cluster::start(store(), 3);
+    let (l, epoch) = c.wait_leader(LIMIT, |_, _| true);
+    let r = (l + 1) % 3;
+    c.wait_for("replica running", LIMIT, |c| c.status(r).is_some_and(|s| s["role"] == "replica" && s["running"] == true));
+    let (leader, replica) = (&c.members[l].api, &c.members[r].api);
+    assert_eq!(http("GET", &format!("{leader}/primary"), None, None).0, 200);
+    assert_eq!(http("GET", &format!("{leader}/leader"), None, None).0, 200);
+    assert_eq!(http("GET", &format!("{replica}/primary"), None, None).0, 503);
+    assert_eq!(http("HEAD", &format!("{leader}/primary"), None, None).0, 200);
+    assert_eq!(http("HEAD", &format!("{replica}/primary"), None, None).0, 503);
+    assert_eq!(http("GET", &format!("{replica}/replica"), None, None).0, 200);
+    assert_eq!(http("GET", &format!("{replica}/replica?lag=16MB"), None, None).0, 200);
+    assert_eq!(http("GET", &format!("{replica}/replica?lag=lots"), None, None).0, 400);
+    assert_eq!(http("GET", &format!("{leader}/replica"), None, None).0, 503);
+    for path in ["/health", "/liveness", "/readiness", "/status"] {
+        assert_eq!(http("GET", &format!("{replica}{path}"), None, None).0, 200, "{path}");
+        assert_eq!(http("HEAD", &format!("{leader}{path}"), None, None).0, 200, "{path}");
+    }
+    let (code, metrics) = http("GET", &format!("{leader}/metrics"), None, None);
+    assert_eq!(code, 200);
+    assert!(metrics.contains(&format!("leasehold_epoch{{scope=\"e2e\",name=\"{}\"}} {epoch}", c.members[l].name)), "{metrics}");
+    assert!(metrics.contains("leasehold_leader{") && metrics.contains("leasehold_renew_latency_seconds{"), "{metrics}");
+
+    for path in ["/switchover", "/failover", "/pause", "/resume"] {
+        let body = Some("{\"candidate\": \"n1\"}");
+        assert_eq!(http("POST", &format!("{leader}{path}"), None, body).0, 401, "{path} without a token");
+        assert_eq!(http("POST", &format!("{leader}{path}"), Some("wrong-token-x"), body).0, 401, "{path}");
+    }
+    // With the token: a switchover sent to a replica is refused (409) and names the leader.
+    let (code, body) = http("POST", &format!("{replica}/switchover"), Some(TOKEN), Some("{}"));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains(&c.members[l].name), "{body}");
+    let (code, body) = http("POST", &format!("{leader}/failover"), Some(TOKEN), Some("{\"candidate\": \"nobody\"}"));
+    assert_eq!(code, 400, "{body}");
+    // Nothing changed.
+    assert_eq!(c.leader(), Some((l, epoch)));
+}
