@@ -355,20 +355,21 @@ impl Dcs for EtcdDcs {
     async fn watch(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
         self.ready()?;
         let deadline = now() + timeout;
-        // Resume point: events from here on count. Unknown until a stream reports it when
-        // the caller gave no revision.
-        let mut start = after.and_then(Version::as_u64).map(|r| r + 1);
+        // Events after `floor` count. The stream starts *at* `floor` (already seen by the
+        // caller's load), so a compaction past it is reported even when etcd still holds
+        // `floor + 1`. Unknown until a stream reports it when the caller gave no revision.
+        let mut floor = after.and_then(Version::as_u64);
         let mut last_error: Option<DcsError> = None;
         loop {
             if now() >= deadline {
                 return match last_error {
-                    Some(e) if start.is_none() => Err(e),
+                    Some(e) if floor.is_none() => Err(e),
                     _ => Ok(WatchEvent::Timeout),
                 };
             }
             let mut options = WatchOptions::new().with_prefix();
-            if let Some(rev) = start {
-                options = options.with_start_revision(to_i64(rev));
+            if let Some(rev) = floor {
+                options = options.with_start_revision(to_i64(rev.max(1)));
             }
             self.inner.count();
             let opened = tokio::time::timeout_at(deadline, async {
@@ -399,7 +400,10 @@ impl Dcs for EtcdDcs {
                         if resp.compact_revision() > 0 {
                             return Ok(WatchEvent::Resync);
                         }
-                        if !resp.events().is_empty() {
+                        let newer = |e: &etcd_client::Event| {
+                            e.kv().is_none_or(|kv| floor.is_none_or(|f| kv.mod_revision().unsigned_abs() > f))
+                        };
+                        if resp.events().iter().any(newer) {
                             return Ok(WatchEvent::Changed);
                         }
                         if resp.canceled() {
@@ -409,11 +413,11 @@ impl Dcs for EtcdDcs {
                             tracing::debug!(reason = resp.cancel_reason(), "etcd cancelled a watch; re-opening");
                             break;
                         }
-                        if start.is_none()
+                        if floor.is_none()
                             && let Some(h) = resp.header()
                         {
-                            // Nothing before the stream's creation revision is ours to report.
-                            start = Some(h.revision().unsigned_abs() + 1);
+                            // Nothing up to the stream's creation revision is ours to report.
+                            floor = Some(h.revision().unsigned_abs());
                         }
                     }
                     Ok(None) => break,
