@@ -7,6 +7,8 @@ pub mod error;
 pub mod node;
 pub mod record;
 pub mod rules;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod time;
 
 #[cfg(feature = "tokio")]

@@ -1,0 +1,192 @@
+//! [`Report`]: what a run found, and its [`Timeline`].
+
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use super::config::SimConfig;
+use super::fault::TimedFault;
+use super::invariants::{Checker, InvariantId, Measured, Violation};
+use super::world::World;
+
+/// A column timeline: one row each time a node's glyphs change, plus annotated rows for
+/// faults, promotions, demotions and violations.
+///
+/// Glyphs per node: `P` acting primary, `p` promoting, `d` demoting, `r` replica, `x` down,
+/// `z` paused; then `L` if it holds the leader key in the store, then `#` if cut from the store.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    capacity: usize,
+    rows: Vec<(u64, String, String)>,
+    dropped: usize,
+}
+
+impl Timeline {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Timeline { capacity, rows: Vec::new(), dropped: 0 }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn last_glyphs(&self) -> &str {
+        self.rows.last().map_or("", |r| r.1.as_str())
+    }
+
+    pub(crate) fn push(&mut self, t: u64, glyphs: String, note: String) {
+        if self.rows.len() >= self.capacity {
+            // Keep the start and the most recent rows: the end is where failures are.
+            let keep_head = self.capacity / 4;
+            self.rows.remove(keep_head);
+            self.dropped += 1;
+        }
+        self.rows.push((t, glyphs, note));
+    }
+
+    /// Number of rows kept.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no rows were kept.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Renders the timeline as text.
+    pub fn render(&self, nodes: usize) -> String {
+        let mut out = String::new();
+        let _ = write!(out, "{:>10}  ", "time");
+        for i in 0..nodes {
+            let _ = write!(out, "{:<4}", format!("n{i}"));
+        }
+        out.push_str(" note\n");
+        let head = self.capacity / 4;
+        for (i, (t, g, note)) in self.rows.iter().enumerate() {
+            if self.dropped > 0 && i == head {
+                let _ = writeln!(out, "{:>10}  ({} rows dropped)", "...", self.dropped);
+            }
+            let _ = writeln!(out, "{:>9.3}s  {g} {note}", *t as f64 / 1e9);
+        }
+        out
+    }
+}
+
+/// The outcome of one run.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// The configuration.
+    pub config: SimConfig,
+    /// The fault schedule that was run.
+    pub faults: Vec<TimedFault>,
+    /// Whether every fault stayed inside the declared envelope.
+    pub within_envelope: bool,
+    /// Broken invariants.
+    pub violations: Vec<Violation>,
+    /// Measurements.
+    pub measured: Measured,
+    /// Simulated time.
+    pub simulated: Duration,
+    /// Events processed.
+    pub steps: u64,
+    /// Hash of the whole trace (equal for equal seeds and schedules).
+    pub trace_hash: u64,
+    /// The timeline.
+    pub timeline: Timeline,
+}
+
+impl Report {
+    pub(crate) fn build(w: &World, checker: &Checker) -> Self {
+        Report {
+            seed: w.seed,
+            config: w.cfg.clone(),
+            faults: w.faults.clone(),
+            within_envelope: w.within_envelope,
+            violations: checker.found.violations.clone(),
+            measured: checker.found.measured.clone(),
+            simulated: Duration::from_nanos(w.now),
+            steps: w.steps,
+            trace_hash: w.trace_hash(),
+            timeline: w.timeline.clone(),
+        }
+    }
+
+    /// Whether no invariant broke.
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// Violations of one invariant.
+    pub fn violations_of(&self, id: InvariantId) -> impl Iterator<Item = &Violation> {
+        self.violations.iter().filter(move |v| v.invariant == id)
+    }
+
+    /// Whether `id` broke.
+    pub fn violated(&self, id: InvariantId) -> bool {
+        self.violations_of(id).next().is_some()
+    }
+
+    /// Panics with the full report unless none of `ids` broke.
+    pub fn assert_holds(&self, ids: &[InvariantId]) {
+        if ids.iter().any(|id| self.violated(*id)) {
+            panic!("{self}");
+        }
+    }
+
+    /// The command that replays this run with the sweep example.
+    pub fn replay_command(&self) -> String {
+        let mut c = format!(
+            "cargo run --release --features sim --example sim_sweep -- --reproduce {} --profile {} --nodes {}",
+            self.seed, self.config.profile, self.config.nodes
+        );
+        if self.config.synchronous {
+            c.push_str(" --sync");
+        }
+        c
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        writeln!(
+            f,
+            "seed {} | profile {} | nodes {} | sync {} | ttl {:?} loop {:?} retry {:?} margin {:?} drift {} ppm | mutation {:?} | {} envelope",
+            self.seed,
+            c.profile,
+            c.nodes,
+            c.synchronous,
+            c.timing.ttl,
+            c.timing.loop_wait,
+            c.timing.retry_timeout,
+            c.timing.safety_margin,
+            c.timing.max_drift_ppm,
+            c.mutation,
+            if self.within_envelope { "inside the" } else { "OUTSIDE the" },
+        )?;
+        writeln!(
+            f,
+            "simulated {:.1}s in {} steps, trace hash {:016x}",
+            self.simulated.as_secs_f64(),
+            self.steps,
+            self.trace_hash
+        )?;
+        writeln!(f, "fault schedule ({} faults):", self.faults.len())?;
+        for fault in &self.faults {
+            writeln!(f, "  {fault}")?;
+        }
+        if self.violations.is_empty() {
+            writeln!(f, "no violations")?;
+        } else {
+            writeln!(f, "violations:")?;
+            for v in &self.violations {
+                writeln!(f, "  {v}")?;
+            }
+        }
+        writeln!(f, "measured: {:?}", self.measured)?;
+        writeln!(f, "timeline:\n{}", self.timeline.render(c.nodes))?;
+        writeln!(f, "replay (random schedule of this seed): {}", self.replay_command())
+    }
+}

@@ -1,0 +1,1558 @@
+//! [`World`]: the event queue, the nodes, the store and the network of one run.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::time::Duration;
+
+use super::clock::LocalClock;
+use super::config::{Knobs, Mutation, SimConfig};
+use super::fault::{Direction, Fault, TimedFault};
+use super::invariants::{Checker, Decision, Happening};
+use super::profile::StoreProfile;
+use super::report::{Report, Timeline};
+use super::resource::{Entry, FencedSink, Role, SimResource};
+use super::rng::SimRng;
+use crate::dcs::{CasOutcome, Lease, WatchEvent};
+use crate::error::DcsError;
+use crate::node::{Action, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
+use crate::record::{ClusterView, Epoch, LeaderView, ResourceRole, Version};
+use crate::rules::{PeerReply, PeerStatus};
+use crate::testkit::model::{MemoryModel, SessionId};
+use crate::time::Instant;
+
+/// The scope every simulated node serves.
+pub(crate) const SCOPE: &str = "sim";
+
+type Nanos = u64;
+
+fn ns(d: Duration) -> Nanos {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
+}
+
+fn at(t: Nanos) -> Instant {
+    Instant::from_origin(Duration::from_nanos(t))
+}
+
+#[derive(Debug)]
+enum Req {
+    Node(Action),
+    Keepalive,
+}
+
+#[derive(Debug)]
+enum Reply {
+    Load(RequestId, Box<Result<ClusterView, DcsError>>, Option<(u64, u64)>),
+    Acquire(RequestId, Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>),
+    Renew(RequestId, Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>),
+    Release(RequestId, Result<CasOutcome<(), Option<LeaderView>>, DcsError>),
+    Write(RequestId, Result<bool, DcsError>),
+    Keepalive(Option<SessionId>),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum FaultEnd {
+    StoreLink(usize, Direction),
+    PeerLink(usize, usize),
+    WatchLoss(usize),
+    Slow(usize, Duration),
+    Stall(usize),
+    NetDelay(Duration),
+}
+
+#[derive(Debug)]
+enum Ev {
+    Timer { n: usize, generation: u64 },
+    Arrive { n: usize, session: SessionId, req: Req },
+    Reply { n: usize, inc: u64, reply: Reply },
+    ResDone { n: usize, inc: u64 },
+    Replicate,
+    ClientWrite,
+    StoreExpiry,
+    WatchFire { n: usize, inc: u64 },
+    Probe { n: usize, inc: u64, id: RequestId, replies: Vec<PeerReply> },
+    Failsafe { n: usize, inc: u64, id: RequestId, ok: bool },
+    Keepalive { n: usize, inc: u64 },
+    FaultStart(usize),
+    FaultEnd { heal: u64, end: FaultEnd },
+    Restart { n: usize },
+    Unpause { n: usize, generation: u64 },
+    ShutdownTimeout { n: usize, inc: u64 },
+    StoreUp { heal: u64 },
+    EndChaos,
+}
+
+impl Ev {
+    /// Events consumed by a node's process; buffered while its machine is paused.
+    fn target(&self) -> Option<usize> {
+        match self {
+            Ev::Timer { n, .. }
+            | Ev::Reply { n, .. }
+            | Ev::ResDone { n, .. }
+            | Ev::WatchFire { n, .. }
+            | Ev::Probe { n, .. }
+            | Ev::Failsafe { n, .. }
+            | Ev::Keepalive { n, .. } => Some(*n),
+            _ => None,
+        }
+    }
+
+    fn code(&self) -> u64 {
+        match self {
+            Ev::Timer { .. } => 1,
+            Ev::Arrive { .. } => 2,
+            Ev::Reply { .. } => 3,
+            Ev::ResDone { .. } => 4,
+            Ev::Replicate => 5,
+            Ev::ClientWrite => 6,
+            Ev::StoreExpiry => 7,
+            Ev::WatchFire { .. } => 8,
+            Ev::Probe { .. } => 9,
+            Ev::Failsafe { .. } => 10,
+            Ev::Keepalive { .. } => 11,
+            Ev::FaultStart(_) => 12,
+            Ev::FaultEnd { .. } => 13,
+            Ev::Restart { .. } => 14,
+            Ev::Unpause { .. } => 15,
+            Ev::ShutdownTimeout { .. } => 16,
+            Ev::StoreUp { .. } => 17,
+            Ev::EndChaos => 18,
+        }
+    }
+}
+
+struct Scheduled {
+    t: Nanos,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, o: &Self) -> bool {
+        (self.t, self.seq) == (o.t, o.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, o: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: the earliest (time, seq) must compare greatest.
+        (o.t, o.seq).cmp(&(self.t, self.seq))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum ResOp {
+    Promote(Epoch),
+    Demote,
+    Follow(Option<String>),
+    SetSync(Vec<String>),
+}
+
+/// The leader key as the store holds it, for I1'.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StoreLease {
+    pub node: usize,
+    pub epoch: Epoch,
+    /// Real instant from which another node could take the key over.
+    pub expires: Nanos,
+}
+
+/// One member: its process (a real [`Node`]), machine, clock and resource.
+pub(crate) struct Slot {
+    pub name: String,
+    pub node: Option<Node>,
+    pub inc: u64,
+    pub clock: LocalClock,
+    pub res: SimResource,
+    res_ops: VecDeque<ResOp>,
+    res_busy: Option<ResOp>,
+    demote_acked_early: bool,
+    session: SessionId,
+    pub paused: bool,
+    pause_gen: u64,
+    inbox: Vec<Ev>,
+    timer_gen: u64,
+    sent: BTreeMap<u64, Instant>,
+    /// Local instant at which the belief ends under the *declared* timing (I6).
+    pub declared_until: Option<Instant>,
+    pub decision: Option<Decision>,
+    last_probe: Vec<PeerReply>,
+    /// Newest leader epoch this node has seen in a load (I7).
+    pub seen_epoch: Epoch,
+    watch: Option<Version>,
+    k8s_seen: Option<((u64, u64), Instant)>,
+    k8s_expired: Option<(u64, u64)>,
+    to_store_cut: u32,
+    from_store_cut: u32,
+    watch_cut: u32,
+    stall: u32,
+    slow: Duration,
+    reconnect_until: Nanos,
+    status_sent: Option<ResourceStatus>,
+    pub down: bool,
+    restart_after: Option<Duration>,
+}
+
+impl Slot {
+    /// Whether the resource accepts writes right now: it runs as primary on a live machine.
+    pub fn acting(&self) -> Option<Epoch> {
+        if self.node.is_none() || self.paused {
+            return None;
+        }
+        self.res.primary_epoch()
+    }
+
+    pub fn local(&self, now: Nanos) -> Instant {
+        self.clock.local_at(now)
+    }
+}
+
+/// A client write that was acknowledged.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Acked {
+    pub write_id: u64,
+    pub at: Nanos,
+    /// Acknowledged after a synchronous standby had it.
+    pub sync: bool,
+    /// Acknowledged by this node's resource.
+    pub node: usize,
+}
+
+/// The whole simulated world of one run.
+pub(crate) struct World {
+    pub cfg: SimConfig,
+    pub seed: u64,
+    pub knobs: Knobs,
+    pub faults: Vec<TimedFault>,
+    pub within_envelope: bool,
+    pub now: Nanos,
+    pub chaos_end: Nanos,
+    pub end: Nanos,
+    queue: BinaryHeap<Scheduled>,
+    seq: u64,
+    rng: SimRng,
+    pub slots: Vec<Slot>,
+    model: MemoryModel,
+    sessions: Vec<SessionId>,
+    store_down_until: Nanos,
+    lock_delay_until: Nanos,
+    k8s_renews: u64,
+    just_released: bool,
+    last_rev: u64,
+    expiry_at: Option<Nanos>,
+    pub lease: Option<StoreLease>,
+    lease_session: Option<SessionId>,
+    pub granted: std::collections::BTreeSet<Epoch>,
+    peer_cut: Vec<u32>,
+    net_extra: Duration,
+    heal: u64,
+    pub healed: bool,
+    pub sink: FencedSink,
+    next_write: u64,
+    pub acked: Vec<Acked>,
+    happened: Vec<Happening>,
+    checker: Checker,
+    hash: u64,
+    pub steps: u64,
+    pub timeline: Timeline,
+    node_timing: crate::config::Timing,
+}
+
+impl World {
+    pub fn new(cfg: SimConfig, seed: u64, mut faults: Vec<TimedFault>) -> Self {
+        let root = SimRng::new(seed);
+        let knobs = Knobs::draw(&mut root.fork(1), &cfg);
+        let env = cfg.envelope();
+        faults.retain(|f| f.at < cfg.chaos && f.fault.node().is_none_or(|n| n < cfg.nodes));
+        faults.sort_by_key(|f| f.at);
+        let within_envelope = faults.iter().all(|f| f.fault.within(&env, cfg.timing.max_drift_ppm));
+        let mut node_timing = cfg.timing.clone();
+        match cfg.mutation {
+            Some(Mutation::NoSafetyMargin) => {
+                node_timing.safety_margin = Duration::from_millis(1);
+                node_timing.max_drift_ppm = 0;
+            }
+            Some(Mutation::NoLagCheck) => node_timing.maximum_lag_on_failover = u64::MAX,
+            _ => {}
+        }
+        let chaos_end = ns(cfg.chaos);
+        let end = chaos_end + ns(cfg.liveness);
+        let mut model = MemoryModel::new();
+        let mut sessions = Vec::new();
+        let mut slots = Vec::new();
+        let mut clock_rng = root.fork(2);
+        for i in 0..cfg.nodes {
+            let session = model.open_session(cfg.profile.session_ttl(cfg.timing.ttl), Instant::ZERO);
+            sessions.push(session);
+            let offset = clock_rng.duration(Duration::ZERO, Duration::from_secs(3600));
+            slots.push(Slot {
+                name: format!("n{i}"),
+                node: None,
+                inc: 0,
+                clock: LocalClock::new(offset, knobs.drift_ppm[i]),
+                res: SimResource::new(),
+                res_ops: VecDeque::new(),
+                res_busy: None,
+                demote_acked_early: false,
+                session,
+                paused: false,
+                pause_gen: 0,
+                inbox: Vec::new(),
+                timer_gen: 0,
+                sent: BTreeMap::new(),
+                declared_until: None,
+                decision: None,
+                last_probe: Vec::new(),
+                seen_epoch: Epoch(0),
+                watch: None,
+                k8s_seen: None,
+                k8s_expired: None,
+                to_store_cut: 0,
+                from_store_cut: 0,
+                watch_cut: 0,
+                stall: 0,
+                slow: Duration::ZERO,
+                reconnect_until: 0,
+                status_sent: None,
+                down: false,
+                restart_after: None,
+            });
+        }
+        let n = cfg.nodes;
+        let timeline = Timeline::new(cfg.timeline_rows);
+        let mut w = World {
+            sink: FencedSink { enforce: cfg.mutation != Some(Mutation::NoFencing), ..FencedSink::default() },
+            cfg,
+            seed,
+            knobs,
+            faults,
+            within_envelope,
+            now: 0,
+            chaos_end,
+            end,
+            queue: BinaryHeap::new(),
+            seq: 0,
+            rng: root.fork(3),
+            slots,
+            model,
+            sessions,
+            store_down_until: 0,
+            lock_delay_until: 0,
+            k8s_renews: 0,
+            just_released: false,
+            last_rev: 0,
+            expiry_at: None,
+            lease: None,
+            lease_session: None,
+            granted: Default::default(),
+            peer_cut: vec![0; n * n],
+            net_extra: Duration::ZERO,
+            heal: 0,
+            healed: false,
+            next_write: 0,
+            acked: Vec::new(),
+            happened: Vec::new(),
+            checker: Checker::default(),
+            hash: 0xcbf2_9ce4_8422_2325,
+            steps: 0,
+            timeline,
+            node_timing,
+        };
+        for i in 0..n {
+            w.start_process(i);
+        }
+        for i in 0..w.faults.len() {
+            let t = ns(w.faults[i].at);
+            w.push(t, Ev::FaultStart(i));
+        }
+        let (ri, wi) = (ns(w.knobs.replication_interval), ns(w.cfg.write_interval));
+        w.push(ri, Ev::Replicate);
+        w.push(wi, Ev::ClientWrite);
+        w.push(chaos_end, Ev::EndChaos);
+        w.schedule_expiry();
+        w
+    }
+
+    fn push(&mut self, t: Nanos, ev: Ev) {
+        self.seq += 1;
+        self.queue.push(Scheduled { t: t.max(self.now), seq: self.seq, ev });
+    }
+
+    fn after(&mut self, d: Duration, ev: Ev) {
+        let t = self.now.saturating_add(ns(d));
+        self.push(t, ev);
+    }
+
+    pub(crate) fn mix(&mut self, x: u64) {
+        for b in x.to_le_bytes() {
+            self.hash ^= u64::from(b);
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn net_delay(&mut self) -> Duration {
+        let (lo, hi) = self.knobs.net_delay;
+        self.rng.duration(lo, hi) + self.net_extra
+    }
+
+    fn lost(&mut self) -> bool {
+        let p = self.knobs.loss_ppm;
+        self.rng.chance(p)
+    }
+
+    fn peer_ok(&self, from: usize, to: usize) -> bool {
+        from == to || self.peer_cut[from * self.cfg.nodes + to] == 0
+    }
+
+    fn alive(&self, n: usize) -> bool {
+        self.slots[n].node.is_some() && !self.slots[n].paused
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.slots.iter().position(|s| s.name == name)
+    }
+
+    // === the loop ===
+
+    /// Runs to the end and returns the report.
+    pub fn run(mut self) -> Report {
+        self.row("start");
+        while let Some(s) = self.queue.pop() {
+            if s.t > self.end {
+                break;
+            }
+            self.now = s.t;
+            self.steps += 1;
+            let code = s.ev.code();
+            self.mix(s.t);
+            self.mix(code);
+            if let Some(n) = s.ev.target()
+                && self.slots[n].paused
+            {
+                self.slots[n].inbox.push(s.ev);
+                continue;
+            }
+            self.handle(s.ev);
+            self.check();
+        }
+        self.now = self.end;
+        let mut checker = std::mem::take(&mut self.checker);
+        checker.finish(&self);
+        self.checker = checker;
+        self.row("end");
+        Report::build(&self, &self.checker)
+    }
+
+    fn check(&mut self) {
+        let happened = std::mem::take(&mut self.happened);
+        for h in &happened {
+            self.mix(h.code());
+        }
+        let mut checker = std::mem::take(&mut self.checker);
+        let before = checker.violations_len();
+        checker.step(self, &happened);
+        let fresh: Vec<String> = checker.found.violations[before..].iter().map(|v| format!("VIOLATION {v}")).collect();
+        self.checker = checker;
+        self.happened = happened;
+        self.happened.clear();
+        self.row_if_changed();
+        for f in fresh {
+            self.row(&f);
+        }
+    }
+
+    pub(crate) fn glyphs(&self) -> String {
+        let mut s = String::with_capacity(self.slots.len() * 3);
+        for (i, slot) in self.slots.iter().enumerate() {
+            let g = if slot.node.is_none() {
+                'x'
+            } else if slot.paused {
+                'z'
+            } else if slot.acting().is_some() {
+                'P'
+            } else if matches!(slot.res_busy, Some(ResOp::Promote(_))) {
+                'p'
+            } else if matches!(slot.res_busy, Some(ResOp::Demote)) {
+                'd'
+            } else {
+                'r'
+            };
+            s.push(g);
+            s.push(if self.lease.is_some_and(|l| l.node == i) { 'L' } else { ' ' });
+            s.push(if slot.to_store_cut + slot.from_store_cut > 0 { '#' } else { ' ' });
+            s.push(' ');
+        }
+        s
+    }
+
+    fn row_if_changed(&mut self) {
+        if self.timeline.capacity() == 0 {
+            return;
+        }
+        let g = self.glyphs();
+        if self.timeline.last_glyphs() != g {
+            self.timeline.push(self.now, g, String::new());
+        }
+    }
+
+    fn row(&mut self, note: &str) {
+        if self.timeline.capacity() == 0 {
+            return;
+        }
+        let g = self.glyphs();
+        self.timeline.push(self.now, g, note.to_string());
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Timer { n, generation } => {
+                if generation == self.slots[n].timer_gen && self.slots[n].node.is_some() {
+                    let now = self.slots[n].local(self.now);
+                    if let Some(node) = self.slots[n].node.as_mut() {
+                        node.handle_timeout(now);
+                    }
+                    self.settle(n);
+                }
+            }
+            Ev::Arrive { n, session, req } => self.store_arrive(n, session, req),
+            Ev::Reply { n, inc, reply } => {
+                if inc == self.slots[n].inc && self.slots[n].node.is_some() {
+                    self.deliver(n, reply);
+                    self.settle(n);
+                }
+            }
+            Ev::ResDone { n, inc } => {
+                if inc == self.slots[n].inc {
+                    self.resource_done(n);
+                }
+            }
+            Ev::Replicate => {
+                self.replicate();
+                let d = self.knobs.replication_interval;
+                self.after(d, Ev::Replicate);
+            }
+            Ev::ClientWrite => {
+                self.client_write();
+                let d = self.cfg.write_interval;
+                self.after(d, Ev::ClientWrite);
+            }
+            Ev::StoreExpiry => {
+                self.expiry_at = None;
+                self.model.expire(at(self.now));
+                self.store_changed();
+            }
+            Ev::WatchFire { n, inc } => {
+                if inc == self.slots[n].inc {
+                    let now = self.slots[n].local(self.now);
+                    if let Some(node) = self.slots[n].node.as_mut() {
+                        node.handle_watch_event(WatchEvent::Changed, now);
+                    }
+                    self.settle(n);
+                }
+            }
+            Ev::Probe { n, inc, id, replies } => {
+                if inc == self.slots[n].inc {
+                    let now = self.slots[n].local(self.now);
+                    self.slots[n].last_probe = replies.clone();
+                    if let Some(node) = self.slots[n].node.as_mut() {
+                        node.handle_peer_replies(id, replies, now);
+                    }
+                    self.settle(n);
+                }
+            }
+            Ev::Failsafe { n, inc, id, ok } => {
+                if inc == self.slots[n].inc {
+                    let now = self.slots[n].local(self.now);
+                    if let Some(node) = self.slots[n].node.as_mut() {
+                        node.handle_failsafe_result(id, ok, now);
+                    }
+                    self.settle(n);
+                }
+            }
+            Ev::Keepalive { n, inc } => {
+                if inc == self.slots[n].inc && self.slots[n].node.is_some() {
+                    self.send_to_store(n, Req::Keepalive);
+                    let d = self.cfg.timing.ttl / 3;
+                    self.after(d, Ev::Keepalive { n, inc });
+                }
+            }
+            Ev::FaultStart(i) => {
+                if !self.healed {
+                    let f = self.faults[i].clone();
+                    self.row(&format!("fault {:?}", f.fault));
+                    self.start_fault(f.fault);
+                }
+            }
+            Ev::FaultEnd { heal, end } => {
+                if heal == self.heal {
+                    self.end_fault(end);
+                }
+            }
+            Ev::Restart { n } => {
+                if self.slots[n].down {
+                    self.start_process(n);
+                }
+            }
+            Ev::Unpause { n, generation } => {
+                if self.slots[n].paused && self.slots[n].pause_gen == generation {
+                    self.unpause(n);
+                }
+            }
+            Ev::ShutdownTimeout { n, inc } => {
+                if inc == self.slots[n].inc && self.slots[n].node.is_some() {
+                    let d = self.slots[n].restart_after.take().unwrap_or_default();
+                    self.crash(n, d);
+                }
+            }
+            Ev::StoreUp { heal } => {
+                if heal == self.heal {
+                    self.store_up();
+                }
+            }
+            Ev::EndChaos => self.end_chaos(),
+        }
+    }
+
+    // === processes ===
+
+    fn start_process(&mut self, n: usize) {
+        let inc = self.slots[n].inc + 1;
+        let now_l = self.slots[n].local(self.now);
+        let mut cfg = NodeConfig::new(self.slots[n].name.clone(), inc);
+        cfg.timing = self.node_timing.clone();
+        cfg.api_url = Some(format!("http://{}", self.slots[n].name));
+        cfg.conn_url = Some(self.slots[n].name.clone());
+        cfg.synchronous_mode = self.cfg.synchronous;
+        let node = Node::new(cfg, now_l).expect("simulated timing is valid");
+        let session = self.model.open_session(self.cfg.profile.session_ttl(self.cfg.timing.ttl), at(self.now));
+        self.sessions.push(session);
+        let slot = &mut self.slots[n];
+        slot.inc = inc;
+        slot.node = Some(node);
+        slot.session = session;
+        slot.down = false;
+        slot.paused = false;
+        slot.inbox.clear();
+        slot.sent.clear();
+        slot.watch = None;
+        slot.k8s_seen = None;
+        slot.k8s_expired = None;
+        slot.status_sent = None;
+        slot.res.running = true;
+        slot.res.role = Role::Replica(None);
+        slot.res.sync_standbys.clear();
+        slot.res.pending_sync.clear();
+        slot.res_ops.clear();
+        slot.res_busy = None;
+        slot.decision = None;
+        slot.declared_until = None;
+        self.mix(0x5354_4152_5400 + n as u64);
+        let d = self.cfg.timing.ttl / 3;
+        self.after(d, Ev::Keepalive { n, inc });
+        self.settle(n);
+        self.schedule_expiry();
+    }
+
+    fn crash(&mut self, n: usize, down_for: Duration) {
+        let slot = &mut self.slots[n];
+        if slot.node.is_none() {
+            return;
+        }
+        slot.node = None;
+        slot.inc += 1;
+        slot.down = true;
+        slot.paused = false;
+        slot.inbox.clear();
+        slot.res.running = false;
+        slot.res.role = Role::Replica(None);
+        slot.res.pending_sync.clear();
+        slot.res_ops.clear();
+        slot.res_busy = None;
+        slot.timer_gen += 1;
+        slot.restart_after = None;
+        if !self.healed {
+            self.after(down_for, Ev::Restart { n });
+        } else {
+            self.after(Duration::ZERO, Ev::Restart { n });
+        }
+    }
+
+    fn unpause(&mut self, n: usize) {
+        self.slots[n].paused = false;
+        let inbox = std::mem::take(&mut self.slots[n].inbox);
+        for ev in inbox {
+            self.push(self.now, ev);
+        }
+        self.settle(n);
+    }
+
+    /// Feeds the node its resource status, carries out every action it emitted, and
+    /// re-arms its timer.
+    fn settle(&mut self, n: usize) {
+        for _ in 0..10_000 {
+            self.feed_status(n);
+            let Some(node) = self.slots[n].node.as_mut() else { return };
+            let mut actions = Vec::new();
+            while let Some(a) = node.poll_action() {
+                actions.push(a);
+            }
+            let mut events = Vec::new();
+            while let Some(e) = node.poll_event() {
+                events.push(e);
+            }
+            if actions.is_empty() && events.is_empty() {
+                break;
+            }
+            for e in events {
+                self.on_node_event(n, e);
+            }
+            for a in actions {
+                self.do_action(n, a);
+            }
+        }
+        let Some(node) = self.slots[n].node.as_ref() else { return };
+        if node.is_stopped() {
+            let d = self.slots[n].restart_after.take().unwrap_or(self.cfg.timing.loop_wait);
+            self.crash(n, d);
+            return;
+        }
+        let timeout = node.poll_timeout();
+        let slot = &mut self.slots[n];
+        slot.timer_gen += 1;
+        if let Some(t) = timeout {
+            let real = slot.clock.real_when(t, self.now);
+            let generation = slot.timer_gen;
+            self.push(real, Ev::Timer { n, generation });
+        }
+    }
+
+    fn on_node_event(&mut self, n: usize, e: NodeEvent) {
+        let code = match &e {
+            NodeEvent::Acquired { epoch } => 0x100 + epoch.0,
+            NodeEvent::Promoted { epoch } => 0x200 + epoch.0,
+            NodeEvent::Demoting { .. } => 0x300,
+            NodeEvent::Demoted => 0x400,
+            NodeEvent::LeaderChanged { .. } => 0x500,
+            NodeEvent::NotEligible(_) => 0x600,
+            NodeEvent::AdminDone { .. } => 0x700,
+            NodeEvent::Fatal(_) => 0x800,
+        };
+        self.mix(code + ((n as u64) << 32));
+        match e {
+            NodeEvent::Demoting { mode, why } => {
+                self.row(&format!("{} demoting ({mode:?}): {why}", self.slots[n].name))
+            }
+            NodeEvent::Acquired { epoch } => {
+                self.row(&format!("{} acquired the key, epoch {}", self.slots[n].name, epoch.0))
+            }
+            NodeEvent::Fatal(why) => self.row(&format!("{} fatal: {why}", self.slots[n].name)),
+            _ => {}
+        }
+    }
+
+    fn status_of(&self, n: usize) -> ResourceStatus {
+        let slot = &self.slots[n];
+        let primary = slot.res.primary_epoch().is_some();
+        let sync_confirmed = if primary {
+            slot.res
+                .sync_standbys
+                .iter()
+                .filter(|s| {
+                    self.index_of(s).is_some_and(|j| {
+                        self.alive(j)
+                            && self.slots[j].res.role == Role::Replica(Some(n))
+                            && self.peer_ok(n, j)
+                            && self.peer_ok(j, n)
+                    })
+                })
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        ResourceStatus {
+            running: slot.res.running,
+            role: if primary { ResourceRole::Primary } else { ResourceRole::Replica },
+            position: Some(slot.res.position()),
+            timeline: None,
+            sync_confirmed,
+        }
+    }
+
+    fn feed_status(&mut self, n: usize) {
+        if self.slots[n].node.is_none() {
+            return;
+        }
+        let status = self.status_of(n);
+        if self.slots[n].status_sent.as_ref() == Some(&status) {
+            return;
+        }
+        let now = self.slots[n].local(self.now);
+        self.slots[n].status_sent = Some(status.clone());
+        if let Some(node) = self.slots[n].node.as_mut() {
+            node.handle_resource_status(status, now);
+        }
+    }
+
+    fn do_action(&mut self, n: usize, a: Action) {
+        let now_l = self.slots[n].local(self.now);
+        match a {
+            Action::Load { id }
+            | Action::Acquire { id, .. }
+            | Action::Renew { id, .. }
+            | Action::Release { id, .. }
+            | Action::PublishMember { id, .. }
+            | Action::WriteControl { id, .. }
+            | Action::DeleteControl { id, .. } => {
+                self.mix(0x1000 + id.0);
+                if matches!(a, Action::Acquire { .. }) {
+                    self.record_decision(n);
+                }
+                self.slots[n].sent.insert(id.0, now_l);
+                if self.slots[n].sent.len() > 64 {
+                    let first = *self.slots[n].sent.keys().next().expect("non-empty");
+                    self.slots[n].sent.remove(&first);
+                }
+                self.send_to_store(n, Req::Node(a));
+            }
+            Action::Watch { after } => {
+                let after = after.unwrap_or_else(|| Version::new(self.model.revision()));
+                self.slots[n].watch = Some(after);
+                self.fire_watches();
+            }
+            Action::ProbePeers { id, peers } => {
+                let replies: Vec<PeerReply> = peers.iter().map(|p| self.probe_one(n, &p.name)).collect();
+                let d = 2 * self.net_delay();
+                let inc = self.slots[n].inc;
+                self.after(d, Ev::Probe { n, inc, id, replies });
+            }
+            Action::FailsafeCheck { id, peers, .. } => {
+                let name = self.slots[n].name.clone();
+                let mut ok = !peers.is_empty();
+                for p in &peers {
+                    let Some(j) = self.index_of(&p.name) else {
+                        ok = false;
+                        continue;
+                    };
+                    if !(self.alive(j) && self.peer_ok(n, j) && self.peer_ok(j, n)) {
+                        ok = false;
+                        continue;
+                    }
+                    let pl = self.slots[j].local(self.now);
+                    let accepted = self.slots[j].node.as_mut().is_some_and(|node| node.handle_failsafe_ping(&name, pl));
+                    ok &= accepted;
+                }
+                let d = 2 * self.net_delay();
+                let inc = self.slots[n].inc;
+                self.after(d, Ev::Failsafe { n, inc, id, ok });
+            }
+            Action::ArmWatchdog { .. } | Action::KeepAliveWatchdog | Action::DisarmWatchdog => {}
+            Action::Promote { epoch } => {
+                self.happened.push(Happening::PromoteAsked { node: n, epoch });
+                self.row(&format!("{} promote(epoch {})", self.slots[n].name, epoch.0));
+                self.res_op(n, ResOp::Promote(epoch));
+            }
+            Action::Demote { mode } => {
+                self.mix(0x2000 + mode as u64);
+                self.res_op(n, ResOp::Demote);
+            }
+            Action::Follow { leader, .. } => self.res_op(n, ResOp::Follow(leader)),
+            Action::SetSyncStandbys { names } => self.res_op(n, ResOp::SetSync(names)),
+        }
+    }
+
+    fn record_decision(&mut self, n: usize) {
+        let Some(node) = self.slots[n].node.as_ref() else { return };
+        let view = node.view();
+        let decision = Decision {
+            at: self.now,
+            my_position: self.slots[n].res.position(),
+            leader_position: view.and_then(|v| v.status.as_ref()).map(|s| s.value.position),
+            sync: view.and_then(|v| v.sync.as_ref()).map(|s| s.value.clone()),
+            peers: self.slots[n].last_probe.clone(),
+            real_max_position: self.slots.iter().map(|s| s.res.position()).max().unwrap_or(0),
+        };
+        self.slots[n].decision = Some(decision);
+    }
+
+    fn probe_one(&mut self, n: usize, name: &str) -> PeerReply {
+        let Some(j) = self.index_of(name) else { return PeerReply::Unreachable { name: name.to_string() } };
+        if !(self.alive(j) && self.peer_ok(n, j) && self.peer_ok(j, n)) || self.lost() {
+            return PeerReply::Unreachable { name: name.to_string() };
+        }
+        let s = self.status_of(j);
+        PeerReply::Reachable(PeerStatus {
+            name: name.to_string(),
+            role: s.role,
+            running: s.running,
+            position: s.position,
+            timeline: s.timeline,
+            tags: Default::default(),
+            watchdog_failed: false,
+        })
+    }
+
+    // === resource ===
+
+    fn res_op(&mut self, n: usize, op: ResOp) {
+        self.slots[n].res_ops.push_back(op);
+        self.pump_resource(n);
+    }
+
+    fn pump_resource(&mut self, n: usize) {
+        while self.slots[n].res_busy.is_none() {
+            let Some(op) = self.slots[n].res_ops.pop_front() else { return };
+            match op {
+                ResOp::Promote(_) | ResOp::Demote => {
+                    let (lo, hi) = if matches!(op, ResOp::Promote(_)) { self.knobs.promote } else { self.knobs.demote };
+                    let d = self.rng.duration(lo, hi) + self.slots[n].slow;
+                    if matches!(op, ResOp::Demote) && self.cfg.mutation == Some(Mutation::AckDemoteEarly) {
+                        self.slots[n].demote_acked_early = true;
+                        let now = self.slots[n].local(self.now);
+                        if let Some(node) = self.slots[n].node.as_mut() {
+                            node.handle_demoted(Ok(()), now);
+                        }
+                    }
+                    self.slots[n].res_busy = Some(op);
+                    let inc = self.slots[n].inc;
+                    self.after(d, Ev::ResDone { n, inc });
+                }
+                ResOp::Follow(leader) => {
+                    let idx = leader.as_deref().and_then(|l| self.index_of(l));
+                    if self.slots[n].res.primary_epoch().is_none() {
+                        self.slots[n].res.role = Role::Replica(idx);
+                    }
+                }
+                ResOp::SetSync(names) => {
+                    self.slots[n].res.sync_standbys = names;
+                    if self.slots[n].res.sync_standbys.is_empty() {
+                        // Nobody to wait for: waiting writes complete without a sync copy.
+                        let pending = std::mem::take(&mut self.slots[n].res.pending_sync);
+                        for (_, write_id) in pending {
+                            self.acked.push(Acked { write_id, at: self.now, sync: false, node: n });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn resource_done(&mut self, n: usize) {
+        let Some(op) = self.slots[n].res_busy.take() else { return };
+        let now = self.slots[n].local(self.now);
+        match op {
+            ResOp::Promote(epoch) => {
+                let res = &mut self.slots[n].res;
+                res.role = Role::Primary(epoch);
+                res.max_epoch = res.max_epoch.max(epoch);
+                res.pending_sync.clear();
+                self.happened.push(Happening::BecamePrimary { node: n, epoch });
+                if let Some(node) = self.slots[n].node.as_mut() {
+                    node.handle_promoted(Ok(()), now);
+                }
+            }
+            ResOp::Demote => {
+                let res = &mut self.slots[n].res;
+                res.role = Role::Replica(None);
+                res.pending_sync.clear();
+                res.sync_standbys.clear();
+                if !std::mem::take(&mut self.slots[n].demote_acked_early)
+                    && let Some(node) = self.slots[n].node.as_mut()
+                {
+                    node.handle_demoted(Ok(()), now);
+                }
+            }
+            _ => {}
+        }
+        self.pump_resource(n);
+        self.settle(n);
+    }
+
+    fn client_write(&mut self) {
+        for n in 0..self.slots.len() {
+            let Some(epoch) = self.slots[n].acting() else { continue };
+            self.next_write += 1;
+            let write_id = self.next_write;
+            match self.sink.offer(epoch) {
+                Err(_) => continue,
+                Ok(previous) => self.happened.push(Happening::SinkAccepted { node: n, epoch, previous }),
+            }
+            let res = &mut self.slots[n].res;
+            res.log.push(Entry { epoch, write_id });
+            if self.cfg.synchronous && !res.sync_standbys.is_empty() {
+                let idx = res.log.len() - 1;
+                res.pending_sync.push((idx, write_id));
+            } else {
+                self.acked.push(Acked { write_id, at: self.now, sync: false, node: n });
+            }
+            self.feed_status(n);
+        }
+    }
+
+    fn replicate(&mut self) {
+        for n in 0..self.slots.len() {
+            let Role::Replica(Some(src)) = self.slots[n].res.role else { continue };
+            if src == n
+                || !self.alive(n)
+                || !self.alive(src)
+                || self.slots[n].stall > 0
+                || !self.peer_ok(src, n)
+                || !self.peer_ok(n, src)
+                || !self.slots[src].res.running
+            {
+                continue;
+            }
+            let source = std::mem::take(&mut self.slots[src].res);
+            let copied = self.slots[n].res.replicate_from(&source);
+            self.slots[src].res = source;
+            if !copied {
+                continue;
+            }
+            // Synchronous acknowledgement: the standby now has these writes.
+            let name = self.slots[n].name.clone();
+            if self.slots[src].res.primary_epoch().is_some() && self.slots[src].res.sync_standbys.contains(&name) {
+                let have = self.slots[n].res.log.len();
+                let pending = std::mem::take(&mut self.slots[src].res.pending_sync);
+                let mut keep = Vec::new();
+                for (idx, write_id) in pending {
+                    if idx < have && self.slots[n].res.log[idx].write_id == write_id {
+                        self.acked.push(Acked { write_id, at: self.now, sync: true, node: src });
+                    } else {
+                        keep.push((idx, write_id));
+                    }
+                }
+                self.slots[src].res.pending_sync = keep;
+            }
+            if self.slots[n].status_sent.as_ref().and_then(|s| s.position) != Some(self.slots[n].res.position()) {
+                self.settle(n);
+            }
+            if self.status_of(src).sync_confirmed
+                != self.slots[src].status_sent.as_ref().map(|s| s.sync_confirmed.clone()).unwrap_or_default()
+            {
+                self.settle(src);
+            }
+        }
+    }
+
+    // === network and store ===
+
+    fn send_to_store(&mut self, n: usize, req: Req) {
+        if self.slots[n].to_store_cut > 0 || self.lost() {
+            return;
+        }
+        let d = self.net_delay();
+        let session = self.slots[n].session;
+        self.after(d, Ev::Arrive { n, session, req });
+    }
+
+    fn reply(&mut self, n: usize, reply: Reply) {
+        if self.slots[n].from_store_cut > 0 || self.lost() {
+            return;
+        }
+        let d = self.net_delay();
+        let inc = self.slots[n].inc;
+        self.after(d, Ev::Reply { n, inc, reply });
+    }
+
+    fn store_arrive(&mut self, n: usize, session: SessionId, req: Req) {
+        if self.now < self.store_down_until {
+            return; // the store is electing a leader: dropped without an answer
+        }
+        let now = at(self.now);
+        if self.now < self.slots[n].reconnect_until {
+            if let Some(r) = rejected(&req, DcsError::unavailable("reconnecting")) {
+                self.reply(n, r);
+            }
+            return;
+        }
+        let roll = self.rng.range(0, 999_999) as u32;
+        let k = &self.knobs;
+        let (reject, lost, vanish) =
+            (k.reject_ppm, k.reject_ppm + k.reply_lost_ppm, k.reject_ppm + k.reply_lost_ppm + k.timeout_ppm);
+        if roll < reject {
+            if let Some(r) = rejected(&req, DcsError::unavailable("rejected")) {
+                self.reply(n, r);
+            }
+            return;
+        }
+        if roll >= lost && roll < vanish {
+            return; // timed out: not applied, no answer
+        }
+        let is_acquire = matches!(req, Req::Node(Action::Acquire { .. }));
+        let reply = self.apply(n, session, req, now);
+        self.store_changed();
+        if roll >= reject && roll < lost {
+            // Applied, reply lost: the client sees a timeout, or an explicit unknown outcome.
+            if is_acquire && self.cfg.mutation == Some(Mutation::UnknownAsFailed) {
+                if let Some(Reply::Acquire(id, _)) = reply {
+                    self.reply(n, Reply::Acquire(id, Err(DcsError::unavailable("not applied (mutation)"))));
+                }
+            } else if self.rng.chance(500_000)
+                && let Some(r) = reply.as_ref().and_then(reply_id)
+                && let Some(r) = rejected_id(r, DcsError::unknown("reply lost"))
+            {
+                self.reply(n, r);
+            }
+            return;
+        }
+        if let Some(r) = reply {
+            self.reply(n, r);
+        }
+    }
+
+    fn consul_lazy(&mut self, session: SessionId, now: Instant) {
+        if self.cfg.profile == StoreProfile::Consul {
+            let ttl = self.cfg.timing.ttl;
+            let extra = self.rng.duration(Duration::ZERO, ttl);
+            self.model.set_session_expiry(session, now + ttl + extra);
+        }
+    }
+
+    fn apply(&mut self, n: usize, session: SessionId, req: Req, now: Instant) -> Option<Reply> {
+        let action = match req {
+            Req::Keepalive => {
+                return Some(match self.model.keep_alive(session, now) {
+                    Ok(_) => {
+                        self.consul_lazy(session, now);
+                        Reply::Keepalive(None)
+                    }
+                    Err(_) => {
+                        let s = self.model.open_session(self.cfg.profile.session_ttl(self.cfg.timing.ttl), now);
+                        self.sessions.push(s);
+                        Reply::Keepalive(Some(s))
+                    }
+                });
+            }
+            Req::Node(a) => a,
+        };
+        Some(match action {
+            Action::Load { id } => {
+                let view = self.model.load(SCOPE, now);
+                let key = view.leader.as_ref().map(|l| (l.epoch.0, self.k8s_renews));
+                Reply::Load(id, Box::new(Ok(view)), key)
+            }
+            Action::Acquire { id, record } => {
+                if self.now < self.lock_delay_until {
+                    return Some(Reply::Acquire(id, Ok(CasOutcome::Lost(None))));
+                }
+                if self.cfg.profile == StoreProfile::Kubernetes
+                    && let Some(current) = self.model.load(SCOPE, now).leader
+                {
+                    // Takeover is a CAS on the version the observer saw expire.
+                    if self.slots[n].k8s_expired == Some((current.epoch.0, self.k8s_renews)) {
+                        let old = Lease {
+                            record: current.record.clone(),
+                            epoch: current.epoch,
+                            version: current.version.clone(),
+                            valid_for: Duration::ZERO,
+                        };
+                        let _ = self.model.release(SCOPE, &old, now);
+                    }
+                }
+                let result = self.model.acquire(SCOPE, session, &record, now);
+                if let Ok(CasOutcome::Won(lease)) = &result {
+                    self.granted.insert(lease.epoch);
+                    self.happened.push(Happening::Granted { node: n, epoch: lease.epoch });
+                    self.lease_session = Some(session);
+                    let expires = if self.cfg.profile == StoreProfile::Kubernetes {
+                        self.now + ns(crate::time::shrink_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm))
+                    } else {
+                        u64::MAX
+                    };
+                    self.lease = Some(StoreLease { node: n, epoch: lease.epoch, expires });
+                    self.k8s_renews += 1;
+                    self.consul_lazy(session, now);
+                }
+                Reply::Acquire(id, result)
+            }
+            Action::Renew { id, lease } => {
+                let result = self.model.renew(SCOPE, session, &lease, now);
+                if let Ok(CasOutcome::Won(_)) = &result {
+                    self.k8s_renews += 1;
+                    self.consul_lazy(session, now);
+                    if self.cfg.profile == StoreProfile::Kubernetes
+                        && let Some(l) = self.lease.as_mut()
+                    {
+                        // Renewals are writes: an observer restarts its ttl from seeing one.
+                        l.expires = self.now
+                            + ns(crate::time::shrink_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
+                    }
+                }
+                Reply::Renew(id, result)
+            }
+            Action::Release { id, lease } => {
+                let result = self.model.release(SCOPE, &lease, now);
+                if result.is_won() {
+                    self.just_released = true;
+                }
+                Reply::Release(id, Ok(result))
+            }
+            Action::PublishMember { id, record } => {
+                Reply::Write(id, self.model.publish_member(SCOPE, session, &record, now).map(|()| true))
+            }
+            Action::WriteControl { id, key, expect, value } => {
+                Reply::Write(id, Ok(self.model.write_control(SCOPE, key, &expect, &value, now).is_won()))
+            }
+            Action::DeleteControl { id, key, expect } => {
+                Reply::Write(id, Ok(self.model.delete_control(SCOPE, key, &expect, now).is_won()))
+            }
+            _ => return None,
+        })
+    }
+
+    /// After any store operation: track the leader key, wake watches, plan the next expiry.
+    fn store_changed(&mut self) {
+        let rev = self.model.revision();
+        if rev != self.last_rev {
+            self.last_rev = rev;
+            let leader = self.model.load(SCOPE, at(self.now)).leader;
+            let had = self.lease.is_some();
+            match leader {
+                Some(l) if self.lease.is_some_and(|s| s.epoch == l.epoch) => {}
+                Some(l) => {
+                    // Re-created under a name we can map (k8s takeover path sets it on acquire).
+                    let node = self.index_of(&l.record.member).unwrap_or(usize::MAX);
+                    self.lease = Some(StoreLease { node, epoch: l.epoch, expires: u64::MAX });
+                }
+                None => {
+                    self.lease = None;
+                    self.lease_session = None;
+                    if had && !self.just_released {
+                        self.lock_delay_until = self.now + ns(self.cfg.profile.lock_delay());
+                    }
+                }
+            }
+            self.fire_watches();
+        }
+        self.just_released = false;
+        if self.cfg.profile != StoreProfile::Kubernetes
+            && let (Some(l), Some(s)) = (self.lease.as_mut(), self.lease_session)
+        {
+            l.expires = self.model.session_expiry(s).map_or(u64::MAX, |e| ns(e.since_origin()));
+        }
+        self.schedule_expiry();
+    }
+
+    fn schedule_expiry(&mut self) {
+        if let Some(t) = self.model.next_expiry() {
+            let t = ns(t.since_origin());
+            if self.expiry_at.is_none_or(|s| t < s) && t < u64::MAX / 2 {
+                self.expiry_at = Some(t);
+                self.push(t, Ev::StoreExpiry);
+            }
+        }
+    }
+
+    fn fire_watches(&mut self) {
+        for n in 0..self.slots.len() {
+            let Some(after) = self.slots[n].watch.clone() else { continue };
+            if self.slots[n].node.is_none() || self.model.poll_watch(SCOPE, &after, at(self.now)).is_none() {
+                continue;
+            }
+            self.slots[n].watch = None;
+            let p = self.knobs.watch_loss_ppm;
+            if self.slots[n].from_store_cut > 0 || self.slots[n].watch_cut > 0 || self.rng.chance(p) {
+                continue;
+            }
+            let (lo, hi) = self.knobs.watch_delay;
+            let d = self.rng.duration(lo, hi) + self.net_extra;
+            let inc = self.slots[n].inc;
+            self.after(d, Ev::WatchFire { n, inc });
+        }
+    }
+
+    fn deliver(&mut self, n: usize, reply: Reply) {
+        let now = self.slots[n].local(self.now);
+        let ttl = self.cfg.timing.ttl;
+        match reply {
+            Reply::Load(id, result, key) => {
+                let mut result = *result;
+                if let Ok(view) = &mut result {
+                    if let Some(l) = &view.leader {
+                        self.slots[n].seen_epoch = self.slots[n].seen_epoch.max(l.epoch);
+                    }
+                    if self.cfg.profile == StoreProfile::Kubernetes {
+                        self.k8s_observe(n, view, key, now, ttl);
+                    }
+                }
+                self.slots[n].sent.remove(&id.0);
+                if let Some(node) = self.slots[n].node.as_mut() {
+                    node.handle_load(id, result, now);
+                }
+            }
+            Reply::Acquire(id, result) => {
+                let won = result.as_ref().ok().and_then(|r| match r {
+                    CasOutcome::Won(l) => Some((l.epoch, l.valid_for)),
+                    CasOutcome::Lost(_) => None,
+                });
+                if let Some(node) = self.slots[n].node.as_mut() {
+                    node.handle_acquire(id, result, now);
+                }
+                self.note_belief(n, id, won);
+            }
+            Reply::Renew(id, result) => {
+                let won = result.as_ref().ok().and_then(|r| match r {
+                    CasOutcome::Won(l) => Some((l.epoch, l.valid_for)),
+                    CasOutcome::Lost(_) => None,
+                });
+                if let Some(node) = self.slots[n].node.as_mut() {
+                    node.handle_renew(id, result, now);
+                }
+                self.note_belief(n, id, won);
+            }
+            Reply::Release(id, result) => {
+                self.slots[n].sent.remove(&id.0);
+                if let Some(node) = self.slots[n].node.as_mut() {
+                    node.handle_release(id, result, now);
+                }
+            }
+            Reply::Write(id, result) => {
+                self.slots[n].sent.remove(&id.0);
+                if let Some(node) = self.slots[n].node.as_mut() {
+                    node.handle_write(id, result, now);
+                }
+            }
+            Reply::Keepalive(new) => {
+                if let Some(s) = new {
+                    self.slots[n].session = s;
+                }
+            }
+        }
+    }
+
+    /// client-go's rule: a lease is expired only once this observer saw it unchanged for
+    /// ttl on its own clock. Records it hides as expired so the takeover CAS can match.
+    fn k8s_observe(&mut self, n: usize, view: &mut ClusterView, key: Option<(u64, u64)>, now: Instant, ttl: Duration) {
+        let (Some(l), Some(key)) = (&view.leader, key) else { return };
+        let held = self.slots[n].node.as_ref().and_then(|node| node.status().epoch);
+        if held == Some(l.epoch) {
+            return;
+        }
+        match self.slots[n].k8s_seen {
+            Some((seen, since)) if seen == key => {
+                if now >= since + ttl {
+                    self.slots[n].k8s_expired = Some(key);
+                    view.leader = None;
+                }
+            }
+            _ => self.slots[n].k8s_seen = Some((key, now)),
+        }
+    }
+
+    fn note_belief(&mut self, n: usize, id: RequestId, won: Option<(Epoch, Duration)>) {
+        let sent = self.slots[n].sent.remove(&id.0);
+        let (Some((epoch, valid_for)), Some(sent)) = (won, sent) else { return };
+        let Some(node) = self.slots[n].node.as_ref() else { return };
+        let status = node.status();
+        let now = self.slots[n].local(self.now);
+        if status.epoch == Some(epoch) && status.lease_deadline.is_some_and(|d| d > now) {
+            self.slots[n].declared_until = Some(sent + self.cfg.timing.belief_for(valid_for));
+        }
+    }
+
+    // === faults ===
+
+    fn start_fault(&mut self, f: Fault) {
+        let heal = self.heal;
+        match f {
+            Fault::StorePartition { node, direction, duration } => {
+                let s = &mut self.slots[node];
+                if matches!(direction, Direction::Both | Direction::ToStore) {
+                    s.to_store_cut += 1;
+                }
+                if matches!(direction, Direction::Both | Direction::FromStore) {
+                    s.from_store_cut += 1;
+                }
+                self.after(duration, Ev::FaultEnd { heal, end: FaultEnd::StoreLink(node, direction) });
+            }
+            Fault::PeerPartition { from, to, duration } => {
+                if from != to && to < self.cfg.nodes {
+                    self.peer_cut[from * self.cfg.nodes + to] += 1;
+                    self.after(duration, Ev::FaultEnd { heal, end: FaultEnd::PeerLink(from, to) });
+                }
+            }
+            Fault::Pause { node, duration } => {
+                if self.alive(node) {
+                    let s = &mut self.slots[node];
+                    s.paused = true;
+                    s.pause_gen += 1;
+                    let generation = s.pause_gen;
+                    self.after(duration, Ev::Unpause { n: node, generation });
+                }
+            }
+            Fault::Crash { node, down_for } => self.crash(node, down_for),
+            Fault::Shutdown { node, down_for } => {
+                if self.alive(node) {
+                    let now = self.slots[node].local(self.now);
+                    self.slots[node].restart_after = Some(down_for);
+                    if let Some(x) = self.slots[node].node.as_mut() {
+                        x.handle_shutdown(now);
+                    }
+                    let inc = self.slots[node].inc;
+                    let limit = 3 * self.cfg.timing.retry_timeout;
+                    self.after(limit, Ev::ShutdownTimeout { n: node, inc });
+                    self.settle(node);
+                }
+            }
+            Fault::ClockStep { node, forward } => {
+                self.slots[node].clock.step(self.now, forward);
+                self.settle(node);
+            }
+            Fault::Drift { node, ppm } => {
+                self.slots[node].clock.set_drift(self.now, i64::from(ppm));
+                self.settle(node);
+            }
+            Fault::StoreLeaderChange { unavailable_for } => {
+                self.store_down_until = self.store_down_until.max(self.now + ns(unavailable_for));
+                self.push(self.store_down_until, Ev::StoreUp { heal });
+            }
+            Fault::WatchLoss { node, duration } => {
+                self.slots[node].watch_cut += 1;
+                self.after(duration, Ev::FaultEnd { heal, end: FaultEnd::WatchLoss(node) });
+            }
+            Fault::SlowResource { node, extra, duration } => {
+                self.slots[node].slow += extra;
+                self.after(duration, Ev::FaultEnd { heal, end: FaultEnd::Slow(node, extra) });
+            }
+            Fault::ReplicationStall { node, duration } => {
+                self.slots[node].stall += 1;
+                self.after(duration, Ev::FaultEnd { heal, end: FaultEnd::Stall(node) });
+            }
+            Fault::NetworkDelay { extra, duration } => {
+                self.net_extra += extra;
+                self.after(duration, Ev::FaultEnd { heal, end: FaultEnd::NetDelay(extra) });
+            }
+        }
+    }
+
+    fn end_fault(&mut self, end: FaultEnd) {
+        match end {
+            FaultEnd::StoreLink(n, direction) => {
+                let s = &mut self.slots[n];
+                if matches!(direction, Direction::Both | Direction::ToStore) {
+                    s.to_store_cut = s.to_store_cut.saturating_sub(1);
+                }
+                if matches!(direction, Direction::Both | Direction::FromStore) {
+                    s.from_store_cut = s.from_store_cut.saturating_sub(1);
+                }
+                let delay = self.cfg.profile.reconnect_delay(self.cfg.timing.ttl);
+                if s.to_store_cut + s.from_store_cut == 0 && !delay.is_zero() {
+                    let d = self.rng.duration(Duration::ZERO, delay);
+                    self.slots[n].reconnect_until = self.now + ns(d);
+                }
+            }
+            FaultEnd::PeerLink(a, b) => {
+                let i = a * self.cfg.nodes + b;
+                self.peer_cut[i] = self.peer_cut[i].saturating_sub(1);
+            }
+            FaultEnd::WatchLoss(n) => self.slots[n].watch_cut = self.slots[n].watch_cut.saturating_sub(1),
+            FaultEnd::Slow(n, extra) => self.slots[n].slow = self.slots[n].slow.saturating_sub(extra),
+            FaultEnd::Stall(n) => self.slots[n].stall = self.slots[n].stall.saturating_sub(1),
+            FaultEnd::NetDelay(extra) => self.net_extra = self.net_extra.saturating_sub(extra),
+        }
+    }
+
+    fn store_up(&mut self) {
+        if self.now < self.store_down_until {
+            return;
+        }
+        if self.cfg.profile.resets_on_leader_change() {
+            // The new store leader starts every session's timer afresh.
+            let full = at(self.now) + self.cfg.timing.ttl;
+            for s in self.sessions.clone() {
+                if let Some(e) = self.model.session_expiry(s) {
+                    self.model.set_session_expiry(s, e.max(full));
+                }
+            }
+            self.store_changed();
+        }
+    }
+
+    /// The liveness phase begins: every fault heals, crashed nodes restart, paused ones
+    /// resume, and random failure rates drop to zero (TigerBeetle's VOPR does the same).
+    fn end_chaos(&mut self) {
+        self.row("chaos ends: everything heals");
+        self.healed = true;
+        self.heal += 1;
+        self.peer_cut.iter_mut().for_each(|c| *c = 0);
+        self.net_extra = Duration::ZERO;
+        self.knobs.loss_ppm = 0;
+        self.knobs.reject_ppm = 0;
+        self.knobs.reply_lost_ppm = 0;
+        self.knobs.timeout_ppm = 0;
+        self.knobs.watch_loss_ppm = 0;
+        if self.now < self.store_down_until {
+            self.store_down_until = self.now;
+            self.store_up();
+        }
+        for n in 0..self.slots.len() {
+            let s = &mut self.slots[n];
+            s.to_store_cut = 0;
+            s.from_store_cut = 0;
+            s.watch_cut = 0;
+            s.stall = 0;
+            s.slow = Duration::ZERO;
+            s.reconnect_until = 0;
+            if s.paused {
+                self.unpause(n);
+            }
+            if self.slots[n].down {
+                self.start_process(n);
+            }
+        }
+    }
+
+    /// Acknowledged writes that are not in `n`'s log.
+    pub(crate) fn missing_acked(&self, n: usize, sync_only: bool) -> Vec<u64> {
+        let have: std::collections::HashSet<u64> = self.slots[n].res.log.iter().map(|e| e.write_id).collect();
+        self.acked
+            .iter()
+            .filter(|a| (!sync_only || a.sync) && !have.contains(&a.write_id))
+            .map(|a| a.write_id)
+            .collect()
+    }
+
+    pub(crate) fn trace_hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+fn reply_id(r: &Reply) -> Option<(u8, RequestId)> {
+    match r {
+        Reply::Load(id, ..) => Some((0, *id)),
+        Reply::Acquire(id, _) => Some((1, *id)),
+        Reply::Renew(id, _) => Some((2, *id)),
+        Reply::Release(id, _) => Some((3, *id)),
+        Reply::Write(id, _) => Some((4, *id)),
+        Reply::Keepalive(_) => None,
+    }
+}
+
+fn rejected_id((kind, id): (u8, RequestId), e: DcsError) -> Option<Reply> {
+    Some(match kind {
+        0 => Reply::Load(id, Box::new(Err(e)), None),
+        1 => Reply::Acquire(id, Err(e)),
+        2 => Reply::Renew(id, Err(e)),
+        3 => Reply::Release(id, Err(e)),
+        _ => Reply::Write(id, Err(e)),
+    })
+}
+
+fn rejected(req: &Req, e: DcsError) -> Option<Reply> {
+    let Req::Node(a) = req else { return None };
+    let kind = match a {
+        Action::Load { id } => (0, *id),
+        Action::Acquire { id, .. } => (1, *id),
+        Action::Renew { id, .. } => (2, *id),
+        Action::Release { id, .. } => (3, *id),
+        Action::PublishMember { id, .. } | Action::WriteControl { id, .. } | Action::DeleteControl { id, .. } => {
+            (4, *id)
+        }
+        _ => return None,
+    };
+    rejected_id(kind, e)
+}
