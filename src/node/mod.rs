@@ -772,11 +772,21 @@ impl Node {
             self.leader_duties(now);
             return;
         }
-        if let (Some(token), Some(l)) = (&self.pending_token, &leader)
-            && &l.record.token == token
+        let unanswered_acquire = matches!((&self.pending_token, &leader), (Some(t), Some(l)) if &l.record.token == t);
+        // A key this process wrote but no longer believes it holds (it demoted offline while
+        // the store kept its session alive): nobody else can acquire it while it exists, so
+        // abandoning it would leave the cluster leaderless for as long as we live.
+        let abandoned_own_key = self.primary == Primary::No
+            && !self.shutting_down
+            && leader.as_ref().is_some_and(|l| {
+                l.record.member == self.cfg.name && l.record.token.starts_with(&format!("{:x}-", self.cfg.incarnation))
+            });
+        if let Some(l) = &leader
+            && (unanswered_acquire || abandoned_own_key)
         {
-            // Our acquire went through although its answer was lost (rule 3): adopt the
-            // key, but act only after a renewal proves it and starts the belief afresh.
+            // Our acquire went through although its answer was lost (rule 3), or we dropped
+            // our own key: adopt it, but act only after a renewal proves it and starts the
+            // belief afresh.
             let lease = Lease {
                 record: l.record.clone(),
                 epoch: l.epoch,

@@ -404,3 +404,64 @@ fn an_adopted_key_survives_until_its_renewal_answers() {
     n.handle_renew(renew, Ok(CasOutcome::Won(Lease { valid_for: Duration::from_secs(5), ..lease })), at(40));
     assert!(drain(&mut n).contains(&Action::Promote { epoch: Epoch(9) }));
 }
+
+#[test]
+fn own_key_left_after_an_offline_demotion_is_renewed_not_abandoned() {
+    // Found by the simulator: renewals fail long enough for an offline demotion, but the
+    // store keeps the process's session (and so the key) alive. Nobody else can acquire an
+    // existing key, so unless the node takes its own key back the cluster has no leader for
+    // as long as the process lives.
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    let mut now = at(30);
+    let mut demoted = false;
+    for _ in 0..1000 {
+        for a in answer_writes(&mut n, now) {
+            match a {
+                Action::Renew { id, .. } => n.handle_renew(id, Err(DcsError::unavailable("down")), now),
+                Action::Load { id } => n.handle_load(id, Err(DcsError::unavailable("down")), now),
+                Action::Demote { mode } => {
+                    assert_eq!(mode, DemoteMode::Offline);
+                    n.handle_demoted(Ok(()), now);
+                    demoted = true;
+                }
+                _ => {}
+            }
+        }
+        if demoted {
+            break;
+        }
+        now = n.poll_timeout().unwrap().max(now);
+        n.handle_timeout(now);
+    }
+    assert!(demoted && !n.is_acting_leader(now));
+    // The store answers again and still shows our key, with our token.
+    let mine = ClusterView { leader: Some(leader_view("a", &record.token, 7)), ..view_with(None) };
+    let mut renew = None;
+    for _ in 0..100 {
+        now = n.poll_timeout().unwrap().max(now);
+        n.handle_timeout(now);
+        for a in answer_writes(&mut n, now) {
+            match a {
+                Action::Load { id } => n.handle_load(id, Ok(mine.clone()), now),
+                Action::Renew { id, lease } => {
+                    assert_eq!((lease.epoch, lease.record.token.as_str()), (Epoch(7), record.token.as_str()));
+                    renew = Some(id);
+                }
+                Action::Acquire { .. } => panic!("must not race for a key that exists"),
+                _ => {}
+            }
+        }
+        if renew.is_some() {
+            break;
+        }
+    }
+    let id = renew.expect("the node never renewed its own key: the cluster would stay leaderless");
+    assert!(!n.is_acting_leader(now), "a read alone must not restore leadership (rule 2)");
+    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::Promote { .. })));
+    n.handle_renew(id, Ok(CasOutcome::Won(lease_from(&record, 7))), now);
+    let actions = drain(&mut n);
+    assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
+}
