@@ -158,12 +158,12 @@ impl EtcdClient {
             )),
         };
         // Connecting authenticates when a user is set, so it is the first request.
-        let etcd = timed(Op::Read, "connect", options.dial_timeout, Client::connect(&options.endpoints, Some(co)))
+        let etcd = timed(Op::Read, "connect", options.dial_timeout, || Client::connect(&options.endpoints, Some(co.clone())))
             .await
             .map_err(unreachable)?;
         let ttl_secs = i64::try_from(options.ttl.as_secs()).unwrap_or(i64::MAX);
         let sent = now();
-        let grant = timed(Op::Write, "grant the process lease", options.dial_timeout, async {
+        let grant = timed(Op::Write, "grant the process lease", options.dial_timeout, || async {
             etcd.lease_client().grant(ttl_secs, None).await
         })
         .await
@@ -243,7 +243,7 @@ impl EtcdClient {
         self.stop();
         let id = lock(&self.inner.lease).id;
         self.inner.count();
-        timed(Op::Write, "revoke the process lease", self.inner.options.request_timeout, async {
+        timed(Op::Write, "revoke the process lease", self.inner.options.request_timeout, || async {
             self.inner.etcd.lease_client().revoke(id).await
         })
         .await
@@ -291,8 +291,9 @@ impl Inner {
     pub(crate) async fn put_member(&self, key: &str, bytes: Vec<u8>, lease: i64) -> Result<(), DcsError> {
         self.count();
         let what = format!("publish member {key}");
-        timed(Op::Write, &what, self.options.request_timeout, async {
-            self.etcd.kv_client().put(key, bytes, Some(PutOptions::new().with_lease(lease))).await
+        timed(Op::Write, &what, self.options.request_timeout, || {
+            let bytes = bytes.clone();
+            async move { self.etcd.kv_client().put(key, bytes, Some(PutOptions::new().with_lease(lease))).await }
         })
         .await
         .map(|_| ())

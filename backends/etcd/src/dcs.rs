@@ -13,7 +13,7 @@ use leasehold::{
 };
 
 use crate::client::{Inner, Published, lock, now};
-use crate::error::{Op, classify, is_compacted, timed};
+use crate::error::{Op, classify, is_compacted, never_sent, timed};
 
 /// How long after a holder stops its keys may outlive the TTL: etcd checks for expired
 /// leases every 500 ms, revokes through raft, and a new raft leader extends every lease
@@ -129,7 +129,11 @@ impl EtcdDcs {
 
     async fn txn(&self, op: Op, what: &str, txn: Txn) -> Result<TxnResponse, DcsError> {
         self.inner.count();
-        timed(op, what, self.limit(), async { self.inner.etcd.kv_client().txn(txn).await }).await
+        timed(op, what, self.limit(), || {
+            let txn = txn.clone();
+            async move { self.inner.etcd.kv_client().txn(txn).await }
+        })
+        .await
     }
 
     fn control_key(&self, key: ControlKey) -> String {
@@ -156,7 +160,7 @@ impl Dcs for EtcdDcs {
         self.ready()?;
         self.inner.count();
         let what = format!("load {}", self.base);
-        let resp = timed(Op::Read, &what, self.limit(), async {
+        let resp = timed(Op::Read, &what, self.limit(), || async {
             self.inner.etcd.kv_client().get(self.base.as_str(), Some(GetOptions::new().with_prefix())).await
         })
         .await?;
@@ -381,12 +385,13 @@ impl Dcs for EtcdDcs {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) if is_compacted(&e) => return Ok(WatchEvent::Resync),
                 Ok(Err(e)) => {
+                    let pause = if never_sent(&e) { Duration::from_millis(20) } else { WATCH_RETRY };
                     let e = classify(Op::Read, &format!("watch {}", self.base), e);
                     if !e.is_retryable() {
                         return Err(e);
                     }
                     last_error = Some(e);
-                    tokio::time::sleep_until(deadline.min(now() + WATCH_RETRY)).await;
+                    tokio::time::sleep_until(deadline.min(now() + pause)).await;
                     continue;
                 }
             };
@@ -438,7 +443,7 @@ impl EtcdDcs {
     /// A control key's current version (`None` when absent), by a linearizable read.
     async fn control_version(&self, path: &str) -> Result<Option<Version>, DcsError> {
         self.inner.count();
-        let resp = timed(Op::Read, &format!("read {path}"), self.limit(), async {
+        let resp = timed(Op::Read, &format!("read {path}"), self.limit(), || async {
             self.inner.etcd.kv_client().get(path, None).await
         })
         .await?;

@@ -86,7 +86,7 @@ pub(crate) fn classify(op: Op, what: &str, e: Error) -> DcsError {
                 _ if NOT_APPLIED.iter().any(|m| message.contains(m)) => {
                     DcsError::unavailable_with(format!("{what}: etcd refused it: {message}"), e)
                 }
-                _ if NEVER_SENT.iter().any(|m| message.contains(m)) => {
+                _ if never_sent(&e) => {
                     DcsError::unavailable_with(format!("{what}: no etcd member reachable: {message}"), e)
                 }
                 code if op == Op::Write => DcsError::unknown_with(
@@ -108,19 +108,44 @@ pub(crate) fn classify(op: Op, what: &str, e: Error) -> DcsError {
     }
 }
 
-/// Runs `request` with a deadline; running out is unavailable for reads and outcome unknown
-/// for writes.
-pub(crate) async fn timed<T>(
-    op: Op,
-    what: &str,
-    limit: Duration,
-    request: impl Future<Output = Result<T, Error>>,
-) -> Result<T, DcsError> {
-    match tokio::time::timeout(limit, request).await {
-        Ok(result) => result.map_err(|e| classify(op, what, e)),
-        Err(_) if op == Op::Write => {
-            Err(DcsError::unknown(format!("{what}: no answer within {limit:?}; it may have been applied")))
+/// Attempts at a request that failed before it was sent (a dead member picked by the
+/// balancer): the next attempt may pick a live one.
+const NEVER_SENT_ATTEMPTS: u32 = 8;
+/// Pause between those attempts, so a reconnecting member is not hammered.
+const NEVER_SENT_PAUSE: Duration = Duration::from_millis(20);
+
+/// Whether `e` happened before the request left this process (safe to send again).
+pub(crate) fn never_sent(e: &Error) -> bool {
+    match e {
+        Error::GRpcStatus(s) => NEVER_SENT.iter().any(|m| s.message().contains(m)),
+        Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs `request` with a deadline, sending it again when it failed before it was sent
+/// (etcd-client's balancer hands calls to members it cannot reach; this is the failover to
+/// the others). Running out of time is unavailable for reads and outcome unknown for writes.
+pub(crate) async fn timed<T, F, Fut>(op: Op, what: &str, limit: Duration, mut request: F) -> Result<T, DcsError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let deadline = crate::client::now() + limit;
+    let mut attempts = 1;
+    loop {
+        match tokio::time::timeout_at(deadline, request()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if never_sent(&e) && attempts < NEVER_SENT_ATTEMPTS => {
+                tracing::debug!(what, error = %e, "request not sent; trying another member");
+                attempts += 1;
+                tokio::time::sleep(NEVER_SENT_PAUSE).await;
+            }
+            Ok(Err(e)) => return Err(classify(op, what, e)),
+            Err(_) if op == Op::Write => {
+                return Err(DcsError::unknown(format!("{what}: no answer within {limit:?}; it may have been applied")));
+            }
+            Err(_) => return Err(DcsError::unavailable(format!("{what}: no answer within {limit:?}"))),
         }
-        Err(_) => Err(DcsError::unavailable(format!("{what}: no answer within {limit:?}"))),
     }
 }

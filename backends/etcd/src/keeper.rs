@@ -12,7 +12,12 @@ use leasehold::DcsError;
 use tokio::sync::mpsc;
 
 use crate::client::{Ack, Inner, Waiter, lock, now};
-use crate::error::{Op, classify, is_lease_not_found, timed};
+use crate::error::{Op, classify, is_lease_not_found, never_sent, timed};
+
+/// Attempts at one keep-alive (new streams after a broken one), within the request timeout.
+const RETRIES: u32 = 8;
+/// Pause between them.
+const RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 type Stream = Option<(LeaseKeeper, LeaseKeepAliveStream)>;
 
@@ -74,43 +79,59 @@ async fn round(inner: &Inner, stream: &mut Stream) -> Result<Ack, DcsError> {
     republish(inner, id).await;
     let limit = inner.options.request_timeout;
     let sent = now();
-    inner.count();
-    let answer = tokio::time::timeout(limit, async {
-        match stream {
-            Some((keeper, messages)) => {
-                keeper.keep_alive().await?;
-                match messages.message().await? {
-                    Some(resp) => Ok(resp.ttl()),
-                    None => Err(Error::LeaseKeepAliveError("the keep-alive stream was closed".into())),
+    let deadline = sent + limit;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let reused = stream.is_some();
+        inner.count();
+        let answer = tokio::time::timeout_at(deadline, keep_alive_once(inner, stream, id)).await;
+        match answer {
+            Err(_) => {
+                *stream = None;
+                return Err(DcsError::unavailable(format!("lease keep-alive: no answer within {limit:?}")));
+            }
+            Ok(Err(e)) if is_lease_not_found(&e) => return Err(lease_gone(inner, id, stream).await),
+            // A stream on a connection that died, or a member that cannot be reached: open
+            // a new stream, which the balancer may place on another member.
+            Ok(Err(e)) if (reused || never_sent(&e)) && attempts < RETRIES => {
+                tracing::debug!(error = %e, "lease keep-alive stream failed; opening a new one");
+                *stream = None;
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Ok(Err(e)) => {
+                *stream = None;
+                return Err(classify(Op::Read, "lease keep-alive", e));
+            }
+            Ok(Ok(ttl)) if ttl <= 0 => return Err(lease_gone(inner, id, stream).await),
+            Ok(Ok(ttl)) => {
+                let expires = sent + Duration::from_secs(ttl.unsigned_abs());
+                let mut lease = lock(&inner.lease);
+                if lease.id == id && expires > lease.expires {
+                    lease.expires = expires;
                 }
-            }
-            None => {
-                // Opening the stream sends the first keep-alive and fails if the lease is gone.
-                let opened = inner.etcd.lease_client().keep_alive(id).await?;
-                *stream = Some(opened);
-                Ok(i64::try_from(inner.ttl.as_secs()).unwrap_or(i64::MAX))
+                return Ok(Ack { id, expires });
             }
         }
-    })
-    .await;
-    match answer {
-        Err(_) => {
-            *stream = None;
-            Err(DcsError::unavailable(format!("lease keep-alive: no answer within {limit:?}")))
-        }
-        Ok(Err(e)) if is_lease_not_found(&e) => Err(lease_gone(inner, id, stream).await),
-        Ok(Err(e)) => {
-            *stream = None;
-            Err(classify(Op::Read, "lease keep-alive", e))
-        }
-        Ok(Ok(ttl)) if ttl <= 0 => Err(lease_gone(inner, id, stream).await),
-        Ok(Ok(ttl)) => {
-            let expires = sent + Duration::from_secs(ttl.unsigned_abs());
-            let mut lease = lock(&inner.lease);
-            if lease.id == id && expires > lease.expires {
-                lease.expires = expires;
+    }
+}
+
+/// One keep-alive on the open stream, or opening a stream (which sends the first one).
+/// The remaining TTL etcd reports.
+async fn keep_alive_once(inner: &Inner, stream: &mut Stream, id: i64) -> Result<i64, Error> {
+    match stream {
+        Some((keeper, messages)) => {
+            keeper.keep_alive().await?;
+            match messages.message().await? {
+                Some(resp) => Ok(resp.ttl()),
+                None => Err(Error::LeaseKeepAliveError("the keep-alive stream was closed".into())),
             }
-            Ok(Ack { id, expires })
+        }
+        None => {
+            // Opening the stream sends the first keep-alive and fails if the lease is gone.
+            let opened = inner.etcd.lease_client().keep_alive(id).await?;
+            *stream = Some(opened);
+            Ok(i64::try_from(inner.ttl.as_secs()).unwrap_or(i64::MAX))
         }
     }
 }
@@ -137,7 +158,7 @@ async fn regrant(inner: &Inner) -> Result<(), DcsError> {
     let ttl = i64::try_from(inner.ttl.as_secs()).unwrap_or(i64::MAX);
     let sent = now();
     inner.count();
-    let grant = timed(Op::Write, "grant a new process lease", inner.options.request_timeout, async {
+    let grant = timed(Op::Write, "grant a new process lease", inner.options.request_timeout, || async {
         inner.etcd.lease_client().grant(ttl, None).await
     })
     .await?;
