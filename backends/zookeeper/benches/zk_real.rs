@@ -1,1 +1,172 @@
-fn main() {}
+//! Latency and idle cost against a real ZooKeeper 3.8 on loopback, started by this binary.
+//!
+//! `cargo bench -p leasehold-zookeeper --features testing --bench zk_real`
+//!
+//! Prints acquire / renew / release latency (median, p99), graceful handover (release to the
+//! watching candidate's won acquire), crash failover (client killed to the candidate's won
+//! acquire), and the server's received packets per second while clients sit idle: one scope,
+//! and 1,000 scopes held on one session.
+
+use std::time::Duration;
+
+use leasehold::{CasOutcome, Dcs, LeaderRecord, Lease, MemberRecord, WatchEvent};
+use leasehold_zookeeper::testing::{ZkServer, four_letter, test_options};
+use leasehold_zookeeper::{ZkClient, ZkDcs, ZkOptions};
+use tokio::time::Instant;
+
+#[allow(clippy::disallowed_methods)] // A benchmark reads the clock.
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn record(member: &str, n: usize) -> LeaderRecord {
+    LeaderRecord { member: member.into(), token: format!("{member}-{n}"), api_url: None, conn_url: None }
+}
+
+fn summary(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{name:<28} n={:<4} median {:>9.3} ms   p99 {:>9.3} ms",
+        samples.len(),
+        pick(0.5).as_secs_f64() * 1e3,
+        pick(0.99).as_secs_f64() * 1e3
+    );
+}
+
+async fn won(dcs: &ZkDcs, r: &LeaderRecord) -> Lease {
+    match dcs.acquire(r).await {
+        Ok(CasOutcome::Won(l)) => l,
+        other => panic!("acquire: {other:?}"),
+    }
+}
+
+async fn packets_received(port: u16) -> u64 {
+    let mntr = four_letter(port, "mntr").await.expect("mntr");
+    mntr.lines()
+        .find_map(|l| l.strip_prefix("zk_packets_received"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("zk_packets_received in mntr")
+}
+
+/// Waits (watch + acquire) until `dcs` wins; returns when it did.
+async fn take_over(dcs: &ZkDcs, r: &LeaderRecord) -> Instant {
+    loop {
+        let view = dcs.load().await.expect("load");
+        if view.leader.is_none()
+            && let Ok(CasOutcome::Won(_)) = dcs.acquire(r).await
+        {
+            return now();
+        }
+        match dcs.watch(view.revision.as_ref(), Duration::from_millis(200)).await {
+            Ok(WatchEvent::Changed | WatchEvent::Resync | WatchEvent::Timeout) | Err(_) => {}
+        }
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let server = ZkServer::standalone().await.expect("start ZooKeeper");
+    let port = server.client_port(0);
+    let options = |ttl| test_options(&server, ttl);
+    let client = ZkClient::connect(options(Duration::from_secs(4))).await.expect("connect");
+    println!("ZooKeeper 3.8 standalone on loopback, tickTime 500 ms, session timeout {:?}", client.session_timeout());
+
+    // Latency of single calls.
+    let dcs = client.scope("latency");
+    let (mut acq, mut ren, mut rel) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..300 {
+        let t = now();
+        let lease = won(&dcs, &record("a", i)).await;
+        acq.push(t.elapsed());
+        let t = now();
+        let lease = match dcs.renew(&lease).await {
+            Ok(CasOutcome::Won(l)) => l,
+            other => panic!("renew: {other:?}"),
+        };
+        ren.push(t.elapsed());
+        let t = now();
+        assert!(dcs.release(&lease).await.expect("release").is_won());
+        rel.push(t.elapsed());
+    }
+    summary("acquire", acq);
+    summary("renew (sync + read)", ren);
+    summary("release (read + delete)", rel);
+    let mut loads = Vec::new();
+    for _ in 0..300 {
+        let t = now();
+        dcs.load().await.expect("load");
+        loads.push(t.elapsed());
+    }
+    summary("load (sync + multi-read)", loads);
+
+    // Graceful handover: the holder releases, the candidate waits on its watch.
+    let other = ZkClient::connect(options(Duration::from_secs(4))).await.expect("connect");
+    let mut handover = Vec::new();
+    for i in 0..30 {
+        let (dh, dc) = (client.scope(&format!("handover-{i}")), other.scope(&format!("handover-{i}")));
+        let lease = won(&dh, &record("a", i)).await;
+        let candidate = tokio::runtime::Handle::current().spawn({
+            let dc = dc.clone();
+            async move { take_over(&dc, &record("b", i)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = now();
+        assert!(dh.release(&lease).await.expect("release").is_won());
+        let done = candidate.await.expect("candidate");
+        handover.push(done - t);
+    }
+    summary("graceful handover", handover);
+
+    // Crash failover: the holder's process dies (detached session, no CloseSession).
+    let mut failover = Vec::new();
+    let mut asked = Duration::ZERO;
+    for i in 0..3 {
+        let crashing =
+            ZkClient::connect(ZkOptions { detached: true, ..options(Duration::from_secs(2)) }).await.expect("connect");
+        asked = crashing.session_timeout();
+        let dh = crashing.scope(&format!("crash-{i}"));
+        let dc = other.scope(&format!("crash-{i}"));
+        won(&dh, &record("a", i)).await;
+        dh.publish_member(&MemberRecord::new("a")).await.expect("publish");
+        let candidate = tokio::runtime::Handle::current().spawn({
+            let dc = dc.clone();
+            async move { take_over(&dc, &record("b", i)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = now();
+        crashing.close();
+        let done = candidate.await.expect("candidate");
+        failover.push(done - t);
+    }
+    println!("crash failover: session timeout {asked:?}");
+    summary("crash failover", failover);
+    drop(other);
+
+    // Idle cost: packets the server receives while clients only keep their sessions.
+    let window = Duration::from_secs(10);
+    for (scopes, ttl) in [(1usize, 10u64), (1000, 10)] {
+        let idle = ZkClient::connect(options(Duration::from_secs(ttl))).await.expect("connect");
+        let handles: Vec<ZkDcs> = (0..scopes).map(|i| idle.scope(&format!("idle{scopes}-{i}"))).collect();
+        for (i, dcs) in handles.iter().enumerate() {
+            won(dcs, &record("a", i)).await;
+            dcs.publish_member(&MemberRecord::new("a")).await.expect("publish");
+            dcs.load().await.expect("load arms the watch");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = packets_received(port).await;
+        tokio::time::sleep(window).await;
+        let after = packets_received(port).await;
+        // Each mntr call is one more packet; the other clients here are closed.
+        let rate = (after - before).saturating_sub(1) as f64 / window.as_secs_f64();
+        println!(
+            "idle, {scopes:>4} scope(s) held + member + watch on one session (timeout {:?}): {rate:.2} requests/s ({:.4}/s per scope)",
+            idle.session_timeout(),
+            rate / scopes as f64
+        );
+        drop(handles);
+        drop(idle);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(client);
+}

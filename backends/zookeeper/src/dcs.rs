@@ -457,7 +457,8 @@ impl Dcs for ZkDcs {
                             self.shared.ensure_dir(&session, &self.scope_path()).await?;
                         }
                         Err(zk::Error::NodeExists) => {
-                            let found = match self.shared.run(&session, Op::Read, what, |zk| zk.get_data(&path)).await? {
+                            let found = match self.shared.run(&session, Op::Read, what, |zk| zk.get_data(&path)).await?
+                            {
                                 Ok(found) => found,
                                 Err(zk::Error::NoNode) => continue,
                                 Err(e) => return Err(classify(Op::Read, what, e)),
@@ -488,7 +489,8 @@ impl Dcs for ZkDcs {
                 let Some(expected) = v.as_u64().and_then(|n| i32::try_from(n).ok()) else {
                     return Ok(CasOutcome::Lost(self.current_control(&session, &path, what).await?));
                 };
-                match self.shared.run(&session, Op::Write, what, |zk| zk.set_data(&path, value, Some(expected))).await? {
+                match self.shared.run(&session, Op::Write, what, |zk| zk.set_data(&path, value, Some(expected))).await?
+                {
                     Ok(stat) => Ok(CasOutcome::Won(version_of(stat.version))),
                     Err(zk::Error::BadVersion) | Err(zk::Error::NoNode) => {
                         Ok(CasOutcome::Lost(self.current_control(&session, &path, what).await?))

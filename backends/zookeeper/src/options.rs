@@ -219,7 +219,10 @@ mod tests {
             (ZkOptions { connection_timeout: Some(Duration::from_secs(60)), ..ok.clone() }, "connection_timeout"),
             (ZkOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
             (ZkOptions { acl: AclPolicy::CreatorOnly, ..ok.clone() }, "acl"),
-            (ZkOptions { digest: Some(DigestAuth { user: "a:b".into(), password: "p".into() }), ..ok.clone() }, "digest"),
+            (
+                ZkOptions { digest: Some(DigestAuth { user: "a:b".into(), password: "p".into() }), ..ok.clone() },
+                "digest",
+            ),
         ];
         for (options, field) in cases {
             let err = options.validate().expect_err(field);

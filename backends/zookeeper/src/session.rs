@@ -379,12 +379,13 @@ impl Shared {
             return Ok(w.clone());
         }
         let what = "arming a persistent watch";
-        let mut watcher =
-            match self.run(session, Op::Read, what, |zk| zk.watch(path, zk::AddWatchMode::PersistentRecursive)).await?
-            {
-                Ok(w) => w,
-                Err(e) => return Err(classify(Op::Read, what, e)),
-            };
+        let mut watcher = match self
+            .run(session, Op::Read, what, |zk| zk.watch(path, zk::AddWatchMode::PersistentRecursive))
+            .await?
+        {
+            Ok(w) => w,
+            Err(e) => return Err(classify(Op::Read, what, e)),
+        };
         let seq = watch::Sender::new(0u64);
         let counter = seq.clone();
         let task = self.runtime.spawn(async move {

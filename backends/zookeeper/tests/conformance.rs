@@ -12,8 +12,7 @@ const TTL: Duration = Duration::from_secs(2);
 
 fn assert_complete(report: &SuiteReport) {
     // ZooKeeper keeps no history, so there is nothing to compact: that one check is skipped.
-    let expected: Vec<&str> =
-        conformance::ALL_CHECKS.into_iter().filter(|c| *c != conformance::WATCH_RESYNC).collect();
+    let expected: Vec<&str> = conformance::ALL_CHECKS.into_iter().filter(|c| *c != conformance::WATCH_RESYNC).collect();
     assert_eq!(report.passed, expected, "{report}");
     assert_eq!(report.skipped, vec![conformance::WATCH_RESYNC], "{report}");
 }

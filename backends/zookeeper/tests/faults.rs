@@ -69,7 +69,10 @@ async fn leadership_survives_the_ensemble_leader_being_killed() {
         dr.acquire(&record("b", "t2")).await.ok()
     })
     .await;
-    assert!(matches!(&outcome, CasOutcome::Lost(Some(v)) if v.record.token == "t1" && v.epoch == lease.epoch), "{outcome:?}");
+    assert!(
+        matches!(&outcome, CasOutcome::Lost(Some(v)) if v.record.token == "t1" && v.epoch == lease.epoch),
+        "{outcome:?}"
+    );
     assert!(server.leader().await.is_some_and(|l| l != zk_leader));
     assert!(matches!(dh.release(&renewed).await, Ok(CasOutcome::Won(()))));
 }
@@ -77,7 +80,8 @@ async fn leadership_survives_the_ensemble_leader_being_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_ends_the_belief_on_our_clock_and_members_come_back() {
     let mut server = ZkServer::standalone().await.expect("standalone");
-    let options = ZkOptions { request_timeout: Duration::from_millis(500), ..test_options(&server, Duration::from_secs(2)) };
+    let options =
+        ZkOptions { request_timeout: Duration::from_millis(500), ..test_options(&server, Duration::from_secs(2)) };
     let client = ZkClient::connect(options.clone()).await.expect("connect");
     let timeout = client.session_timeout();
     let dcs = client.scope("frozen");
@@ -217,7 +221,8 @@ async fn bad_connect_strings_are_clear_errors() {
     }
     // Valid syntax, nobody listening: retryable, and the message says so.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let options = ZkOptions { connect: format!("127.0.0.1:{port}"), ttl: Duration::from_secs(2), ..ZkOptions::default() };
+    let options =
+        ZkOptions { connect: format!("127.0.0.1:{port}"), ttl: Duration::from_secs(2), ..ZkOptions::default() };
     let err = ZkClient::connect(options).await.expect_err("nothing listens");
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("no ZooKeeper server"), "{err}");
