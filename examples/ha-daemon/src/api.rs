@@ -246,7 +246,10 @@ async fn replica(State(st): Shared, Query(q): Query<LagQuery>) -> Response {
         None => u64::MAX,
         Some(Some(n)) => n,
         Some(None) => {
-            return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "lag must be bytes, like 1048576 or 16MB"})))
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({"error": "lag must be bytes, like 1048576 or 16MB"})),
+            )
                 .into_response();
         }
     };
@@ -273,7 +276,12 @@ async fn metrics(State(st): Shared) -> Response {
         u8::from(s.resource.role == ResourceRole::Primary).to_string(),
     );
     metric("leasehold_running", "gauge", "1 while the resource runs.", u8::from(s.resource.running).to_string());
-    metric("leasehold_epoch", "gauge", "Fencing epoch of the lease held, 0 if none.", s.status.epoch.map_or(0, |e| e.0).to_string());
+    metric(
+        "leasehold_epoch",
+        "gauge",
+        "Fencing epoch of the lease held, 0 if none.",
+        s.status.epoch.map_or(0, |e| e.0).to_string(),
+    );
     metric(
         "leasehold_lease_remaining_seconds",
         "gauge",
@@ -297,7 +305,12 @@ async fn metrics(State(st): Shared) -> Response {
         st.leader_changes.load(Ordering::Relaxed).to_string(),
     );
     metric("leasehold_paused", "gauge", "1 while the cluster is paused.", u8::from(s.status.paused).to_string());
-    metric("leasehold_position_bytes", "gauge", "The resource's position.", s.resource.position.unwrap_or(0).to_string());
+    metric(
+        "leasehold_position_bytes",
+        "gauge",
+        "The resource's position.",
+        s.resource.position.unwrap_or(0).to_string(),
+    );
     let _ = writeln!(out, "# HELP leasehold_state The member's HA state.\n# TYPE leasehold_state gauge");
     for role in [NodeRole::Leader, NodeRole::Promoting, NodeRole::Demoting, NodeRole::Replica, NodeRole::Stopped] {
         let on = u8::from(s.status.role == role);
@@ -306,15 +319,18 @@ async fn metrics(State(st): Shared) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &st.config.restapi.token else {
-        return Err((
-            StatusCode::FORBIDDEN,
-            Json(serde_json::json!({"error": "write endpoints are disabled: set restapi.token"})),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                Json(serde_json::json!({"error": "write endpoints are disabled: set restapi.token"})),
+            )
+                .into_response(),
+        ));
     };
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     // Compare without an early exit so timing does not reveal a matching prefix.
     let ok = given.is_some_and(|g| {
         g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
@@ -322,18 +338,20 @@ fn authorize(st: &ApiState, headers: &HeaderMap) -> Result<(), Response> {
     if ok {
         Ok(())
     } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(serde_json::json!({"error": "missing or wrong bearer token"})),
-        )
-            .into_response())
+        Err(Box::new(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+            )
+                .into_response(),
+        ))
     }
 }
 
 async fn admin(st: &ApiState, headers: &HeaderMap, request: AdminRequest) -> Response {
     if let Err(r) = authorize(st, headers) {
-        return r;
+        return *r;
     }
     let guard = st.driver.read().await;
     let Some(driver) = guard.as_ref() else { return unavailable() };
@@ -371,7 +389,10 @@ async fn switchover(State(st): Shared, headers: HeaderMap, body: Option<Json<Can
 
 async fn failover(State(st): Shared, headers: HeaderMap, body: Option<Json<CandidateBody>>) -> Response {
     let Some(candidate) = body.and_then(|b| b.0.candidate) else {
-        return (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": "failover needs {\"candidate\": <member>}"})))
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error": "failover needs {\"candidate\": <member>}"})),
+        )
             .into_response();
     };
     admin(&st, &headers, AdminRequest::Failover { candidate }).await
@@ -394,7 +415,7 @@ pub struct FailsafeBody {
 
 async fn failsafe(State(st): Shared, headers: HeaderMap, Json(body): Json<FailsafeBody>) -> Response {
     if let Err(r) = authorize(&st, &headers) {
-        return r;
+        return *r;
     }
     let guard = st.driver.read().await;
     let Some(driver) = guard.as_ref() else { return unavailable() };

@@ -354,7 +354,8 @@ impl DaemonConfig {
         env: impl IntoIterator<Item = (String, String)>,
         base: &Path,
     ) -> Result<DaemonConfig, ConfigError> {
-        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::new("file", e.to_string()))?;
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::new("file", e.to_string()))?;
         let applied = apply_env(&mut table, env)?;
         let raw: RawConfig = if applied.is_empty() {
             toml::from_str(text).map_err(|e| parse_error(e, &[]))?
@@ -397,10 +398,8 @@ fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Vec<String>, ConfigError> {
-    let mut vars: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_RESERVED.contains(&k.as_str()))
-        .collect();
+    let mut vars: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && !ENV_RESERVED.contains(&k.as_str())).collect();
     vars.sort();
     let mut applied = Vec::new();
     for (var, value) in vars {
@@ -502,7 +501,10 @@ impl RawConfig {
 
         let listen_text = self.restapi.listen.unwrap_or_else(|| "127.0.0.1:8008".into());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            ConfigError::new("restapi.listen", format!("{listen_text:?} must be an IP address and port, like 127.0.0.1:8008"))
+            ConfigError::new(
+                "restapi.listen",
+                format!("{listen_text:?} must be an IP address and port, like 127.0.0.1:8008"),
+            )
         })?;
         let connect_url = match self.restapi.connect_url {
             Some(u) => {
@@ -512,7 +514,9 @@ impl RawConfig {
             None if listen.ip().is_unspecified() => {
                 return Err(ConfigError::new(
                     "restapi.connect_url",
-                    format!("is required when restapi.listen ({listen}) is a wildcard address: peers need a reachable URL"),
+                    format!(
+                        "is required when restapi.listen ({listen}) is a wildcard address: peers need a reachable URL"
+                    ),
                 ));
             }
             None => format!("http://{listen}"),

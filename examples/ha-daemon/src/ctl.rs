@@ -73,7 +73,7 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
         CtlCommand::Pause => ctl.set_pause(true).await?,
         CtlCommand::Resume => ctl.set_pause(false).await?,
     };
-    drop(store);
+    store.close().await;
     Ok(code)
 }
 
@@ -103,17 +103,15 @@ impl Ctl {
         );
         let _ = writeln!(
             out,
-            "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  {}",
-            "member", "role", "state", "lag", "epoch", "lease left", "api"
+            "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  api",
+            "member", "role", "state", "lag", "epoch", "lease left"
         );
-        let statuses = futures::future::join_all(
-            view.members.iter().map(|m| async move {
-                match &m.value.api_url {
-                    Some(u) => self.peer_status(u).await,
-                    None => None,
-                }
-            }),
-        )
+        let statuses = futures::future::join_all(view.members.iter().map(|m| async move {
+            match &m.value.api_url {
+                Some(u) => self.peer_status(u).await,
+                None => None,
+            }
+        }))
         .await;
         for (m, st) in view.members.iter().map(|m| &m.value).zip(statuses) {
             let is_leader = leader.is_some_and(|l| l.record.member == m.name);
@@ -188,7 +186,9 @@ impl Ctl {
     /// Writes the failover key directly (the API route did not work).
     async fn write_failover(&self, view: &ClusterView, rec: FailoverRecord) -> anyhow::Result<()> {
         let expect = match view.control_version(ControlKey::Failover) {
-            Some(_) if view.failover.is_some() => bail!("a switchover or failover is already pending: {:?}", view.failover),
+            Some(_) if view.failover.is_some() => {
+                bail!("a switchover or failover is already pending: {:?}", view.failover)
+            }
             Some(v) => Expect::Version(v.clone()),
             None => Expect::Absent,
         };
@@ -214,7 +214,11 @@ impl Ctl {
         let view = self.load().await?;
         let Some(leader) = view.leader.clone() else { bail!("there is no leader to switch over from; use failover") };
         let from = leader.record.member.clone();
-        println!("switchover from {from} (epoch {}) to {}", leader.epoch, candidate.as_deref().unwrap_or("the best member"));
+        println!(
+            "switchover from {from} (epoch {}) to {}",
+            leader.epoch,
+            candidate.as_deref().unwrap_or("the best member")
+        );
         let urls: Vec<String> = Self::api_of(&view, &from).into_iter().collect();
         match self.post(&urls, "/switchover", serde_json::json!({"candidate": candidate})).await {
             Some((code, body)) => Self::report(code, &body)?,
@@ -244,7 +248,9 @@ impl Ctl {
         urls.dedup();
         match self.post(&urls, "/failover", serde_json::json!({"candidate": candidate})).await {
             Some((code, body)) => Self::report(code, &body)?,
-            None => self.write_failover(&view, FailoverRecord { leader: None, candidate: Some(candidate.clone()) }).await?,
+            None => {
+                self.write_failover(&view, FailoverRecord { leader: None, candidate: Some(candidate.clone()) }).await?
+            }
         }
         self.wait_for_new_leader(&old, Some(&candidate), wait).await
     }
@@ -307,7 +313,7 @@ impl Ctl {
 
 fn history_table(view: &ClusterView) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} {}", "timeline", "position", "epoch", "leader", "reason");
+    let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} reason", "timeline", "position", "epoch", "leader");
     for h in view.history.iter().flat_map(|h| h.value.0.iter()) {
         let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} {}", h.timeline, h.position, h.epoch, h.leader, h.reason);
     }

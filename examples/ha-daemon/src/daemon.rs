@@ -61,7 +61,9 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
         loop {
             match events.recv().await {
                 Ok(ev) => log_event(&counter, &ev),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log lagged"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "event log lagged")
+                }
                 Err(_) => break,
             }
         }
@@ -71,10 +73,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
     let app = api::router(state.clone());
     #[allow(clippy::disallowed_methods)] // see above
     let server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = api_stopped.await;
-        })
-        .await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stopped.await;
+            })
+            .await
     });
 
     let mut term = signal(SignalKind::terminate())?;
@@ -99,7 +102,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
     let _ = server.await;
     progress_task.abort();
     events_task.abort();
-    drop(store);
+    store.close().await;
     tracing::info!("stopped");
     Ok(code)
 }

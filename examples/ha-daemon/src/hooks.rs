@@ -89,7 +89,8 @@ impl HookResource {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("; ");
+            let tail: String =
+                stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("; ");
             Err(format!("{what} hook {} failed ({}): {tail}", program.display(), out.status))
         }
     }
@@ -156,8 +157,10 @@ mod tests {
 
     #[test]
     fn status_output_is_parsed_leniently_but_not_blindly() {
-        let s = HookResource::parse_status("noise\n{\"running\":true,\"role\":\"primary\",\"position\":7,\"timeline\":2}\n")
-            .unwrap();
+        let s = HookResource::parse_status(
+            "noise\n{\"running\":true,\"role\":\"primary\",\"position\":7,\"timeline\":2}\n",
+        )
+        .unwrap();
         assert!(s.running);
         assert_eq!(s.role, ResourceRole::Primary);
         assert_eq!((s.position, s.timeline), (Some(7), Some(2)));

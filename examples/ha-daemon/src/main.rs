@@ -12,7 +12,7 @@ use leasehold_ha_daemon::daemon;
 #[derive(Debug, Parser)]
 #[command(name = "leasehold-ha", version)]
 struct Cli {
-    /// The configuration file (TOML). Keys can be overridden with LEASEHOLD_<KEY> variables.
+    /// The configuration file (TOML). Keys can be overridden with `LEASEHOLD_<KEY>` variables.
     #[arg(short, long, env = "LEASEHOLD_CONFIG", global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]

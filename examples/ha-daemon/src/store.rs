@@ -1,12 +1,14 @@
 //! Connects to the store named by the configuration's store section.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use leasehold::{Dcs, Timing};
 
 use crate::config::StoreConfig;
 
 /// Whether the backend for section `kind` is compiled into this binary.
+#[allow(clippy::match_like_matches_macro)] // each arm depends on a feature; with all on, clippy sees constants
 pub fn built_in(kind: &str) -> bool {
     match kind {
         "etcd" => cfg!(feature = "etcd"),
@@ -17,13 +19,24 @@ pub fn built_in(kind: &str) -> bool {
     }
 }
 
-/// A connected store: the scope handle plus whatever keeps the connection (and its lease or
-/// session) alive.
+/// The backend client that owns the connection and the process's lease or session.
+enum Client {
+    #[cfg(feature = "etcd")]
+    Etcd(leasehold_etcd::EtcdClient),
+    #[cfg(feature = "zookeeper")]
+    Zookeeper(leasehold_zookeeper::ZkClient),
+    #[cfg(feature = "consul")]
+    Consul(leasehold_consul::ConsulClient),
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(leasehold_kube::KubeClient),
+}
+
+/// A connected store: the scope handle plus the client that keeps the connection (and its
+/// lease or session) alive.
 pub struct Store {
     /// The election scope.
     pub dcs: Arc<dyn Dcs>,
-    /// Keeps the backend's client alive as long as the store is used.
-    _client: Box<dyn std::any::Any + Send + Sync>,
+    client: Client,
 }
 
 impl std::fmt::Debug for Store {
@@ -32,9 +45,33 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Whole seconds, at least one (etcd leases and Kubernetes lease durations).
+fn whole_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs_f64().ceil().max(1.0) as u64)
+}
+
 /// Connects to the configured store and opens `scope`.
 pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyhow::Result<Store> {
-    match store {
+    let (dcs, client): (Arc<dyn Dcs>, Client) = match store {
+        #[cfg(feature = "etcd")]
+        StoreConfig::Etcd(s) => {
+            use leasehold_etcd::{EtcdClient, EtcdOptions};
+            let options = EtcdOptions {
+                endpoints: s.endpoints.0.clone(),
+                prefix: s.prefix.clone(),
+                user: s.username.clone(),
+                password: s.password.clone(),
+                ttl: whole_secs(timing.ttl),
+                request_timeout: timing.retry_timeout,
+                dial_timeout: timing.retry_timeout,
+                ..EtcdOptions::default()
+            };
+            let client = EtcdClient::connect(options).await?;
+            if client.ttl() != whole_secs(timing.ttl) {
+                tracing::warn!(asked = ?timing.ttl, got = ?client.ttl(), "etcd granted a different lease TTL");
+            }
+            (Arc::new(client.scope(scope)), Client::Etcd(client))
+        }
         #[cfg(feature = "zookeeper")]
         StoreConfig::Zookeeper(s) => {
             use leasehold_zookeeper::{ZkClient, ZkOptions};
@@ -53,8 +90,21 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
                     "ZooKeeper clamped the session timeout; the lease follows the server's value"
                 );
             }
-            let dcs: Arc<dyn Dcs> = Arc::new(client.scope(scope));
-            Ok(Store { dcs, _client: Box::new(client) })
+            (Arc::new(client.scope(scope)), Client::Zookeeper(client))
+        }
+        #[cfg(feature = "consul")]
+        StoreConfig::Consul(s) => {
+            use leasehold_consul::{ConsulClient, ConsulOptions};
+            let options = ConsulOptions {
+                address: s.address.clone(),
+                token: s.token.clone(),
+                prefix: s.prefix.clone(),
+                ttl: timing.ttl,
+                request_timeout: timing.retry_timeout,
+                ..ConsulOptions::default()
+            };
+            let client = ConsulClient::connect(options).await?;
+            (Arc::new(client.scope(scope)), Client::Consul(client))
         }
         #[cfg(feature = "kubernetes")]
         StoreConfig::Kubernetes(s) => {
@@ -68,29 +118,45 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
                 config,
                 prefix: s.prefix.clone(),
                 labels: s.labels.clone(),
-                // Lease durations are whole seconds.
-                ttl: std::time::Duration::from_secs(timing.ttl.as_secs_f64().ceil() as u64),
+                ttl: whole_secs(timing.ttl),
                 request_timeout: timing.retry_timeout,
             };
             let client = KubeClient::connect(options).await?;
-            let dcs: Arc<dyn Dcs> = Arc::new(client.scope(scope));
-            Ok(Store { dcs, _client: Box::new(KubeGuard(client)) })
+            (Arc::new(client.scope(scope)), Client::Kubernetes(client))
         }
+        #[allow(unreachable_patterns)] // with every backend built in, no section is left
         other => anyhow::bail!(
-            "config key `{}`: the {} backend is not built in to this binary",
+            "config key `{}`: the {} backend is not built in to this binary (rebuild with --features {})",
+            other.kind(),
             other.kind(),
             other.kind()
         ),
-    }
+    };
+    Ok(Store { dcs, client })
 }
 
-/// Stops the Kubernetes client's keep-alive when the store is dropped.
-#[cfg(feature = "kubernetes")]
-struct KubeGuard(leasehold_kube::KubeClient);
-
-#[cfg(feature = "kubernetes")]
-impl Drop for KubeGuard {
-    fn drop(&mut self) {
-        self.0.stop();
+impl Store {
+    /// Ends the process's lease or session so its member keys vanish now. Release the leader
+    /// key first (the driver's clean shutdown does).
+    pub async fn close(self) {
+        let result: Result<(), leasehold::DcsError> = match &self.client {
+            #[cfg(feature = "etcd")]
+            Client::Etcd(c) => c.shutdown().await,
+            #[cfg(feature = "zookeeper")]
+            Client::Zookeeper(c) => {
+                c.close();
+                Ok(())
+            }
+            #[cfg(feature = "consul")]
+            Client::Consul(c) => c.close().await,
+            #[cfg(feature = "kubernetes")]
+            Client::Kubernetes(c) => {
+                c.stop();
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "closing the store session");
+        }
     }
 }

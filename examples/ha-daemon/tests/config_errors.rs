@@ -36,7 +36,11 @@ fn a_good_config_checks_ok() {
 fn bad_configs_name_the_key_and_the_rule() {
     let cases: Vec<(String, &[(&str, &str)], &str)> = vec![
         (good().replace("name = \"n1\"\n", ""), &[], "config key `name`: is required"),
-        (format!("ttl = 10\n{}", good()), &[], "config key `ttl`: loop_wait (10s) + 2 * retry_timeout (10s) = 30s exceeds ttl (10s)"),
+        (
+            format!("ttl = 10\n{}", good()),
+            &[],
+            "config key `ttl`: loop_wait (10s) + 2 * retry_timeout (10s) = 30s exceeds ttl (10s)",
+        ),
         (format!("tll = 10\n{}", good()), &[], "config key `tll`"),
         (good().replace("http://127.0.0.1:2379", "127.0.0.1:2379"), &[], "config key `etcd.endpoints`"),
         (format!("{}[consul]\n", good()), &[], "exactly one store section is required; found etcd and consul"),

@@ -11,7 +11,7 @@ const LIMIT: Duration = Duration::from_secs(40);
 
 /// The store for the tests that do not name one.
 fn store() -> Store {
-    Store::zookeeper()
+    Store::etcd()
 }
 
 /// kill -9 of the leader: another member takes over with a greater epoch, and the dead
@@ -126,7 +126,9 @@ fn rest_codes_and_tokens() {
     let c = Cluster::start(store(), 3);
     let (l, epoch) = c.wait_leader(LIMIT, |_, _| true);
     let r = (l + 1) % 3;
-    c.wait_for("replica running", LIMIT, |c| c.status(r).is_some_and(|s| s["role"] == "replica" && s["running"] == true));
+    c.wait_for("replica running", LIMIT, |c| {
+        c.status(r).is_some_and(|s| s["role"] == "replica" && s["running"] == true)
+    });
     let (leader, replica) = (&c.members[l].api, &c.members[r].api);
     assert_eq!(http("GET", &format!("{leader}/primary"), None, None).0, 200);
     assert_eq!(http("GET", &format!("{leader}/leader"), None, None).0, 200);
@@ -143,7 +145,10 @@ fn rest_codes_and_tokens() {
     }
     let (code, metrics) = http("GET", &format!("{leader}/metrics"), None, None);
     assert_eq!(code, 200);
-    assert!(metrics.contains(&format!("leasehold_epoch{{scope=\"e2e\",name=\"{}\"}} {epoch}", c.members[l].name)), "{metrics}");
+    assert!(
+        metrics.contains(&format!("leasehold_epoch{{scope=\"e2e\",name=\"{}\"}} {epoch}", c.members[l].name)),
+        "{metrics}"
+    );
     assert!(metrics.contains("leasehold_leader{") && metrics.contains("leasehold_renew_latency_seconds{"), "{metrics}");
 
     for path in ["/switchover", "/failover", "/pause", "/resume"] {

@@ -1,7 +1,8 @@
 //! The end-to-end harness: a real store, three `leasehold-ha` processes with the file
 //! resource, helpers to read their REST APIs and run `ctl`. Every process started here is
 //! killed (SIGKILL) and reaped on drop, also when a test panics.
-#![allow(dead_code)] // each test binary uses a different part of the harness
+#![allow(dead_code)]
+// each test binary uses a different part of the harness
 // Tests wait for states with deadlines (never asserting on elapsed time) and read the clock
 // for those deadlines; the workspace bans clock reads only to keep the library's core pure.
 #![allow(clippy::disallowed_methods)]
@@ -110,39 +111,17 @@ pub fn free_port() -> u16 {
 
 /// A real store the members share.
 pub enum Store {
-    Etcd { _server: Proc, _dir: tempfile::TempDir, endpoint: String },
+    Etcd { _server: leasehold_etcd::testing::EtcdServer, endpoint: String, _rt: tokio::runtime::Runtime },
     Zookeeper { server: leasehold_zookeeper::testing::ZkServer, _rt: tokio::runtime::Runtime },
 }
 
 impl Store {
-    /// A single-node etcd (Debian's /usr/bin/etcd) on free loopback ports in a temp dir.
+    /// A single-node etcd, started by the etcd backend's test harness (killed by pid on drop).
     pub fn etcd() -> Store {
-        for _ in 0..5 {
-            let dir = tempfile::Builder::new().prefix("leasehold-ha-etcd-").tempdir().unwrap();
-            let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-            let server = Proc::spawn(
-                "etcd",
-                Command::new("etcd")
-                    .args(["--name", "e2e", "--data-dir"])
-                    .arg(dir.path().join("data"))
-                    .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-                    .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
-                    .args(["--initial-cluster", &format!("e2e={peer_url}")])
-                    .stdout(Stdio::null())
-                    .stderr(log),
-            );
-            let until = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < until {
-                if http_get_blocking(&format!("{endpoint}/health")).is_some_and(|(c, _)| c == 200) {
-                    return Store::Etcd { _server: server, _dir: dir, endpoint };
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        panic!("etcd did not start");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let server = rt.block_on(leasehold_etcd::testing::EtcdServer::start()).expect("etcd starts");
+        let endpoint = server.endpoint();
+        Store::Etcd { _server: server, endpoint, _rt: rt }
     }
 
     /// A standalone ZooKeeper (the backend's test harness).
@@ -157,8 +136,7 @@ impl Store {
         match self {
             Store::Etcd { endpoint, .. } => format!("[etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"/e2e\"\n"),
             Store::Zookeeper { server, .. } => {
-                let hosts: Vec<String> =
-                    server.connect_string().split(',').map(|h| format!("\"{h}\"")).collect();
+                let hosts: Vec<String> = server.connect_string().split(',').map(|h| format!("\"{h}\"")).collect();
                 format!("[zookeeper]\nhosts = [{}]\nprefix = \"/e2e\"\n", hosts.join(", "))
             }
         }
@@ -167,10 +145,7 @@ impl Store {
 
 /// An HTTP GET without an async runtime (curl is part of the setup script's packages).
 pub fn http_get_blocking(url: &str) -> Option<(u16, String)> {
-    let out = Command::new("curl")
-        .args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", url])
-        .output()
-        .ok()?;
+    let out = Command::new("curl").args(["-s", "-m", "3", "-o", "-", "-w", "\n%{http_code}", url]).output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n')?;
     let code: u16 = code.trim().parse().ok()?;
@@ -329,9 +304,16 @@ impl Cluster {
             eprintln!("==== {} status: {:?}", self.members[i].name, self.status(i));
             let log = self.log(i);
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("==== {} log (last 40 lines):\n{}", self.members[i].name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "==== {} log (last 40 lines):\n{}",
+                self.members[i].name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
         }
-        eprintln!("==== resource events:\n{}", std::fs::read_to_string(self.resource_dir.join("events")).unwrap_or_default());
+        eprintln!(
+            "==== resource events:\n{}",
+            std::fs::read_to_string(self.resource_dir.join("events")).unwrap_or_default()
+        );
     }
 
     /// `leasehold-ha ctl <args>` with member `via`'s config.
