@@ -32,9 +32,12 @@ fn a_good_config_checks_ok() {
     assert!(out.contains("ok (scope s, member n1, store etcd"), "{out}");
 }
 
+/// A config text, environment overrides, and what the error must say.
+type Case = (String, &'static [(&'static str, &'static str)], &'static str);
+
 #[test]
 fn bad_configs_name_the_key_and_the_rule() {
-    let cases: Vec<(String, &[(&str, &str)], &str)> = vec![
+    let cases: Vec<Case> = vec![
         (good().replace("name = \"n1\"\n", ""), &[], "config key `name`: is required"),
         (
             format!("ttl = 10\n{}", good()),
