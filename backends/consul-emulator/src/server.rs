@@ -250,7 +250,9 @@ fn token<'a>(headers: &'a HeaderMap, params: &'a HashMap<String, String>) -> Opt
     if let Some(t) = headers.get("X-Consul-Token").and_then(|v| v.to_str().ok()) {
         return Some(t);
     }
-    if let Some(t) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")) {
+    if let Some(t) =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    {
         return Some(t.trim());
     }
     params.get("token").map(String::as_str)
@@ -270,8 +272,12 @@ pub(crate) async fn handle(
     shared.counts.bump(endpoint);
     if !shared.config.tokens.is_empty() {
         match token(&headers, &params) {
-            None | Some("") => return text(StatusCode::FORBIDDEN, "Permission denied: anonymous token lacks permission"),
-            Some(t) if !shared.config.tokens.iter().any(|k| k == t) => return text(StatusCode::FORBIDDEN, "ACL not found"),
+            None | Some("") => {
+                return text(StatusCode::FORBIDDEN, "Permission denied: anonymous token lacks permission");
+            }
+            Some(t) if !shared.config.tokens.iter().any(|k| k == t) => {
+                return text(StatusCode::FORBIDDEN, "ACL not found");
+            }
             Some(_) => {}
         }
     }
@@ -294,7 +300,11 @@ pub(crate) async fn handle(
         };
     }
     let put_only = |f: &dyn Fn() -> Response| {
-        if method == Method::PUT { f() } else { text(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed")) }
+        if method == Method::PUT {
+            f()
+        } else {
+            text(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed"))
+        }
     };
     if path == "/v1/session/create" {
         return put_only(&|| session_create(&shared, &body));
@@ -372,7 +382,9 @@ fn session_create(shared: &Shared, body: &[u8]) -> Response {
             Ok(d) => Some(d),
             Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("Session TTL '{s}' invalid: {e}")),
         },
-        Some(other) => return text(StatusCode::BAD_REQUEST, format!("Request decode failed: TTL {other} is not a string")),
+        Some(other) => {
+            return text(StatusCode::BAD_REQUEST, format!("Request decode failed: TTL {other} is not a string"));
+        }
     };
     // Consul's FixupLockDelay: a string is a Go duration; a number below 1000 means seconds,
     // anything else nanoseconds. Absent: 15 s.
@@ -417,17 +429,17 @@ fn session_create(shared: &Shared, body: &[u8]) -> Response {
     }
 }
 
-fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
+fn parse_u64(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, String> {
     match params.get(name) {
         None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| text(StatusCode::BAD_REQUEST, format!("Invalid {name} index"))),
+        Some(v) => v.parse().map(Some).map_err(|_| format!("Invalid {name} index")),
     }
 }
 
 async fn kv_get(shared: &Arc<Shared>, key: &str, params: &HashMap<String, String>) -> Response {
     let min_index = match parse_u64(params, "index") {
         Ok(i) => i.unwrap_or(0),
-        Err(r) => return r,
+        Err(m) => return text(StatusCode::BAD_REQUEST, m),
     };
     let wait = match params.get("wait") {
         None => DEFAULT_WAIT,
@@ -482,16 +494,18 @@ fn kv_put(shared: &Shared, key: &str, params: &HashMap<String, String>, body: By
     if body.len() > MAX_VALUE_BYTES {
         return text(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("Request body(terms) too large, max size: {MAX_VALUE_BYTES} bytes. See https://developer.hashicorp.com/consul/docs/agent/config/config-files#kv_max_value_size."),
+            format!(
+                "Request body(terms) too large, max size: {MAX_VALUE_BYTES} bytes. See https://developer.hashicorp.com/consul/docs/agent/config/config-files#kv_max_value_size."
+            ),
         );
     }
     let flags = match parse_u64(params, "flags") {
         Ok(f) => f.unwrap_or(0),
-        Err(r) => return r,
+        Err(m) => return text(StatusCode::BAD_REQUEST, m),
     };
     let cas = match parse_u64(params, "cas") {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(m) => return text(StatusCode::BAD_REQUEST, m),
     };
     let value = body.to_vec();
     // As in Consul's KVS endpoint: acquire and release take precedence over cas.
@@ -515,7 +529,9 @@ fn kv_put(shared: &Shared, key: &str, params: &HashMap<String, String>, body: By
 
 /// Headers, then the connection breaks before the body: the client never learns the answer.
 fn dropped_reply() -> Response {
-    let stream = futures::stream::once(async { Err::<Bytes, std::io::Error>(std::io::Error::other("reply dropped by fault hook")) });
+    let stream = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("reply dropped by fault hook"))
+    });
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "application/json")
@@ -526,7 +542,7 @@ fn dropped_reply() -> Response {
 fn kv_delete(shared: &Shared, key: &str, params: &HashMap<String, String>) -> Response {
     let cas = match parse_u64(params, "cas") {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(m) => return text(StatusCode::BAD_REQUEST, m),
     };
     if params.contains_key("recurse") {
         shared.with_state(|s, _| s.delete_tree(key));

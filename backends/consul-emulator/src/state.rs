@@ -100,7 +100,15 @@ impl State {
     pub fn new(config: EmulatorConfig) -> Self {
         let rng = StdRng::seed_from_u64(config.seed);
         // Raft's first entries are configuration; Consul's index never starts at 0.
-        State { config, index: 1, kv: BTreeMap::new(), tombstones: BTreeMap::new(), sessions: HashMap::new(), lock_delays: HashMap::new(), rng }
+        State {
+            config,
+            index: 1,
+            kv: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
+            sessions: HashMap::new(),
+            lock_delays: HashMap::new(),
+            rng,
+        }
     }
 
     pub fn index(&self) -> u64 {
@@ -252,8 +260,12 @@ impl State {
     /// ModifyIndex or tombstone under the prefix, the table's index if there is neither).
     pub fn list(&mut self, prefix: &str, now: Instant) -> (u64, Vec<KvEntry>) {
         self.expire(now);
-        let entries: Vec<KvEntry> =
-            self.kv.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(_, e)| e.clone()).collect();
+        let entries: Vec<KvEntry> = self
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e.clone())
+            .collect();
         let mut index = entries.iter().map(|e| e.modify_index).max().unwrap_or(0);
         let graves = self.tombstones.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix));
         index = index.max(graves.map(|(_, i)| *i).max().unwrap_or(0));
@@ -301,7 +313,14 @@ impl State {
 
     /// `?acquire=<session>`: false if another session holds the key or lock-delay is active.
     /// The holder acquiring again just updates the value.
-    pub fn acquire(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str, now: Instant) -> Result<bool, StateError> {
+    pub fn acquire(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        session: &str,
+        now: Instant,
+    ) -> Result<bool, StateError> {
         self.expire(now);
         if !self.sessions.contains_key(session) {
             return Err(StateError(format!("Invalid session {session:?}")));
@@ -323,7 +342,14 @@ impl State {
     }
 
     /// `?release=<session>`: false unless `session` holds the key.
-    pub fn release(&mut self, key: &str, value: Vec<u8>, flags: u64, session: &str, now: Instant) -> Result<bool, StateError> {
+    pub fn release(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        flags: u64,
+        session: &str,
+        now: Instant,
+    ) -> Result<bool, StateError> {
         self.expire(now);
         if !self.sessions.contains_key(session) {
             return Err(StateError(format!("Invalid session {session:?}")));
@@ -359,7 +385,12 @@ impl State {
 
     /// `DELETE ?recurse`: every key under `prefix`.
     pub fn delete_tree(&mut self, prefix: &str) {
-        let keys: Vec<String> = self.kv.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<String> = self
+            .kv
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
         if keys.is_empty() {
             return;
         }
@@ -414,7 +445,8 @@ mod tests {
         let when = |seed| {
             let mut s = state(Expiry::Seeded(seed));
             let id = session(&mut s, Behavior::Delete, Duration::ZERO, t0);
-            (0..=2000u64).map(|ms| t0 + Duration::from_millis(ms * 10)).find(|t| s.session(&id, *t).is_none()).unwrap() - t0
+            (0..=2000u64).map(|ms| t0 + Duration::from_millis(ms * 10)).find(|t| s.session(&id, *t).is_none()).unwrap()
+                - t0
         };
         let (a, b) = (when(7), when(7));
         assert_eq!(a, b);

@@ -73,7 +73,9 @@ async fn session_defaults_renew_info_destroy() {
     assert_eq!(info[0]["LockDelay"], 15_000_000_000u64);
     assert_eq!(info[0]["NodeChecks"], json!(["serfHealth"]), "no check lists: tied to serfHealth");
     assert_eq!(info[0]["TTL"], "15s");
-    let id2 = a.session(json!({"TTL": "15s", "Behavior": "delete", "LockDelay": "1ms", "Checks": [], "NodeChecks": []})).await;
+    let id2 = a
+        .session(json!({"TTL": "15s", "Behavior": "delete", "LockDelay": "1ms", "Checks": [], "NodeChecks": []}))
+        .await;
     let (_, _, b) = a.get(&format!("/v1/session/info/{id2}")).await;
     let info: Value = serde_json::from_str(&b).unwrap();
     assert_eq!((info[0]["Behavior"].clone(), info[0]["LockDelay"].clone()), (json!("delete"), json!(1_000_000)));
@@ -111,7 +113,11 @@ async fn kv_entries_cas_and_recurse() {
     a.put("/v1/kv/s/b", b"").await;
     a.put("/v1/kv/s2/c", b"1").await;
     let (_, _, b) = a.get("/v1/kv/s/?recurse&consistent").await;
-    let keys: Vec<String> = serde_json::from_str::<Vec<Value>>(&b).unwrap().iter().map(|e| e["Key"].as_str().unwrap().to_string()).collect();
+    let keys: Vec<String> = serde_json::from_str::<Vec<Value>>(&b)
+        .unwrap()
+        .iter()
+        .map(|e| e["Key"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(keys, ["s/a", "s/b"]);
     assert_eq!(a.get("/v1/kv/s/a?raw&stale").await.2, "x");
     let (s, idx, _) = a.get("/v1/kv/missing").await;

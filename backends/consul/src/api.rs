@@ -54,7 +54,10 @@ pub(crate) struct Listing {
 pub(crate) enum Created {
     Id(String),
     /// `Invalid Session TTL`: the agent's bounds, parsed from its message when possible.
-    InvalidTtl { min: Option<Duration>, message: String },
+    InvalidTtl {
+        min: Option<Duration>,
+        message: String,
+    },
 }
 
 /// What a write with `?acquire=` can answer besides an error.
@@ -75,9 +78,9 @@ pub(crate) struct Api {
 /// Session TTLs and waits in Go duration syntax, exact to the nanosecond.
 pub(crate) fn go_duration(d: Duration) -> String {
     let nanos = d.as_nanos();
-    if nanos % 1_000_000_000 == 0 {
+    if nanos.is_multiple_of(1_000_000_000) {
         format!("{}s", d.as_secs())
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
     } else {
         format!("{nanos}ns")
@@ -160,8 +163,10 @@ impl Api {
         timeout: Duration,
     ) -> Result<(StatusCode, Option<u64>, Vec<u8>), DcsError> {
         let mut url = format!("{}{}", self.base, path);
-        let mut params: Vec<String> =
-            query.iter().map(|(k, v)| if v.is_empty() { (*k).to_string() } else { format!("{k}={}", escape_path(v)) }).collect();
+        let mut params: Vec<String> = query
+            .iter()
+            .map(|(k, v)| if v.is_empty() { (*k).to_string() } else { format!("{k}={}", escape_path(v)) })
+            .collect();
         if let Some(dc) = &self.datacenter {
             params.push(format!("dc={dc}"));
         }
@@ -225,7 +230,14 @@ impl Api {
             "ServiceChecks": [],
         });
         let (status, _, bytes) = self
-            .send(Method::PUT, "/v1/session/create", &[], Some(body.to_string().into_bytes()), Kind::Write, self.timeout)
+            .send(
+                Method::PUT,
+                "/v1/session/create",
+                &[],
+                Some(body.to_string().into_bytes()),
+                Kind::Write,
+                self.timeout,
+            )
             .await?;
         if status.is_success() {
             let created: WireSession = serde_json::from_slice(&bytes)
@@ -258,7 +270,11 @@ impl Api {
     pub(crate) async fn destroy_session(&self, id: &str) -> Result<(), DcsError> {
         let path = format!("/v1/session/destroy/{}", escape_path(id));
         let (status, _, bytes) = self.send(Method::PUT, &path, &[], None, Kind::Write, self.timeout).await?;
-        if status.is_success() { Ok(()) } else { Err(Self::status_error(status, &bytes, Kind::Write, "session/destroy")) }
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(Self::status_error(status, &bytes, Kind::Write, "session/destroy"))
+        }
     }
 
     fn consistency(mode: Consistency) -> Option<(&'static str, String)> {
@@ -280,7 +296,12 @@ impl Api {
                         DcsError::fatal_with(format!("consul kv: value of {:?} is not base64", w.key), e)
                     })?,
                 };
-                Ok(Entry { key: w.key, value, modify_index: w.modify_index, session: w.session.filter(|s| !s.is_empty()) })
+                Ok(Entry {
+                    key: w.key,
+                    value,
+                    modify_index: w.modify_index,
+                    session: w.session.filter(|s| !s.is_empty()),
+                })
             })
             .collect()
     }
@@ -310,7 +331,9 @@ impl Api {
         let index = match index {
             Some(i) => i,
             None if status == StatusCode::OK || status == StatusCode::NOT_FOUND => {
-                return Err(DcsError::fatal(format!("consul kv read of {key:?}: no X-Consul-Index header: not a Consul agent?")));
+                return Err(DcsError::fatal(format!(
+                    "consul kv read of {key:?}: no X-Consul-Index header: not a Consul agent?"
+                )));
             }
             None => 0,
         };
@@ -327,9 +350,15 @@ impl Api {
         Ok(listing.entries.into_iter().find(|e| e.key == key))
     }
 
-    async fn put_with(&self, key: &str, value: &[u8], query: &[(&str, String)]) -> Result<(StatusCode, Vec<u8>), DcsError> {
+    async fn put_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        query: &[(&str, String)],
+    ) -> Result<(StatusCode, Vec<u8>), DcsError> {
         let path = format!("/v1/kv/{}", escape_path(key));
-        let (status, _, bytes) = self.send(Method::PUT, &path, query, Some(value.to_vec()), Kind::Write, self.timeout).await?;
+        let (status, _, bytes) =
+            self.send(Method::PUT, &path, query, Some(value.to_vec()), Kind::Write, self.timeout).await?;
         Ok((status, bytes))
     }
 
@@ -376,12 +405,14 @@ fn tls(builder: reqwest::ClientBuilder, options: &ConsulOptions) -> Result<reqwe
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(tls) = &options.tls else { return Ok(builder) };
     let read = |field: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| DcsError::fatal_with(format!("consul option tls.{field}: cannot read {path:?}: {e}"), e))
+        std::fs::read(path)
+            .map_err(|e| DcsError::fatal_with(format!("consul option tls.{field}: cannot read {path:?}: {e}"), e))
     };
     let mut builder = builder;
     if let Some(ca) = &tls.ca_cert {
-        let cert = reqwest::Certificate::from_pem(&read("ca_cert", ca)?)
-            .map_err(|e| DcsError::fatal_with(format!("consul option tls.ca_cert: {ca:?} is not a PEM certificate: {e}"), e))?;
+        let cert = reqwest::Certificate::from_pem(&read("ca_cert", ca)?).map_err(|e| {
+            DcsError::fatal_with(format!("consul option tls.ca_cert: {ca:?} is not a PEM certificate: {e}"), e)
+        })?;
         builder = builder.add_root_certificate(cert);
     }
     if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
@@ -389,7 +420,10 @@ fn tls(builder: reqwest::ClientBuilder, options: &ConsulOptions) -> Result<reqwe
         pem.push(b'\n');
         pem.extend(read("client_key", key)?);
         let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            DcsError::fatal_with(format!("consul option tls.client_cert/client_key: not a PEM certificate and key: {e}"), e)
+            DcsError::fatal_with(
+                format!("consul option tls.client_cert/client_key: not a PEM certificate and key: {e}"),
+                e,
+            )
         })?;
         builder = builder.identity(identity);
     }

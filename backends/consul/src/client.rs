@@ -99,7 +99,9 @@ impl ConsulClient {
                 session_ttl = min;
                 match Self::create(&api, &options, session_ttl).await? {
                     Created::Id(id) => id,
-                    Created::InvalidTtl { message, .. } => return Err(DcsError::fatal(format!("consul session/create: {message}"))),
+                    Created::InvalidTtl { message, .. } => {
+                        return Err(DcsError::fatal(format!("consul session/create: {message}")));
+                    }
                 }
             }
             Created::InvalidTtl { message, .. } => {
@@ -188,13 +190,16 @@ impl ConsulClient {
         let sent = now();
         let id = match Self::create(&inner.api, &inner.options, inner.session_ttl).await? {
             Created::Id(id) => id,
-            Created::InvalidTtl { message, .. } => return Err(DcsError::fatal(format!("consul session/create: {message}"))),
+            Created::InvalidTtl { message, .. } => {
+                return Err(DcsError::fatal(format!("consul session/create: {message}")));
+            }
         };
         tracing::info!(session = %id, "consul: created a new session after losing the last one");
         *slot = Some(id.clone());
         *lock(&inner.current) = Some(id.clone());
         *lock(&inner.renewed) = Some(sent);
-        let members: Vec<(String, Vec<u8>)> = lock(&inner.members).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let members: Vec<(String, Vec<u8>)> =
+            lock(&inner.members).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (key, value) in members {
             if let Err(e) = self.publish_key(&key, &value, &id).await {
                 tracing::warn!(%key, error = %e, "consul: could not re-publish a member key on the new session");
@@ -224,7 +229,9 @@ impl ConsulClient {
         let sent = now();
         if !self.inner.api.renew_session(&id).await? {
             self.lose_session(&id).await;
-            return Err(DcsError::lease_lost(format!("consul session {id} is gone (invalidated, expired or destroyed)")));
+            return Err(DcsError::lease_lost(format!(
+                "consul session {id} is gone (invalidated, expired or destroyed)"
+            )));
         }
         let mut renewed = lock(&self.inner.renewed);
         if self.session_id().as_deref() == Some(id.as_str()) && renewed.is_none_or(|r| r < sent) {
@@ -264,7 +271,9 @@ impl ConsulClient {
                 },
             }
         }
-        Err(DcsError::unavailable(format!("consul: member key {key:?} is locked (lock-delay after a lost session); retry")))
+        Err(DcsError::unavailable(format!(
+            "consul: member key {key:?} is locked (lock-delay after a lost session); retry"
+        )))
     }
 
     pub(crate) fn remember_member(&self, key: &str, value: &[u8]) {

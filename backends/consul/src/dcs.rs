@@ -74,7 +74,10 @@ impl ConsulDcs {
     fn check(&self) -> Result<(), DcsError> {
         self.client.check_running()?;
         if self.scope.is_empty() || self.scope.contains('/') || self.scope.chars().any(char::is_control) {
-            return Err(DcsError::fatal(format!("scope name {:?} must be non-empty without '/' or control characters", self.scope)));
+            return Err(DcsError::fatal(format!(
+                "scope name {:?} must be non-empty without '/' or control characters",
+                self.scope
+            )));
         }
         Ok(())
     }
@@ -100,7 +103,8 @@ impl ConsulDcs {
         for e in entries {
             let Some(rest) = e.key.strip_prefix(&self.base) else { continue };
             let Some(key) = Key::parse("", &self.scope, &format!("/{}/{rest}", self.scope)) else { continue };
-            let raw_entry = RawEntry { key: e.key.clone(), bytes: e.value.clone(), version: Version::new(e.modify_index) };
+            let raw_entry =
+                RawEntry { key: e.key.clone(), bytes: e.value.clone(), version: Version::new(e.modify_index) };
             // A valid leader or member record that no session holds is a leftover (a session
             // with Behavior=release, a hand-made key): nobody is alive behind it.
             let unheld_but_valid = e.session.is_none()
@@ -168,14 +172,19 @@ impl Dcs for ConsulDcs {
         }
         // Consul does not return the new ModifyIndex: read it. The write is applied, so a failed
         // read leaves the outcome unknown to the caller.
-        let entry = api.get(&key).await.map_err(|e| DcsError::unknown(format!("acquired, but reading the epoch failed: {e}")))?;
+        let entry = api
+            .get(&key)
+            .await
+            .map_err(|e| DcsError::unknown(format!("acquired, but reading the epoch failed: {e}")))?;
         match entry {
-            Some(e) if e.session.as_deref() == Some(session.as_str()) && e.value == value => Ok(CasOutcome::Won(Lease {
-                record: record.clone(),
-                epoch: Epoch(e.modify_index),
-                version: Version::new(e.modify_index),
-                valid_for: self.client.valid_from(started),
-            })),
+            Some(e) if e.session.as_deref() == Some(session.as_str()) && e.value == value => {
+                Ok(CasOutcome::Won(Lease {
+                    record: record.clone(),
+                    epoch: Epoch(e.modify_index),
+                    version: Version::new(e.modify_index),
+                    valid_for: self.client.valid_from(started),
+                }))
+            }
             other => Err(DcsError::unknown(format!(
                 "acquired the leader key, but it changed before its epoch could be read (now {:?})",
                 other.map(|e| (e.session, e.modify_index))
@@ -245,9 +254,16 @@ impl Dcs for ConsulDcs {
             return Ok(CasOutcome::Lost(current().await?));
         }
         // Consul does not return the new ModifyIndex; read it back (Patroni does the same).
-        match api.get(&path).await.map_err(|e| DcsError::unknown(format!("written, but reading its version failed: {e}")))? {
+        match api
+            .get(&path)
+            .await
+            .map_err(|e| DcsError::unknown(format!("written, but reading its version failed: {e}")))?
+        {
             Some(e) if e.value == value => Ok(CasOutcome::Won(Version::new(e.modify_index))),
-            _ => Err(DcsError::unknown(format!("{} was written, then changed before its version could be read", key.name()))),
+            _ => Err(DcsError::unknown(format!(
+                "{} was written, then changed before its version could be read",
+                key.name()
+            ))),
         }
     }
 

@@ -127,13 +127,19 @@ impl ConsulOptions {
         if let Some(token) = &self.token
             && (token.is_empty() || token.chars().any(|c| c.is_control() || c == ' '))
         {
-            return fail("token", "must be non-empty without spaces or control characters (leave it None for no token)".into());
+            return fail(
+                "token",
+                "must be non-empty without spaces or control characters (leave it None for no token)".into(),
+            );
         }
         if self.prefix.chars().any(|c| c.is_control() || c == '?' || c == '#') || self.prefix.contains("//") {
             return fail("prefix", format!("{:?} must not contain control characters, '?', '#' or '//'", self.prefix));
         }
         if self.ttl < Duration::from_millis(2) {
-            return fail("ttl", format!("{:?} is too short: the session TTL (ttl / 2) must be at least 1 ms", self.ttl));
+            return fail(
+                "ttl",
+                format!("{:?} is too short: the session TTL (ttl / 2) must be at least 1 ms", self.ttl),
+            );
         }
         if self.ttl / 2 > Duration::from_secs(86_400) {
             return fail("ttl", format!("{:?} is too long: Consul's session TTL (ttl / 2) is at most 24 h", self.ttl));

@@ -115,7 +115,9 @@ async fn lock_delay_makes_acquire_lost_until_it_passes() {
     let pb = b.scope("pg");
     let first = pb.acquire(&record("b", "t2")).await.unwrap();
     assert_eq!(first, CasOutcome::Lost(None), "lock-delay blocks the key right after invalidation");
-    let won = eventually(Duration::from_secs(3), || async { pb.acquire(&record("b", "t3")).await.is_ok_and(|o| o.is_won()) }).await;
+    let won =
+        eventually(Duration::from_secs(3), || async { pb.acquire(&record("b", "t3")).await.is_ok_and(|o| o.is_won()) })
+            .await;
     assert!(won, "acquire succeeds once the lock-delay passed");
     assert_eq!(pb.bounds().max_expiry, 2 * b.session_ttl() + Duration::from_millis(1));
 }
@@ -154,7 +156,12 @@ async fn a_lost_acquire_reply_is_outcome_unknown_and_a_reread_finds_our_token() 
     let leader = view.leader.expect("the acquire was applied");
     assert_eq!(leader.record.token, "lost-reply");
     // The node re-reads and finds its token: the key is ours and renewable at that epoch.
-    let lease = leasehold::Lease { record: leader.record, epoch: leader.epoch, version: leader.version, valid_for: Duration::ZERO };
+    let lease = leasehold::Lease {
+        record: leader.record,
+        epoch: leader.epoch,
+        version: leader.version,
+        valid_for: Duration::ZERO,
+    };
     assert!(pg.renew(&lease).await.unwrap().is_won());
     let again = pg.acquire(&record("a", "second")).await.unwrap();
     assert!(matches!(&again, CasOutcome::Lost(Some(v)) if v.record.token == "lost-reply"), "{again:?}");
@@ -170,10 +177,13 @@ async fn missing_or_wrong_tokens_are_fatal_with_a_clear_message() {
         let text = err.to_string();
         assert!(text.contains("ACL token") && text.contains("403"), "{token:?}: {text}");
     }
-    let bad = ConsulClient::connect(ConsulOptions { address: "localhost:8500".into(), ..ConsulOptions::default() }).await;
+    let bad =
+        ConsulClient::connect(ConsulOptions { address: "localhost:8500".into(), ..ConsulOptions::default() }).await;
     let err = bad.expect_err("invalid address");
     assert!(err.is_fatal() && err.to_string().contains("address"), "{err}");
-    let c = ConsulClient::connect(ConsulOptions { token: Some(TOKEN.into()), ..options(&emu, Duration::from_secs(2)) }).await.unwrap();
+    let c = ConsulClient::connect(ConsulOptions { token: Some(TOKEN.into()), ..options(&emu, Duration::from_secs(2)) })
+        .await
+        .unwrap();
     let err = c.scope("a/b").load().await.expect_err("bad scope");
     assert!(err.is_fatal() && err.to_string().contains("scope"), "{err}");
 }

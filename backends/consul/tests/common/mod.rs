@@ -83,7 +83,11 @@ impl Harness for AgentHarness {
     }
 
     async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {
-        let url = format!("{}/v1/kv/{}", self.options.address.trim_end_matches('/'), garbage_key(&self.options.prefix, scope, key));
+        let url = format!(
+            "{}/v1/kv/{}",
+            self.options.address.trim_end_matches('/'),
+            garbage_key(&self.options.prefix, scope, key)
+        );
         let mut request = reqwest::Client::new().put(url).body(b"{not json \x01".to_vec());
         if let Some(token) = &self.options.token {
             request = request.header("X-Consul-Token", token);
