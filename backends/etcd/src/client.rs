@@ -111,7 +111,8 @@ impl std::fmt::Debug for EtcdClient {
 }
 
 fn read_file(field: &str, path: &std::path::Path) -> Result<Vec<u8>, DcsError> {
-    std::fs::read(path).map_err(|e| DcsError::fatal(format!("etcd option {field}: cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| DcsError::fatal(format!("etcd option {field}: cannot read {}: {e}", path.display())))
 }
 
 fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, DcsError> {
@@ -158,9 +159,10 @@ impl EtcdClient {
             )),
         };
         // Connecting authenticates when a user is set, so it is the first request.
-        let etcd = timed(Op::Read, "connect", options.dial_timeout, || Client::connect(&options.endpoints, Some(co.clone())))
-            .await
-            .map_err(unreachable)?;
+        let etcd =
+            timed(Op::Read, "connect", options.dial_timeout, || Client::connect(&options.endpoints, Some(co.clone())))
+                .await
+                .map_err(unreachable)?;
         let ttl_secs = i64::try_from(options.ttl.as_secs()).unwrap_or(i64::MAX);
         let sent = now();
         let grant = timed(Op::Write, "grant the process lease", options.dial_timeout, || async {

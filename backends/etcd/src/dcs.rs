@@ -165,8 +165,10 @@ impl Dcs for EtcdDcs {
         })
         .await?;
         let prefix = &self.inner.options.prefix;
-        let mut raw =
-            RawView { revision: resp.header().map(|h| Version::new(h.revision().unsigned_abs())), ..RawView::default() };
+        let mut raw = RawView {
+            revision: resp.header().map(|h| Version::new(h.revision().unsigned_abs())),
+            ..RawView::default()
+        };
         for kv in resp.kvs() {
             let Ok(path) = std::str::from_utf8(kv.key()) else { continue };
             match Key::parse(prefix, &self.scope, path) {
@@ -285,9 +287,8 @@ impl Dcs for EtcdDcs {
         let key = Key::Member(member.name.clone()).path(&self.inner.options.prefix, &self.scope);
         let bytes = member.encode();
         let lease = self.inner.current_lease()?;
-        let unchanged = lock(&self.inner.published)
-            .get(&key)
-            .is_some_and(|p| p.bytes == bytes && p.written_with == Some(lease.id));
+        let unchanged =
+            lock(&self.inner.published).get(&key).is_some_and(|p| p.bytes == bytes && p.written_with == Some(lease.id));
         if unchanged {
             return Ok(());
         }

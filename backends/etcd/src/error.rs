@@ -82,7 +82,9 @@ pub(crate) fn classify(op: Op, what: &str, e: Error) -> DcsError {
                 {
                     DcsError::fatal_with(format!("{what}: etcd rejected the request: {message}"), e)
                 }
-                Code::ResourceExhausted => DcsError::unavailable_with(format!("{what}: throttled by etcd: {message}"), e),
+                Code::ResourceExhausted => {
+                    DcsError::unavailable_with(format!("{what}: throttled by etcd: {message}"), e)
+                }
                 _ if NOT_APPLIED.iter().any(|m| message.contains(m)) => {
                     DcsError::unavailable_with(format!("{what}: etcd refused it: {message}"), e)
                 }

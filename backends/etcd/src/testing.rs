@@ -246,23 +246,20 @@ impl EtcdCluster {
     }
 
     async fn wait_member_healthy(&mut self, i: usize) -> io::Result<()> {
-        let deadline = tokio::time::Instant::now() + HEALTHY_WITHIN;
+        let deadline = crate::client::now() + HEALTHY_WITHIN;
         loop {
             if let Some(child) = self.members[i].child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
                 self.members[i].child = None;
-                return Err(io::Error::other(format!(
-                    "etcd member {i} exited with {status}:\n{}",
-                    self.log_tail(i)
-                )));
+                return Err(io::Error::other(format!("etcd member {i} exited with {status}:\n{}", self.log_tail(i))));
             }
             if let Ok(body) = http_get(self.members[i].metrics_port, "/health").await
                 && body.contains("\"health\":\"true\"")
             {
                 return Ok(());
             }
-            if tokio::time::Instant::now() >= deadline {
+            if crate::client::now() >= deadline {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!("etcd member {i} not healthy within {HEALTHY_WITHIN:?}:\n{}", self.log_tail(i)),
@@ -323,7 +320,7 @@ impl EtcdCluster {
 
     /// The index of the raft leader (from `etcd_server_is_leader` in `/metrics`).
     pub async fn leader(&self) -> io::Result<usize> {
-        let deadline = tokio::time::Instant::now() + HEALTHY_WITHIN;
+        let deadline = crate::client::now() + HEALTHY_WITHIN;
         loop {
             for i in 0..self.members.len() {
                 if self.is_running(i)
@@ -333,7 +330,7 @@ impl EtcdCluster {
                     return Ok(i);
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if crate::client::now() >= deadline {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "no etcd member reports being leader"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -68,7 +68,10 @@ async fn killing_the_raft_leader_during_leadership_never_makes_two_holders() {
                     assert!(b_won.is_none(), "a renewed after b acquired: two holders");
                     // The keep-alive was sent after `started`, so the lease outlives the
                     // belief; it never reaches past a TTL after the answer.
-                    assert!(started + renewed.valid_for <= Instant::now() + ttl, "belief beyond the lease: {renewed:?}");
+                    assert!(
+                        started + renewed.valid_for <= Instant::now() + ttl,
+                        "belief beyond the lease: {renewed:?}"
+                    );
                     assert_eq!(renewed.epoch, first_epoch, "renewal keeps the epoch");
                     belief_end = started + renewed.valid_for;
                     lease = renewed;

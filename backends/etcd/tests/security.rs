@@ -9,7 +9,8 @@ use leasehold::{CasOutcome, Dcs, DcsError};
 use leasehold_etcd::testing::{EtcdConfig, EtcdServer, ServerTls};
 use leasehold_etcd::{EtcdClient, EtcdOptions};
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
 };
 
 struct Pki {
@@ -65,7 +66,8 @@ async fn tls_with_client_certificates_and_a_throwaway_ca() {
         ca_file: pki.ca.clone(),
         client_cert_auth: true,
     };
-    let server = EtcdServer::start_with(EtcdConfig { tls: Some(tls), ..EtcdConfig::new(1) }).await.expect("etcd starts");
+    let server =
+        EtcdServer::start_with(EtcdConfig { tls: Some(tls), ..EtcdConfig::new(1) }).await.expect("etcd starts");
     assert!(server.endpoint().starts_with("https://"));
 
     let options = EtcdOptions {
