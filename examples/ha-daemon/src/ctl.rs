@@ -315,7 +315,7 @@ fn history_table(view: &ClusterView) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} reason", "timeline", "position", "epoch", "leader");
     for h in view.history.iter().flat_map(|h| h.value.0.iter()) {
-        let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} {}", h.timeline, h.position, h.epoch, h.leader, h.reason);
+        let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} {}", h.timeline, h.position, h.epoch.0, h.leader, h.reason);
     }
     out
 }

@@ -24,6 +24,9 @@ use tokio::process::Command;
 
 use crate::config::HooksConfig;
 
+/// Pause between attempts of a failed follow hook.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
 /// Runs the configured hooks.
 #[derive(Clone, Debug)]
 pub struct HookResource {
@@ -135,8 +138,21 @@ impl Resource for HookResource {
         let (l, u) = (leader.unwrap_or(""), conn_url.unwrap_or(""));
         tracing::info!(leader = l, conn_url = u, "running the follow hook");
         let env = [("LEASEHOLD_LEADER", l), ("LEASEHOLD_LEADER_CONN_URL", u)];
-        self.run("follow", &self.hooks.follow, &[l, u], &env, self.hooks.timeout).await?;
-        Ok(())
+        // The node asks to follow a leader once; a leader still starting up (initdb, crash
+        // recovery) makes the first attempts fail, so retry within the hook timeout.
+        #[allow(clippy::disallowed_methods)] // a retry budget in real time, not a decision
+        let until = tokio::time::Instant::now() + self.hooks.timeout;
+        loop {
+            match self.run("follow", &self.hooks.follow, &[l, u], &env, self.hooks.timeout).await {
+                Ok(_) => return Ok(()),
+                #[allow(clippy::disallowed_methods)] // see above
+                Err(e) if tokio::time::Instant::now() + FOLLOW_RETRY < until => {
+                    tracing::warn!(error = %e, "follow hook failed; retrying");
+                    tokio::time::sleep(FOLLOW_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn status(&self) -> ResourceStatus {
