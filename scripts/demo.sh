@@ -214,4 +214,8 @@ echo "ttl:                                   ${TTL}s (loop_wait 1s, retry_timeou
 echo "kill -9 -> new leader key:             ${T_KEY}s"
 echo "kill -9 -> writable primary:           ${T_WRITE}s"
 echo "switchover (ctl, request -> writable): ${T_SWITCH}s (including ctl start-up)"
+for i in 1 2 3; do
+  [ "$i" = "$OLD" ] && continue
+  echo "member n$i daemon:                      RSS $(ps -o rss= -p "${DAEMON[$i]}" | tr -d ' ') KiB, CPU time $(ps -o time= -p "${DAEMON[$i]}" | tr -d ' ') since start"
+done
 [ -n "${DEMO_KEEP:-}" ] || echo "(set DEMO_KEEP=1 to keep the logs)"

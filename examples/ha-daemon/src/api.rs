@@ -26,13 +26,14 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use leasehold::driver::{DriverHandle, DriverState};
+use leasehold::driver::{DriverHandle, DriverState, Resource as _};
 use leasehold::node::{AdminError, AdminRequest, NodeRole};
 use leasehold::{ResourceRole, Tags};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::DaemonConfig;
+use crate::hooks::HookResource;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -45,11 +46,15 @@ pub struct ApiState {
     pub last_progress: Mutex<tokio::time::Instant>,
     /// Leader changes seen since start.
     pub leader_changes: AtomicU64,
+    /// Asked afresh by `/status`: the driver's copy of the resource status can be up to a
+    /// second old, and a peer deciding a leader race must not see a demoted primary as
+    /// still running.
+    pub resource: Option<Arc<HookResource>>,
 }
 
 impl ApiState {
     /// State for `config` and a running driver.
-    pub fn new(config: Arc<DaemonConfig>, driver: DriverHandle) -> Arc<Self> {
+    pub fn new(config: Arc<DaemonConfig>, driver: DriverHandle, resource: Option<Arc<HookResource>>) -> Arc<Self> {
         #[allow(clippy::disallowed_methods)] // the API reports real time since the loop's last step
         let now = tokio::time::Instant::now();
         Arc::new(ApiState {
@@ -57,11 +62,22 @@ impl ApiState {
             driver: RwLock::new(Some(driver)),
             last_progress: Mutex::new(now),
             leader_changes: AtomicU64::new(0),
+            resource,
         })
     }
 
     async fn state(&self) -> Option<DriverState> {
         self.driver.read().await.as_ref().map(DriverHandle::state)
+    }
+
+    /// The driver's state with the resource's status asked afresh (Patroni also queries
+    /// PostgreSQL on every health check).
+    async fn fresh_state(&self) -> Option<DriverState> {
+        let mut s = self.state().await?;
+        if let Some(r) = &self.resource {
+            s.resource = r.status().await;
+        }
+        Some(s)
     }
 
     #[allow(clippy::disallowed_methods)] // see `new`
@@ -181,7 +197,7 @@ fn unavailable() -> Response {
 
 /// The status document with 200 if `ok`, else 503.
 async fn check(st: &ApiState, ok: impl FnOnce(&DriverState, &StatusDoc) -> bool) -> Response {
-    let Some(s) = st.state().await else { return unavailable() };
+    let Some(s) = st.fresh_state().await else { return unavailable() };
     let doc = status_doc(&st.config, &s);
     let code = if ok(&s, &doc) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(doc)).into_response()

@@ -115,7 +115,12 @@ impl Ctl {
         .await;
         for (m, st) in view.members.iter().map(|m| &m.value).zip(statuses) {
             let is_leader = leader.is_some_and(|l| l.record.member == m.name);
-            let role = if is_leader { "leader".to_string() } else { format!("{:?}", m.role).to_lowercase() };
+            // The member's own API is fresher than its record in the store.
+            let role = if is_leader {
+                "leader".to_string()
+            } else {
+                format!("{:?}", st.as_ref().map_or(m.role, |s| s.role)).to_lowercase()
+            };
             let state = match &st {
                 Some(s) => s.state.clone(),
                 None if m.running => "running?".into(),

@@ -41,11 +41,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
         WatchdogMode::Off => Box::new(NoWatchdog),
         _ => Box::new(LinuxWatchdog::new(&config.watchdog.device)),
     };
-    let handle = driver::spawn(config.node_config(incarnation()), store.dcs.clone(), resource, probe, watchdog)
+    let handle = driver::spawn(config.node_config(incarnation()), store.dcs.clone(), resource.clone(), probe, watchdog)
         .map_err(|e| anyhow::anyhow!("config key `{}`: {}", e.field, e.message))?;
     let mut events = handle.subscribe();
     let mut states = handle.watch_state();
-    let state = ApiState::new(config.clone(), handle);
+    let state = ApiState::new(config.clone(), handle, Some(resource));
 
     // Progress tracking for /liveness, and leader-change counting for /metrics.
     let progress = state.clone();
