@@ -304,7 +304,12 @@ impl Node {
                 t = t.min(x);
             }
         };
-        consider(self.held.as_ref().map(|h| h.acting_until));
+        // The belief deadline matters only while acting: a held but not acting lease (an
+        // adopted key, a late answer) has a belief that already ended, and returning that
+        // past instant would make the driver spin until the renewal comes back.
+        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+            consider(self.held.as_ref().map(|h| h.acting_until));
+        }
         consider(self.in_flight.as_ref().map(|f| f.deadline));
         consider(self.probe.as_ref().map(|p| p.deadline));
         consider(self.failsafe_check.map(|(_, d)| d));

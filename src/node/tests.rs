@@ -465,3 +465,27 @@ fn own_key_left_after_an_offline_demotion_is_renewed_not_abandoned() {
     let actions = drain(&mut n);
     assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
 }
+
+#[test]
+fn an_adopted_key_does_not_make_the_timer_spin() {
+    // Found by the simulator (virtual time stood still): an adopted key has a belief that
+    // ended at adoption, and `poll_timeout` returned that past instant until the renewal came
+    // back, so a driver would call `handle_timeout` in a busy loop.
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Err(DcsError::unknown("reply lost")), at(1600));
+    let Some(Action::Load { id }) = drain(&mut n).into_iter().find(|a| matches!(a, Action::Load { .. })) else {
+        panic!("an unknown acquire must be followed by a read")
+    };
+    let mine = ClusterView { leader: Some(leader_view("a", &record.token, 7)), ..view_with(None) };
+    n.handle_load(id, Ok(mine), at(1700));
+    let actions = answer_writes(&mut n, at(1700));
+    assert!(actions.iter().any(|a| matches!(a, Action::Renew { .. })), "{actions:?}");
+    assert!(!n.is_acting_leader(at(1700)));
+    n.handle_timeout(at(1700)); // brings the loop timer up to date
+    assert!(!drain(&mut n).iter().any(|a| matches!(a, Action::Promote { .. })));
+    let next = n.poll_timeout().unwrap();
+    assert!(next > at(1700), "timer at {next:?} is not in the future");
+    n.handle_timeout(next);
+    assert!(n.poll_timeout().unwrap() > next, "and it keeps moving forward");
+}
