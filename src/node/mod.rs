@@ -474,10 +474,13 @@ impl Node {
     ) {
         let Some(f) = self.take_in_flight(id) else { return };
         match result {
-            Ok(CasOutcome::Won(lease)) => {
+            // A renewal of a lease we have since given up (handed to a release, or lost)
+            // must not bring it back.
+            Ok(CasOutcome::Won(lease)) if self.held.as_ref().is_some_and(|h| h.lease.epoch == lease.epoch) => {
                 self.renew_failing_since = None;
                 self.take_lease(lease, f.sent_at, now);
             }
+            Ok(CasOutcome::Won(_)) => {}
             Ok(CasOutcome::Lost(current)) => {
                 self.lose_lease(now, DemoteMode::ImmediateNoLock, "leader key lost to another holder");
                 if let Some(l) = current {

@@ -489,3 +489,29 @@ fn an_adopted_key_does_not_make_the_timer_spin() {
     n.handle_timeout(next);
     assert!(n.poll_timeout().unwrap() > next, "and it keeps moving forward");
 }
+
+#[test]
+fn a_renewal_answered_after_a_graceful_demotion_does_not_promote_again() {
+    // Found by the simulator: a renewal in flight while a shutdown demoted the resource came
+    // back won after the lease had been handed to the release; the node took the lease
+    // again, promoted, and the release then deleted the key under a running primary.
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    n.handle_timeout(at(1000)); // next cycle: a renewal goes out
+    let renew = answer_writes(&mut n, at(1000)).into_iter().find_map(|a| match a {
+        Action::Renew { id, .. } => Some(id),
+        _ => None,
+    });
+    let renew = renew.expect("the leader renews every cycle");
+    n.handle_shutdown(at(1010));
+    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Demote { mode: DemoteMode::Graceful })));
+    n.handle_demoted(Ok(()), at(1020));
+    n.handle_renew(renew, Ok(CasOutcome::Won(lease_from(&record, 7))), at(1030));
+    let actions = drain(&mut n);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. })), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Release { .. })), "the release goes ahead: {actions:?}");
+    assert!(!n.is_acting_leader(at(1030)));
+}
