@@ -20,9 +20,9 @@ pub enum Mutation {
     AckDemoteEarly,
     /// Nodes run with an unlimited `maximum_lag_on_failover`. Expected: I3.
     NoLagCheck,
-    /// The driver reports an applied-but-unanswered acquire as "not applied", so the node
-    /// never re-reads and never finds its own key. Expected: I4.
-    UnknownAsFailed,
+    /// The driver treats an acquire whose outcome is unknown (request or reply lost) as won,
+    /// instead of letting the node re-read (DESIGN.md rule 3). Expected: I1'.
+    UnknownAsWon,
 }
 
 impl Mutation {
@@ -32,7 +32,7 @@ impl Mutation {
         Mutation::NoFencing,
         Mutation::AckDemoteEarly,
         Mutation::NoLagCheck,
-        Mutation::UnknownAsFailed,
+        Mutation::UnknownAsWon,
     ];
 }
 

@@ -160,17 +160,31 @@ impl fmt::Display for TimedFault {
 /// probability one half per run, then `count` faults are drawn among the enabled classes.
 /// `beyond` allows faults outside the envelope (long pauses, large drift).
 pub fn random_schedule(rng: &mut SimRng, cfg: &SimConfig, count: usize, beyond: bool) -> Vec<TimedFault> {
+    let classes: Vec<u64> = (0..12).filter(|_| rng.chance(500_000)).collect();
+    let classes = if classes.is_empty() { vec![rng.range(0, 11)] } else { classes };
+    random_schedule_of(rng, cfg, count, beyond, &classes)
+}
+
+/// Like [`random_schedule`] with the fault classes given: 0 store partition, 1 peer
+/// partition, 2 pause, 3 crash, 4 clean shutdown, 5 clock step, 6 drift, 7 store leader
+/// change, 8 watch loss, 9 slow resource, 10 replication stall, 11 network delay.
+pub fn random_schedule_of(
+    rng: &mut SimRng,
+    cfg: &SimConfig,
+    count: usize,
+    beyond: bool,
+    classes: &[u64],
+) -> Vec<TimedFault> {
     let n = cfg.nodes as u64;
     let ttl = cfg.timing.ttl;
     let env = cfg.envelope();
-    let classes: Vec<u64> = (0..12).filter(|_| rng.chance(500_000)).collect();
-    let classes = if classes.is_empty() { vec![rng.range(0, 11)] } else { classes };
+    let classes = if classes.is_empty() { &[0][..] } else { classes };
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let at = rng.duration(Duration::ZERO, cfg.chaos);
         let node = rng.range(0, n - 1) as usize;
         let short = rng.duration(Duration::from_millis(100), 2 * ttl);
-        let fault = match *rng.pick(&classes) {
+        let fault = match *rng.pick(classes) {
             0 => Fault::StorePartition {
                 node,
                 direction: *rng.pick(&[Direction::Both, Direction::ToStore, Direction::FromStore]),

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 pub use clock::LocalClock;
 pub use config::{Envelope, Knobs, Mutation, SimConfig};
-pub use fault::{Direction, Fault, TimedFault, random_schedule};
+pub use fault::{Direction, Fault, TimedFault, random_schedule, random_schedule_of};
 pub use invariants::{InvariantId, Measured, Violation};
 pub use profile::StoreProfile;
 pub use report::{Report, Timeline};
@@ -136,6 +136,13 @@ impl Scenario {
     pub fn random_faults(mut self, count: usize, beyond: bool) -> Self {
         let mut rng = SimRng::new(self.seed).fork(0xfa);
         self.faults.extend(random_schedule(&mut rng, &self.config, count, beyond));
+        self
+    }
+
+    /// Adds `count` random faults of the given classes ([`random_schedule_of`]).
+    pub fn random_faults_of(mut self, count: usize, beyond: bool, classes: &[u64]) -> Self {
+        let mut rng = SimRng::new(self.seed).fork(0xfa);
+        self.faults.extend(random_schedule_of(&mut rng, &self.config, count, beyond, classes));
         self
     }
 

@@ -177,8 +177,9 @@ pub(crate) struct Slot {
     inbox: Vec<Ev>,
     timer_gen: u64,
     sent: BTreeMap<u64, Instant>,
-    /// Local instant at which the belief ends under the *declared* timing (I6).
-    pub declared_until: Option<Instant>,
+    /// Real instant at which the belief ends under the *declared* timing (I6), as the clock
+    /// ran when the renewal was answered (a later forward step only makes the node stop sooner).
+    pub declared_until: Option<Nanos>,
     pub decision: Option<Decision>,
     last_probe: Vec<PeerReply>,
     /// Newest leader epoch this node has seen in a load (I7).
@@ -195,6 +196,7 @@ pub(crate) struct Slot {
     status_sent: Option<ResourceStatus>,
     pub down: bool,
     restart_after: Option<Duration>,
+    same_instant_timers: u32,
 }
 
 impl Slot {
@@ -258,6 +260,8 @@ pub(crate) struct World {
     checker: Checker,
     hash: u64,
     pub steps: u64,
+    /// Node timers pushed on because they kept firing at one instant.
+    pub timer_spins: u64,
     pub timeline: Timeline,
     node_timing: crate::config::Timing,
 }
@@ -320,6 +324,7 @@ impl World {
                 status_sent: None,
                 down: false,
                 restart_after: None,
+                same_instant_timers: 0,
             });
         }
         let n = cfg.nodes;
@@ -359,6 +364,7 @@ impl World {
             checker: Checker::default(),
             hash: 0xcbf2_9ce4_8422_2325,
             steps: 0,
+            timer_spins: 0,
             timeline,
             node_timing,
         };
@@ -724,7 +730,19 @@ impl World {
         let slot = &mut self.slots[n];
         slot.timer_gen += 1;
         if let Some(t) = timeout {
-            let real = slot.clock.real_when(t, self.now);
+            let mut real = slot.clock.real_when(t, self.now);
+            // Guard against a node whose timer never moves forward: virtual time would stand
+            // still. Push it on and count it (a driver would busy-loop there).
+            if real <= self.now {
+                slot.same_instant_timers += 1;
+                if slot.same_instant_timers > 1000 {
+                    slot.same_instant_timers = 0;
+                    self.timer_spins += 1;
+                    real = self.now + 1_000_000;
+                }
+            } else {
+                slot.same_instant_timers = 0;
+            }
             let generation = slot.timer_gen;
             self.push(real, Ev::Timer { n, generation });
         }
@@ -1042,11 +1060,27 @@ impl World {
 
     fn send_to_store(&mut self, n: usize, req: Req) {
         if self.slots[n].to_store_cut > 0 || self.lost() {
+            self.unknown_as_won(n, &req);
             return;
         }
         let d = self.net_delay();
         let session = self.slots[n].session;
         self.after(d, Ev::Arrive { n, session, req });
+    }
+
+    /// Mutation [`Mutation::UnknownAsWon`]: the driver answers an acquire whose outcome it
+    /// cannot know as won, with a guessed epoch, instead of letting the node re-read.
+    fn unknown_as_won(&mut self, n: usize, req: &Req) {
+        if self.cfg.mutation != Some(Mutation::UnknownAsWon) {
+            return;
+        }
+        let Req::Node(Action::Acquire { id, record }) = req else { return };
+        let epoch = Epoch(self.model.revision() + 1);
+        let lease =
+            Lease { record: record.clone(), epoch, version: Version::new(epoch.0), valid_for: self.cfg.timing.ttl };
+        let inc = self.slots[n].inc;
+        let d = self.cfg.timing.retry_timeout / 2;
+        self.after(d, Ev::Reply { n, inc, reply: Reply::Acquire(*id, Ok(CasOutcome::Won(lease))) });
     }
 
     fn reply(&mut self, n: usize, reply: Reply) {
@@ -1060,6 +1094,7 @@ impl World {
 
     fn store_arrive(&mut self, n: usize, session: SessionId, req: Req) {
         if self.now < self.store_down_until {
+            self.unknown_as_won(n, &req);
             return; // the store is electing a leader: dropped without an answer
         }
         let now = at(self.now);
@@ -1080,17 +1115,17 @@ impl World {
             return;
         }
         if roll >= lost && roll < vanish {
+            self.unknown_as_won(n, &req);
             return; // timed out: not applied, no answer
         }
-        let is_acquire = matches!(req, Req::Node(Action::Acquire { .. }));
         let reply = self.apply(n, session, req, now);
         self.store_changed();
         if roll >= reject && roll < lost {
             // Applied, reply lost: the client sees a timeout, or an explicit unknown outcome.
-            if is_acquire && self.cfg.mutation == Some(Mutation::UnknownAsFailed) {
-                if let Some(Reply::Acquire(id, _)) = reply {
-                    self.reply(n, Reply::Acquire(id, Err(DcsError::unavailable("not applied (mutation)"))));
-                }
+            if let Some(Reply::Acquire(id, Ok(CasOutcome::Won(lease)))) = &reply
+                && self.cfg.mutation == Some(Mutation::UnknownAsWon)
+            {
+                self.reply(n, Reply::Acquire(*id, Ok(CasOutcome::Won(lease.clone()))));
             } else if self.rng.chance(500_000)
                 && let Some(r) = reply.as_ref().and_then(reply_id)
                 && let Some(r) = rejected_id(r, DcsError::unknown("reply lost"))
@@ -1350,7 +1385,8 @@ impl World {
         let status = node.status();
         let now = self.slots[n].local(self.now);
         if status.epoch == Some(epoch) && status.lease_deadline.is_some_and(|d| d > now) {
-            self.slots[n].declared_until = Some(sent + self.cfg.timing.belief_for(valid_for));
+            let local_end = sent + self.cfg.timing.belief_for(valid_for);
+            self.slots[n].declared_until = Some(self.slots[n].clock.real_when(local_end, self.now));
         }
     }
 

@@ -5,7 +5,8 @@
 //! rule 1 ("the node must have finished demoting before that instant ... it never waits for the
 //! store to tell it"). The belief is computed from the *declared* timing: last successful
 //! acquire/renew sent at `s` (local clock) gives `s + ttl * (1 - drift) - safety_margin`.
-//! The resource may keep acting for the envelope's demote and pause allowance after that.
+//! The resource may keep acting for the envelope's demote and pause allowance after that,
+//! measured in real time (a forward clock step only ends the belief sooner).
 //! Envelope-conditional.
 
 use std::collections::BTreeSet;
@@ -24,12 +25,12 @@ impl BoundedDemotion {
         let allowance = env.max_pause + env.max_demote + env.max_slow_extra;
         for (n, slot) in w.slots.iter().enumerate() {
             let (Some(epoch), Some(until)) = (slot.acting(), slot.declared_until) else { continue };
-            let local = slot.local(w.now);
-            if local > until + allowance && self.reported.insert((n, epoch.0)) {
+            if w.now > until + allowance.as_nanos() as u64 && self.reported.insert((n, epoch.0)) {
                 let detail = format!(
-                    "still acts under epoch {} {:.3}s (local) after its declared belief ended",
+                    "still acts under epoch {} {:.3}s after its declared belief ended (allowance {:.3}s)",
                     epoch.0,
-                    (local - until).as_secs_f64()
+                    (w.now - until) as f64 / 1e9,
+                    allowance.as_secs_f64()
                 );
                 f.breach(w, InvariantId::I6, Some(n), true, detail);
             }

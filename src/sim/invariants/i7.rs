@@ -19,7 +19,7 @@ impl EpochsForward {
         }
         for h in happened {
             let Happening::PromoteAsked { node, epoch } = *h else { continue };
-            if epoch.0 <= self.last[node] {
+            if epoch.0 < self.last[node] {
                 let d = format!("promotes under epoch {} after epoch {}", epoch.0, self.last[node]);
                 f.breach(w, InvariantId::I7, Some(node), false, d);
             }

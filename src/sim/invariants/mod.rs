@@ -146,6 +146,8 @@ pub struct Measured {
     pub lost_acked_writes: u64,
     /// Writes the fenced sink rejected.
     pub fenced_rejections: u64,
+    /// Times a node's timer kept firing at one instant (a busy loop in a real driver).
+    pub timer_spins: u64,
 }
 
 /// Where checks put what they find.
@@ -209,5 +211,6 @@ impl Checker {
         self.i4.finish(w, f);
         self.i5.finish(w, f);
         f.measured.fenced_rejections = w.sink.rejected;
+        f.measured.timer_spins = w.timer_spins;
     }
 }

@@ -1,0 +1,194 @@
+//! Properties of the deterministic simulator (feature `sim`): safety inside the envelope over
+//! random seeds and proptest-generated fault schedules (shrunk to a minimal failing schedule on
+//! failure), determinism, and proof that the simulator can fail: each safety rule switched off
+//! (a [`Mutation`]) must produce a violation of its invariant within a bounded number of seeds.
+#![cfg(feature = "sim")]
+
+use std::time::Duration;
+
+use leasehold::sim::{InvariantId, Mutation, Report, Scenario, SimConfig, StoreProfile, strategy};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+
+/// Shorter runs than the default keep CI fast: 40 s of chaos, then the liveness phase.
+fn cfg(nodes: usize, profile: StoreProfile) -> SimConfig {
+    let mut c = SimConfig::new(nodes);
+    c.chaos = Duration::from_secs(40);
+    c.profile = profile;
+    c.liveness = c.liveness_bound() + 2 * c.timing.ttl;
+    c
+}
+
+fn fail_with(r: &Report) -> TestCaseError {
+    TestCaseError::fail(format!("\n{r}"))
+}
+
+#[test]
+fn fault_free_runs_elect_one_leader_on_every_profile() {
+    for profile in StoreProfile::ALL {
+        for nodes in [1, 3, 5] {
+            let r = Scenario::with_config(cfg(nodes, profile)).seed(nodes as u64).run();
+            r.assert_holds(&InvariantId::ALL);
+            assert_eq!(r.measured.overlaps, 0, "{r}");
+            assert!(r.measured.failovers.is_empty(), "a fault-free run never fails over:\n{r}");
+            assert!(r.steps > 1000, "the run did work: {r}");
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_trace_hash() {
+    for (i, profile) in StoreProfile::ALL.into_iter().enumerate() {
+        let s = Scenario::with_config(cfg(3, profile)).seed(1000 + i as u64).random_faults(15, true);
+        let (a, b) = (s.run(), s.run());
+        assert_eq!((a.trace_hash, a.steps), (b.trace_hash, b.steps), "{profile}: same seed must replay exactly");
+        assert_eq!(a.violations, b.violations);
+        let other = Scenario::with_config(cfg(3, profile)).seed(2000 + i as u64).random_faults(15, true).run();
+        assert_ne!(a.trace_hash, other.trace_hash, "{profile}: different seeds, different traces");
+    }
+}
+
+/// A fixed sweep: random seeds, random swarm fault mixes, inside the envelope, every profile,
+/// both replication modes. Every invariant must hold.
+#[test]
+fn sweep_inside_the_envelope_holds_every_invariant() {
+    let mut runs = 0;
+    for profile in StoreProfile::ALL {
+        for seed in 0..150u64 {
+            let nodes = 1 + (seed % 5) as usize;
+            let mut c = cfg(nodes, profile);
+            c.timeline_rows = 200;
+            let r = Scenario::with_config(c).seed(seed).random_faults(12, false).run();
+            assert!(r.within_envelope);
+            r.assert_holds(&InvariantId::ALL);
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 600);
+}
+
+/// Outside the envelope (long pauses, large drift, slow demotes) fencing, promotion rules,
+/// synchronous writes and epochs must still hold; overlap is only measured.
+#[test]
+fn sweep_beyond_the_envelope_keeps_the_unconditional_invariants() {
+    let unconditional = [InvariantId::I2, InvariantId::I3, InvariantId::I5, InvariantId::I7];
+    let mut outside = 0;
+    for profile in StoreProfile::ALL {
+        for seed in 0..80u64 {
+            let c = cfg(3, profile);
+            let r = Scenario::with_config(c).seed(seed).random_faults(15, true).run();
+            r.assert_holds(&unconditional);
+            outside += u64::from(!r.within_envelope);
+        }
+    }
+    assert!(outside > 10, "the sweep must leave the envelope sometimes ({outside})");
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 96, max_shrink_iters: 200, failure_persistence: None, ..Config::default() })]
+
+    /// Explicit fault schedules inside the envelope: proptest shrinks a failure by removing
+    /// faults and shortening them.
+    #[test]
+    fn generated_schedules_inside_the_envelope_are_safe(
+        seed in any::<u64>(),
+        profile in prop_oneof![Just(StoreProfile::Etcd), Just(StoreProfile::ZooKeeper), Just(StoreProfile::Consul), Just(StoreProfile::Kubernetes)],
+        nodes in 1usize..=5,
+        faults in strategy::schedule(5, Duration::from_secs(40), 12, 10_000, 600),
+    ) {
+        let r = Scenario::with_config(cfg(nodes, profile)).seed(seed).faults(faults).run();
+        prop_assert!(r.within_envelope);
+        if !r.is_ok() {
+            return Err(fail_with(&r));
+        }
+    }
+}
+
+/// Runs seeds until the mutated simulator breaks one of `expected`; returns that report.
+fn find(mutation: Mutation, expected: &[InvariantId], seeds: u64, build: impl Fn(u64) -> Scenario) -> Report {
+    for seed in 0..seeds {
+        let r = build(seed).mutation(mutation).run();
+        if expected.iter().any(|id| r.violated(*id)) {
+            println!("{mutation:?} found at seed {seed}:\n{r}");
+            return r;
+        }
+    }
+    panic!("{mutation:?}: no violation of {expected:?} in {seeds} seeds: the simulator cannot see this rule");
+}
+
+#[test]
+fn no_safety_margin_is_caught() {
+    let r = find(Mutation::NoSafetyMargin, &[InvariantId::I1, InvariantId::I1Prime, InvariantId::I6], 50, |seed| {
+        Scenario::with_config(cfg(3, StoreProfile::Etcd)).seed(seed).random_faults_of(8, false, &[0, 6])
+    });
+    assert!(r.within_envelope, "found inside the envelope, where it counts");
+}
+
+#[test]
+fn no_fencing_at_the_sink_is_caught() {
+    find(Mutation::NoFencing, &[InvariantId::I2], 100, |seed| {
+        Scenario::with_config(cfg(3, StoreProfile::Etcd)).seed(seed).random_faults_of(6, true, &[2])
+    });
+    // The same schedules with fencing on: I2 holds, the sink rejected the stale writes.
+    let mut rejected = 0;
+    for seed in 0..30 {
+        let r = Scenario::with_config(cfg(3, StoreProfile::Etcd)).seed(seed).random_faults_of(6, true, &[2]).run();
+        r.assert_holds(&[InvariantId::I2]);
+        rejected += r.measured.fenced_rejections;
+    }
+    assert!(rejected > 0, "fencing must have had something to reject");
+}
+
+#[test]
+fn demote_after_release_is_caught() {
+    find(Mutation::AckDemoteEarly, &[InvariantId::I1Prime], 50, |seed| {
+        Scenario::with_config(cfg(3, StoreProfile::Etcd)).seed(seed).random_faults_of(6, false, &[4])
+    });
+}
+
+#[test]
+fn no_lag_check_is_caught() {
+    find(Mutation::NoLagCheck, &[InvariantId::I3], 50, |seed| {
+        let s = Duration::from_secs;
+        Scenario::with_config(cfg(2, StoreProfile::Etcd))
+            .seed(seed)
+            .fault(s(1), leasehold::sim::Fault::ReplicationStall { node: 0, duration: s(35) })
+            .fault(s(1), leasehold::sim::Fault::ReplicationStall { node: 1, duration: s(35) })
+            .fault(s(15), leasehold::sim::Fault::Crash { node: 0, down_for: s(8) })
+            .fault(s(28), leasehold::sim::Fault::Crash { node: 1, down_for: s(8) })
+    });
+}
+
+#[test]
+fn acting_on_an_unknown_acquire_is_caught() {
+    find(Mutation::UnknownAsWon, &[InvariantId::I1Prime, InvariantId::I1, InvariantId::I2], 60, |seed| {
+        Scenario::with_config(cfg(3, StoreProfile::Etcd)).seed(seed).random_faults_of(10, false, &[0, 3, 7])
+    });
+}
+
+/// proptest finds a failure of the margin mutation and shrinks it to a short schedule, which
+/// is printed with its timeline.
+#[test]
+fn a_failure_shrinks_to_a_small_schedule() {
+    let mut runner =
+        TestRunner::new(Config { cases: 64, max_shrink_iters: 300, failure_persistence: None, ..Config::default() });
+    let strat = (any::<u64>(), strategy::schedule(3, Duration::from_secs(40), 20, 10_000, 600));
+    let result = runner.run(&strat, |(seed, faults)| {
+        let r = Scenario::with_config(cfg(3, StoreProfile::Etcd))
+            .seed(seed)
+            .faults(faults)
+            .mutation(Mutation::NoSafetyMargin)
+            .run();
+        if r.violated(InvariantId::I6) || r.violated(InvariantId::I1) || r.violated(InvariantId::I1Prime) {
+            return Err(fail_with(&r));
+        }
+        Ok(())
+    });
+    match result {
+        Err(TestError::Fail(reason, (seed, faults))) => {
+            println!("shrunk to {} faults (seed {seed}):{reason}", faults.len());
+            assert!(faults.len() <= 10, "shrinking left {} faults", faults.len());
+        }
+        other => panic!("the margin mutation was not found: {other:?}"),
+    }
+}
