@@ -97,7 +97,6 @@ proptest! {
         faults in strategy::schedule(5, Duration::from_secs(40), 12, 10_000, 600),
     ) {
         let r = Scenario::with_config(cfg(nodes, profile)).seed(seed).faults(faults).run();
-        prop_assert!(r.within_envelope);
         if !r.is_ok() {
             return Err(fail_with(&r));
         }

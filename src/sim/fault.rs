@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::config::{Envelope, SimConfig};
+use super::profile::StoreProfile;
 use super::rng::SimRng;
 
 /// Which direction of a node's link to the store is cut.
@@ -131,8 +132,13 @@ impl Fault {
 
     /// Whether this fault stays inside `env`, where leases alone must prevent two acting
     /// primaries (I1). Outside it only fencing protects, and overlap is measured instead.
-    pub fn within(&self, env: &Envelope, max_drift_ppm: u32) -> bool {
+    ///
+    /// A forward clock step is harmless where the holder alone times its belief, but on
+    /// Kubernetes observers time the holder's lease on their own clocks (client-go rule), so a
+    /// step larger than the envelope's budget lets an observer take over early: outside.
+    pub fn within(&self, env: &Envelope, max_drift_ppm: u32, profile: StoreProfile) -> bool {
         match self {
+            Fault::ClockStep { forward, .. } if profile == StoreProfile::Kubernetes => *forward <= env.max_pause,
             Fault::Pause { duration, .. } => *duration <= env.max_pause,
             Fault::Drift { ppm, .. } => ppm.unsigned_abs() <= max_drift_ppm,
             Fault::SlowResource { extra, .. } => *extra <= env.max_slow_extra,

@@ -273,7 +273,7 @@ impl World {
         let env = cfg.envelope();
         faults.retain(|f| f.at < cfg.chaos && f.fault.node().is_none_or(|n| n < cfg.nodes));
         faults.sort_by_key(|f| f.at);
-        let within_envelope = faults.iter().all(|f| f.fault.within(&env, cfg.timing.max_drift_ppm));
+        let within_envelope = faults.iter().all(|f| f.fault.within(&env, cfg.timing.max_drift_ppm, cfg.profile));
         let mut node_timing = cfg.timing.clone();
         match cfg.mutation {
             Some(Mutation::NoSafetyMargin) => {
