@@ -106,6 +106,13 @@ mod sweep {
     }
 
     pub fn main() -> ExitCode {
+        // RUST_LOG=leasehold=debug shows the nodes' own log lines next to a replay.
+        if std::env::var_os("RUST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_writer(std::io::stderr)
+                .init();
+        }
         let a = match parse() {
             Ok(a) => a,
             Err(e) => {

@@ -88,8 +88,10 @@ pub struct ElectionFacts<'a> {
     pub peers: &'a [PeerReply],
     /// The cluster is paused.
     pub paused: bool,
-    /// Synchronous mode is on and this is the sync state (`None` with synchronous mode on
-    /// means no member is known to be synchronous).
+    /// Synchronous mode is on and this is the sync state. `Some(None)`: no sync key yet, so no
+    /// write was ever acknowledged synchronously (a leader writes the key naming itself before
+    /// it promotes), and any member may race, as in Patroni where an empty sync state restricts
+    /// nobody.
     pub synchronous: Option<Option<&'a SyncRecord>>,
     /// A pending manual switchover or failover.
     pub failover: Option<&'a FailoverRecord>,
@@ -215,8 +217,8 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
             return No(Reason::ManualFailoverToOther { candidate: candidate.to_string() });
         }
     }
-    if let Some(sync) = f.synchronous
-        && !sync.is_some_and(|s| s.contains(&me.name))
+    if let Some(Some(sync)) = f.synchronous
+        && !sync.contains(&me.name)
     {
         return No(Reason::NotInSyncSet);
     }

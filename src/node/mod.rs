@@ -523,18 +523,8 @@ impl Node {
         match (f.op, result) {
             (StoreOp::Publish(record), Ok(_)) => self.published = Some(record),
             (StoreOp::Write { then, .. }, Ok(won)) => self.after_write(then, won, now),
-            (StoreOp::Write { then: AfterWrite::Admin(admin), .. }, Err(e)) => {
-                tracing::warn!(node = %self.cfg.name, error = %e, "admin write failed");
-                self.events.push_back(NodeEvent::AdminDone { id: admin, ok: false });
-            }
-            (StoreOp::Write { then: AfterWrite::PromoteAfterSync, .. }, Err(e)) => {
-                // Try again next cycle; promotion waits (Patroni postpones it too).
-                tracing::warn!(node = %self.cfg.name, error = %e, "could not write the sync key before promoting");
-                self.promote_waits_for_sync = None;
-            }
             (_, Ok(_)) => {}
-            (_, Err(e)) if e.is_fatal() => self.fatal(e, now),
-            (_, Err(e)) => tracing::info!(node = %self.cfg.name, error = %e, "store write failed; retried next cycle"),
+            (op, Err(e)) => self.on_store_error(op, e, now),
         }
         self.pump(now);
     }
@@ -930,6 +920,11 @@ impl Node {
         }
         if self.sync_on() {
             let Some(view) = &self.view else { return };
+            if self.view_stale {
+                // The sync key is written by compare-and-set, so only from a fresh view; the
+                // queued read brings us back here through the leader's duties.
+                return;
+            }
             let mine =
                 view.sync.as_ref().is_some_and(|s| s.value.leader == self.cfg.name && s.value.sync_standby.is_empty());
             if !mine {
@@ -1109,7 +1104,8 @@ impl Node {
                 let epoch = self.promote_waits_for_sync.take();
                 match (won, epoch, &self.held) {
                     (true, Some(e), Some(h)) if h.lease.epoch == e && now < h.acting_until => self.promote(e, now),
-                    _ => {} // lost the CAS or the lease: the next cycle decides again
+                    // Lost the CAS or the lease: re-read, and the next cycle decides again.
+                    _ => self.view_stale = true,
                 }
             }
             AfterWrite::SetStandbys(names) => {
@@ -1214,6 +1210,21 @@ impl Node {
     }
 
     fn on_store_error(&mut self, op: StoreOp, e: DcsError, now: Instant) {
+        // Whoever waits on a write hears of its failure, also when the store call timed out.
+        match &op {
+            StoreOp::Write { then: AfterWrite::Admin(admin), .. } => {
+                tracing::warn!(node = %self.cfg.name, error = %e, "admin write failed");
+                self.events.push_back(NodeEvent::AdminDone { id: *admin, ok: false });
+            }
+            StoreOp::Write { then: AfterWrite::PromoteAfterSync, .. } => {
+                // Promotion waits (Patroni postpones it too); the write may have been applied,
+                // so re-read before the next attempt rather than repeat a stale compare-and-set.
+                tracing::warn!(node = %self.cfg.name, error = %e, "could not write the sync key before promoting");
+                self.promote_waits_for_sync = None;
+                self.view_stale = true;
+            }
+            _ => {}
+        }
         if e.is_fatal() {
             self.fatal(e, now);
             return;
@@ -1228,6 +1239,7 @@ impl Node {
                 self.lose_lease(now, DemoteMode::ImmediateNoLock, "session or lease lost");
             }
             StoreOp::Renew => self.renew_failed(e, now),
+            StoreOp::Write { then: AfterWrite::Admin(_) | AfterWrite::PromoteAfterSync, .. } => {}
             StoreOp::Load => {
                 tracing::info!(node = %self.cfg.name, error = %e, "load failed");
                 // Retry soon; a leader keeps renewing regardless.

@@ -298,6 +298,61 @@ fn an_accepted_admin_request_starts_a_cycle_at_once() {
     assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Load { .. })), "the leader re-reads at once");
 }
 
+/// Found by the simulator (synchronous mode, a reply lost): a sync-key write that timed out
+/// left the node waiting for it forever, holding the key without ever promoting.
+#[test]
+fn a_sync_key_write_that_times_out_is_retried_and_the_leader_promotes() {
+    let mut cfg = NodeConfig::new("a", 0xabc);
+    cfg.timing = Timing::fast();
+    cfg.synchronous_mode = true;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    let actions = drain(&mut n);
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::WriteControl { key: ControlKey::Sync, .. })),
+        "the sync key is written before promoting: {actions:?}"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::Promote { .. })));
+    // No answer: the write's deadline (retry_timeout) passes; its outcome is unknown.
+    n.handle_timeout(at(1600));
+    let mut promoted = false;
+    let mut now = 1600;
+    let mut sync_written = false;
+    while now < 4000 && !promoted {
+        for a in drain(&mut n) {
+            match a {
+                Action::Renew { id, .. } => n.handle_renew(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(now)),
+                Action::Load { id } => {
+                    let mut view = view_with(Some(leader_view("a", &record.token, 7)));
+                    // The timed-out write had been applied after all.
+                    view.sync = Some(Versioned {
+                        value: SyncRecord { leader: "a".into(), sync_standby: Vec::new() },
+                        version: Version::new(9),
+                    });
+                    n.handle_load(id, Ok(view), at(now));
+                }
+                Action::WriteControl { id, key, .. } => {
+                    sync_written |= key == ControlKey::Sync;
+                    n.handle_write(id, Ok(true), at(now));
+                }
+                Action::PublishMember { id, .. } | Action::DeleteControl { id, .. } => {
+                    n.handle_write(id, Ok(true), at(now))
+                }
+                Action::Promote { epoch } => {
+                    assert_eq!(epoch, Epoch(7));
+                    promoted = true;
+                }
+                _ => {}
+            }
+        }
+        now += 50;
+        n.handle_timeout(at(now));
+    }
+    assert!(promoted, "the leader never promoted after the sync write timed out");
+    assert!(!sync_written, "the re-read showed the key already names us; no second write needed");
+}
+
 #[test]
 fn ineligible_member_does_not_race() {
     let mut cfg = NodeConfig::new("a", 1);
