@@ -8,15 +8,18 @@ BASE=$(dirname "$PGDATA")
 SOCK=$BASE/sock
 LOG=$BASE/postgres.log
 ROLE_FILE=$BASE/last_role   # primary | replica: whether a rewind is needed before following
-mkdir -p "$SOCK"
+# The status hook runs every second: this preamble forks as little as it can (one `id`, and
+# `mkdir` / `chown` only while the socket directory is not yet the postgres user's).
+[ -d "$SOCK" ] || mkdir -p "$SOCK"
+if [ "$(id -u)" = 0 ]; then
+  AS_ROOT=1
+  [ -O "$SOCK" ] && chown postgres "$BASE" "$SOCK" 2>/dev/null || true
+else
+  AS_ROOT=
+fi
 
 as_pg() {
-  if [ "$(id -u)" = 0 ]; then
-    chown postgres "$BASE" "$SOCK" 2>/dev/null || true
-    runuser -u postgres -- "$@"
-  else
-    "$@"
-  fi
+  if [ -n "$AS_ROOT" ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 has_data() { [ -s "$PGDATA/PG_VERSION" ]; }
 is_running() { has_data && as_pg "$PGBIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
