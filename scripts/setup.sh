@@ -4,7 +4,7 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-PACKAGES=(protobuf-compiler libprotobuf-dev etcd-server etcd-client zookeeper default-jre-headless postgresql curl)
+PACKAGES=(protobuf-compiler libprotobuf-dev libssl-dev pkg-config etcd-server etcd-client zookeeper default-jre-headless postgresql curl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

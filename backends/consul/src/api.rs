@@ -400,9 +400,6 @@ impl Api {
 
 #[cfg(feature = "tls")]
 fn tls(builder: reqwest::ClientBuilder, options: &ConsulOptions) -> Result<reqwest::ClientBuilder, DcsError> {
-    // reqwest is built without a crypto provider (its default, aws-lc, needs cmake); ring
-    // is installed unless the application installed one already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let Some(tls) = &options.tls else { return Ok(builder) };
     let read = |field: &str, path: &std::path::Path| {
         std::fs::read(path)
@@ -416,15 +413,16 @@ fn tls(builder: reqwest::ClientBuilder, options: &ConsulOptions) -> Result<reqwe
         builder = builder.add_root_certificate(cert);
     }
     if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
-        let mut pem = read("client_cert", cert)?;
-        pem.push(b'\n');
-        pem.extend(read("client_key", key)?);
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            DcsError::fatal_with(
-                format!("consul option tls.client_cert/client_key: not a PEM certificate and key: {e}"),
-                e,
-            )
-        })?;
+        let identity = reqwest::Identity::from_pkcs8_pem(&read("client_cert", cert)?, &read("client_key", key)?)
+            .map_err(|e| {
+                DcsError::fatal_with(
+                    format!(
+                        "consul option tls.client_cert/client_key: not a PEM certificate and PKCS#8 key \
+                         (\"BEGIN PRIVATE KEY\"): {e}"
+                    ),
+                    e,
+                )
+            })?;
         builder = builder.identity(identity);
     }
     Ok(builder)

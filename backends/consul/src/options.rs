@@ -24,7 +24,7 @@ pub struct ConsulTls {
     pub ca_cert: Option<PathBuf>,
     /// PEM file of the client certificate, for agents with `verify_incoming`.
     pub client_cert: Option<PathBuf>,
-    /// PEM file of the client certificate's private key.
+    /// PEM file of the client certificate's private key, PKCS#8 (`BEGIN PRIVATE KEY`).
     pub client_key: Option<PathBuf>,
 }
 
