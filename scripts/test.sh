@@ -20,7 +20,7 @@ step "cargo doc --workspace --no-deps --all-features"
 cargo doc --workspace --no-deps --all-features
 
 step "cargo test --workspace --all-features"
-cargo test --workspace --all-features -- --test-threads=2
+cargo test --workspace --all-features --no-fail-fast -- --test-threads=2
 
 # Benches and examples are compiled by clippy --all-targets above; building them again in the
 # release profile would double CI's compile time for no extra check.
