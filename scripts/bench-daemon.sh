@@ -106,7 +106,13 @@ start_cluster() { # <profile> <rep> <ttl> <loop_wait> <retry_timeout>
   record "$1" "bootstrap_writable" "$(lh_since "$t0")"
   lh_wait_until 240 replicas_ready || { note "replicas did not catch up"; tail -5 "$RDIR"/n*.log >&2; return 1; }
   record "$1" "bootstrap_streaming" "$(lh_since "$t0")"
+  # A member registers its key once per loop_wait; ctl refuses a candidate not yet registered.
+  lh_wait_until 60 members_registered || { note "not all members registered"; return 1; }
+  # The leader checks a switchover candidate against the cluster view of its last HA loop
+  # (see notes/daemon-bench.md): give it one loop_wait to see every member.
+  sleep "$(( $4 + 1 ))"
 }
+members_registered() { [ "$(lh_member_count "$SCOPE")" = 3 ]; }
 
 stop_cluster() {
   local i
@@ -206,16 +212,22 @@ for profile in $PROFILES; do
   esac
   for rep in $(seq "$REPS"); do
     say "$profile (ttl $TTL, loop_wait $LW, retry_timeout $RT): repetition $rep/$REPS"
-    start_cluster "$profile" "$rep" "$TTL" "$LW" "$RT"
+    if ! start_cluster "$profile" "$rep" "$TTL" "$LW" "$RT"; then
+      record "$profile" "bootstrap_failed" 1; stop_cluster; continue
+    fi
     if [ "$rep" = 1 ] && [ "$IDLE" -gt 0 ]; then
       note "idle window ${IDLE}s"
       idle_window "$profile" "$IDLE"
     fi
-    switchover "$profile"
-    # The old leader rejoins as a replica before the crash, as in Patroni's runs.
-    lh_wait_until 120 replicas_ready || note "(replicas still catching up before the crash)"
-    sleep 1
-    crash "$profile"
+    # A failed step is counted and the next repetition starts on a fresh cluster.
+    if switchover "$profile"; then
+      # The old leader rejoins as a replica before the crash, as in Patroni's runs.
+      lh_wait_until 120 replicas_ready || note "(replicas still catching up before the crash)"
+      sleep 1
+      crash "$profile" || record "$profile" "crash_failed" 1
+    else
+      record "$profile" "switchover_failed" 1
+    fi
     stop_cluster
   done
 done

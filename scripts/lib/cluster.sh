@@ -131,6 +131,15 @@ lh_leader_key() {
   printf '%s %s\n' "$(printf '%s' "$val" | base64 -d 2>/dev/null | sed -n 's/.*"member":"\([^"]*\)".*/\1/p')" "${lease:-0}"
 }
 
+# lh_member_count <scope>: how many keys are under /service/<scope>/members/.
+lh_member_count() {
+  local from to
+  from=$(printf '/service/%s/members/' "$1" | base64 -w0)
+  to=$(printf '/service/%s/members0' "$1" | base64 -w0) # the prefix's end: '/' + 1 = '0'
+  curl -s -m 1 -X POST "$LH_EP/v3/kv/range" -d "{\"key\":\"$from\",\"range_end\":\"$to\",\"count_only\":true}" \
+    | sed -n 's/.*"count":"\([0-9]*\)".*/\1/p'
+}
+
 # lh_lease_ttl <lease id>: seconds left on an etcd lease.
 lh_lease_ttl() {
   curl -s -m 1 -X POST "$LH_EP/v3/lease/timetolive" -d "{\"ID\":\"$1\"}" | sed -n 's/.*"TTL":"\([^"]*\)".*/\1/p'
