@@ -249,6 +249,7 @@ enum Done {
     Promoted(Result<(), String>),
     Demoted(Result<(), String>),
     WatchdogFailed,
+    FollowFailed,
     Status(ResourceStatus),
 }
 
@@ -492,6 +493,7 @@ impl Driver {
                 n.handle_demoted(r, now)
             }
             Done::WatchdogFailed => n.handle_watchdog_failed(now),
+            Done::FollowFailed => n.handle_follow_failed(now),
             Done::Status(s) => {
                 self.resource_status = s.clone();
                 n.handle_resource_status(s, now)
@@ -679,17 +681,22 @@ async fn resource_worker(
                     tracing::error!(error = %e, "cannot disarm the watchdog");
                 }
             }
+            // A role change is followed by a fresh status at once, so that peers probing this
+            // member (and the node's own rules) do not see the old role for a polling interval.
             ResourceCmd::Promote(epoch) => {
                 let r = resource.promote(epoch).await;
                 let _ = tx.send(Done::Promoted(r));
+                let _ = tx.send(Done::Status(resource.status().await));
             }
             ResourceCmd::Demote(mode) => {
                 let r = resource.demote(mode).await;
                 let _ = tx.send(Done::Demoted(r));
+                let _ = tx.send(Done::Status(resource.status().await));
             }
             ResourceCmd::Follow(leader, url) => {
                 if let Err(e) = resource.follow(leader.as_deref(), url.as_deref()).await {
-                    tracing::warn!(error = %e, "follow failed");
+                    tracing::warn!(error = %e, "follow failed; asking again at the next read");
+                    let _ = tx.send(Done::FollowFailed);
                 }
             }
             ResourceCmd::SetSync(names) => {

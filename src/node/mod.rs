@@ -654,6 +654,12 @@ impl Node {
         self.pump(now);
     }
 
+    /// The resource could not follow the leader named by the last [`Action::Follow`] (for
+    /// example the leader was still initialising). The next read of the cluster asks again.
+    pub fn handle_follow_failed(&mut self, _now: Instant) {
+        self.followed = None;
+    }
+
     /// The watchdog could not be armed.
     pub fn handle_watchdog_failed(&mut self, now: Instant) {
         self.watchdog = WatchdogHealth::Failed;

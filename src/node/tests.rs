@@ -354,6 +354,27 @@ fn a_sync_key_write_that_times_out_is_retried_and_the_leader_promotes() {
 }
 
 #[test]
+fn a_failed_follow_is_asked_again_at_the_next_read() {
+    let mut n = node("b");
+    n.handle_timeout(at(0));
+    let follows = |actions: &[Action]| actions.iter().filter(|a| matches!(a, Action::Follow { .. })).count();
+    let mut load_with_leader = |n: &mut Node, t: u64| {
+        let load = drain(n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+        n.handle_load(load.expect("a read"), Ok(view_with(Some(leader_view("a", "x", 3)))), at(t));
+        answer_writes(n, at(t))
+    };
+    let first = load_with_leader(&mut n, 10);
+    assert_eq!(follows(&first), 1, "{first:?}");
+    // Same leader, follow succeeded: not asked again.
+    n.handle_timeout(at(1000));
+    assert_eq!(follows(&load_with_leader(&mut n, 1010)), 0);
+    // Follow failed: the next read asks again.
+    n.handle_follow_failed(at(1020));
+    n.handle_timeout(at(2000));
+    assert_eq!(follows(&load_with_leader(&mut n, 2010)), 1);
+}
+
+#[test]
 fn ineligible_member_does_not_race() {
     let mut cfg = NodeConfig::new("a", 1);
     cfg.timing = Timing::fast();
