@@ -358,7 +358,7 @@ fn a_failed_follow_is_asked_again_at_the_next_read() {
     let mut n = node("b");
     n.handle_timeout(at(0));
     let follows = |actions: &[Action]| actions.iter().filter(|a| matches!(a, Action::Follow { .. })).count();
-    let mut load_with_leader = |n: &mut Node, t: u64| {
+    let load_with_leader = |n: &mut Node, t: u64| {
         let load = drain(n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
         n.handle_load(load.expect("a read"), Ok(view_with(Some(leader_view("a", "x", 3)))), at(t));
         answer_writes(n, at(t))
