@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release --features sim --example sim_sweep -- --iterations 2000 --profile consul --nodes 5
 //! cargo run --release --features sim --example sim_sweep -- --reproduce 1234 --profile etcd --nodes 3
+//! cargo run --release --features sim --example sim_sweep -- --reproduce 7 --profile etcd --svg run.svg
 //! ```
 #![allow(clippy::disallowed_methods)] // wall-clock time only for the speed figure
 
@@ -38,6 +39,7 @@ mod sweep {
         beyond: bool,
         mutation: Option<Mutation>,
         chaos: Duration,
+        svg: Option<String>,
     }
 
     fn parse() -> Result<Args, String> {
@@ -52,6 +54,7 @@ mod sweep {
             beyond: false,
             mutation: None,
             chaos: Duration::from_secs(120),
+            svg: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -71,6 +74,7 @@ mod sweep {
                 "--faults" => a.faults = num(val()?)? as usize,
                 "--chaos-secs" => a.chaos = Duration::from_secs(num(val()?)?),
                 "--sync" => a.sync = true,
+                "--svg" => a.svg = Some(val()?),
                 "--beyond" => a.beyond = true,
                 "--mutation" => {
                     let v = val()?;
@@ -82,7 +86,7 @@ mod sweep {
                     );
                 }
                 "--help" | "-h" => {
-                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N]".into());
+                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N] [--svg PATH (with --reproduce)]".into());
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
             }
@@ -120,9 +124,20 @@ mod sweep {
                 return ExitCode::from(2);
             }
         };
+        if a.svg.is_some() && a.reproduce.is_none() {
+            eprintln!("--svg needs --reproduce SEED (the picture is of one run)");
+            return ExitCode::from(2);
+        }
         if let Some(seed) = a.reproduce {
             let r = scenario(&a, a.profiles[0], seed).run();
             println!("{r}");
+            if let Some(path) = &a.svg {
+                if let Err(e) = std::fs::write(path, r.svg()) {
+                    eprintln!("--svg: cannot write {path}: {e}");
+                    return ExitCode::from(2);
+                }
+                eprintln!("wrote the timeline picture to {path}");
+            }
             return if r.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE };
         }
         let mut failed = false;

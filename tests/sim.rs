@@ -210,3 +210,78 @@ fn a_failure_shrinks_to_a_small_schedule() {
         other => panic!("the margin mutation was not found: {other:?}"),
     }
 }
+
+/// Checks that `svg` is well-formed enough for a browser: every tag closes, in order, and
+/// attribute values are quoted. Returns the element names seen.
+fn check_svg(svg: &str) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut seen = Vec::new();
+    let mut rest = svg;
+    while let Some(open) = rest.find('<') {
+        let close = rest[open..].find('>').expect("unterminated tag") + open;
+        let tag = &rest[open + 1..close];
+        assert!(!tag.contains('<'), "'<' inside a tag: {tag}");
+        assert_eq!(tag.matches('"').count() % 2, 0, "unbalanced quotes in <{tag}>");
+        let text = &rest[..open];
+        assert!(!text.contains('>'), "stray '>' in text {text:?}");
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(stack.pop().as_deref(), Some(name), "closing </{name}> out of order");
+        } else {
+            let name = tag.split(|c: char| c.is_whitespace() || c == '/').next().unwrap_or("").to_string();
+            assert!(!name.is_empty(), "empty tag name");
+            seen.push(name.clone());
+            if !tag.ends_with('/') {
+                stack.push(name);
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    assert!(stack.is_empty(), "unclosed tags {stack:?}");
+    assert!(rest.trim().is_empty(), "text after the root element");
+    seen
+}
+
+/// The SVG picture of a crash failover plus a partition is well-formed and shows a promotion
+/// mark for every promotion of the run, on the right node, under the right epoch.
+#[test]
+fn svg_timeline_of_a_failover_is_well_formed_and_marks_every_promotion() {
+    use leasehold::sim::{Direction, Fault};
+    let s = Duration::from_secs;
+    let r = Scenario::with_config(cfg(3, StoreProfile::Etcd))
+        .seed(7)
+        .fault(s(8), Fault::Crash { node: 0, down_for: s(6) })
+        .fault(s(8), Fault::Crash { node: 1, down_for: s(6) })
+        .fault(s(8), Fault::Crash { node: 2, down_for: s(6) })
+        .fault(s(20), Fault::StorePartition { node: 0, direction: Direction::Both, duration: s(5) })
+        .fault(s(20), Fault::StorePartition { node: 1, direction: Direction::Both, duration: s(5) })
+        .fault(s(20), Fault::StorePartition { node: 2, direction: Direction::Both, duration: s(5) })
+        .run();
+    r.assert_holds(&InvariantId::ALL);
+    // Everybody crashed and everybody was cut off once: at least three leaders.
+    let promotions = r.picture.promotions();
+    assert!(promotions.len() >= 3, "expected failovers:\n{r}");
+    let svg = r.svg();
+    let elements = check_svg(&svg);
+    assert_eq!(elements.first().map(String::as_str), Some("svg"));
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    for p in promotions {
+        let mark = format!(
+            "class=\"promotion\" data-node=\"{}\" data-epoch=\"{}\" data-at-ns=\"{}\"",
+            p.node,
+            p.epoch.expect("a promotion has an epoch").0,
+            p.at.as_nanos()
+        );
+        assert!(svg.contains(&mark), "no mark {mark}");
+    }
+    assert_eq!(svg.matches("class=\"promotion\"").count(), promotions.len());
+    // The picture agrees with the text timeline: every "promote(epoch N)" there was carried out.
+    let text = r.timeline.render(3);
+    for p in promotions {
+        let needle = format!("n{} promote(epoch {})", p.node, p.epoch.map_or(0, |e| e.0));
+        assert!(text.contains(&needle), "{needle} not in the text timeline:\n{text}");
+    }
+    for class in ["role primary", "role replica", "role down", "belief", "key", "store-cut", "write", "fault"] {
+        assert!(svg.contains(&format!("class=\"{class}")), "no {class} element");
+    }
+    assert!(!r.picture.demotions().is_empty(), "the store cut makes the leader demote");
+}

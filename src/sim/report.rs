@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::config::SimConfig;
 use super::fault::TimedFault;
 use super::invariants::{Checker, InvariantId, Measured, Violation};
+use super::picture::Picture;
 use super::world::World;
 
 /// A column timeline: one row each time a node's glyphs change, plus annotated rows for
@@ -95,6 +96,8 @@ pub struct Report {
     pub trace_hash: u64,
     /// The timeline.
     pub timeline: Timeline,
+    /// Per-node intervals and marks, drawn by [`svg`](Report::svg).
+    pub picture: Picture,
 }
 
 impl Report {
@@ -110,6 +113,7 @@ impl Report {
             steps: w.steps,
             trace_hash: w.trace_hash(),
             timeline: w.timeline.clone(),
+            picture: w.picture.clone(),
         }
     }
 
@@ -133,6 +137,31 @@ impl Report {
         if ids.iter().any(|id| self.violated(*id)) {
             panic!("{self}");
         }
+    }
+
+    /// The run as a self-contained SVG timeline: a row per node with bars for the role
+    /// (primary, promoting, demoting, replica, paused, down), the lease belief, the store key,
+    /// store and peer partitions; marks for promotions, demotions, client writes, faults and
+    /// violations; a time axis and a legend. Empty rows when the run kept no timeline
+    /// (`SimConfig::timeline_rows == 0`).
+    pub fn svg(&self) -> String {
+        let c = &self.config;
+        let title = format!(
+            "seed {} | {} | {} nodes{} | {} faults | {}",
+            self.seed,
+            c.profile,
+            c.nodes,
+            if c.synchronous { " | sync" } else { "" },
+            self.faults.len(),
+            if self.violations.is_empty() {
+                "no violations".to_string()
+            } else {
+                format!("{} violations", self.violations.len())
+            }
+        );
+        let faults: Vec<_> = self.faults.iter().map(|f| (f.at, f.fault.node(), f.to_string())).collect();
+        let violations: Vec<_> = self.violations.iter().map(|v| (v.at, v.node, v.to_string())).collect();
+        self.picture.svg(&title, &faults, &violations)
     }
 
     /// The command that replays this run with the sweep example.

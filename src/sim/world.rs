@@ -8,6 +8,7 @@ use super::clock::LocalClock;
 use super::config::{Knobs, Mutation, SimConfig};
 use super::fault::{Direction, Fault, TimedFault};
 use super::invariants::{Checker, Decision, Happening};
+use super::picture::{NodeState, Picture, RoleBar};
 use super::profile::StoreProfile;
 use super::report::{Report, Timeline};
 use super::resource::{Entry, FencedSink, Role, SimResource};
@@ -263,6 +264,10 @@ pub(crate) struct World {
     /// Node timers pushed on because they kept firing at one instant.
     pub timer_spins: u64,
     pub timeline: Timeline,
+    /// Per-node intervals and marks for the SVG (empty without a timeline).
+    pub picture: Picture,
+    /// Acknowledged writes already counted in the picture.
+    pictured_acks: usize,
     node_timing: crate::config::Timing,
 }
 
@@ -329,6 +334,7 @@ impl World {
         }
         let n = cfg.nodes;
         let timeline = Timeline::new(cfg.timeline_rows);
+        let picture = if cfg.timeline_rows > 0 { Picture::new(n, end) } else { Picture::default() };
         let mut w = World {
             sink: FencedSink { enforce: cfg.mutation != Some(Mutation::NoFencing), ..FencedSink::default() },
             cfg,
@@ -366,6 +372,8 @@ impl World {
             steps: 0,
             timer_spins: 0,
             timeline,
+            picture,
+            pictured_acks: 0,
             node_timing,
         };
         for i in 0..n {
@@ -464,10 +472,52 @@ impl World {
         let fresh: Vec<String> = checker.found.violations[before..].iter().map(|v| format!("VIOLATION {v}")).collect();
         self.checker = checker;
         self.happened = happened;
+        self.picture_step();
         self.happened.clear();
         self.row_if_changed();
         for f in fresh {
             self.row(&f);
+        }
+    }
+
+    /// Records what the SVG picture shows: node states, promotions, acknowledged writes.
+    fn picture_step(&mut self) {
+        if self.timeline.capacity() == 0 {
+            return;
+        }
+        for h in &self.happened {
+            if let Happening::BecamePrimary { node, epoch } = *h {
+                self.picture.promotion(self.now, node, epoch);
+            }
+        }
+        for a in &self.acked[self.pictured_acks..] {
+            self.picture.write(a.at, a.node);
+        }
+        self.pictured_acks = self.acked.len();
+        let nodes = self.slots.len();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let role = if slot.node.is_none() {
+                RoleBar::Down
+            } else if slot.paused {
+                RoleBar::Paused
+            } else if slot.acting().is_some() {
+                RoleBar::Primary
+            } else if matches!(slot.res_busy, Some(ResOp::Promote(_))) {
+                RoleBar::Promoting
+            } else if matches!(slot.res_busy, Some(ResOp::Demote)) {
+                RoleBar::Demoting
+            } else {
+                RoleBar::Replica
+            };
+            let peer_cut = (0..nodes).any(|j| self.peer_cut[i * nodes + j] > 0 || self.peer_cut[j * nodes + i] > 0);
+            let state = NodeState {
+                role,
+                belief: slot.node.is_some() && slot.declared_until.is_some_and(|u| u > self.now),
+                holds_key: self.lease.is_some_and(|l| l.node == i),
+                store_cut: slot.to_store_cut + slot.from_store_cut > 0,
+                peer_cut,
+            };
+            self.picture.state(i, self.now, state);
         }
     }
 
@@ -974,6 +1024,9 @@ impl World {
                 }
             }
             ResOp::Demote => {
+                if self.slots[n].res.primary_epoch().is_some() {
+                    self.picture.demotion(self.now, n);
+                }
                 let res = &mut self.slots[n].res;
                 res.role = Role::Replica(None);
                 res.pending_sync.clear();
