@@ -23,16 +23,21 @@ pub enum Mutation {
     /// The driver treats an acquire whose outcome is unknown (request or reply lost) as won,
     /// instead of letting the node re-read (DESIGN.md rule 3). Expected: I1'.
     UnknownAsWon,
+    /// The resource confirms a synchronous standby as soon as it is configured, before the
+    /// standby is connected and has caught up, so the leader grows the sync key to a standby
+    /// that lacks writes acknowledged by the previous one. Expected: I5.
+    ConfirmSyncEarly,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 6] = [
         Mutation::NoSafetyMargin,
         Mutation::NoFencing,
         Mutation::AckDemoteEarly,
         Mutation::NoLagCheck,
         Mutation::UnknownAsWon,
+        Mutation::ConfirmSyncEarly,
     ];
 }
 

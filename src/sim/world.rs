@@ -825,7 +825,9 @@ impl World {
     fn status_of(&self, n: usize) -> ResourceStatus {
         let slot = &self.slots[n];
         let primary = slot.res.primary_epoch().is_some();
-        let sync_confirmed = if primary {
+        let sync_confirmed = if primary && self.cfg.mutation == Some(Mutation::ConfirmSyncEarly) {
+            slot.res.sync_standbys.clone()
+        } else if primary {
             slot.res
                 .sync_standbys
                 .iter()
@@ -835,6 +837,7 @@ impl World {
                             && self.slots[j].res.role == Role::Replica(Some(n))
                             && self.peer_ok(n, j)
                             && self.peer_ok(j, n)
+                            && self.caught_up(j, n)
                     })
                 })
                 .cloned()
@@ -849,6 +852,16 @@ impl World {
             timeline: None,
             sync_confirmed,
         }
+    }
+
+    /// Whether standby `j` holds every write of primary `n` that is not waiting for a
+    /// synchronous copy (PostgreSQL reports a standby `sync` only once it has caught up;
+    /// connected is not enough). Logs that agree at one index agree before it (write ids
+    /// are unique and replicas copy prefixes), so one comparison suffices.
+    fn caught_up(&self, j: usize, n: usize) -> bool {
+        let (standby, primary) = (&self.slots[j].res.log, &self.slots[n].res);
+        let need = primary.pending_sync.iter().map(|(idx, _)| *idx).min().unwrap_or(primary.log.len());
+        need == 0 || (standby.len() >= need && standby[need - 1] == primary.log[need - 1])
     }
 
     fn feed_status(&mut self, n: usize) {
