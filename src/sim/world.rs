@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::Duration;
 
 use super::clock::LocalClock;
-use super::config::{Knobs, Mutation, SimConfig};
+use super::config::{Envelope, Knobs, Mutation, SimConfig};
 use super::fault::{Direction, Fault, TimedFault};
 use super::invariants::{Checker, Decision, Happening};
 use super::picture::{NodeState, Picture, RoleBar};
@@ -121,10 +121,12 @@ impl Ev {
     }
 }
 
+/// A queue entry: the event itself waits in `World::events` (events are large; moving
+/// them through every heap sift cost more than the rest of a step).
 struct Scheduled {
     t: Nanos,
     seq: u64,
-    ev: Ev,
+    slot: u32,
 }
 
 impl PartialEq for Scheduled {
@@ -236,6 +238,8 @@ pub(crate) struct World {
     pub chaos_end: Nanos,
     pub end: Nanos,
     queue: BinaryHeap<Scheduled>,
+    events: Vec<Option<Ev>>,
+    free_events: Vec<u32>,
     seq: u64,
     rng: SimRng,
     pub slots: Vec<Slot>,
@@ -269,6 +273,12 @@ pub(crate) struct World {
     /// Acknowledged writes already counted in the picture.
     pictured_acks: usize,
     node_timing: crate::config::Timing,
+    /// The declared envelope (computed once; invariants read it every step).
+    pub env: Envelope,
+    /// I4: from this instant exactly one node must act.
+    pub liveness_deadline: Nanos,
+    /// The decoded store view at a revision (decoding is the costliest part of a load).
+    view_cache: Option<(u64, ClusterView)>,
 }
 
 impl World {
@@ -346,6 +356,8 @@ impl World {
             chaos_end,
             end,
             queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free_events: Vec::new(),
             seq: 0,
             rng: root.fork(3),
             slots,
@@ -375,7 +387,11 @@ impl World {
             picture,
             pictured_acks: 0,
             node_timing,
+            env,
+            liveness_deadline: 0,
+            view_cache: None,
         };
+        w.liveness_deadline = w.chaos_end + ns(w.cfg.liveness_bound());
         for i in 0..n {
             w.start_process(i);
         }
@@ -393,7 +409,17 @@ impl World {
 
     fn push(&mut self, t: Nanos, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Scheduled { t: t.max(self.now), seq: self.seq, ev });
+        let slot = match self.free_events.pop() {
+            Some(i) => {
+                self.events[i as usize] = Some(ev);
+                i
+            }
+            None => {
+                self.events.push(Some(ev));
+                (self.events.len() - 1) as u32
+            }
+        };
+        self.queue.push(Scheduled { t: t.max(self.now), seq: self.seq, slot });
     }
 
     fn after(&mut self, d: Duration, ev: Ev) {
@@ -441,16 +467,18 @@ impl World {
             }
             self.now = s.t;
             self.steps += 1;
-            let code = s.ev.code();
+            let ev = self.events[s.slot as usize].take().expect("a queued event");
+            self.free_events.push(s.slot);
+            let code = ev.code();
             self.mix(s.t);
             self.mix(code);
-            if let Some(n) = s.ev.target()
+            if let Some(n) = ev.target()
                 && self.slots[n].paused
             {
-                self.slots[n].inbox.push(s.ev);
+                self.slots[n].inbox.push(ev);
                 continue;
             }
-            self.handle(s.ev);
+            self.handle(ev);
             self.check();
         }
         self.now = self.end;
@@ -1232,7 +1260,7 @@ impl World {
         };
         Some(match action {
             Action::Load { id } => {
-                let view = self.model.load(SCOPE, now);
+                let view = self.load_view(now);
                 let key = view.leader.as_ref().map(|l| (l.epoch.0, self.k8s_renews));
                 Reply::Load(id, Box::new(Ok(view)), key)
             }
@@ -1241,7 +1269,7 @@ impl World {
                     return Some(Reply::Acquire(id, Ok(CasOutcome::Lost(None))));
                 }
                 if self.cfg.profile == StoreProfile::Kubernetes
-                    && let Some(current) = self.model.load(SCOPE, now).leader
+                    && let Some(current) = self.load_leader(now)
                 {
                     // Takeover is a CAS on the version the observer saw expire.
                     if self.slots[n].k8s_expired == Some((current.epoch.0, self.k8s_renews)) {
@@ -1306,11 +1334,37 @@ impl World {
     }
 
     /// After any store operation: track the leader key, wake watches, plan the next expiry.
+    /// `MemoryModel::load` with the decoded view cached per store revision: a load expires
+    /// sessions, then decodes every record; the decoded view only changes with the revision.
+    fn load_view(&mut self, now: Instant) -> ClusterView {
+        self.model.expire(now);
+        let rev = self.model.revision();
+        match &self.view_cache {
+            Some((r, v)) if *r == rev => v.clone(),
+            _ => {
+                let v = self.model.load(SCOPE, now);
+                self.view_cache = Some((rev, v.clone()));
+                v
+            }
+        }
+    }
+
+    /// The leader of the cached view (no clone of the members).
+    fn load_leader(&mut self, now: Instant) -> Option<LeaderView> {
+        self.model.expire(now);
+        let rev = self.model.revision();
+        if !matches!(&self.view_cache, Some((r, _)) if *r == rev) {
+            let v = self.model.load(SCOPE, now);
+            self.view_cache = Some((rev, v));
+        }
+        self.view_cache.as_ref().and_then(|(_, v)| v.leader.clone())
+    }
+
     fn store_changed(&mut self) {
         let rev = self.model.revision();
         if rev != self.last_rev {
             self.last_rev = rev;
-            let leader = self.model.load(SCOPE, at(self.now)).leader;
+            let leader = self.load_leader(at(self.now));
             let had = self.lease.is_some();
             match leader {
                 Some(l) if self.lease.is_some_and(|s| s.epoch == l.epoch) => {}

@@ -19,7 +19,7 @@ pub(crate) struct Liveness {
 
 impl Liveness {
     fn deadline(w: &World) -> u64 {
-        w.chaos_end + w.cfg.liveness_bound().as_nanos() as u64
+        w.liveness_deadline
     }
 
     pub fn step(&mut self, w: &World, f: &mut Findings) {

@@ -21,7 +21,7 @@ pub(crate) struct BoundedDemotion {
 
 impl BoundedDemotion {
     pub fn step(&mut self, w: &World, f: &mut Findings) {
-        let env = w.cfg.envelope();
+        let env = w.env;
         let allowance = env.max_pause + env.max_demote + env.max_slow_extra;
         for (n, slot) in w.slots.iter().enumerate() {
             let (Some(epoch), Some(until)) = (slot.acting(), slot.declared_until) else { continue };
