@@ -399,7 +399,9 @@ impl Driver {
     }
 
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let poll_every = self.node.config().timing.loop_wait.clamp(Duration::from_millis(100), Duration::from_secs(1));
+        // Once per loop, as Patroni: a status check may be a process (a hook) and costs CPU;
+        // role changes refresh it at once (see the resource worker).
+        let poll_every = self.node.config().timing.loop_wait.max(Duration::from_millis(100));
         let mut status_tick = tokio::time::interval(poll_every);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut commands_open = true;

@@ -682,7 +682,7 @@ impl Node {
                     });
                 }
                 if let Some(c) = &candidate {
-                    check_candidate(view, c)?;
+                    check_candidate(view, c, self.view_stale)?;
                 }
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
@@ -691,7 +691,7 @@ impl Node {
                 (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
             }
             AdminRequest::Failover { candidate } => {
-                check_candidate(view, &candidate)?;
+                check_candidate(view, &candidate, self.view_stale)?;
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
                 }
@@ -1416,8 +1416,13 @@ fn cluster_timeline(view: &ClusterView) -> Option<u64> {
     view.history.as_ref().and_then(|h| h.value.0.last()).map(|e| e.timeline + 1)
 }
 
-fn check_candidate(view: &ClusterView, candidate: &str) -> Result<(), AdminError> {
-    let m = view.member(candidate).ok_or_else(|| AdminError::UnknownMember(candidate.to_string()))?;
+/// `stale`: a watch said the view is out of date, so a member missing from it may have just
+/// registered; the request is then written and the next read decides (an unknown candidate
+/// is refused there and the request cleared).
+fn check_candidate(view: &ClusterView, candidate: &str, stale: bool) -> Result<(), AdminError> {
+    let Some(m) = view.member(candidate) else {
+        return if stale { Ok(()) } else { Err(AdminError::UnknownMember(candidate.to_string())) };
+    };
     if !m.tags.allows_failover() {
         return Err(AdminError::CandidateIneligible(candidate.to_string()));
     }

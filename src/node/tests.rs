@@ -375,6 +375,20 @@ fn a_failed_follow_is_asked_again_at_the_next_read() {
 }
 
 #[test]
+fn a_candidate_missing_from_a_stale_view_is_left_to_the_next_read() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    let switch_to_c = || AdminRequest::Switchover { candidate: Some("c".into()) };
+    assert_eq!(n.handle_admin(switch_to_c(), at(100)), Err(AdminError::UnknownMember("c".into())));
+    // c registers: the watch fires, the leader's view is now known to be old.
+    n.handle_watch_event(WatchEvent::Changed, at(200));
+    assert!(n.handle_admin(switch_to_c(), at(210)).is_ok(), "a member that just registered is not refused");
+}
+
+#[test]
 fn ineligible_member_does_not_race() {
     let mut cfg = NodeConfig::new("a", 1);
     cfg.timing = Timing::fast();
