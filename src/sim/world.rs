@@ -279,6 +279,9 @@ pub(crate) struct World {
     pub liveness_deadline: Nanos,
     /// The decoded store view at a revision (decoding is the costliest part of a load).
     view_cache: Option<(u64, ClusterView)>,
+    /// The leader key may have changed since `store_changed` last looked (an acquire, renew
+    /// or release was applied, or sessions expired); other writes cannot change it.
+    leader_dirty: bool,
 }
 
 impl World {
@@ -390,6 +393,7 @@ impl World {
             env,
             liveness_deadline: 0,
             view_cache: None,
+            leader_dirty: true,
         };
         w.liveness_deadline = w.chaos_end + ns(w.cfg.liveness_bound());
         for i in 0..n {
@@ -550,7 +554,14 @@ impl World {
     }
 
     pub(crate) fn glyphs(&self) -> String {
-        let mut s = String::with_capacity(self.slots.len() * 3);
+        let (buf, len) = self.glyph_bytes();
+        String::from_utf8_lossy(&buf[..len]).into_owned()
+    }
+
+    /// The glyphs of [`glyphs`](Self::glyphs) without allocating (at most 9 nodes, 4 bytes each).
+    fn glyph_bytes(&self) -> ([u8; 36], usize) {
+        let mut buf = [b' '; 36];
+        let mut len = 0;
         for (i, slot) in self.slots.iter().enumerate() {
             let g = if slot.node.is_none() {
                 'x'
@@ -565,20 +576,21 @@ impl World {
             } else {
                 'r'
             };
-            s.push(g);
-            s.push(if self.lease.is_some_and(|l| l.node == i) { 'L' } else { ' ' });
-            s.push(if slot.to_store_cut + slot.from_store_cut > 0 { '#' } else { ' ' });
-            s.push(' ');
+            buf[len] = g as u8;
+            buf[len + 1] = if self.lease.is_some_and(|l| l.node == i) { b'L' } else { b' ' };
+            buf[len + 2] = if slot.to_store_cut + slot.from_store_cut > 0 { b'#' } else { b' ' };
+            len += 4;
         }
-        s
+        (buf, len)
     }
 
     fn row_if_changed(&mut self) {
         if self.timeline.capacity() == 0 {
             return;
         }
-        let g = self.glyphs();
-        if self.timeline.last_glyphs() != g {
+        let (buf, len) = self.glyph_bytes();
+        if self.timeline.last_glyphs().as_bytes() != &buf[..len] {
+            let g = String::from_utf8_lossy(&buf[..len]).into_owned();
             self.timeline.push(self.now, g, String::new());
         }
     }
@@ -627,6 +639,7 @@ impl World {
             Ev::StoreExpiry => {
                 self.expiry_at = None;
                 self.model.expire(at(self.now));
+                self.leader_dirty = true;
                 self.store_changed();
             }
             Ev::WatchFire { n, inc } => {
@@ -1258,6 +1271,9 @@ impl World {
             }
             Req::Node(a) => a,
         };
+        if matches!(action, Action::Acquire { .. } | Action::Renew { .. } | Action::Release { .. }) {
+            self.leader_dirty = true;
+        }
         Some(match action {
             Action::Load { id } => {
                 let view = self.load_view(now);
@@ -1362,24 +1378,17 @@ impl World {
 
     fn store_changed(&mut self) {
         let rev = self.model.revision();
+        // The key can also vanish when its session expires inside any store operation.
+        let key_session_gone = match (self.lease, self.lease_session) {
+            (Some(_), Some(s)) => self.model.session_expiry(s).is_none(),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
         if rev != self.last_rev {
             self.last_rev = rev;
-            let leader = self.load_leader(at(self.now));
-            let had = self.lease.is_some();
-            match leader {
-                Some(l) if self.lease.is_some_and(|s| s.epoch == l.epoch) => {}
-                Some(l) => {
-                    // Re-created under a name we can map (k8s takeover path sets it on acquire).
-                    let node = self.index_of(&l.record.member).unwrap_or(usize::MAX);
-                    self.lease = Some(StoreLease { node, epoch: l.epoch, expires: u64::MAX });
-                }
-                None => {
-                    self.lease = None;
-                    self.lease_session = None;
-                    if had && !self.just_released {
-                        self.lock_delay_until = self.now + ns(self.cfg.profile.lock_delay());
-                    }
-                }
+            if self.leader_dirty || key_session_gone {
+                self.leader_dirty = false;
+                self.leader_changed();
             }
             self.fire_watches();
         }
@@ -1390,6 +1399,27 @@ impl World {
             l.expires = self.model.session_expiry(s).map_or(u64::MAX, |e| ns(e.since_origin()));
         }
         self.schedule_expiry();
+    }
+
+    /// Re-reads the leader key into `lease` (I1') and starts a lock-delay when it vanished.
+    fn leader_changed(&mut self) {
+        let leader = self.load_leader(at(self.now));
+        let had = self.lease.is_some();
+        match leader {
+            Some(l) if self.lease.is_some_and(|s| s.epoch == l.epoch) => {}
+            Some(l) => {
+                // Re-created under a name we can map (k8s takeover path sets it on acquire).
+                let node = self.index_of(&l.record.member).unwrap_or(usize::MAX);
+                self.lease = Some(StoreLease { node, epoch: l.epoch, expires: u64::MAX });
+            }
+            None => {
+                self.lease = None;
+                self.lease_session = None;
+                if had && !self.just_released {
+                    self.lock_delay_until = self.now + ns(self.cfg.profile.lock_delay());
+                }
+            }
+        }
     }
 
     fn schedule_expiry(&mut self) {
@@ -1624,6 +1654,7 @@ impl World {
                     self.model.set_session_expiry(s, e.max(full));
                 }
             }
+            self.leader_dirty = true;
             self.store_changed();
         }
     }
