@@ -591,6 +591,17 @@ impl RawConfig {
         let store = stores.remove(0);
         validate_store(&store)?;
 
+        if self.synchronous_mode {
+            // The node would keep the sync key, but no hook reports confirmed synchronous
+            // standbys or sets them in the resource, so the sync set could never grow past the
+            // leader and automatic failover would be silently off. Refuse instead.
+            return Err(ConfigError::new(
+                "synchronous_mode",
+                "is not supported by the hook resource yet (no hook confirms synchronous standbys); \
+                 use the library's Resource::set_sync_standbys directly",
+            ));
+        }
+
         if let Some(u) = &self.conn_url
             && u.trim().is_empty()
         {
@@ -679,6 +690,13 @@ mod tests {
 
     fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<DaemonConfig, ConfigError> {
         DaemonConfig::parse(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())), Path::new("/"))
+    }
+
+    #[test]
+    fn synchronous_mode_is_refused_with_the_reason() {
+        let e = parse(&base("synchronous_mode = true")).unwrap_err();
+        assert!(e.to_string().contains("synchronous_mode"), "{e}");
+        assert!(e.to_string().contains("not supported"), "{e}");
     }
 
     #[test]
