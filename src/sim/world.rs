@@ -63,8 +63,8 @@ enum FaultEnd {
 #[derive(Debug)]
 enum Ev {
     Timer { n: usize, generation: u64 },
-    Arrive { n: usize, session: SessionId, req: Req },
-    Reply { n: usize, inc: u64, reply: Reply },
+    Arrive { n: usize, session: SessionId, req: Box<Req> },
+    Reply { n: usize, inc: u64, reply: Box<Reply> },
     ResDone { n: usize, inc: u64 },
     Replicate,
     ClientWrite,
@@ -282,6 +282,8 @@ pub(crate) struct World {
     /// The leader key may have changed since `store_changed` last looked (an acquire, renew
     /// or release was applied, or sessions expired); other writes cannot change it.
     leader_dirty: bool,
+    settle_actions: Vec<Action>,
+    settle_events: Vec<NodeEvent>,
 }
 
 impl World {
@@ -394,6 +396,8 @@ impl World {
             liveness_deadline: 0,
             view_cache: None,
             leader_dirty: true,
+            settle_actions: Vec::new(),
+            settle_events: Vec::new(),
         };
         w.liveness_deadline = w.chaos_end + ns(w.cfg.liveness_bound());
         for i in 0..n {
@@ -614,10 +618,10 @@ impl World {
                     self.settle(n);
                 }
             }
-            Ev::Arrive { n, session, req } => self.store_arrive(n, session, req),
+            Ev::Arrive { n, session, req } => self.store_arrive(n, session, *req),
             Ev::Reply { n, inc, reply } => {
                 if inc == self.slots[n].inc && self.slots[n].node.is_some() {
-                    self.deliver(n, reply);
+                    self.deliver(n, *reply);
                     self.settle(n);
                 }
             }
@@ -793,22 +797,26 @@ impl World {
         for _ in 0..10_000 {
             self.feed_status(n);
             let Some(node) = self.slots[n].node.as_mut() else { return };
-            let mut actions = Vec::new();
+            // Buffers reused across calls (a nested settle finds them taken and allocates).
+            let mut actions = std::mem::take(&mut self.settle_actions);
+            let mut events = std::mem::take(&mut self.settle_events);
             while let Some(a) = node.poll_action() {
                 actions.push(a);
             }
-            let mut events = Vec::new();
             while let Some(e) = node.poll_event() {
                 events.push(e);
             }
-            if actions.is_empty() && events.is_empty() {
-                break;
-            }
-            for e in events {
+            let idle = actions.is_empty() && events.is_empty();
+            for e in events.drain(..) {
                 self.on_node_event(n, e);
             }
-            for a in actions {
+            for a in actions.drain(..) {
                 self.do_action(n, a);
+            }
+            self.settle_actions = actions;
+            self.settle_events = events;
+            if idle {
+                break;
             }
         }
         let Some(node) = self.slots[n].node.as_ref() else { return };
@@ -1172,7 +1180,7 @@ impl World {
         }
         let d = self.net_delay();
         let session = self.slots[n].session;
-        self.after(d, Ev::Arrive { n, session, req });
+        self.after(d, Ev::Arrive { n, session, req: Box::new(req) });
     }
 
     /// Mutation [`Mutation::UnknownAsWon`]: the driver answers an acquire whose outcome it
@@ -1187,7 +1195,7 @@ impl World {
             Lease { record: record.clone(), epoch, version: Version::new(epoch.0), valid_for: self.cfg.timing.ttl };
         let inc = self.slots[n].inc;
         let d = self.cfg.timing.retry_timeout / 2;
-        self.after(d, Ev::Reply { n, inc, reply: Reply::Acquire(*id, Ok(CasOutcome::Won(lease))) });
+        self.after(d, Ev::Reply { n, inc, reply: Box::new(Reply::Acquire(*id, Ok(CasOutcome::Won(lease)))) });
     }
 
     fn reply(&mut self, n: usize, reply: Reply) {
@@ -1196,7 +1204,7 @@ impl World {
         }
         let d = self.net_delay();
         let inc = self.slots[n].inc;
-        self.after(d, Ev::Reply { n, inc, reply });
+        self.after(d, Ev::Reply { n, inc, reply: Box::new(reply) });
     }
 
     fn store_arrive(&mut self, n: usize, session: SessionId, req: Req) {

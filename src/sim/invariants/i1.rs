@@ -19,10 +19,12 @@ pub(crate) struct NoOverlap {
 
 impl NoOverlap {
     pub fn step(&mut self, w: &World, f: &mut Findings) {
-        let acting: Vec<(usize, u64)> =
-            w.slots.iter().enumerate().filter_map(|(i, s)| s.acting().map(|e| (i, e.0))).collect();
-        if acting.len() > 1 {
+        // Counted without collecting: this runs after every step.
+        let count = w.slots.iter().filter(|s| s.acting().is_some()).count();
+        if count > 1 {
             if self.overlap_since.is_none() {
+                let acting: Vec<(usize, u64)> =
+                    w.slots.iter().enumerate().filter_map(|(i, s)| s.acting().map(|e| (i, e.0))).collect();
                 self.overlap_since = Some(w.now);
                 f.measured.overlaps += 1;
                 let who: Vec<String> = acting.iter().map(|(n, e)| format!("n{n} (epoch {e})")).collect();
@@ -31,7 +33,7 @@ impl NoOverlap {
         } else if let Some(since) = self.overlap_since.take() {
             f.measured.overlap += Duration::from_nanos(w.now - since);
         }
-        match (acting.is_empty(), self.gap_since) {
+        match (count == 0, self.gap_since) {
             (true, None) if self.seen_primary => self.gap_since = Some(w.now),
             (false, Some(since)) => {
                 f.measured.failovers.push(Duration::from_nanos(w.now - since));
@@ -39,7 +41,7 @@ impl NoOverlap {
             }
             _ => {}
         }
-        self.seen_primary |= !acting.is_empty();
+        self.seen_primary |= count > 0;
     }
 
     pub fn finish(&mut self, w: &World, f: &mut Findings) {
