@@ -262,7 +262,8 @@ pub(crate) struct World {
     next_write: u64,
     pub acked: Vec<Acked>,
     happened: Vec<Happening>,
-    checker: Checker,
+    /// Taken out while it runs (it reads the world); boxed so taking it moves a pointer.
+    checker: Option<Box<Checker>>,
     hash: u64,
     pub steps: u64,
     /// Node timers pushed on because they kept firing at one instant.
@@ -384,7 +385,7 @@ impl World {
             next_write: 0,
             acked: Vec::new(),
             happened: Vec::new(),
-            checker: Checker::default(),
+            checker: Some(Box::default()),
             hash: 0xcbf2_9ce4_8422_2325,
             steps: 0,
             timer_spins: 0,
@@ -490,11 +491,11 @@ impl World {
             self.check();
         }
         self.now = self.end;
-        let mut checker = std::mem::take(&mut self.checker);
+        let mut checker = self.checker.take().expect("the checker is in place");
         checker.finish(&self);
-        self.checker = checker;
+        self.checker = Some(checker);
         self.row("end");
-        Report::build(&self, &self.checker)
+        Report::build(&self, self.checker.as_deref().expect("the checker is in place"))
     }
 
     fn check(&mut self) {
@@ -502,11 +503,11 @@ impl World {
         for h in &happened {
             self.mix(h.code());
         }
-        let mut checker = std::mem::take(&mut self.checker);
+        let mut checker = self.checker.take().expect("the checker is in place");
         let before = checker.violations_len();
         checker.step(self, &happened);
         let fresh: Vec<String> = checker.found.violations[before..].iter().map(|v| format!("VIOLATION {v}")).collect();
-        self.checker = checker;
+        self.checker = Some(checker);
         self.happened = happened;
         self.picture_step();
         self.happened.clear();
