@@ -532,6 +532,7 @@ impl World {
         }
         self.pictured_acks = self.acked.len();
         let nodes = self.slots.len();
+        let any_peer_cut = self.peer_cut.iter().any(|c| *c > 0);
         for (i, slot) in self.slots.iter().enumerate() {
             let role = if slot.node.is_none() {
                 RoleBar::Down
@@ -546,7 +547,8 @@ impl World {
             } else {
                 RoleBar::Replica
             };
-            let peer_cut = (0..nodes).any(|j| self.peer_cut[i * nodes + j] > 0 || self.peer_cut[j * nodes + i] > 0);
+            let peer_cut = any_peer_cut
+                && (0..nodes).any(|j| self.peer_cut[i * nodes + j] > 0 || self.peer_cut[j * nodes + i] > 0);
             let state = NodeState {
                 role,
                 belief: slot.node.is_some() && slot.declared_until.is_some_and(|u| u > self.now),
