@@ -214,6 +214,8 @@ pub struct Node {
     pending_token: Option<String>,
     primary: Primary,
     promote_waits_for_sync: Option<Epoch>,
+    /// Why the current promotion happens, taken when it starts (the request is cleared meanwhile).
+    promotion_reason: &'static str,
     followed: Option<Option<String>>,
     published: Option<MemberRecord>,
     resource_standbys: Vec<String>,
@@ -258,6 +260,7 @@ impl Node {
             pending_token: None,
             primary: Primary::No,
             promote_waits_for_sync: None,
+            promotion_reason: "failover",
             followed: None,
             published: None,
             resource_standbys: Vec::new(),
@@ -953,6 +956,11 @@ impl Node {
 
     fn promote(&mut self, epoch: Epoch, _now: Instant) {
         self.primary = Primary::Promoting(epoch);
+        self.promotion_reason = match self.view.as_ref().and_then(|v| v.failover.as_ref()) {
+            Some(f) if f.value.leader.is_some() => "switchover",
+            Some(_) => "manual failover",
+            None => "failover",
+        };
         self.followed = None;
         self.resource_standbys.clear();
         self.actions.push_back(Action::Promote { epoch });
@@ -1130,7 +1138,7 @@ impl Node {
         history.0.push(HistoryEntry {
             timeline,
             position: self.resource.position.unwrap_or(0),
-            reason: if view.failover.is_some() { "switchover".into() } else { "failover".into() },
+            reason: self.promotion_reason.into(),
             leader: self.cfg.name.clone(),
             epoch,
         });

@@ -389,6 +389,67 @@ fn a_candidate_missing_from_a_stale_view_is_left_to_the_next_read() {
 }
 
 #[test]
+fn history_names_a_switchover_even_when_the_request_is_cleared_during_promotion() {
+    let mut n = node("b");
+    n.handle_timeout(at(0));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    let mut view = view_with(None);
+    view.failover = Some(Versioned {
+        value: FailoverRecord { leader: Some("a".into()), candidate: Some("b".into()) },
+        version: Version::new(4),
+    });
+    n.handle_load(load.unwrap(), Ok(view), at(10));
+    let actions = answer_writes(&mut n, at(10));
+    let (id, record) = actions
+        .iter()
+        .find_map(|a| if let Action::Acquire { id, record } = a { Some((*id, record.clone())) } else { None })
+        .unwrap_or_else(|| panic!("the named candidate races: {actions:?}"));
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    assert!(answer_writes(&mut n, at(20)).contains(&Action::Promote { epoch: Epoch(7) }));
+    // While the resource promotes, a read no longer shows the request (the new leader cleared it).
+    n.handle_watch_event(WatchEvent::Changed, at(30));
+    n.handle_timeout(at(1000));
+    let mut history = None;
+    for _ in 0..4 {
+        for a in drain(&mut n) {
+            match a {
+                Action::Renew { id, .. } => n.handle_renew(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(1010)),
+                Action::Load { id } => {
+                    n.handle_load(id, Ok(view_with(Some(leader_view("b", &record.token, 7)))), at(1010))
+                }
+                Action::PublishMember { id, .. }
+                | Action::WriteControl { id, .. }
+                | Action::DeleteControl { id, .. } => n.handle_write(id, Ok(true), at(1010)),
+                _ => {}
+            }
+        }
+    }
+    n.handle_promoted(Ok(()), at(1100));
+    for _ in 0..10 {
+        for a in drain(&mut n) {
+            match a {
+                Action::WriteControl { id, key, value, .. } => {
+                    if key == ControlKey::History {
+                        history = Some(HistoryRecord::decode("history", &value).expect("a valid history record"));
+                    }
+                    n.handle_write(id, Ok(true), at(1110));
+                }
+                Action::PublishMember { id, .. } | Action::DeleteControl { id, .. } => {
+                    n.handle_write(id, Ok(true), at(1110))
+                }
+                Action::Renew { id, .. } => n.handle_renew(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(1110)),
+                Action::Load { id } => {
+                    n.handle_load(id, Ok(view_with(Some(leader_view("b", &record.token, 7)))), at(1110))
+                }
+                _ => {}
+            }
+        }
+    }
+    let history = history.expect("the new leader records history");
+    assert_eq!(history.0.last().map(|e| e.reason.as_str()), Some("switchover"), "{history:?}");
+}
+
+#[test]
 fn ineligible_member_does_not_race() {
     let mut cfg = NodeConfig::new("a", 1);
     cfg.timing = Timing::fast();
