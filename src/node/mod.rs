@@ -663,6 +663,17 @@ impl Node {
         self.followed = None;
     }
 
+    /// [`check_candidate`] on the current view; a member unknown to a view a watch marked stale
+    /// may just have registered, so the view is re-read at once and a retry will see it.
+    fn check_candidate_fresh(&mut self, candidate: &str, now: Instant) -> Result<(), AdminError> {
+        let Some(view) = &self.view else { return Err(AdminError::NotReady) };
+        let checked = check_candidate(view, candidate);
+        if matches!(checked, Err(AdminError::UnknownMember(_))) && self.view_stale {
+            self.schedule_cycle(now);
+        }
+        checked
+    }
+
     /// The watchdog could not be armed.
     pub fn handle_watchdog_failed(&mut self, now: Instant) {
         self.watchdog = WatchdogHealth::Failed;
@@ -677,15 +688,25 @@ impl Node {
     /// [`NodeEvent::AdminDone`] with the returned id.
     pub fn handle_admin(&mut self, request: AdminRequest, now: Instant) -> Result<RequestId, AdminError> {
         let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
+        let candidate = match &request {
+            AdminRequest::Switchover { .. } if self.held.is_none() => {
+                return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
+            }
+            AdminRequest::Switchover { candidate: Some(c) } | AdminRequest::Failover { candidate: c } => {
+                Some(c.clone())
+            }
+            _ => None,
+        };
+        if let Some(c) = candidate {
+            self.check_candidate_fresh(&c, now)?;
+        }
+        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
         let (key, expect, value) = match request {
             AdminRequest::Switchover { candidate } => {
                 if self.held.is_none() {
                     return Err(AdminError::NotLeader {
                         leader: view.leader.as_ref().map(|l| l.record.member.clone()),
                     });
-                }
-                if let Some(c) = &candidate {
-                    check_candidate(view, c, self.view_stale)?;
                 }
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
@@ -694,7 +715,6 @@ impl Node {
                 (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
             }
             AdminRequest::Failover { candidate } => {
-                check_candidate(view, &candidate, self.view_stale)?;
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
                 }
@@ -1424,13 +1444,8 @@ fn cluster_timeline(view: &ClusterView) -> Option<u64> {
     view.history.as_ref().and_then(|h| h.value.0.last()).map(|e| e.timeline + 1)
 }
 
-/// `stale`: a watch said the view is out of date, so a member missing from it may have just
-/// registered; the request is then written and the next read decides (an unknown candidate
-/// is refused there and the request cleared).
-fn check_candidate(view: &ClusterView, candidate: &str, stale: bool) -> Result<(), AdminError> {
-    let Some(m) = view.member(candidate) else {
-        return if stale { Ok(()) } else { Err(AdminError::UnknownMember(candidate.to_string())) };
-    };
+fn check_candidate(view: &ClusterView, candidate: &str) -> Result<(), AdminError> {
+    let m = view.member(candidate).ok_or_else(|| AdminError::UnknownMember(candidate.to_string()))?;
     if !m.tags.allows_failover() {
         return Err(AdminError::CandidateIneligible(candidate.to_string()));
     }
