@@ -180,6 +180,14 @@ impl Ctl {
         None
     }
 
+    /// The candidate is registered (our read is linearizable) but the leader's view predates
+    /// it: the leader re-reads at once when it refuses, so one retry a moment later suffices.
+    async fn retry_after_reread(&self, urls: &[String], path: &str, body: Value) -> Option<(u16, Value)> {
+        println!("the leader has not seen the candidate yet; retrying once after it re-reads");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.post(urls, path, body).await
+    }
+
     fn api_of(view: &ClusterView, member: &str) -> Option<String> {
         view.leader
             .as_ref()
@@ -225,7 +233,14 @@ impl Ctl {
             candidate.as_deref().unwrap_or("the best member")
         );
         let urls: Vec<String> = Self::api_of(&view, &from).into_iter().collect();
-        match self.post(&urls, "/switchover", serde_json::json!({"candidate": candidate})).await {
+        let request = serde_json::json!({"candidate": candidate});
+        let mut answer = self.post(&urls, "/switchover", request.clone()).await;
+        if let (Some((400, _)), Some(c)) = (&answer, &candidate)
+            && view.member(c).is_some()
+        {
+            answer = self.retry_after_reread(&urls, "/switchover", request).await;
+        }
+        match answer {
             Some((code, body)) => Self::report(code, &body)?,
             None => {
                 self.write_failover(&view, FailoverRecord { leader: Some(from.clone()), candidate: candidate.clone() })
@@ -251,7 +266,12 @@ impl Ctl {
         }
         urls.extend(view.members.iter().filter_map(|m| m.value.api_url.clone()));
         urls.dedup();
-        match self.post(&urls, "/failover", serde_json::json!({"candidate": candidate})).await {
+        let request = serde_json::json!({"candidate": candidate});
+        let mut answer = self.post(&urls, "/failover", request.clone()).await;
+        if let Some((400, _)) = &answer {
+            answer = self.retry_after_reread(&urls, "/failover", request).await;
+        }
+        match answer {
             Some((code, body)) => Self::report(code, &body)?,
             None => {
                 self.write_failover(&view, FailoverRecord { leader: None, candidate: Some(candidate.clone()) }).await?
