@@ -20,6 +20,7 @@ fn client(emulator: &Emulator, ttl: Duration) -> KubeClient {
     let mut config = kube::Config::new(emulator.url().parse().expect("url"));
     config.auth_info.token = Some(secrecy::SecretString::from(TOKEN.to_string()));
     config.default_retry = false;
+    leasehold_kube::install_default_crypto_provider();
     let kube = kube::Client::try_from(config).expect("kube client");
     let options = KubeOptions { namespace: Some(NAMESPACE.into()), ttl, ..KubeOptions::default() };
     KubeClient::from_client(kube, NAMESPACE, options).expect("client")

@@ -109,6 +109,19 @@ async fn load_config(source: &ConfigSource) -> Result<Config, DcsError> {
     }
 }
 
+/// Installs rustls' *ring* provider as the process-wide default crypto provider, unless one
+/// is installed already (then it does nothing).
+///
+/// kube builds its TLS configuration with rustls' `ClientConfig::builder()`, which takes the
+/// process default. When the binary also links rustls' aws-lc-rs provider (for example
+/// through leasehold-zookeeper's `tls` feature, whose TLS library enables it), rustls cannot
+/// pick one by itself and that call panics. [`KubeClient::connect`] calls this first; call it
+/// yourself before building a `kube::Client` for [`KubeClient::from_client`].
+pub fn install_default_crypto_provider() {
+    // Err means a provider is installed already (ours or the application's): fine either way.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl KubeClient {
     /// Connects as `options` say. Configuration problems (bad options, no kubeconfig, an
     /// unusable certificate) are [`DcsError::Fatal`]. No request is made yet: credentials
@@ -120,6 +133,7 @@ impl KubeClient {
         // through would then look like a lost race (409). We classify and retry ourselves.
         config.default_retry = false;
         let namespace = options.namespace.clone().unwrap_or_else(|| config.default_namespace.clone());
+        install_default_crypto_provider();
         let client = kube::Client::try_from(config)
             .map_err(|e| DcsError::fatal_with("kubernetes client cannot be built from the configuration", e))?;
         KubeClient::from_client(client, &namespace, options)

@@ -55,7 +55,7 @@ mod objects;
 mod observe;
 mod options;
 
-pub use client::KubeClient;
+pub use client::{KubeClient, install_default_crypto_provider};
 pub use dcs::KubeDcs;
 pub use names::{LEADER_ANNOTATION, MANAGED_BY, MEMBER_ANNOTATION, ROLE_LABEL, SCOPE_LABEL, VALUE_ANNOTATION};
 pub use options::{ConfigSource, KubeOptions, OptionsError};

@@ -20,6 +20,7 @@ pub fn kube_client(url: &str, token: Option<&str>) -> kube::Client {
     config.default_namespace = NAMESPACE.into();
     config.auth_info.token = token.map(|t| secrecy::SecretString::from(t.to_string()));
     config.default_retry = false;
+    leasehold_kube::install_default_crypto_provider();
     kube::Client::try_from(config).expect("kube client for the emulator")
 }
 
@@ -120,6 +121,7 @@ impl Harness for ClusterHarness {
     }
 
     async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {
+        leasehold_kube::install_default_crypto_provider();
         let client = kube::Client::try_from(self.config().await?).map_err(|e| DcsError::fatal_with("client", e))?;
         write_garbage(&Api::namespaced(client, &self.namespace), scope, key).await
     }
