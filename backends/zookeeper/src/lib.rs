@@ -53,7 +53,9 @@ mod options;
 mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use client::ZkClient;
 pub use dcs::ZkDcs;
-pub use options::{AclPolicy, DigestAuth, OptionsError, ZkOptions};
+pub use options::{AclPolicy, DigestAuth, OptionsError, ZkOptions, ZkTls};

@@ -1,5 +1,6 @@
 //! How to reach the ensemble, where the scopes live, and who may touch the znodes.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Digest credentials (`user:password`), sent with `addAuth("digest", ...)` on every connection.
@@ -29,6 +30,33 @@ pub enum AclPolicy {
     /// The creating identity may do everything, everyone else may read (observers, tools);
     /// needs [`ZkOptions::digest`].
     CreatorWriteOthersRead,
+}
+
+/// TLS to every server of the connect string (ZooKeeper's `secureClientPort`, served by
+/// `serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory`). Needs this crate's
+/// `tls` feature; the certificates are read when the client connects (and again for each
+/// replacement session).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkTls {
+    /// PEM file of the CA certificate(s) the servers' certificates must chain to (the
+    /// server's `ssl.trustStore` side). No system trust store is used.
+    pub ca_file: PathBuf,
+    /// PEM client certificate (chain) for mutual TLS, needed when the server has
+    /// `ssl.clientAuth=need` (its default). Needs [`key_file`](Self::key_file).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of [`cert_file`](Self::cert_file).
+    pub key_file: Option<PathBuf>,
+    /// Check that each server's certificate names the host (or IP address) it was reached
+    /// by, as in the connect string. On by default; turning it off leaves only the CA check,
+    /// so any certificate from that CA is accepted for any server.
+    pub verify_hostname: bool,
+}
+
+impl ZkTls {
+    /// TLS that trusts `ca_file`, without a client certificate, with hostname verification.
+    pub fn new(ca_file: impl Into<PathBuf>) -> ZkTls {
+        ZkTls { ca_file: ca_file.into(), cert_file: None, key_file: None, verify_hostname: true }
+    }
 }
 
 /// Options of a [`ZkClient`](crate::ZkClient).
@@ -62,6 +90,11 @@ pub struct ZkOptions {
     /// crash (tests, or handing the session to another process). Normally `false`: dropping
     /// the last handle closes the session and every ephemeral znode vanishes at once.
     pub detached: bool,
+    /// Connect to every server over TLS (`None`: plaintext). Needs the `tls` feature; without
+    /// it [`validate`](Self::validate) rejects `Some`. With TLS on, connecting installs
+    /// rustls' *ring* provider as the process-wide default crypto provider if none is
+    /// installed yet.
+    pub tls: Option<ZkTls>,
 }
 
 impl Default for ZkOptions {
@@ -76,6 +109,7 @@ impl Default for ZkOptions {
             acl: AclPolicy::Open,
             sync_reads: true,
             detached: false,
+            tls: None,
         }
     }
 }
@@ -183,6 +217,24 @@ impl ZkOptions {
         } else if self.acl != AclPolicy::Open {
             return fail("acl", format!("{:?} protects znodes by the creator's identity and needs digest", self.acl));
         }
+        if let Some(tls) = &self.tls {
+            if !cfg!(feature = "tls") {
+                return fail("tls", "this build has no TLS support: enable leasehold-zookeeper's `tls` feature".into());
+            }
+            if tls.ca_file.as_os_str().is_empty() {
+                return fail(
+                    "tls.ca_file",
+                    "must name a PEM file of the CA that signed the servers' certificates".into(),
+                );
+            }
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => return fail("tls.key_file", "is required with tls.cert_file".into()),
+                (None, Some(_)) => return fail("tls.cert_file", "is required with tls.key_file".into()),
+                (Some(c), _) if c.as_os_str().is_empty() => return fail("tls.cert_file", "must not be empty".into()),
+                (_, Some(k)) if k.as_os_str().is_empty() => return fail("tls.key_file", "must not be empty".into()),
+                _ => {}
+            }
+        }
         Ok(())
     }
 }
@@ -227,6 +279,26 @@ mod tests {
         for (options, field) in cases {
             let err = options.validate().expect_err(field);
             assert_eq!(err.field, field, "{err}");
+        }
+        let tls = |t: ZkTls| ZkOptions { tls: Some(t), ..ok.clone() };
+        let with_cert =
+            ZkTls { cert_file: Some("c.pem".into()), key_file: Some("k.pem".into()), ..ZkTls::new("ca.pem") };
+        if cfg!(feature = "tls") {
+            assert!(tls(ZkTls::new("ca.pem")).validate().is_ok());
+            assert!(tls(with_cert.clone()).validate().is_ok());
+            let cases = [
+                (ZkTls::new(""), "tls.ca_file"),
+                (ZkTls { key_file: None, ..with_cert.clone() }, "tls.key_file"),
+                (ZkTls { cert_file: None, ..with_cert.clone() }, "tls.cert_file"),
+                (ZkTls { cert_file: Some("".into()), ..with_cert.clone() }, "tls.cert_file"),
+                (ZkTls { key_file: Some("".into()), ..with_cert }, "tls.key_file"),
+            ];
+            for (t, field) in cases {
+                let err = tls(t).validate().expect_err(field);
+                assert_eq!(err.field, field, "{err}");
+            }
+        } else {
+            assert_eq!(tls(ZkTls::new("ca.pem")).validate().expect_err("no tls feature").field, "tls");
         }
         assert!(ZkOptions { acl: AclPolicy::CreatorOnly, digest, ..ok }.validate().is_ok());
     }

@@ -124,8 +124,33 @@ pub(crate) async fn open_session(options: &ZkOptions, number: u64) -> Result<Ses
     if options.detached {
         connector = connector.with_detached();
     }
+    #[cfg(feature = "tls")]
+    let tls = match &options.tls {
+        Some(tls) => {
+            crate::tls::install_default_provider();
+            let loaded = crate::tls::load(tls)?;
+            connector = connector.with_tls(loaded.options.clone());
+            Some(loaded)
+        }
+        None => None,
+    };
     let limit = options.ttl + options.request_timeout;
-    let client = match tokio::time::timeout(limit, connector.connect(&hosts)).await {
+    let connecting = async {
+        #[cfg(feature = "tls")]
+        if tls.is_some() {
+            // Every server of the connect string over TLS.
+            return connector.secure_connect(&hosts).await;
+        }
+        connector.connect(&hosts).await
+    };
+    let result = tokio::time::timeout(limit, connecting).await;
+    #[cfg(feature = "tls")]
+    if let (Some(tls), Err(_) | Ok(Err(zk::Error::NoHosts))) = (&tls, &result)
+        && let Some(why) = crate::tls::diagnose(tls.probe.clone(), connect.servers.clone()).await
+    {
+        return Err(DcsError::fatal(format!("no ZooKeeper server in {hosts:?} accepted a TLS session: {why}")));
+    }
+    let client = match result {
         Err(_) => {
             return Err(DcsError::unavailable(format!(
                 "no ZooKeeper server in {hosts:?} established a session within {limit:?}"
@@ -133,7 +158,12 @@ pub(crate) async fn open_session(options: &ZkOptions, number: u64) -> Result<Ses
         }
         Ok(Err(zk::Error::NoHosts)) => {
             return Err(DcsError::unavailable(format!(
-                "no ZooKeeper server in {hosts:?} accepted a connection (refused, unresolvable or unreachable)"
+                "no ZooKeeper server in {hosts:?} accepted a connection (refused, unresolvable or unreachable{})",
+                if options.tls.is_some() {
+                    ", or a TLS session: check it is the server's secureClientPort"
+                } else {
+                    ""
+                }
             )));
         }
         Ok(Err(e @ zk::Error::AuthFailed)) => {

@@ -3,8 +3,12 @@
 //! conformance [`Harness`] over them.
 //!
 //! Servers run Debian's `/usr/share/java/zookeeper.jar` with `tickTime` 500 ms (session
-//! timeouts 1 to 10 s) and the admin server disabled. Readiness is the `srvr` four-letter
-//! word answering with a `Mode:` line.
+//! timeouts 1 to 10 s; [`ZkConfig`] changes it) and the admin server disabled. Readiness is
+//! the `srvr` four-letter word answering with a `Mode:` line on the plaintext client port.
+//!
+//! With [`ZkConfig::tls`] each server also serves TLS on a `secureClientPort` (Netty
+//! connection factory, PEM key and trust stores), and [`ZkServer::connect_string`] names the
+//! secure ports; the plaintext port stays open for the four-letter words.
 
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Write as _};
@@ -26,7 +30,11 @@ use crate::{ZkClient, ZkOptions};
 /// The server's tick: sessions may last 2 to 20 ticks.
 pub const TICK: Duration = Duration::from_millis(500);
 
-const JARS: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar";
+/// Debian's zookeeper.jar names its Netty jars in its manifest class path but not netty-codec
+/// and netty-resolver, which Netty's `SslHandler` needs (without them a TLS connection fails
+/// with `ClassNotFoundException: io.netty.handler.codec.ByteToMessageDecoder`).
+const JARS: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar:\
+                    /usr/share/java/netty-codec.jar:/usr/share/java/netty-resolver.jar";
 const READY_WITHIN: Duration = Duration::from_secs(60);
 const START_TRIES: usize = 3;
 
@@ -70,9 +78,46 @@ pub async fn mode(port: u16) -> Option<String> {
     reply.lines().find_map(|l| l.strip_prefix("Mode: ")).map(|m| m.trim().to_string())
 }
 
+/// TLS on the servers' `secureClientPort`.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The server certificate (PEM), valid for `127.0.0.1`.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM, PKCS#8).
+    pub key_file: PathBuf,
+    /// The CA(s) that clients' certificates must chain to (PEM): the server's trust store.
+    pub ca_file: PathBuf,
+    /// `ssl.clientAuth=need` (a client certificate is required) instead of `none`.
+    pub require_client_cert: bool,
+}
+
+/// How to start a server or an ensemble.
+#[derive(Clone, Debug)]
+pub struct ZkConfig {
+    /// Number of nodes: 1 (standalone) or 3.
+    pub nodes: usize,
+    /// `tickTime`: the server expires sessions on tick boundaries, and negotiates session
+    /// timeouts into `[min, max]` (by default `[2, 20] x tickTime`).
+    pub tick: Duration,
+    /// `minSessionTimeout`, if not `2 x tick`.
+    pub min_session_timeout: Option<Duration>,
+    /// `maxSessionTimeout`, if not `20 x tick`.
+    pub max_session_timeout: Option<Duration>,
+    /// Serve TLS on a `secureClientPort` too.
+    pub tls: Option<ServerTls>,
+}
+
+impl ZkConfig {
+    /// `nodes` nodes, tickTime [`TICK`], plaintext only.
+    pub fn new(nodes: usize) -> ZkConfig {
+        ZkConfig { nodes, tick: TICK, min_session_timeout: None, max_session_timeout: None, tls: None }
+    }
+}
+
 struct Node {
     id: usize,
     client_port: u16,
+    secure_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
     stopped: bool,
@@ -82,6 +127,7 @@ struct Node {
 pub struct ZkServer {
     _dir: tempfile::TempDir,
     nodes: Vec<Node>,
+    config: ZkConfig,
 }
 
 impl std::fmt::Debug for ZkServer {
@@ -93,20 +139,21 @@ impl std::fmt::Debug for ZkServer {
 impl ZkServer {
     /// Starts a standalone server and waits until it serves.
     pub async fn standalone() -> io::Result<ZkServer> {
-        ZkServer::start(1).await
+        ZkServer::start_with(ZkConfig::new(1)).await
     }
 
     /// Starts a three-node ensemble and waits until every node reports leader or follower.
     pub async fn ensemble() -> io::Result<ZkServer> {
-        ZkServer::start(3).await
+        ZkServer::start_with(ZkConfig::new(3)).await
     }
 
-    async fn start(n: usize) -> io::Result<ZkServer> {
+    /// Starts the servers `config` describes and waits until they serve.
+    pub async fn start_with(config: ZkConfig) -> io::Result<ZkServer> {
         let mut last = None;
         for _ in 0..START_TRIES {
             // Ports are picked free, but another process may take one before the JVM binds it:
             // then the server never gets ready and we try again with new ports.
-            match ZkServer::start_once(n).await {
+            match ZkServer::start_once(&config).await {
                 Ok(server) => return Ok(server),
                 Err(e) => last = Some(e),
             }
@@ -114,9 +161,10 @@ impl ZkServer {
         Err(last.unwrap_or_else(|| io::Error::other("ZooKeeper did not start")))
     }
 
-    async fn start_once(n: usize) -> io::Result<ZkServer> {
+    async fn start_once(config: &ZkConfig) -> io::Result<ZkServer> {
+        let n = config.nodes;
         let dir = tempfile::Builder::new().prefix("leasehold-zk-").tempdir()?;
-        let ports = free_ports(3 * n);
+        let ports = free_ports(4 * n);
         let mut nodes = Vec::new();
         for id in 1..=n {
             let node_dir = dir.path().join(format!("n{id}"));
@@ -124,10 +172,34 @@ impl ZkServer {
             let mut cfg = format!(
                 "tickTime={}\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\n\
                  4lw.commands.whitelist=*\nadmin.enableServer=false\n",
-                TICK.as_millis(),
+                config.tick.as_millis(),
                 node_dir.join("data").display(),
                 ports[3 * (id - 1)]
             );
+            if let Some(min) = config.min_session_timeout {
+                cfg.push_str(&format!("minSessionTimeout={}\n", min.as_millis()));
+            }
+            if let Some(max) = config.max_session_timeout {
+                cfg.push_str(&format!("maxSessionTimeout={}\n", max.as_millis()));
+            }
+            let secure_port = config.tls.as_ref().map(|_| ports[3 * n + id - 1]);
+            if let (Some(tls), Some(port)) = (&config.tls, secure_port) {
+                // ZooKeeper's PEM key store holds the certificate and the key in one file.
+                let key_store = node_dir.join("keystore.pem");
+                let mut pem = std::fs::read_to_string(&tls.cert_file)?;
+                pem.push('\n');
+                pem.push_str(&std::fs::read_to_string(&tls.key_file)?);
+                std::fs::write(&key_store, pem)?;
+                cfg.push_str(&format!(
+                    "secureClientPort={port}\nsecureClientPortAddress=127.0.0.1\n\
+                     serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n\
+                     ssl.keyStore.location={}\nssl.keyStore.type=PEM\n\
+                     ssl.trustStore.location={}\nssl.trustStore.type=PEM\nssl.clientAuth={}\n",
+                    key_store.display(),
+                    tls.ca_file.display(),
+                    if tls.require_client_cert { "need" } else { "none" }
+                ));
+            }
             if n > 1 {
                 for peer in 1..=n {
                     let (q, e) = (ports[3 * (peer - 1) + 1], ports[3 * (peer - 1) + 2]);
@@ -136,9 +208,16 @@ impl ZkServer {
                 std::fs::write(node_dir.join("data").join("myid"), format!("{id}\n"))?;
             }
             std::fs::write(node_dir.join("zoo.cfg"), cfg)?;
-            nodes.push(Node { id, client_port: ports[3 * (id - 1)], dir: node_dir, child: None, stopped: false });
+            nodes.push(Node {
+                id,
+                client_port: ports[3 * (id - 1)],
+                secure_port,
+                dir: node_dir,
+                child: None,
+                stopped: false,
+            });
         }
-        let mut server = ZkServer { _dir: dir, nodes };
+        let mut server = ZkServer { _dir: dir, nodes, config: config.clone() };
         for i in 0..n {
             server.spawn(i)?;
         }
@@ -184,15 +263,27 @@ impl ZkServer {
         }
     }
 
-    /// `127.0.0.1:p1,127.0.0.1:p2,...`
+    /// `127.0.0.1:p1,127.0.0.1:p2,...`: the secure client ports with [`ZkConfig::tls`], else
+    /// the plaintext ones.
     pub fn connect_string(&self) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.client_port)).collect();
+        let port = |n: &Node| n.secure_port.unwrap_or(n.client_port);
+        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", port(n))).collect();
         hosts.join(",")
     }
 
-    /// The client port of node `i` (0-based).
+    /// The plaintext client port of node `i` (0-based), which also answers four-letter words.
     pub fn client_port(&self, i: usize) -> u16 {
         self.nodes[i].client_port
+    }
+
+    /// The TLS client port of node `i`, with [`ZkConfig::tls`].
+    pub fn secure_port(&self, i: usize) -> Option<u16> {
+        self.nodes[i].secure_port
+    }
+
+    /// How the servers were started.
+    pub fn config(&self) -> &ZkConfig {
+        &self.config
     }
 
     /// Number of nodes.
@@ -297,6 +388,7 @@ pub fn test_options(server: &ZkServer, ttl: Duration) -> ZkOptions {
 
 /// Closes `client`'s session on the server from a second connection (the way ZooKeeper's
 /// own tests force expiry): the client learns it when it next talks to the server.
+/// Plaintext servers only.
 pub async fn expire_session(server: &ZkServer, client: &ZkClient) -> Result<(), DcsError> {
     let info = client.session_info().ok_or_else(|| DcsError::fatal("the client has no session"))?;
     // The owner reconnects as soon as the server hands its session to this second
@@ -333,9 +425,15 @@ pub struct ZkHarness {
 impl ZkHarness {
     /// A harness whose clients ask for `ttl` as session timeout.
     pub async fn new(server: Arc<ZkServer>, ttl: Duration) -> Result<ZkHarness, DcsError> {
-        let options = ZkOptions { detached: true, ..test_options(&server, ttl) };
-        let admin = ZkClient::connect(test_options(&server, ttl)).await?;
-        Ok(ZkHarness { server, options, admin })
+        let options = test_options(&server, ttl);
+        ZkHarness::with_options(server, options).await
+    }
+
+    /// A harness whose clients connect with `options` (`detached` forced on), for example
+    /// with [`ZkOptions::tls`] set for a TLS server.
+    pub async fn with_options(server: Arc<ZkServer>, options: ZkOptions) -> Result<ZkHarness, DcsError> {
+        let admin = ZkClient::connect(ZkOptions { detached: false, ..options.clone() }).await?;
+        Ok(ZkHarness { server, options: ZkOptions { detached: true, ..options }, admin })
     }
 }
 
