@@ -16,7 +16,7 @@ use super::rng::SimRng;
 use crate::dcs::{CasOutcome, Lease, WatchEvent};
 use crate::error::DcsError;
 use crate::node::{Action, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
-use crate::record::{ClusterView, Epoch, LeaderView, ResourceRole, Version};
+use crate::record::{ClusterView, DecodeCache, Epoch, LeaderView, ResourceRole, Version};
 use crate::rules::{PeerReply, PeerStatus};
 use crate::testkit::model::{MemoryModel, SessionId};
 use crate::time::Instant;
@@ -179,6 +179,8 @@ pub(crate) struct Slot {
     pause_gen: u64,
     inbox: Vec<Ev>,
     timer_gen: u64,
+    /// When the live `Timer` event (generation `timer_gen`) fires; `None`: none is queued.
+    timer_at: Option<Nanos>,
     sent: BTreeMap<u64, Instant>,
     /// Real instant at which the belief ends under the *declared* timing (I6), as the clock
     /// ran when the renewal was answered (a later forward step only makes the node stop sooner).
@@ -280,11 +282,15 @@ pub(crate) struct World {
     pub liveness_deadline: Nanos,
     /// The decoded store view at a revision (decoding is the costliest part of a load).
     view_cache: Option<(u64, ClusterView)>,
+    /// Records decoded by earlier loads (most do not change between revisions).
+    decode_cache: DecodeCache,
     /// The leader key may have changed since `store_changed` last looked (an acquire, renew
     /// or release was applied, or sessions expired); other writes cannot change it.
     leader_dirty: bool,
     settle_actions: Vec<Action>,
     settle_events: Vec<NodeEvent>,
+    /// A replication round is queued.
+    replication_armed: bool,
 }
 
 impl World {
@@ -328,6 +334,7 @@ impl World {
                 pause_gen: 0,
                 inbox: Vec::new(),
                 timer_gen: 0,
+                timer_at: None,
                 sent: BTreeMap::new(),
                 declared_until: None,
                 decision: None,
@@ -396,9 +403,11 @@ impl World {
             env,
             liveness_deadline: 0,
             view_cache: None,
+            decode_cache: DecodeCache::default(),
             leader_dirty: true,
             settle_actions: Vec::new(),
             settle_events: Vec::new(),
+            replication_armed: false,
         };
         w.liveness_deadline = w.chaos_end + ns(w.cfg.liveness_bound());
         for i in 0..n {
@@ -408,8 +417,8 @@ impl World {
             let t = ns(w.faults[i].at);
             w.push(t, Ev::FaultStart(i));
         }
-        let (ri, wi) = (ns(w.knobs.replication_interval), ns(w.cfg.write_interval));
-        w.push(ri, Ev::Replicate);
+        w.arm_replication();
+        let wi = ns(w.cfg.write_interval);
         w.push(wi, Ev::ClientWrite);
         w.push(chaos_end, Ev::EndChaos);
         w.schedule_expiry();
@@ -429,6 +438,18 @@ impl World {
             }
         };
         self.queue.push(Scheduled { t: t.max(self.now), seq: self.seq, slot });
+    }
+
+    /// Queues the next replication round on the fixed grid `k * replication_interval`,
+    /// unless one is queued. Rounds stop while they find nothing to do.
+    fn arm_replication(&mut self) {
+        if self.replication_armed {
+            return;
+        }
+        self.replication_armed = true;
+        let d = ns(self.knobs.replication_interval).max(1);
+        let next = (self.now / d + 1) * d;
+        self.push(next, Ev::Replicate);
     }
 
     fn after(&mut self, d: Duration, ev: Ev) {
@@ -474,10 +495,16 @@ impl World {
             if s.t > self.end {
                 break;
             }
-            self.now = s.t;
-            self.steps += 1;
             let ev = self.events[s.slot as usize].take().expect("a queued event");
             self.free_events.push(s.slot);
+            // A timer superseded by a later settle: nothing happens, so it is not a step.
+            if let Ev::Timer { n, generation } = ev
+                && generation != self.slots[n].timer_gen
+            {
+                continue;
+            }
+            self.now = s.t;
+            self.steps += 1;
             let code = ev.code();
             self.mix(s.t);
             self.mix(code);
@@ -487,7 +514,12 @@ impl World {
                 self.slots[n].inbox.push(ev);
                 continue;
             }
+            let replication_tick = matches!(ev, Ev::Replicate);
             self.handle(ev);
+            if !replication_tick {
+                // Anything else may give replicas something to copy.
+                self.arm_replication();
+            }
             self.check();
         }
         self.now = self.end;
@@ -614,6 +646,7 @@ impl World {
         match ev {
             Ev::Timer { n, generation } => {
                 if generation == self.slots[n].timer_gen && self.slots[n].node.is_some() {
+                    self.slots[n].timer_at = None;
                     let now = self.slots[n].local(self.now);
                     if let Some(node) = self.slots[n].node.as_mut() {
                         node.handle_timeout(now);
@@ -634,9 +667,10 @@ impl World {
                 }
             }
             Ev::Replicate => {
-                self.replicate();
-                let d = self.knobs.replication_interval;
-                self.after(d, Ev::Replicate);
+                self.replication_armed = false;
+                if self.replicate() {
+                    self.arm_replication();
+                }
             }
             Ev::ClientWrite => {
                 self.client_write();
@@ -777,6 +811,7 @@ impl World {
         slot.res_ops.clear();
         slot.res_busy = None;
         slot.timer_gen += 1;
+        slot.timer_at = None;
         slot.restart_after = None;
         if !self.healed {
             self.after(down_for, Ev::Restart { n });
@@ -830,7 +865,16 @@ impl World {
         }
         let timeout = node.poll_timeout();
         let slot = &mut self.slots[n];
+        // Most settles leave the deadline where it was: keep the queued timer instead of
+        // queueing a copy (stale copies were two thirds of all events).
+        if let (Some(t), Some(queued)) = (timeout, slot.timer_at)
+            && slot.clock.real_when(t, self.now) == queued
+            && queued > self.now
+        {
+            return;
+        }
         slot.timer_gen += 1;
+        slot.timer_at = None;
         if let Some(t) = timeout {
             let mut real = slot.clock.real_when(t, self.now);
             // Guard against a node whose timer never moves forward: virtual time would stand
@@ -846,6 +890,7 @@ impl World {
                 slot.same_instant_timers = 0;
             }
             let generation = slot.timer_gen;
+            slot.timer_at = Some(real);
             self.push(real, Ev::Timer { n, generation });
         }
     }
@@ -1125,11 +1170,15 @@ impl World {
             } else {
                 self.acked.push(Acked { write_id, at: self.now, sync: false, node: n });
             }
-            self.feed_status(n);
+            // The node learns its new position at its next step, as a driver that polls the
+            // resource status does (feeding it after every write cost a node step per write).
         }
     }
 
-    fn replicate(&mut self) {
+    /// One replication round; returns whether it changed anything (a round that changed
+    /// nothing repeats exactly until some other event happens).
+    fn replicate(&mut self) -> bool {
+        let mut changed = false;
         for n in 0..self.slots.len() {
             let Role::Replica(Some(src)) = self.slots[n].res.role else { continue };
             if src == n
@@ -1143,11 +1192,16 @@ impl World {
                 continue;
             }
             let source = std::mem::take(&mut self.slots[src].res);
+            let before =
+                (self.slots[n].res.log.len(), self.slots[n].res.log.last().copied(), self.slots[n].res.max_epoch);
             let copied = self.slots[n].res.replicate_from(&source);
             self.slots[src].res = source;
             if !copied {
                 continue;
             }
+            let res = &self.slots[n].res;
+            changed |= before != (res.log.len(), res.log.last().copied(), res.max_epoch);
+            let acked_before = self.acked.len();
             // Synchronous acknowledgement: the standby now has these writes.
             let name = self.slots[n].name.clone();
             if self.slots[src].res.primary_epoch().is_some() && self.slots[src].res.sync_standbys.contains(&name) {
@@ -1163,15 +1217,19 @@ impl World {
                 }
                 self.slots[src].res.pending_sync = keep;
             }
+            changed |= self.acked.len() != acked_before;
             if self.slots[n].status_sent.as_ref().and_then(|s| s.position) != Some(self.slots[n].res.position()) {
+                changed = true;
                 self.settle(n);
             }
             if self.status_of(src).sync_confirmed
                 != self.slots[src].status_sent.as_ref().map(|s| s.sync_confirmed.clone()).unwrap_or_default()
             {
+                changed = true;
                 self.settle(src);
             }
         }
+        changed
     }
 
     // === network and store ===
@@ -1369,22 +1427,22 @@ impl World {
         match &self.view_cache {
             Some((r, v)) if *r == rev => v.clone(),
             _ => {
-                let v = self.model.load(SCOPE, now);
+                let v = self.model.load_cached(SCOPE, now, &mut self.decode_cache);
                 self.view_cache = Some((rev, v.clone()));
                 v
             }
         }
     }
 
-    /// The leader of the cached view (no clone of the members).
+    /// The leader key alone (from the cached view when it is current; else only the
+    /// leader key is decoded).
     fn load_leader(&mut self, now: Instant) -> Option<LeaderView> {
         self.model.expire(now);
         let rev = self.model.revision();
-        if !matches!(&self.view_cache, Some((r, _)) if *r == rev) {
-            let v = self.model.load(SCOPE, now);
-            self.view_cache = Some((rev, v));
+        match &self.view_cache {
+            Some((r, v)) if *r == rev => v.leader.clone(),
+            _ => self.model.leader_view(SCOPE),
         }
-        self.view_cache.as_ref().and_then(|(_, v)| v.leader.clone())
     }
 
     fn store_changed(&mut self) {
