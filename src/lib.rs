@@ -20,9 +20,9 @@ pub use config::{Timing, TimingError};
 pub use dcs::{CasOutcome, Dcs, Expect, Lease, StoreBounds, WatchEvent};
 pub use error::{DcsError, DecodeError, NextStep};
 pub use record::{
-    ClusterView, ConfigRecord, ControlKey, Epoch, FailoverRecord, HistoryEntry, HistoryRecord, InitializeRecord, Key,
-    LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record, ResourceRole, StatusRecord, SyncRecord, Tags,
-    Version, Versioned,
+    ClusterView, ConfigRecord, ControlKey, DecodeCache, Epoch, FailoverRecord, HistoryEntry, HistoryRecord,
+    InitializeRecord, Key, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record, ResourceRole,
+    StatusRecord, SyncRecord, Tags, Version, Versioned,
 };
 pub use rules::{ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
 pub use time::{Clock, Instant};

@@ -586,14 +586,29 @@ impl RawView {
     /// Decodes every entry; undecodable ones are logged, listed in
     /// [`ClusterView::problems`] and treated as absent.
     pub fn decode(self) -> ClusterView {
+        self.decode_inner(None)
+    }
+
+    /// As [`decode`](Self::decode), but entries whose bytes equal those `cache` saw under the
+    /// same key are not parsed again (a follower loads every loop; most records do not
+    /// change between loads). Garbage is reported again on every load, as by `decode`.
+    pub fn decode_cached(self, cache: &mut DecodeCache) -> ClusterView {
+        cache.round += 1;
+        let view = self.decode_inner(Some(&mut *cache));
+        let round = cache.round;
+        cache.entries.retain(|_, e| e.seen == round);
+        view
+    }
+
+    fn decode_inner(self, mut cache: Option<&mut DecodeCache>) -> ClusterView {
         let mut view = ClusterView { revision: self.revision, ..ClusterView::default() };
         if let Some((entry, epoch)) = self.leader
-            && let Some(record) = decode_or_report::<LeaderRecord>(&entry, &mut view.problems)
+            && let Some(record) = decode_or_report::<LeaderRecord>(&entry, &mut view.problems, cache.as_deref_mut())
         {
             view.leader = Some(LeaderView { record, epoch, version: entry.version });
         }
         for entry in self.members {
-            if let Some(value) = decode_or_report::<MemberRecord>(&entry, &mut view.problems) {
+            if let Some(value) = decode_or_report::<MemberRecord>(&entry, &mut view.problems, cache.as_deref_mut()) {
                 view.members.push(Versioned { value, version: entry.version });
             }
         }
@@ -601,13 +616,14 @@ impl RawView {
         view.members.dedup_by(|a, b| a.value.name == b.value.name);
         for (key, entry) in self.control {
             let before = view.problems.len();
+            let (p, c) = (&mut view.problems, cache.as_deref_mut());
             match key {
-                ControlKey::Config => view.config = decode_versioned(&entry, &mut view.problems),
-                ControlKey::Failover => view.failover = decode_versioned(&entry, &mut view.problems),
-                ControlKey::Sync => view.sync = decode_versioned(&entry, &mut view.problems),
-                ControlKey::Initialize => view.initialize = decode_versioned(&entry, &mut view.problems),
-                ControlKey::History => view.history = decode_versioned(&entry, &mut view.problems),
-                ControlKey::Status => view.status = decode_versioned(&entry, &mut view.problems),
+                ControlKey::Config => view.config = decode_versioned(&entry, p, c),
+                ControlKey::Failover => view.failover = decode_versioned(&entry, p, c),
+                ControlKey::Sync => view.sync = decode_versioned(&entry, p, c),
+                ControlKey::Initialize => view.initialize = decode_versioned(&entry, p, c),
+                ControlKey::History => view.history = decode_versioned(&entry, p, c),
+                ControlKey::Status => view.status = decode_versioned(&entry, p, c),
             }
             if view.problems.len() > before {
                 view.garbage_versions.insert(key, entry.version);
@@ -617,12 +633,71 @@ impl RawView {
     }
 }
 
-fn decode_versioned<T: Record>(entry: &RawEntry, problems: &mut Vec<DecodeError>) -> Option<Versioned<T>> {
-    decode_or_report::<T>(entry, problems).map(|value| Versioned { value, version: entry.version.clone() })
+/// Decoded records by store key, for [`RawView::decode_cached`]. A hit needs the same key
+/// and the same bytes (not just the same version), so it is correct whatever a backend's
+/// versions mean. Entries for keys absent from the last decoded view are dropped, so the
+/// cache holds at most one view's worth of records.
+#[derive(Default)]
+pub struct DecodeCache {
+    entries: std::collections::HashMap<String, CachedEntry>,
+    round: u64,
 }
 
-fn decode_or_report<T: Record>(entry: &RawEntry, problems: &mut Vec<DecodeError>) -> Option<T> {
-    match T::decode(&entry.key, &entry.bytes) {
+impl fmt::Debug for DecodeCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecodeCache").field("entries", &self.entries.len()).finish()
+    }
+}
+
+struct CachedEntry {
+    bytes: Vec<u8>,
+    decoded: Result<Box<dyn std::any::Any + Send + Sync>, DecodeError>,
+    seen: u64,
+}
+
+fn decode_versioned<T: Record + Clone + Send + Sync + 'static>(
+    entry: &RawEntry,
+    problems: &mut Vec<DecodeError>,
+    cache: Option<&mut DecodeCache>,
+) -> Option<Versioned<T>> {
+    decode_or_report::<T>(entry, problems, cache).map(|value| Versioned { value, version: entry.version.clone() })
+}
+
+fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
+    entry: &RawEntry,
+    problems: &mut Vec<DecodeError>,
+    cache: Option<&mut DecodeCache>,
+) -> Option<T> {
+    let decoded = match cache {
+        None => T::decode(&entry.key, &entry.bytes),
+        Some(cache) => {
+            let round = cache.round;
+            let hit = cache.entries.get_mut(&entry.key).filter(|c| c.bytes == entry.bytes);
+            match hit {
+                Some(c) => {
+                    c.seen = round;
+                    match &c.decoded {
+                        Ok(any) => match any.downcast_ref::<T>() {
+                            Some(v) => Ok(v.clone()),
+                            None => T::decode(&entry.key, &entry.bytes),
+                        },
+                        Err(e) => Err(e.clone()),
+                    }
+                }
+                None => {
+                    let decoded = T::decode(&entry.key, &entry.bytes);
+                    let stored = match &decoded {
+                        Ok(v) => Ok(Box::new(v.clone()) as Box<dyn std::any::Any + Send + Sync>),
+                        Err(e) => Err(e.clone()),
+                    };
+                    let cached = CachedEntry { bytes: entry.bytes.clone(), decoded: stored, seen: round };
+                    cache.entries.insert(entry.key.clone(), cached);
+                    decoded
+                }
+            }
+        }
+    };
+    match decoded {
         Ok(v) => Some(v),
         Err(e) => {
             tracing::warn!(key = %entry.key, kind = T::KIND, reason = %e.reason, "garbage in the store, treated as absent");
@@ -677,6 +752,42 @@ mod tests {
         assert_eq!(view.control_version(ControlKey::Failover), Some(&Version::new(6)));
         assert!(view.config.unwrap().value.pause);
         assert_eq!(view.problems.len(), 3);
+    }
+
+    #[test]
+    fn cached_decoding_equals_fresh_decoding_and_reparses_changed_bytes() {
+        let leader = LeaderRecord { member: "a".into(), token: "t1".into(), api_url: None, conn_url: None };
+        let raw = |member_b: &[u8], with_a: bool| RawView {
+            revision: Some(Version::new(9)),
+            leader: Some((entry("/s/c/leader", &leader.encode(), 3), Epoch(3))),
+            members: [
+                with_a.then(|| entry("/s/c/members/a", br#"{"name":"a","position":1}"#, 4)),
+                Some(entry("/s/c/members/b", member_b, 5)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            control: vec![(ControlKey::Failover, entry("/s/c/failover", b"{", 6))],
+        };
+        let mut cache = DecodeCache::default();
+        let b1 = br#"{"name":"b","position":7}"#;
+        let b2 = br#"{"name":"b","position":8}"#;
+        for round in [raw(b1, true), raw(b1, true), raw(b2, true), raw(b2, false), raw(b"[", true)] {
+            let fresh = round.clone().decode();
+            let cached = round.decode_cached(&mut cache);
+            // Garbage (the failover key, and b in the last round) is reported every time.
+            assert_eq!(cached, fresh);
+            assert!(!cached.problems.is_empty());
+        }
+        assert_eq!(raw(b2, true).decode_cached(&mut cache).members[1].value.position, Some(8));
+        // Keys absent from the last view are dropped: here the leader, a, b and failover.
+        assert_eq!(cache.entries.len(), 4);
+        let empty = RawView { revision: Some(Version::new(10)), ..RawView::default() };
+        assert_eq!(
+            empty.decode_cached(&mut cache),
+            ClusterView { revision: Some(Version::new(10)), ..Default::default() }
+        );
+        assert!(cache.entries.is_empty());
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::dcs::{CasOutcome, Expect, Lease, WatchEvent};
 use crate::error::DcsError;
 use crate::node::{Action, Node};
 use crate::record::{
-    ClusterView, ControlKey, Epoch, Key, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record, Version,
+    ClusterView, ControlKey, DecodeCache, Epoch, Key, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView,
+    Record, Version,
 };
 use crate::time::Instant;
 
@@ -159,6 +160,13 @@ impl MemoryModel {
     pub fn load(&mut self, scope: &str, now: Instant) -> ClusterView {
         self.expire(now);
         self.raw_view(scope).decode()
+    }
+
+    /// As [`load`](Self::load), re-parsing only the records whose bytes changed since the
+    /// last load through `cache` (see [`DecodeCache`]).
+    pub fn load_cached(&mut self, scope: &str, now: Instant, cache: &mut DecodeCache) -> ClusterView {
+        self.expire(now);
+        self.raw_view(scope).decode_cached(cache)
     }
 
     /// Creates the leader key with `record`, bound to `session`, if it does not exist, and
@@ -355,7 +363,7 @@ impl MemoryModel {
     }
 
     /// The decoded leader key; `None` if absent or garbage.
-    fn leader_view(&self, scope: &str) -> Option<LeaderView> {
+    pub(crate) fn leader_view(&self, scope: &str) -> Option<LeaderView> {
         let entry = self.leader_entry(scope)?;
         let record = LeaderRecord::decode(&Key::Leader.path("", scope), &entry.bytes).ok()?;
         Some(LeaderView { record, epoch: Epoch(entry.create_revision), version: Version::new(entry.mod_revision) })
