@@ -1,16 +1,18 @@
 //! Latency and idle cost against a real ZooKeeper 3.8 on loopback, started by this binary.
 //!
-//! `cargo bench -p leasehold-zookeeper --features testing --bench zk_real`
+//! `cargo bench -p leasehold-zookeeper --bench zk_real`
 //!
 //! Prints acquire / renew / release latency (median, p99), graceful handover (release to the
 //! watching candidate's won acquire), crash failover (client killed to the candidate's won
-//! acquire), and the server's received packets per second while clients sit idle: one scope,
-//! and 1,000 scopes held on one session.
+//! acquire) on the harness's tickTime 500 ms and again on a second server with tickTime
+//! 100 ms (ZooKeeper expires sessions on tick boundaries, so the tick is added to failover),
+//! and the server's received packets per second while clients sit idle: one scope, and 1,000
+//! scopes held on one session.
 
 use std::time::Duration;
 
 use leasehold::{CasOutcome, Dcs, LeaderRecord, Lease, MemberRecord, WatchEvent};
-use leasehold_zookeeper::testing::{ZkServer, four_letter, test_options};
+use leasehold_zookeeper::testing::{TICK, ZkConfig, ZkServer, four_letter, test_options};
 use leasehold_zookeeper::{ZkClient, ZkDcs, ZkOptions};
 use tokio::time::Instant;
 
@@ -49,6 +51,36 @@ async fn packets_received(port: u16) -> u64 {
         .expect("zk_packets_received in mntr")
 }
 
+/// Crash failover on `server`, `n` times: a detached holder with a 2 s session is closed
+/// without CloseSession; the time until a watching candidate on `other` wins.
+async fn crash_failover(server: &ZkServer, other: &ZkClient, n: usize, label: &str) {
+    let mut failover = Vec::new();
+    let mut negotiated = Duration::ZERO;
+    for i in 0..n {
+        let options = ZkOptions { detached: true, ..test_options(server, Duration::from_secs(2)) };
+        let crashing = ZkClient::connect(options).await.expect("connect");
+        negotiated = crashing.session_timeout();
+        let dh = crashing.scope(&format!("crash-{label}-{i}"));
+        let dc = other.scope(&format!("crash-{label}-{i}"));
+        let lease = won(&dh, &record("a", i)).await;
+        dh.publish_member(&MemberRecord::new("a")).await.expect("publish");
+        let candidate = tokio::runtime::Handle::current().spawn({
+            let dc = dc.clone();
+            async move { take_over(&dc, &record("b", i)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The server counts the session timeout from the last packet it got from the
+        // session: a renew right before the crash makes that the crash instant.
+        assert!(dh.renew(&lease).await.expect("renew").is_won());
+        let t = now();
+        crashing.close();
+        let done = candidate.await.expect("candidate");
+        failover.push(done - t);
+    }
+    println!("crash failover, tickTime {:?}: session timeout {negotiated:?}", server.config().tick);
+    summary(&format!("crash failover ({label})"), failover);
+}
+
 /// Waits (watch + acquire) until `dcs` wins; returns when it did.
 async fn take_over(dcs: &ZkDcs, r: &LeaderRecord) -> Instant {
     loop {
@@ -70,7 +102,7 @@ async fn main() {
     let port = server.client_port(0);
     let options = |ttl| test_options(&server, ttl);
     let client = ZkClient::connect(options(Duration::from_secs(4))).await.expect("connect");
-    println!("ZooKeeper 3.8 standalone on loopback, tickTime 500 ms, session timeout {:?}", client.session_timeout());
+    println!("ZooKeeper 3.8 standalone on loopback, tickTime {TICK:?}, session timeout {:?}", client.session_timeout());
 
     // Latency of single calls.
     let dcs = client.scope("latency");
@@ -119,28 +151,20 @@ async fn main() {
     summary("graceful handover", handover);
 
     // Crash failover: the holder's process dies (detached session, no CloseSession).
-    let mut failover = Vec::new();
-    let mut asked = Duration::ZERO;
-    for i in 0..3 {
-        let crashing =
-            ZkClient::connect(ZkOptions { detached: true, ..options(Duration::from_secs(2)) }).await.expect("connect");
-        asked = crashing.session_timeout();
-        let dh = crashing.scope(&format!("crash-{i}"));
-        let dc = other.scope(&format!("crash-{i}"));
-        won(&dh, &record("a", i)).await;
-        dh.publish_member(&MemberRecord::new("a")).await.expect("publish");
-        let candidate = tokio::runtime::Handle::current().spawn({
-            let dc = dc.clone();
-            async move { take_over(&dc, &record("b", i)).await }
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let t = now();
-        crashing.close();
-        let done = candidate.await.expect("candidate");
-        failover.push(done - t);
+    crash_failover(&server, &other, 5, "tick 500 ms").await;
+    {
+        // The same on a server with a 100 ms tick (an operator's server setting); 2 s stays
+        // inside the allowed session timeouts.
+        let config = ZkConfig {
+            tick: Duration::from_millis(100),
+            min_session_timeout: Some(Duration::from_millis(200)),
+            max_session_timeout: Some(Duration::from_secs(10)),
+            ..ZkConfig::new(1)
+        };
+        let fast = ZkServer::start_with(config).await.expect("start ZooKeeper with tickTime 100 ms");
+        let fast_other = ZkClient::connect(test_options(&fast, Duration::from_secs(4))).await.expect("connect");
+        crash_failover(&fast, &fast_other, 5, "tick 100 ms").await;
     }
-    println!("crash failover: session timeout {asked:?}");
-    summary("crash failover", failover);
     drop(other);
 
     // Idle cost: packets the server receives while clients only keep their sessions.
