@@ -161,6 +161,23 @@ pub struct ZookeeperSection {
     /// Path prefix (default `/service`).
     #[serde(default = "default_prefix")]
     pub prefix: String,
+    /// PEM CA certificate of the servers; setting it connects over TLS (to the servers'
+    /// `secureClientPort`, so `hosts` name those ports). Patroni's `cacert`.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (servers with `ssl.clientAuth=need`); needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Check that a server's certificate names the host it is reached by (default true).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[consul]`
@@ -655,6 +672,16 @@ fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
                 }
             }
             check_prefix("zookeeper.prefix", &s.prefix)?;
+            if s.cacert.is_none() && (s.cert.is_some() || s.key.is_some() || !s.verify) {
+                return Err(ConfigError::new(
+                    "zookeeper.cacert",
+                    "cert, key and verify apply to TLS, which needs cacert",
+                ));
+            }
+            if s.cert.is_some() != s.key.is_some() {
+                let key = if s.cert.is_some() { "zookeeper.key" } else { "zookeeper.cert" };
+                return Err(ConfigError::new(key, "cert and key must be set together"));
+            }
         }
         StoreConfig::Consul(s) => check_url("consul.address", &s.address, &["http://", "https://"])?,
         StoreConfig::Kubernetes(_) => {}
@@ -690,6 +717,27 @@ mod tests {
 
     fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<DaemonConfig, ConfigError> {
         DaemonConfig::parse(text, env.iter().map(|(k, v)| (k.to_string(), v.to_string())), Path::new("/"))
+    }
+
+    #[test]
+    fn zookeeper_tls_keys_parse_and_are_checked() {
+        let zk = |extra: &str| {
+            let text = format!(
+                "scope = \"demo\"\nname = \"n1\"\n[hooks]\ndir = {:?}\n[zookeeper]\nhosts = [\"127.0.0.1:2281\"]\n{extra}\n",
+                hooks_dir().display().to_string()
+            );
+            parse(&text)
+        };
+        let c = zk("cacert = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"").unwrap();
+        let StoreConfig::Zookeeper(s) = &c.store else { panic!("zookeeper section: {:?}", c.store) };
+        assert_eq!(s.cacert.as_deref(), Some(Path::new("/ca.pem")));
+        assert!(s.verify);
+        let StoreConfig::Zookeeper(s) = zk("").unwrap().store else { panic!("zookeeper section") };
+        assert_eq!((s.cacert, s.cert, s.key), (None, None, None));
+        assert_eq!(zk("cert = \"/c.pem\"\nkey = \"/k.pem\"").unwrap_err().key, "zookeeper.cacert");
+        assert_eq!(zk("verify = false").unwrap_err().key, "zookeeper.cacert");
+        assert_eq!(zk("cacert = \"/ca.pem\"\ncert = \"/c.pem\"").unwrap_err().key, "zookeeper.key");
+        assert_eq!(zk("cacert = \"/ca.pem\"\nkey = \"/k.pem\"").unwrap_err().key, "zookeeper.cert");
     }
 
     #[test]

@@ -74,12 +74,19 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
         }
         #[cfg(feature = "zookeeper")]
         StoreConfig::Zookeeper(s) => {
-            use leasehold_zookeeper::{ZkClient, ZkOptions};
+            use leasehold_zookeeper::{ZkClient, ZkOptions, ZkTls};
+            let tls = s.cacert.as_ref().map(|ca| ZkTls {
+                ca_file: ca.clone(),
+                cert_file: s.cert.clone(),
+                key_file: s.key.clone(),
+                verify_hostname: s.verify,
+            });
             let options = ZkOptions {
                 connect: s.hosts.0.join(","),
                 prefix: s.prefix.clone(),
                 ttl: timing.ttl,
                 request_timeout: timing.retry_timeout,
+                tls,
                 ..ZkOptions::default()
             };
             let client = ZkClient::connect(options).await?;
