@@ -38,7 +38,8 @@ mod sweep {
         faults: usize,
         beyond: bool,
         mutation: Option<Mutation>,
-        chaos: Duration,
+        chaos: Option<Duration>,
+        patroni_timing: bool,
         svg: Option<String>,
     }
 
@@ -53,7 +54,8 @@ mod sweep {
             faults: 12,
             beyond: false,
             mutation: None,
-            chaos: Duration::from_secs(120),
+            chaos: None,
+            patroni_timing: false,
             svg: None,
         };
         let mut it = std::env::args().skip(1);
@@ -72,7 +74,14 @@ mod sweep {
                     }
                 }
                 "--faults" => a.faults = num(val()?)? as usize,
-                "--chaos-secs" => a.chaos = Duration::from_secs(num(val()?)?),
+                "--chaos-secs" => a.chaos = Some(Duration::from_secs(num(val()?)?)),
+                "--timing" => {
+                    a.patroni_timing = match val()?.as_str() {
+                        "fast" => false,
+                        "patroni" => true,
+                        v => return Err(format!("--timing: {v:?} is not fast or patroni")),
+                    }
+                }
                 "--sync" => a.sync = true,
                 "--svg" => a.svg = Some(val()?),
                 "--beyond" => a.beyond = true,
@@ -86,7 +95,7 @@ mod sweep {
                     );
                 }
                 "--help" | "-h" => {
-                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N] [--svg PATH (with --reproduce)]".into());
+                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N] [--timing fast|patroni] [--svg PATH (with --reproduce)]\n  --timing patroni: Timing::default() (ttl 30 s, loop_wait 10 s) with 720 s of chaos unless --chaos-secs".into());
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
             }
@@ -97,9 +106,34 @@ mod sweep {
     fn scenario(a: &Args, profile: StoreProfile, seed: u64) -> Scenario {
         let mut cfg = SimConfig::new(a.nodes);
         cfg.synchronous = a.sync;
-        cfg.chaos = a.chaos;
+        if a.patroni_timing {
+            cfg.timing = leasehold::Timing::default();
+            cfg.chaos = Duration::from_secs(720);
+        }
+        cfg.chaos = a.chaos.unwrap_or(cfg.chaos);
+        cfg.liveness = cfg.liveness_bound() + 2 * cfg.timing.ttl;
         cfg.mutation = a.mutation;
         Scenario::with_config(cfg).profile(profile).seed(seed).random_faults(a.faults, a.beyond)
+    }
+
+    /// The command that reruns one seed of this sweep with every option that shapes it.
+    fn replay(a: &Args, profile: StoreProfile, seed: u64) -> String {
+        let mut c = format!(
+            "cargo run --release --features sim --example sim_sweep -- --reproduce {seed} --profile {profile} --nodes {} --faults {}",
+            a.nodes, a.faults
+        );
+        for (on, flag) in [(a.sync, " --sync"), (a.beyond, " --beyond"), (a.patroni_timing, " --timing patroni")] {
+            if on {
+                c.push_str(flag);
+            }
+        }
+        if let Some(chaos) = a.chaos {
+            c.push_str(&format!(" --chaos-secs {}", chaos.as_secs()));
+        }
+        if let Some(m) = a.mutation {
+            c.push_str(&format!(" --mutation {m:?}"));
+        }
+        c
     }
 
     fn pct(v: &[Duration], p: f64) -> Duration {
@@ -175,6 +209,7 @@ mod sweep {
                 if !r.is_ok() && !failed {
                     failed = true;
                     eprintln!("\nFAILED {profile} seed {seed}\n{r}");
+                    eprintln!("replay exactly: {}", replay(&a, profile, seed));
                 }
                 if a.iterations >= 20 && (i + 1) % (a.iterations / 10) == 0 {
                     eprint!("\r{profile}: {}/{} seeds", i + 1, a.iterations);

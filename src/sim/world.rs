@@ -1203,8 +1203,8 @@ impl World {
             changed |= before != (res.log.len(), res.log.last().copied(), res.max_epoch);
             let acked_before = self.acked.len();
             // Synchronous acknowledgement: the standby now has these writes.
-            let name = self.slots[n].name.clone();
-            if self.slots[src].res.primary_epoch().is_some() && self.slots[src].res.sync_standbys.contains(&name) {
+            let source = &self.slots[src].res;
+            if source.primary_epoch().is_some() && source.sync_standbys.iter().any(|s| *s == self.slots[n].name) {
                 let have = self.slots[n].res.log.len();
                 let pending = std::mem::take(&mut self.slots[src].res.pending_sync);
                 let mut keep = Vec::new();
@@ -1218,13 +1218,13 @@ impl World {
                 self.slots[src].res.pending_sync = keep;
             }
             changed |= self.acked.len() != acked_before;
-            if self.slots[n].status_sent.as_ref().and_then(|s| s.position) != Some(self.slots[n].res.position()) {
-                changed = true;
-                self.settle(n);
-            }
-            if self.status_of(src).sync_confirmed
-                != self.slots[src].status_sent.as_ref().map(|s| s.sync_confirmed.clone()).unwrap_or_default()
-            {
+            // The replica learns its new position at its next step (the driver polls the
+            // resource once per loop_wait; telling the node after every round cost a node
+            // step per replica per round).
+            // Without synchronous standbys, before and now, the confirmed set stays empty.
+            let sent = self.slots[src].status_sent.as_ref().map_or(&[][..], |s| &s.sync_confirmed[..]);
+            let quiet = self.slots[src].res.sync_standbys.is_empty() && sent.is_empty();
+            if !quiet && self.status_of(src).sync_confirmed[..] != *sent {
                 changed = true;
                 self.settle(src);
             }
