@@ -334,11 +334,12 @@ impl Record for SyncRecord {
 /// One line of the promotion history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
-    /// Timeline that ended.
+    /// Timeline this promotion started (1 for the first leader, then one more each time).
     pub timeline: u64,
-    /// Position at which it ended.
+    /// The promoted member's position when it was promoted (where the old timeline ended).
     pub position: u64,
-    /// Why (`"failover"`, `"switchover"`, ...).
+    /// Why: `"bootstrap"` (the first leader, no history yet), `"failover"`, `"switchover"`
+    /// or `"manual failover"`.
     #[serde(default)]
     pub reason: String,
     /// The member promoted.

@@ -976,10 +976,12 @@ impl Node {
 
     fn promote(&mut self, epoch: Epoch, _now: Instant) {
         self.primary = Primary::Promoting(epoch);
-        self.promotion_reason = match self.view.as_ref().and_then(|v| v.failover.as_ref()) {
-            Some(f) if f.value.leader.is_some() => "switchover",
-            Some(_) => "manual failover",
-            None => "failover",
+        self.promotion_reason = match self.view.as_ref().map(|v| (v.failover.as_ref(), v.history.is_none())) {
+            Some((Some(f), _)) if f.value.leader.is_some() => "switchover",
+            Some((Some(_), _)) => "manual failover",
+            // No history yet: the first leader the cluster records.
+            Some((None, true)) => "bootstrap",
+            _ => "failover",
         };
         self.followed = None;
         self.resource_standbys.clear();

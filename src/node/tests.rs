@@ -87,6 +87,34 @@ fn single_node_acquires_then_promotes_with_the_epoch() {
 }
 
 #[test]
+fn history_calls_the_first_leader_bootstrap_and_a_later_one_failover() {
+    let promote_and_get_history = |view: ClusterView| {
+        let mut n = node("a");
+        n.handle_timeout(at(0));
+        let Some(Action::Load { id }) = n.poll_action() else { panic!("first action must be a load") };
+        n.handle_load(id, Ok(view), at(10));
+        let acquire = drain(&mut n).into_iter().find_map(|a| match a {
+            Action::Acquire { id, record } => Some((id, record)),
+            _ => None,
+        });
+        let (id, record) = acquire.expect("an acquire");
+        n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+        answer_writes(&mut n, at(20));
+        n.handle_promoted(Ok(()), at(40));
+        drain(&mut n).into_iter().find_map(|a| match a {
+            Action::WriteControl { key: ControlKey::History, value, .. } => HistoryRecord::decode("h", &value).ok(),
+            _ => None,
+        })
+    };
+    let first = promote_and_get_history(view_with(None)).expect("the first leader records history");
+    assert_eq!(first.0.iter().map(|e| (e.timeline, e.reason.as_str())).collect::<Vec<_>>(), [(1, "bootstrap")]);
+    let mut later = view_with(None);
+    later.history = Some(Versioned { value: first, version: Version::new(3) });
+    let second = promote_and_get_history(later).expect("a later leader records history");
+    assert_eq!(second.0.last().map(|e| (e.timeline, e.reason.as_str())), Some((2, "failover")));
+}
+
+#[test]
 fn watchdog_is_armed_before_promote() {
     let mut cfg = NodeConfig::new("a", 1);
     cfg.timing = Timing::fast();
