@@ -178,6 +178,7 @@ OLD=$L
 EPOCH_BEFORE=$(curl -s "http://127.0.0.1:${API[$OLD]}/status" | sed -n 's/.*"epoch":\([0-9]*\).*/\1/p')
 T0=$(now)
 kill -9 "${DAEMON[$OLD]}"
+wait "${DAEMON[$OLD]}" 2>/dev/null || true # reap it quietly (no "Killed" job notice)
 if [ "$RESOURCE" = postgres ] && [ -s "$WORK/n$OLD/data/postmaster.pid" ]; then
   kill -9 "$(head -1 "$WORK/n$OLD/data/postmaster.pid")" 2>/dev/null || true
 fi
