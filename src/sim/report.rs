@@ -1,5 +1,6 @@
 //! [`Report`]: what a run found, and its [`Timeline`].
 
+use std::collections::VecDeque;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
@@ -17,13 +18,18 @@ use super::world::World;
 #[derive(Clone, Debug, Default)]
 pub struct Timeline {
     capacity: usize,
-    rows: Vec<(u64, String, String)>,
+    /// The first `capacity / 4` rows, kept for good.
+    head: Vec<Row>,
+    /// The most recent rows (a ring: dropping the oldest moves nothing).
+    tail: VecDeque<Row>,
     dropped: usize,
 }
 
+type Row = (u64, String, String);
+
 impl Timeline {
     pub(crate) fn new(capacity: usize) -> Self {
-        Timeline { capacity, rows: Vec::new(), dropped: 0 }
+        Timeline { capacity, head: Vec::new(), tail: VecDeque::new(), dropped: 0 }
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -31,27 +37,33 @@ impl Timeline {
     }
 
     pub(crate) fn last_glyphs(&self) -> &str {
-        self.rows.last().map_or("", |r| r.1.as_str())
+        self.tail.back().or(self.head.last()).map_or("", |r| r.1.as_str())
     }
 
+    /// Keeps the start and the most recent rows: the end is where failures are.
     pub(crate) fn push(&mut self, t: u64, glyphs: String, note: String) {
-        if self.rows.len() >= self.capacity {
-            // Keep the start and the most recent rows: the end is where failures are.
-            let keep_head = self.capacity / 4;
-            self.rows.remove(keep_head);
+        if self.capacity == 0 {
+            return;
+        }
+        if self.head.len() < self.capacity / 4 {
+            self.head.push((t, glyphs, note));
+            return;
+        }
+        if self.head.len() + self.tail.len() >= self.capacity {
+            self.tail.pop_front();
             self.dropped += 1;
         }
-        self.rows.push((t, glyphs, note));
+        self.tail.push_back((t, glyphs, note));
     }
 
     /// Number of rows kept.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.head.len() + self.tail.len()
     }
 
     /// Whether no rows were kept.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
 
     /// Renders the timeline as text.
@@ -62,9 +74,8 @@ impl Timeline {
             let _ = write!(out, "{:<4}", format!("n{i}"));
         }
         out.push_str(" note\n");
-        let head = self.capacity / 4;
-        for (i, (t, g, note)) in self.rows.iter().enumerate() {
-            if self.dropped > 0 && i == head {
+        for (i, (t, g, note)) in self.head.iter().chain(&self.tail).enumerate() {
+            if self.dropped > 0 && i == self.head.len() {
                 let _ = writeln!(out, "{:>10}  ({} rows dropped)", "...", self.dropped);
             }
             let _ = writeln!(out, "{:>9.3}s  {g} {note}", *t as f64 / 1e9);

@@ -291,6 +291,8 @@ pub(crate) struct World {
     settle_events: Vec<NodeEvent>,
     /// A replication round is queued.
     replication_armed: bool,
+    /// Calls of `settle` so far (a step without one left every node as it was).
+    settles: u64,
 }
 
 impl World {
@@ -408,6 +410,7 @@ impl World {
             settle_actions: Vec::new(),
             settle_events: Vec::new(),
             replication_armed: false,
+            settles: 0,
         };
         w.liveness_deadline = w.chaos_end + ns(w.cfg.liveness_bound());
         for i in 0..n {
@@ -515,12 +518,17 @@ impl World {
                 continue;
             }
             let replication_tick = matches!(ev, Ev::Replicate);
+            // Client writes and replication rounds change no glyph of the timeline, unless a
+            // node was told something (it may act on it).
+            let quiet_kind = matches!(ev, Ev::Replicate | Ev::ClientWrite);
+            let settles = self.settles;
             self.handle(ev);
+            let glyphs_may_change = !quiet_kind || self.settles != settles;
             if !replication_tick {
                 // Anything else may give replicas something to copy.
                 self.arm_replication();
             }
-            self.check();
+            self.check(glyphs_may_change);
         }
         self.now = self.end;
         let mut checker = self.checker.take().expect("the checker is in place");
@@ -530,7 +538,7 @@ impl World {
         Report::build(&self, self.checker.as_deref().expect("the checker is in place"))
     }
 
-    fn check(&mut self) {
+    fn check(&mut self, glyphs_may_change: bool) {
         let happened = std::mem::take(&mut self.happened);
         for h in &happened {
             self.mix(h.code());
@@ -543,7 +551,9 @@ impl World {
         self.happened = happened;
         self.picture_step();
         self.happened.clear();
-        self.row_if_changed();
+        if glyphs_may_change || !fresh.is_empty() {
+            self.row_if_changed();
+        }
         for f in fresh {
             self.row(&f);
         }
@@ -832,6 +842,7 @@ impl World {
     /// Feeds the node its resource status, carries out every action it emitted, and
     /// re-arms its timer.
     fn settle(&mut self, n: usize) {
+        self.settles += 1;
         for _ in 0..10_000 {
             self.feed_status(n);
             let Some(node) = self.slots[n].node.as_mut() else { return };
@@ -1191,11 +1202,16 @@ impl World {
             {
                 continue;
             }
-            let source = std::mem::take(&mut self.slots[src].res);
-            let before =
-                (self.slots[n].res.log.len(), self.slots[n].res.log.last().copied(), self.slots[n].res.max_epoch);
-            let copied = self.slots[n].res.replicate_from(&source);
-            self.slots[src].res = source;
+            // Two distinct slots borrowed at once (src != n was checked above).
+            let (replica, source) = if n < src {
+                let (lo, hi) = self.slots.split_at_mut(src);
+                (&mut lo[n].res, &hi[0].res)
+            } else {
+                let (lo, hi) = self.slots.split_at_mut(n);
+                (&mut hi[0].res, &lo[src].res)
+            };
+            let before = (replica.log.len(), replica.log.last().copied(), replica.max_epoch);
+            let copied = replica.replicate_from(source);
             if !copied {
                 continue;
             }
