@@ -31,6 +31,10 @@
 //!   re-created in the new one, leader keys are not (`renew` reports `LeaseLost`).
 //! * Watches: one persistent recursive watch per scope (ZooKeeper 3.6+). A watch cursor
 //!   from before a disconnect reports `Resync`, since ZooKeeper does not replay missed events.
+//! * TLS (feature `tls`, off by default): [`ZkOptions::tls`] reaches every server's
+//!   `secureClientPort` with a CA, an optional client certificate (mutual TLS) and hostname
+//!   verification on by default. A refused handshake (unknown CA, wrong name, client
+//!   certificate refused) is [`DcsError::Fatal`](leasehold::DcsError) and says which.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), leasehold::DcsError> {
