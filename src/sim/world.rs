@@ -1780,12 +1780,15 @@ impl World {
 
     /// Acknowledged writes that are not in `n`'s log.
     pub(crate) fn missing_acked(&self, n: usize, sync_only: bool) -> Vec<u64> {
-        let have: std::collections::HashSet<u64> = self.slots[n].res.log.iter().map(|e| e.write_id).collect();
-        self.acked
-            .iter()
-            .filter(|a| (!sync_only || a.sync) && !have.contains(&a.write_id))
-            .map(|a| a.write_id)
-            .collect()
+        let log = &self.slots[n].res.log;
+        // Write ids only grow along a log (replicas copy prefixes, primaries append new ids),
+        // so a binary search finds each; a set is the fallback should that ever not hold.
+        let sorted = log.windows(2).all(|w| w[0].write_id < w[1].write_id);
+        let set: std::collections::HashSet<u64> =
+            if sorted { Default::default() } else { log.iter().map(|e| e.write_id).collect() };
+        let has =
+            |id: u64| if sorted { log.binary_search_by_key(&id, |e| e.write_id).is_ok() } else { set.contains(&id) };
+        self.acked.iter().filter(|a| (!sync_only || a.sync) && !has(a.write_id)).map(|a| a.write_id).collect()
     }
 
     pub(crate) fn trace_hash(&self) -> u64 {
