@@ -678,7 +678,10 @@ impl World {
             }
             Ev::Replicate => {
                 self.replication_armed = false;
-                if self.replicate() {
+                let settles = self.settles;
+                // A round copies every log it can; another is due only if a node was told
+                // something (it may have acted) or a source changed after its replicas copied.
+                if self.replicate() && (self.settles != settles || self.replication_pending()) {
                     self.arm_replication();
                 }
             }
@@ -1186,22 +1189,37 @@ impl World {
         }
     }
 
+    /// The slot replica `n` can copy from right now, if any.
+    fn replication_source(&self, n: usize) -> Option<usize> {
+        let Role::Replica(Some(src)) = self.slots[n].res.role else { return None };
+        let ok = src != n
+            && self.alive(n)
+            && self.alive(src)
+            && self.slots[n].stall == 0
+            && self.peer_ok(src, n)
+            && self.peer_ok(n, src)
+            && self.slots[src].res.running;
+        ok.then_some(src)
+    }
+
+    /// Whether a replication round now would copy anything: after a round, only a replica
+    /// whose source changed later in the same round (a cascade) has something left.
+    fn replication_pending(&self) -> bool {
+        (0..self.slots.len()).any(|n| {
+            self.replication_source(n).is_some_and(|src| {
+                let (r, s) = (&self.slots[n].res, &self.slots[src].res);
+                s.max_epoch >= r.max_epoch
+                    && (r.log.len(), r.log.last(), r.max_epoch) != (s.log.len(), s.log.last(), s.max_epoch)
+            })
+        })
+    }
+
     /// One replication round; returns whether it changed anything (a round that changed
     /// nothing repeats exactly until some other event happens).
     fn replicate(&mut self) -> bool {
         let mut changed = false;
         for n in 0..self.slots.len() {
-            let Role::Replica(Some(src)) = self.slots[n].res.role else { continue };
-            if src == n
-                || !self.alive(n)
-                || !self.alive(src)
-                || self.slots[n].stall > 0
-                || !self.peer_ok(src, n)
-                || !self.peer_ok(n, src)
-                || !self.slots[src].res.running
-            {
-                continue;
-            }
+            let Some(src) = self.replication_source(n) else { continue };
             // Two distinct slots borrowed at once (src != n was checked above).
             let (replica, source) = if n < src {
                 let (lo, hi) = self.slots.split_at_mut(src);
