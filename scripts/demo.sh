@@ -132,6 +132,7 @@ for i in 1 2 3; do
   LEASEHOLD_LOG=${LEASEHOLD_LOG:-info} "$BIN" --config "$WORK/n$i.toml" run 2>"$WORK/n$i.log" &
   PIDS+=($!)
   DAEMON[$i]=$!
+  disown "$!" # out of bash's job table: killing it later prints no "Killed" job notice
 done
 
 leader_index() {
@@ -178,7 +179,6 @@ OLD=$L
 EPOCH_BEFORE=$(curl -s "http://127.0.0.1:${API[$OLD]}/status" | sed -n 's/.*"epoch":\([0-9]*\).*/\1/p')
 T0=$(now)
 kill -9 "${DAEMON[$OLD]}"
-wait "${DAEMON[$OLD]}" 2>/dev/null || true # reap it quietly (no "Killed" job notice)
 if [ "$RESOURCE" = postgres ] && [ -s "$WORK/n$OLD/data/postmaster.pid" ]; then
   kill -9 "$(head -1 "$WORK/n$OLD/data/postmaster.pid")" 2>/dev/null || true
 fi
@@ -217,6 +217,6 @@ echo "kill -9 -> writable primary:           ${T_WRITE}s"
 echo "switchover (ctl, request -> writable): ${T_SWITCH}s (including ctl start-up)"
 for i in 1 2 3; do
   [ "$i" = "$OLD" ] && continue
-  echo "member n$i daemon:                      RSS $(ps -o rss= -p "${DAEMON[$i]}" | tr -d ' ') KiB, CPU time $(ps -o time= -p "${DAEMON[$i]}" | tr -d ' ') since start"
+  echo "member n$i daemon:                      RSS $(ps -o rss= -p "${DAEMON[$i]}" | tr -d ' ') KiB, CPU time $(ps -o time= -p "${DAEMON[$i]}" | tr -d ' ') since start (debug build; release figures: README)"
 done
 [ -n "${DEMO_KEEP:-}" ] || echo "(set DEMO_KEEP=1 to keep the logs)"
