@@ -25,6 +25,7 @@ mod action;
 mod input;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use action::{Action, DemoteMode, RequestId};
@@ -205,7 +206,9 @@ pub struct Node {
     in_flight: Option<InFlight>,
     probe: Option<Probe>,
     failsafe_check: Option<(RequestId, Instant)>,
-    view: Option<ClusterView>,
+    /// The last view read; shared, so the node's own copies and a caller that hands the same
+    /// view to several nodes (the simulator) clone no records.
+    view: Option<Arc<ClusterView>>,
     last_load: Option<Instant>,
     watched: Option<Option<Version>>,
     resource: ResourceStatus,
@@ -352,7 +355,7 @@ impl Node {
 
     /// The last loaded view.
     pub fn view(&self) -> Option<&ClusterView> {
-        self.view.as_ref()
+        self.view.as_deref()
     }
 
     /// Whether the node has stopped (after [`Node::handle_shutdown`] completed, or a fatal
@@ -436,6 +439,12 @@ impl Node {
 
     /// The answer to [`Action::Load`].
     pub fn handle_load(&mut self, id: RequestId, result: Result<ClusterView, DcsError>, now: Instant) {
+        self.handle_load_shared(id, result.map(Arc::new), now);
+    }
+
+    /// [`handle_load`](Self::handle_load) for a view shared with other owners: the node
+    /// keeps the `Arc` and never changes the view.
+    pub fn handle_load_shared(&mut self, id: RequestId, result: Result<Arc<ClusterView>, DcsError>, now: Instant) {
         let Some(_) = self.take_in_flight(id) else { return };
         match result {
             Ok(view) => {
@@ -769,7 +778,7 @@ impl Node {
         self.next_cycle = self.next_cycle.min(now);
     }
 
-    fn on_view(&mut self, view: ClusterView, now: Instant) {
+    fn on_view(&mut self, view: Arc<ClusterView>, now: Instant) {
         let leader = view.leader.clone();
         let leader_name = leader.as_ref().map(|l| l.record.member.clone());
         if self.last_leader.as_ref() != Some(&leader_name) {

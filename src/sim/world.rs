@@ -2,6 +2,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::clock::LocalClock;
@@ -42,7 +43,7 @@ enum Req {
 
 #[derive(Debug)]
 enum Reply {
-    Load(RequestId, Box<Result<ClusterView, DcsError>>, Option<(u64, u64)>),
+    Load(RequestId, Box<Result<Arc<ClusterView>, DcsError>>, Option<(u64, u64)>),
     Acquire(RequestId, Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>),
     Renew(RequestId, Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>),
     Release(RequestId, Result<CasOutcome<(), Option<LeaderView>>, DcsError>),
@@ -281,7 +282,7 @@ pub(crate) struct World {
     /// I4: from this instant exactly one node must act.
     pub liveness_deadline: Nanos,
     /// The decoded store view at a revision (decoding is the costliest part of a load).
-    view_cache: Option<(u64, ClusterView)>,
+    view_cache: Option<(u64, Arc<ClusterView>)>,
     /// Records decoded by earlier loads (most do not change between revisions).
     decode_cache: DecodeCache,
     /// The leader key may have changed since `store_changed` last looked (an acquire, renew
@@ -1206,6 +1207,11 @@ impl World {
     /// whose source changed later in the same round (a cascade) has something left.
     fn replication_pending(&self) -> bool {
         (0..self.slots.len()).any(|n| {
+            // A primary's log does not change during a round: its replicas got all of it.
+            let Role::Replica(Some(src)) = self.slots[n].res.role else { return false };
+            if matches!(self.slots[src].res.role, Role::Primary(_)) {
+                return false;
+            }
             self.replication_source(n).is_some_and(|src| {
                 let (r, s) = (&self.slots[n].res, &self.slots[src].res);
                 s.max_epoch >= r.max_epoch
@@ -1455,13 +1461,13 @@ impl World {
     /// After any store operation: track the leader key, wake watches, plan the next expiry.
     /// `MemoryModel::load` with the decoded view cached per store revision: a load expires
     /// sessions, then decodes every record; the decoded view only changes with the revision.
-    fn load_view(&mut self, now: Instant) -> ClusterView {
+    fn load_view(&mut self, now: Instant) -> Arc<ClusterView> {
         self.model.expire(now);
         let rev = self.model.revision();
         match &self.view_cache {
             Some((r, v)) if *r == rev => v.clone(),
             _ => {
-                let v = self.model.load_cached(SCOPE, now, &mut self.decode_cache);
+                let v = Arc::new(self.model.load_cached(SCOPE, now, &mut self.decode_cache));
                 self.view_cache = Some((rev, v.clone()));
                 v
             }
@@ -1569,7 +1575,7 @@ impl World {
                 }
                 self.slots[n].sent.remove(&id.0);
                 if let Some(node) = self.slots[n].node.as_mut() {
-                    node.handle_load(id, result, now);
+                    node.handle_load_shared(id, result, now);
                 }
             }
             Reply::Acquire(id, result) => {
@@ -1614,7 +1620,16 @@ impl World {
 
     /// client-go's rule: a lease is expired only once this observer saw it unchanged for
     /// ttl on its own clock. Records it hides as expired so the takeover CAS can match.
-    fn k8s_observe(&mut self, n: usize, view: &mut ClusterView, key: Option<(u64, u64)>, now: Instant, ttl: Duration) {
+    /// Kubernetes' observed-time rule: an observer treats the leader as gone once it has seen
+    /// the same record for a ttl (the shared view is copied only then).
+    fn k8s_observe(
+        &mut self,
+        n: usize,
+        view: &mut Arc<ClusterView>,
+        key: Option<(u64, u64)>,
+        now: Instant,
+        ttl: Duration,
+    ) {
         let (Some(l), Some(key)) = (&view.leader, key) else { return };
         let held = self.slots[n].node.as_ref().and_then(|node| node.status().epoch);
         if held == Some(l.epoch) {
@@ -1624,7 +1639,7 @@ impl World {
             Some((seen, since)) if seen == key => {
                 if now >= since + ttl {
                     self.slots[n].k8s_expired = Some(key);
-                    view.leader = None;
+                    Arc::make_mut(view).leader = None;
                 }
             }
             _ => self.slots[n].k8s_seen = Some((key, now)),

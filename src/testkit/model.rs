@@ -42,6 +42,8 @@ struct Session {
 
 #[derive(Clone, Debug)]
 struct Entry {
+    /// The key's path, kept so that every read does not format it again.
+    path: String,
     bytes: Vec<u8>,
     create_revision: u64,
     mod_revision: u64,
@@ -147,6 +149,9 @@ impl MemoryModel {
     /// it, one write (one revision) per session that owned keys. Every other operation
     /// calls this first.
     pub fn expire(&mut self, now: Instant) {
+        if self.sessions.values().all(|s| s.expires_at > now) {
+            return;
+        }
         let due: Vec<SessionId> =
             self.sessions.iter().filter(|(_, s)| s.expires_at <= now).map(|(id, _)| *id).collect();
         for id in due {
@@ -345,7 +350,7 @@ impl MemoryModel {
         };
         for (key, entry) in &data.keys {
             let raw_entry = RawEntry {
-                key: key.path("", scope),
+                key: entry.path.clone(),
                 bytes: entry.bytes.clone(),
                 version: Version::new(entry.mod_revision),
             };
@@ -381,7 +386,11 @@ impl MemoryModel {
         let data = self.scopes.entry(scope.to_string()).or_default();
         data.changed_at = revision;
         let create_revision = data.keys.get(&key).map_or(revision, |e| e.create_revision);
-        data.keys.insert(key, Entry { bytes, create_revision, mod_revision: revision, owner });
+        let path = match data.keys.remove(&key) {
+            Some(old) => old.path,
+            None => key.path("", scope),
+        };
+        data.keys.insert(key, Entry { path, bytes, create_revision, mod_revision: revision, owner });
         revision
     }
 
