@@ -292,6 +292,8 @@ pub(crate) struct World {
     settle_events: Vec<NodeEvent>,
     /// A replication round is queued.
     replication_armed: bool,
+    /// See [`World::timed_horizon`]; quiet steps before it skip the time-dependent checks.
+    timed_horizon: Nanos,
     /// Calls of `settle` so far (a step without one left every node as it was).
     settles: u64,
 }
@@ -412,6 +414,7 @@ impl World {
             settle_events: Vec::new(),
             replication_armed: false,
             settles: 0,
+            timed_horizon: 0,
         };
         w.liveness_deadline = w.chaos_end + ns(w.cfg.liveness_bound());
         for i in 0..n {
@@ -524,12 +527,14 @@ impl World {
             let quiet_kind = matches!(ev, Ev::Replicate | Ev::ClientWrite);
             let settles = self.settles;
             self.handle(ev);
-            let glyphs_may_change = !quiet_kind || self.settles != settles;
+            // Client writes and replication rounds that told no node anything change no role,
+            // lease or belief.
+            let quiet = quiet_kind && self.settles == settles;
             if !replication_tick {
                 // Anything else may give replicas something to copy.
                 self.arm_replication();
             }
-            self.check(glyphs_may_change);
+            self.check(quiet);
         }
         self.now = self.end;
         let mut checker = self.checker.take().expect("the checker is in place");
@@ -539,29 +544,61 @@ impl World {
         Report::build(&self, self.checker.as_deref().expect("the checker is in place"))
     }
 
-    fn check(&mut self, glyphs_may_change: bool) {
+    fn check(&mut self, quiet: bool) {
         let happened = std::mem::take(&mut self.happened);
         for h in &happened {
             self.mix(h.code());
         }
+        // A quiet step before the next deadline finds exactly what the last full check found.
+        let unchanged = quiet && self.now < self.timed_horizon;
         let mut checker = self.checker.take().expect("the checker is in place");
         let before = checker.violations_len();
-        checker.step(self, &happened);
+        checker.step(self, &happened, unchanged);
         let fresh: Vec<String> = checker.found.violations[before..].iter().map(|v| format!("VIOLATION {v}")).collect();
         self.checker = Some(checker);
         self.happened = happened;
-        self.picture_step();
+        self.picture_step(unchanged);
         self.happened.clear();
-        if glyphs_may_change || !fresh.is_empty() {
+        if !quiet || !fresh.is_empty() {
             self.row_if_changed();
+        }
+        if !unchanged {
+            self.timed_horizon = self.timed_horizon();
         }
         for f in fresh {
             self.row(&f);
         }
     }
 
+    /// The first instant at which a time-dependent check could turn out differently with the
+    /// state as it is now: a lease expiring under an acting node (I1'), a belief plus its
+    /// allowance running out (I6), a belief bar ending (picture), the liveness deadline (I4).
+    fn timed_horizon(&self) -> Nanos {
+        let allowance = ns(self.env.max_pause + self.env.max_demote + self.env.max_slow_extra);
+        let mut h = if self.now < self.liveness_deadline { self.liveness_deadline } else { Nanos::MAX };
+        for (n, slot) in self.slots.iter().enumerate() {
+            if let Some(until) = slot.declared_until
+                && slot.node.is_some()
+            {
+                if until > self.now {
+                    h = h.min(until);
+                }
+                if slot.acting().is_some() {
+                    h = h.min(until.saturating_add(allowance));
+                }
+            }
+            if let (Some(_), Some(l)) = (slot.acting(), self.lease)
+                && l.node == n
+            {
+                h = h.min(l.expires);
+            }
+        }
+        h
+    }
+
     /// Records what the SVG picture shows: node states, promotions, acknowledged writes.
-    fn picture_step(&mut self) {
+    /// With `unchanged` (see [`Checker::step`]) the node states are as last recorded.
+    fn picture_step(&mut self, unchanged: bool) {
         if self.timeline.capacity() == 0 {
             return;
         }
@@ -574,6 +611,9 @@ impl World {
             self.picture.write(a.at, a.node);
         }
         self.pictured_acks = self.acked.len();
+        if unchanged {
+            return;
+        }
         let nodes = self.slots.len();
         let any_peer_cut = self.peer_cut.iter().any(|c| *c > 0);
         for (i, slot) in self.slots.iter().enumerate() {
