@@ -55,6 +55,11 @@ impl SimResource {
         }
     }
 
+    /// A fresh resource with room for `writes` log entries.
+    pub fn with_capacity(writes: usize) -> Self {
+        SimResource { log: Vec::with_capacity(writes), ..SimResource::new() }
+    }
+
     /// Replication position in bytes.
     pub fn position(&self) -> u64 {
         self.log.len() as u64 * WRITE_BYTES

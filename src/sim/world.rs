@@ -321,6 +321,10 @@ impl World {
         let mut sessions = Vec::new();
         let mut slots = Vec::new();
         let mut clock_rng = root.fork(2);
+        // Every log ends up holding about every write of the run (replicas copy the primary's),
+        // so room for them all up front costs no more memory than growing there, without the
+        // copies; capped for absurd write rates.
+        let expected_writes = (end / ns(cfg.write_interval).max(1)).min(1 << 22) as usize + 64;
         for i in 0..cfg.nodes {
             let session = model.open_session(cfg.profile.session_ttl(cfg.timing.ttl), Instant::ZERO);
             sessions.push(session);
@@ -330,7 +334,7 @@ impl World {
                 node: None,
                 inc: 0,
                 clock: LocalClock::new(offset, knobs.drift_ppm[i]),
-                res: SimResource::new(),
+                res: SimResource::with_capacity(expected_writes),
                 res_ops: VecDeque::new(),
                 res_busy: None,
                 demote_acked_early: false,
@@ -395,7 +399,7 @@ impl World {
             heal: 0,
             healed: false,
             next_write: 0,
-            acked: Vec::new(),
+            acked: Vec::with_capacity(expected_writes),
             happened: Vec::new(),
             checker: Some(Box::default()),
             hash: 0xcbf2_9ce4_8422_2325,
@@ -1854,14 +1858,25 @@ impl World {
     /// Acknowledged writes that are not in `n`'s log.
     pub(crate) fn missing_acked(&self, n: usize, sync_only: bool) -> Vec<u64> {
         let log = &self.slots[n].res.log;
-        // Write ids only grow along a log (replicas copy prefixes, primaries append new ids),
-        // so a binary search finds each; a set is the fallback should that ever not hold.
-        let sorted = log.windows(2).all(|w| w[0].write_id < w[1].write_id);
-        let set: std::collections::HashSet<u64> =
-            if sorted { Default::default() } else { log.iter().map(|e| e.write_id).collect() };
-        let has =
-            |id: u64| if sorted { log.binary_search_by_key(&id, |e| e.write_id).is_ok() } else { set.contains(&id) };
-        self.acked.iter().filter(|a| (!sync_only || a.sync) && !has(a.write_id)).map(|a| a.write_id).collect()
+        let mut ids: Vec<u64> = self.acked.iter().filter(|a| !sync_only || a.sync).map(|a| a.write_id).collect();
+        // Write ids only grow along a log (replicas copy prefixes, primaries append new ids)
+        // and acknowledgements mostly come in write order: then one merge walk finds them
+        // all. Otherwise a binary search each, or a set should the log not be sorted.
+        if !log.windows(2).all(|w| w[0].write_id < w[1].write_id) {
+            let have: std::collections::HashSet<u64> = log.iter().map(|e| e.write_id).collect();
+            ids.retain(|id| !have.contains(id));
+        } else if ids.windows(2).all(|w| w[0] < w[1]) {
+            let mut at = 0;
+            ids.retain(|&id| {
+                while at < log.len() && log[at].write_id < id {
+                    at += 1;
+                }
+                !(at < log.len() && log[at].write_id == id)
+            });
+        } else {
+            ids.retain(|&id| log.binary_search_by_key(&id, |e| e.write_id).is_err());
+        }
+        ids
     }
 
     pub(crate) fn trace_hash(&self) -> u64 {
