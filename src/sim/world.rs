@@ -468,11 +468,9 @@ impl World {
         self.push(t, ev);
     }
 
+    /// Folds `x` into the trace hash: a word at a time (a multiply and a rotate), order-sensitive.
     pub(crate) fn mix(&mut self, x: u64) {
-        for b in x.to_le_bytes() {
-            self.hash ^= u64::from(b);
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        self.hash = (self.hash ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
     }
 
     fn net_delay(&mut self) -> Duration {
