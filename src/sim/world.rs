@@ -1,6 +1,5 @@
 //! [`World`]: the event queue, the nodes, the store and the network of one run.
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,28 +122,29 @@ impl Ev {
 }
 
 /// A queue entry: the event itself waits in `World::events` (events are large; moving
-/// them through every heap sift cost more than the rest of a step).
-struct Scheduled {
-    t: Nanos,
-    seq: u64,
-    slot: u32,
-}
+/// them through every heap sift cost more than the rest of a step). One `u128` so that a
+/// heap comparison is one comparison: time, then push order, then the slab slot; reversed,
+/// because `BinaryHeap` is a max-heap and the earliest must come out first.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Scheduled(std::cmp::Reverse<u128>);
 
-impl PartialEq for Scheduled {
-    fn eq(&self, o: &Self) -> bool {
-        (self.t, self.seq) == (o.t, o.seq)
+/// Bits of a [`Scheduled`] key for the slab slot (the push counter takes the next 40).
+const SLOT_BITS: u32 = 24;
+
+impl Scheduled {
+    fn new(t: Nanos, seq: u64, slot: u32) -> Self {
+        assert!(slot < 1 << SLOT_BITS, "more than 16 M events queued at once: an event leak");
+        assert!(seq < 1 << (64 - SLOT_BITS), "more than 10^12 events in one run");
+        let order = (u128::from(seq) << SLOT_BITS) | u128::from(slot);
+        Scheduled(std::cmp::Reverse((u128::from(t) << 64) | order))
     }
-}
-impl Eq for Scheduled {}
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
+
+    fn t(self) -> Nanos {
+        (self.0.0 >> 64) as Nanos
     }
-}
-impl Ord for Scheduled {
-    fn cmp(&self, o: &Self) -> Ordering {
-        // BinaryHeap is a max-heap: the earliest (time, seq) must compare greatest.
-        (o.t, o.seq).cmp(&(self.t, self.seq))
+
+    fn slot(self) -> u32 {
+        (self.0.0 & ((1 << SLOT_BITS) - 1)) as u32
     }
 }
 
@@ -448,7 +448,7 @@ impl World {
                 (self.events.len() - 1) as u32
             }
         };
-        self.queue.push(Scheduled { t: t.max(self.now), seq: self.seq, slot });
+        self.queue.push(Scheduled::new(t.max(self.now), self.seq, slot));
     }
 
     /// Queues the next replication round on the fixed grid `k * replication_interval`,
@@ -501,21 +501,21 @@ impl World {
     pub fn run(mut self) -> Report {
         self.row("start");
         while let Some(s) = self.queue.pop() {
-            if s.t > self.end {
+            if s.t() > self.end {
                 break;
             }
-            let ev = self.events[s.slot as usize].take().expect("a queued event");
-            self.free_events.push(s.slot);
+            let ev = self.events[s.slot() as usize].take().expect("a queued event");
+            self.free_events.push(s.slot());
             // A timer superseded by a later settle: nothing happens, so it is not a step.
             if let Ev::Timer { n, generation } = ev
                 && generation != self.slots[n].timer_gen
             {
                 continue;
             }
-            self.now = s.t;
+            self.now = s.t();
             self.steps += 1;
             let code = ev.code();
-            self.mix(s.t);
+            self.mix(s.t());
             self.mix(code);
             if let Some(n) = ev.target()
                 && self.slots[n].paused
