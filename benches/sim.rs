@@ -82,6 +82,29 @@ fn main() {
         println!();
     }
 
+    // A simulated day in one run: Patroni's timing, the same fault density (12 per 720 s).
+    println!("one simulated day per profile: 5 nodes, Timing::default, 1,440 random faults over 24 h, one thread");
+    for profile in StoreProfile::ALL {
+        let mut cfg = SimConfig::new(5);
+        cfg.profile = profile;
+        cfg.timing = leasehold::Timing::default();
+        cfg.chaos = Duration::from_secs(86_400);
+        cfg.liveness = cfg.liveness_bound() + 2 * cfg.timing.ttl;
+        let start = Instant::now();
+        let r = Scenario::with_config(cfg).seed(1).random_faults(1440, false).run();
+        let wall = start.elapsed();
+        println!(
+            "{:<11} {:>9.0}s simulated in {:.2}s wall ({:.0}x), {} steps, violations: {}",
+            profile.to_string(),
+            r.simulated.as_secs_f64(),
+            wall.as_secs_f64(),
+            r.simulated.as_secs_f64() / wall.as_secs_f64(),
+            r.steps,
+            r.violations.len()
+        );
+    }
+    println!();
+
     // Shrinking: proptest finds a failure of the safety-margin mutation and shrinks it.
     let start = Instant::now();
     let mut runner =

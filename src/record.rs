@@ -350,9 +350,25 @@ pub struct HistoryEntry {
 }
 
 /// The promotion history. JSON: an array of [`HistoryEntry`] objects.
+///
+/// Shared (`Arc`): every load of every member carries it, up to 100 lines, and it changes
+/// only at a promotion, so copies of a view share one history. Change it with
+/// [`Arc::make_mut`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(transparent)]
-pub struct HistoryRecord(pub Vec<HistoryEntry>);
+#[serde(from = "Vec<HistoryEntry>", into = "Vec<HistoryEntry>")]
+pub struct HistoryRecord(pub Arc<Vec<HistoryEntry>>);
+
+impl From<Vec<HistoryEntry>> for HistoryRecord {
+    fn from(entries: Vec<HistoryEntry>) -> Self {
+        HistoryRecord(Arc::new(entries))
+    }
+}
+
+impl From<HistoryRecord> for Vec<HistoryEntry> {
+    fn from(record: HistoryRecord) -> Self {
+        Arc::unwrap_or_clone(record.0)
+    }
+}
 
 impl Record for HistoryRecord {
     const KIND: &'static str = "history";
@@ -725,7 +741,7 @@ mod tests {
         let l = LeaderRecord { member: "n1".into(), token: "t-1".into(), api_url: None, conn_url: None };
         assert_eq!(l.encode(), br#"{"member":"n1","token":"t-1"}"#);
         assert_eq!(LeaderRecord::decode("k", &l.encode()).unwrap(), l);
-        let h = HistoryRecord(vec![HistoryEntry {
+        let h = HistoryRecord::from(vec![HistoryEntry {
             timeline: 1,
             position: 10,
             reason: "failover".into(),

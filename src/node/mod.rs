@@ -1166,7 +1166,8 @@ impl Node {
         let Some(view) = &self.view else { return };
         let mut history = view.history.as_ref().map(|h| h.value.clone()).unwrap_or_default();
         let timeline = history.0.last().map_or(1, |e| e.timeline + 1);
-        history.0.push(HistoryEntry {
+        let entries = Arc::make_mut(&mut history.0);
+        entries.push(HistoryEntry {
             timeline,
             position: self.resource.position.unwrap_or(0),
             reason: self.promotion_reason.into(),
@@ -1174,9 +1175,9 @@ impl Node {
             epoch,
         });
         // Keep the record bounded.
-        if history.0.len() > 100 {
-            let drop = history.0.len() - 100;
-            history.0.drain(..drop);
+        if entries.len() > 100 {
+            let drop = entries.len() - 100;
+            entries.drain(..drop);
         }
         let expect = expect_for(view, ControlKey::History);
         self.queue.push_back(StoreOp::Write {

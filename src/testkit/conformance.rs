@@ -328,7 +328,7 @@ fn control_value(key: ControlKey, n: u64) -> Vec<u8> {
         ControlKey::Failover => FailoverRecord { leader: None, candidate: Some(format!("m{n}")) }.encode(),
         ControlKey::Sync => SyncRecord { leader: format!("m{n}"), sync_standby: vec!["s".into()] }.encode(),
         ControlKey::Initialize => InitializeRecord { system_id: format!("id-{n}") }.encode(),
-        ControlKey::History => HistoryRecord(vec![HistoryEntry {
+        ControlKey::History => HistoryRecord::from(vec![HistoryEntry {
             timeline: n,
             position: n * 100,
             reason: "conformance".into(),
