@@ -292,6 +292,8 @@ pub(crate) struct World {
     settle_events: Vec<NodeEvent>,
     /// A replication round is queued.
     replication_armed: bool,
+    /// Push number reserved for the start of fault 0 (fault `i` has `fault_seq + i`).
+    fault_seq: u64,
     /// See [`World::timed_horizon`]; quiet steps before it skip the time-dependent checks.
     timed_horizon: Nanos,
     /// Calls of `settle` so far (a step without one left every node as it was).
@@ -417,6 +419,7 @@ impl World {
             settle_actions: Vec::new(),
             settle_events: Vec::new(),
             replication_armed: false,
+            fault_seq: 0,
             settles: 0,
             timed_horizon: 0,
         };
@@ -424,10 +427,12 @@ impl World {
         for i in 0..n {
             w.start_process(i);
         }
-        for i in 0..w.faults.len() {
-            let t = ns(w.faults[i].at);
-            w.push(t, Ev::FaultStart(i));
-        }
+        // Faults are queued one at a time (a day of chaos holds thousands; a heap that held
+        // them all was deeper for every other event), each with the push number it would
+        // have had if all were queued now, so same-instant events keep their order.
+        w.fault_seq = w.seq + 1;
+        w.seq += w.faults.len() as u64;
+        w.queue_fault(0);
         w.arm_replication();
         let wi = ns(w.cfg.write_interval);
         w.push(wi, Ev::ClientWrite);
@@ -438,6 +443,18 @@ impl World {
 
     fn push(&mut self, t: Nanos, ev: Ev) {
         self.seq += 1;
+        self.push_as(t, self.seq, ev);
+    }
+
+    /// Queues the start of fault `i`, if there is one (faults are sorted by time).
+    fn queue_fault(&mut self, i: usize) {
+        if let Some(f) = self.faults.get(i) {
+            let t = ns(f.at);
+            self.push_as(t, self.fault_seq + i as u64, Ev::FaultStart(i));
+        }
+    }
+
+    fn push_as(&mut self, t: Nanos, seq: u64, ev: Ev) {
         let slot = match self.free_events.pop() {
             Some(i) => {
                 self.events[i as usize] = Some(ev);
@@ -448,7 +465,7 @@ impl World {
                 (self.events.len() - 1) as u32
             }
         };
-        self.queue.push(Scheduled::new(t.max(self.now), self.seq, slot));
+        self.queue.push(Scheduled::new(t.max(self.now), seq, slot));
     }
 
     /// Queues the next replication round on the fixed grid `k * replication_interval`,
@@ -775,6 +792,7 @@ impl World {
                 }
             }
             Ev::FaultStart(i) => {
+                self.queue_fault(i + 1);
                 if !self.healed {
                     let f = self.faults[i].clone();
                     self.row(&format!("fault {:?}", f.fault));
