@@ -650,8 +650,8 @@ impl RawView {
     }
 }
 
-/// Decoded records by store key, for [`RawView::decode_cached`]. A hit needs the same key
-/// and the same bytes (not just the same version), so it is correct whatever a backend's
+/// Decoded records by store key, for [`RawView::decode_cached`]. A hit needs the same key,
+/// record type and bytes (not just the same version), so it is correct whatever a backend's
 /// versions mean. Entries for keys absent from the last decoded view are dropped, so the
 /// cache holds at most one view's worth of records.
 #[derive(Default)]
@@ -667,6 +667,9 @@ impl fmt::Debug for DecodeCache {
 }
 
 struct CachedEntry {
+    /// The record type it was decoded as ([`Record::KIND`]): the same bytes under the same
+    /// key can be garbage as one type and not as another.
+    kind: &'static str,
     bytes: Vec<u8>,
     decoded: Result<Box<dyn std::any::Any + Send + Sync>, DecodeError>,
     seen: u64,
@@ -689,7 +692,7 @@ fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
         None => T::decode(&entry.key, &entry.bytes),
         Some(cache) => {
             let round = cache.round;
-            let hit = cache.entries.get_mut(&entry.key).filter(|c| c.bytes == entry.bytes);
+            let hit = cache.entries.get_mut(&entry.key).filter(|c| c.kind == T::KIND && c.bytes == entry.bytes);
             match hit {
                 Some(c) => {
                     c.seen = round;
@@ -707,7 +710,8 @@ fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
                         Ok(v) => Ok(Box::new(v.clone()) as Box<dyn std::any::Any + Send + Sync>),
                         Err(e) => Err(e.clone()),
                     };
-                    let cached = CachedEntry { bytes: entry.bytes.clone(), decoded: stored, seen: round };
+                    let cached =
+                        CachedEntry { kind: T::KIND, bytes: entry.bytes.clone(), decoded: stored, seen: round };
                     cache.entries.insert(entry.key.clone(), cached);
                     decoded
                 }
@@ -805,6 +809,24 @@ mod tests {
             ClusterView { revision: Some(Version::new(10)), ..Default::default() }
         );
         assert!(cache.entries.is_empty());
+    }
+
+    #[test]
+    fn cached_garbage_is_reported_as_the_kind_it_was_read_as() {
+        // Found by the decode_view fuzz target: one key string and one garbage value, read as
+        // two record types; the cache must not hand the first type's error to the second.
+        let raw = RawView {
+            revision: Some(Version::new(1)),
+            control: vec![
+                (ControlKey::Failover, entry("control", b"", 9)),
+                (ControlKey::Config, entry("control", b"", 9)),
+            ],
+            ..RawView::default()
+        };
+        let mut cache = DecodeCache::default();
+        assert_eq!(raw.clone().decode_cached(&mut cache), raw.clone().decode());
+        let kinds: Vec<_> = raw.clone().decode_cached(&mut cache).problems.iter().map(|p| p.what).collect();
+        assert_eq!(kinds, ["failover", "config"]);
     }
 
     #[test]
