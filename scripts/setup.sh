@@ -4,7 +4,11 @@
 set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-PACKAGES=(protobuf-compiler libprotobuf-dev libssl-dev pkg-config etcd-server etcd-client zookeeper default-jre-headless postgresql curl)
+# g++: libFuzzer (the fuzz targets) and aws-lc-sys (ZooKeeper TLS) compile C and C++ sources;
+# procps: `ps` in the demo's summary; libnetty-java/libslf4j-java: jars the ZooKeeper harness
+# puts on its classpath (pulled in by zookeeper today, named so a packaging change is caught).
+PACKAGES=(protobuf-compiler libprotobuf-dev libssl-dev pkg-config g++ etcd-server etcd-client zookeeper
+  libnetty-java libslf4j-java default-jre-headless postgresql curl procps)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,5 +22,10 @@ fi
 for svc in etcd zookeeper postgresql; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || true
 done
-command -v protoc >/dev/null && command -v etcd >/dev/null && test -f /usr/share/java/zookeeper.jar
+for c in protoc etcd etcdctl java c++ curl ps; do
+  command -v "$c" >/dev/null || { echo "setup: $c is missing after the install"; exit 1; }
+done
+for jar in zookeeper slf4j-simple netty-codec netty-resolver; do
+  test -f "/usr/share/java/$jar.jar" || { echo "setup: /usr/share/java/$jar.jar is missing after the install"; exit 1; }
+done
 echo "setup: ok (protoc $(protoc --version | cut -d' ' -f2), etcd $(etcd --version | head -1 | awk '{print $3}'), zookeeper $(dpkg-query -W -f='${Version}' zookeeper))"
