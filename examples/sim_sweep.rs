@@ -116,26 +116,6 @@ mod sweep {
         Scenario::with_config(cfg).profile(profile).seed(seed).random_faults(a.faults, a.beyond)
     }
 
-    /// The command that reruns one seed of this sweep with every option that shapes it.
-    fn replay(a: &Args, profile: StoreProfile, seed: u64) -> String {
-        let mut c = format!(
-            "cargo run --release --features sim --example sim_sweep -- --reproduce {seed} --profile {profile} --nodes {} --faults {}",
-            a.nodes, a.faults
-        );
-        for (on, flag) in [(a.sync, " --sync"), (a.beyond, " --beyond"), (a.patroni_timing, " --timing patroni")] {
-            if on {
-                c.push_str(flag);
-            }
-        }
-        if let Some(chaos) = a.chaos {
-            c.push_str(&format!(" --chaos-secs {}", chaos.as_secs()));
-        }
-        if let Some(m) = a.mutation {
-            c.push_str(&format!(" --mutation {m:?}"));
-        }
-        c
-    }
-
     fn pct(v: &[Duration], p: f64) -> Duration {
         if v.is_empty() {
             return Duration::ZERO;
@@ -209,7 +189,6 @@ mod sweep {
                 if !r.is_ok() && !failed {
                     failed = true;
                     eprintln!("\nFAILED {profile} seed {seed}\n{r}");
-                    eprintln!("replay exactly: {}", replay(&a, profile, seed));
                 }
                 if a.iterations >= 20 && (i + 1) % (a.iterations / 10) == 0 {
                     eprint!("\r{profile}: {}/{} seeds", i + 1, a.iterations);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use leasehold::sim::{InvariantId, Mutation, Report, Scenario, SimConfig, StoreProfile, strategy};
+use leasehold::sim::{Fault, InvariantId, Mutation, Report, Scenario, SimConfig, StoreProfile, strategy};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 
@@ -313,4 +313,30 @@ fn sync_key_growing_before_the_standby_caught_up_is_caught() {
     for seed in 0..30 {
         sync_switch(seed).run().assert_holds(&[InvariantId::I5]);
     }
+}
+
+/// The replay command carries every option that shapes a drawn run, and only such runs get one.
+#[test]
+fn replay_command_names_every_option_of_a_drawn_run() {
+    let mut cfg = SimConfig::new(3);
+    cfg.chaos = Duration::from_secs(40);
+    cfg.synchronous = true;
+    let drawn = Scenario::with_config(cfg.clone()).profile(StoreProfile::Consul).seed(7).random_faults(5, true);
+    let cmd = drawn.clone().mutation(Mutation::NoFencing).run().replay_command().expect("a drawn run replays");
+    for part in [
+        "--reproduce 7",
+        "--profile consul",
+        "--nodes 3",
+        "--faults 5",
+        "--chaos-secs 40",
+        "--sync",
+        "--beyond",
+        "--mutation NoFencing",
+    ] {
+        assert!(cmd.contains(part), "{part:?} missing from {cmd}");
+    }
+    let patroni = Scenario::with_config(cfg.clone()).timing(leasehold::Timing::default()).random_faults(2, false);
+    assert!(patroni.run().replay_command().expect("replays").contains("--timing patroni"));
+    let hand_written = drawn.fault(Duration::from_secs(1), Fault::Crash { node: 0, down_for: Duration::from_secs(1) });
+    assert_eq!(hand_written.run().replay_command(), None, "an added fault is not in the sweep's schedule");
 }

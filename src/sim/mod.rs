@@ -70,17 +70,22 @@ pub struct Scenario {
     pub seed: u64,
     /// The faults.
     pub faults: Vec<TimedFault>,
+    /// `(count, beyond)` when the whole schedule came from one [`random_faults`]
+    /// call, so that the report can print the sweep command that replays it.
+    ///
+    /// [`random_faults`]: Scenario::random_faults
+    pub drawn: Option<(usize, bool)>,
 }
 
 impl Scenario {
     /// `nodes` members (1 to 9) on etcd with [`Timing::fast`], seed 0, no faults.
     pub fn new(nodes: usize) -> Self {
-        Scenario { config: SimConfig::new(nodes), seed: 0, faults: Vec::new() }
+        Scenario { config: SimConfig::new(nodes), seed: 0, faults: Vec::new(), drawn: None }
     }
 
     /// From a whole configuration.
     pub fn with_config(config: SimConfig) -> Self {
-        Scenario { config, seed: 0, faults: Vec::new() }
+        Scenario { config, seed: 0, faults: Vec::new(), drawn: None }
     }
 
     /// Sets the seed.
@@ -124,12 +129,14 @@ impl Scenario {
     /// Adds a fault at `at`.
     pub fn fault(mut self, at: Duration, fault: Fault) -> Self {
         self.faults.push(TimedFault { at, fault });
+        self.drawn = None;
         self
     }
 
     /// Adds faults.
     pub fn faults(mut self, faults: impl IntoIterator<Item = TimedFault>) -> Self {
         self.faults.extend(faults);
+        self.drawn = None;
         self
     }
 
@@ -137,6 +144,7 @@ impl Scenario {
     /// some may leave the envelope.
     pub fn random_faults(mut self, count: usize, beyond: bool) -> Self {
         let mut rng = SimRng::new(self.seed).fork(0xfa);
+        self.drawn = self.faults.is_empty().then_some((count, beyond));
         self.faults.extend(random_schedule(&mut rng, &self.config, count, beyond));
         self
     }
@@ -145,11 +153,14 @@ impl Scenario {
     pub fn random_faults_of(mut self, count: usize, beyond: bool, classes: &[u64]) -> Self {
         let mut rng = SimRng::new(self.seed).fork(0xfa);
         self.faults.extend(random_schedule_of(&mut rng, &self.config, count, beyond, classes));
+        self.drawn = None;
         self
     }
 
     /// Runs the scenario.
     pub fn run(&self) -> Report {
-        world::World::new(self.config.clone(), self.seed, self.faults.clone()).run()
+        let mut report = world::World::new(self.config.clone(), self.seed, self.faults.clone()).run();
+        report.drawn = self.drawn;
+        report
     }
 }

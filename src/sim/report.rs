@@ -9,6 +9,7 @@ use super::fault::TimedFault;
 use super::invariants::{Checker, InvariantId, Measured, Violation};
 use super::picture::Picture;
 use super::world::World;
+use crate::config::Timing;
 
 /// A column timeline: one row each time a node's glyphs change, plus annotated rows for
 /// faults, promotions, demotions and violations.
@@ -109,6 +110,8 @@ pub struct Report {
     pub timeline: Timeline,
     /// Per-node intervals and marks, drawn by [`svg`](Report::svg).
     pub picture: Picture,
+    /// How the schedule was drawn, from [`Scenario::drawn`](super::Scenario::drawn).
+    pub drawn: Option<(usize, bool)>,
 }
 
 impl Report {
@@ -125,6 +128,7 @@ impl Report {
             trace_hash: w.trace_hash(),
             timeline: w.timeline.clone(),
             picture: w.picture.clone(),
+            drawn: None,
         }
     }
 
@@ -175,16 +179,34 @@ impl Report {
         self.picture.svg(&title, &faults, &violations)
     }
 
-    /// The command that replays this run with the sweep example.
-    pub fn replay_command(&self) -> String {
-        let mut c = format!(
-            "cargo run --release --features sim --example sim_sweep -- --reproduce {} --profile {} --nodes {}",
-            self.seed, self.config.profile, self.config.nodes
-        );
-        if self.config.synchronous {
-            c.push_str(" --sync");
+    /// The sweep command that replays this run exactly, or `None` when the sweep cannot
+    /// express it (a hand-written schedule, or a timing, write rate or liveness phase other
+    /// than the sweep's).
+    pub fn replay_command(&self) -> Option<String> {
+        let c = &self.config;
+        let (count, beyond) = self.drawn?;
+        let chaos = c.chaos.as_secs();
+        let patroni = c.timing == Timing::default();
+        let sweep_like = (patroni || c.timing == Timing::fast())
+            && c.write_interval == SimConfig::new(c.nodes).write_interval
+            && c.liveness == c.liveness_bound() + 2 * c.timing.ttl
+            && u128::from(chaos) * 1_000_000_000 == c.chaos.as_nanos();
+        if !sweep_like {
+            return None;
         }
-        c
+        let mut cmd = format!(
+            "cargo run --release --features sim --example sim_sweep -- --reproduce {} --profile {} --nodes {} --faults {count} --chaos-secs {chaos}",
+            self.seed, c.profile, c.nodes
+        );
+        for (on, flag) in [(c.synchronous, " --sync"), (beyond, " --beyond"), (patroni, " --timing patroni")] {
+            if on {
+                cmd.push_str(flag);
+            }
+        }
+        if let Some(m) = c.mutation {
+            cmd.push_str(&format!(" --mutation {m:?}"));
+        }
+        Some(cmd)
     }
 }
 
@@ -227,6 +249,11 @@ impl fmt::Display for Report {
         }
         writeln!(f, "measured: {:?}", self.measured)?;
         writeln!(f, "timeline:\n{}", self.timeline.render(c.nodes))?;
-        writeln!(f, "replay (random schedule of this seed): {}", self.replay_command())
+        match self.replay_command() {
+            Some(cmd) => writeln!(f, "replay: {cmd}"),
+            None => {
+                writeln!(f, "replay: the schedule above with `Scenario::faults` (the sweep cannot express this run)")
+            }
+        }
     }
 }
