@@ -667,11 +667,10 @@ impl fmt::Debug for DecodeCache {
 }
 
 struct CachedEntry {
-    /// The record type it was decoded as ([`Record::KIND`]): the same bytes under the same
-    /// key can be garbage as one type and not as another.
-    kind: &'static str,
     bytes: Vec<u8>,
-    decoded: Result<Box<dyn std::any::Any + Send + Sync>, DecodeError>,
+    /// The `Result<T, DecodeError>` of decoding `bytes` as `T`: typed, so that the same
+    /// bytes read as another record type (garbage as one, valid as another) miss.
+    decoded: Box<dyn std::any::Any + Send + Sync>,
     seen: u64,
 }
 
@@ -692,26 +691,16 @@ fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
         None => T::decode(&entry.key, &entry.bytes),
         Some(cache) => {
             let round = cache.round;
-            let hit = cache.entries.get_mut(&entry.key).filter(|c| c.kind == T::KIND && c.bytes == entry.bytes);
+            let hit = cache.entries.get_mut(&entry.key).filter(|c| c.bytes == entry.bytes).and_then(|c| {
+                c.seen = round;
+                c.decoded.downcast_ref::<Result<T, DecodeError>>()
+            });
             match hit {
-                Some(c) => {
-                    c.seen = round;
-                    match &c.decoded {
-                        Ok(any) => match any.downcast_ref::<T>() {
-                            Some(v) => Ok(v.clone()),
-                            None => T::decode(&entry.key, &entry.bytes),
-                        },
-                        Err(e) => Err(e.clone()),
-                    }
-                }
+                Some(decoded) => decoded.clone(),
                 None => {
                     let decoded = T::decode(&entry.key, &entry.bytes);
-                    let stored = match &decoded {
-                        Ok(v) => Ok(Box::new(v.clone()) as Box<dyn std::any::Any + Send + Sync>),
-                        Err(e) => Err(e.clone()),
-                    };
                     let cached =
-                        CachedEntry { kind: T::KIND, bytes: entry.bytes.clone(), decoded: stored, seen: round };
+                        CachedEntry { bytes: entry.bytes.clone(), decoded: Box::new(decoded.clone()), seen: round };
                     cache.entries.insert(entry.key.clone(), cached);
                     decoded
                 }

@@ -985,12 +985,14 @@ impl Node {
 
     fn promote(&mut self, epoch: Epoch, _now: Instant) {
         self.primary = Primary::Promoting(epoch);
-        self.promotion_reason = match self.view.as_ref().map(|v| (v.failover.as_ref(), v.history.is_none())) {
-            Some((Some(f), _)) if f.value.leader.is_some() => "switchover",
-            Some((Some(_), _)) => "manual failover",
-            // No history yet: the first leader the cluster records.
-            Some((None, true)) => "bootstrap",
-            _ => "failover",
+        let view = self.view.as_deref();
+        // No history key at all (garbage in it has a version): the first leader recorded.
+        let first = view.is_some_and(|v| v.control_version(ControlKey::History).is_none());
+        self.promotion_reason = match view.and_then(|v| v.failover.as_ref()) {
+            Some(f) if f.value.leader.is_some() => "switchover",
+            Some(_) => "manual failover",
+            None if first => "bootstrap",
+            None => "failover",
         };
         self.followed = None;
         self.resource_standbys.clear();

@@ -112,6 +112,11 @@ fn history_calls_the_first_leader_bootstrap_and_a_later_one_failover() {
     later.history = Some(Versioned { value: first, version: Version::new(3) });
     let second = promote_and_get_history(later).expect("a later leader records history");
     assert_eq!(second.0.last().map(|e| (e.timeline, e.reason.as_str())), Some((2, "failover")));
+    // A history key holding garbage is not "no history": the cluster has had a leader.
+    let mut garbage = view_with(None);
+    garbage.garbage_versions.insert(ControlKey::History, Version::new(4));
+    let third = promote_and_get_history(garbage).expect("a leader over garbage history records history");
+    assert_eq!(third.0.last().map(|e| e.reason.as_str()), Some("failover"));
 }
 
 #[test]
