@@ -541,13 +541,11 @@ impl World {
                 continue;
             }
             let replication_tick = matches!(ev, Ev::Replicate);
-            // Client writes and replication rounds change no glyph of the timeline, unless a
-            // node was told something (it may act on it).
             let quiet_kind = matches!(ev, Ev::Replicate | Ev::ClientWrite);
             let settles = self.settles;
             self.handle(ev);
-            // Client writes and replication rounds that told no node anything change no role,
-            // lease or belief.
+            // A write or replication round that told no node anything changed no role, lease,
+            // belief or timeline glyph.
             let quiet = quiet_kind && self.settles == settles;
             if !replication_tick {
                 // Anything else may give replicas something to copy.
@@ -1518,7 +1516,6 @@ impl World {
         })
     }
 
-    /// After any store operation: track the leader key, wake watches, plan the next expiry.
     /// `MemoryModel::load` with the decoded view cached per store revision: a load expires
     /// sessions, then decodes every record; the decoded view only changes with the revision.
     fn load_view(&mut self, now: Instant) -> Arc<ClusterView> {
@@ -1545,6 +1542,7 @@ impl World {
         }
     }
 
+    /// After any store operation: track the leader key, wake watches, plan the next expiry.
     fn store_changed(&mut self) {
         let rev = self.model.revision();
         // The key can also vanish when its session expires inside any store operation.
@@ -1679,9 +1677,8 @@ impl World {
     }
 
     /// client-go's rule: a lease is expired only once this observer saw it unchanged for
-    /// ttl on its own clock. Records it hides as expired so the takeover CAS can match.
-    /// Kubernetes' observed-time rule: an observer treats the leader as gone once it has seen
-    /// the same record for a ttl (the shared view is copied only then).
+    /// ttl on its own clock. Records it hides as expired so the takeover CAS can match (the
+    /// shared view is copied only then).
     fn k8s_observe(
         &mut self,
         n: usize,
