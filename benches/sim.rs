@@ -25,15 +25,12 @@ enum Speed {
 }
 
 fn chaos_run(profile: StoreProfile, speed: Speed, seed: u64) -> leasehold::sim::Report {
-    let mut cfg = SimConfig::new(5);
-    cfg.profile = profile;
+    let mut s = Scenario::new(5).profile(profile);
     if let Speed::Patroni = speed {
-        cfg.timing = leasehold::Timing::default();
-        cfg.chaos = Duration::from_secs(720);
-        cfg.liveness = cfg.liveness_bound() + 2 * cfg.timing.ttl;
+        s = s.timing(leasehold::Timing::default()).chaos(Duration::from_secs(720));
     }
     // The default timeline (400 rows) and picture are kept: what a user of the sweep gets.
-    Scenario::with_config(cfg).seed(seed).random_faults(12, false).run()
+    s.seed(seed).random_faults(12, false).run()
 }
 
 fn main() {
@@ -85,13 +82,9 @@ fn main() {
     // A simulated day in one run: Patroni's timing, the same fault density (12 per 720 s).
     println!("one simulated day per profile: 5 nodes, Timing::default, 1,440 random faults over 24 h, one thread");
     for profile in StoreProfile::ALL {
-        let mut cfg = SimConfig::new(5);
-        cfg.profile = profile;
-        cfg.timing = leasehold::Timing::default();
-        cfg.chaos = Duration::from_secs(86_400);
-        cfg.liveness = cfg.liveness_bound() + 2 * cfg.timing.ttl;
+        let day = Scenario::new(5).profile(profile).timing(leasehold::Timing::default());
         let start = Instant::now();
-        let r = Scenario::with_config(cfg).seed(1).random_faults(1440, false).run();
+        let r = day.chaos(Duration::from_secs(86_400)).seed(1).random_faults(1440, false).run();
         let wall = start.elapsed();
         println!(
             "{:<11} {:>9.0}s simulated in {:.2}s wall ({:.0}x), {} steps, violations: {}",

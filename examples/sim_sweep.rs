@@ -106,14 +106,15 @@ mod sweep {
     fn scenario(a: &Args, profile: StoreProfile, seed: u64) -> Scenario {
         let mut cfg = SimConfig::new(a.nodes);
         cfg.synchronous = a.sync;
-        if a.patroni_timing {
-            cfg.timing = leasehold::Timing::default();
-            cfg.chaos = Duration::from_secs(720);
-        }
-        cfg.chaos = a.chaos.unwrap_or(cfg.chaos);
-        cfg.liveness = cfg.liveness_bound() + 2 * cfg.timing.ttl;
         cfg.mutation = a.mutation;
-        Scenario::with_config(cfg).profile(profile).seed(seed).random_faults(a.faults, a.beyond)
+        let mut s = Scenario::with_config(cfg).profile(profile);
+        if a.patroni_timing {
+            s = s.timing(leasehold::Timing::default()).chaos(Duration::from_secs(720));
+        }
+        if let Some(chaos) = a.chaos {
+            s = s.chaos(chaos);
+        }
+        s.seed(seed).random_faults(a.faults, a.beyond)
     }
 
     fn pct(v: &[Duration], p: f64) -> Duration {
