@@ -385,12 +385,17 @@ impl MemoryModel {
         let revision = self.revision;
         let data = self.scopes.entry(scope.to_string()).or_default();
         data.changed_at = revision;
-        let create_revision = data.keys.get(&key).map_or(revision, |e| e.create_revision);
-        let path = match data.keys.remove(&key) {
-            Some(old) => old.path,
-            None => key.path("", scope),
-        };
-        data.keys.insert(key, Entry { path, bytes, create_revision, mod_revision: revision, owner });
+        match data.keys.get_mut(&key) {
+            Some(e) => {
+                e.bytes = bytes;
+                e.mod_revision = revision;
+                e.owner = owner;
+            }
+            None => {
+                let path = key.path("", scope);
+                data.keys.insert(key, Entry { path, bytes, create_revision: revision, mod_revision: revision, owner });
+            }
+        }
         revision
     }
 
