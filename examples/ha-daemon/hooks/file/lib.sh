@@ -12,6 +12,9 @@ ROOT=$FILE_RESOURCE_DIR
 D=$ROOT/$LEASEHOLD_NAME
 mkdir -p "$D"
 
-read_or() { if [ -s "$1" ]; then cat "$1"; else echo "$2"; fi; }
+# One open, no test first: another hook of this member may remove the file in between
+# (follow removes "leader" while status reads it; a failed status makes peers think the member
+# is down).
+read_or() { v=$(cat "$1" 2>/dev/null) || v=""; if [ -n "$v" ]; then echo "$v"; else echo "$2"; fi; }
 # Atomic replace, so a concurrent reader never sees a half-written file.
 put() { printf '%s\n' "$2" > "$1.tmp.$$" && mv -f "$1.tmp.$$" "$1"; }
