@@ -16,6 +16,7 @@ fn hook(dir: &Path, name: &str, args: &[&str]) -> Output {
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // a thread runs `follow` beside `status`: the race is the test
 fn status_never_fails_while_follow_changes_the_leader() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("b")).unwrap();
