@@ -376,7 +376,7 @@ impl Record for HistoryRecord {
 
 /// Written by the leader after successful renewals.
 ///
-/// JSON: `{"position": 123, "failsafe"?: {"n1": "http://..."}}`.
+/// JSON: `{"position": 123, "failsafe"?: {"n1": "http://..."}, "members"?: {"n1": "http://..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct StatusRecord {
     /// The leader's last known position.
@@ -385,6 +385,12 @@ pub struct StatusRecord {
     /// during a store outage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failsafe: Option<BTreeMap<String, String>>,
+    /// Every member (name to API URL, empty when it has none) the leader saw registered
+    /// recently, itself included, like Patroni's `retain_slots`. A member whose record expired
+    /// (it lost the store but may still run, and be ahead) stays on this list for a while, so a
+    /// candidate that never saw it, or just restarted, still asks it before promoting.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub members: BTreeMap<String, String>,
 }
 
 impl Record for StatusRecord {

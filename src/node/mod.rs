@@ -24,7 +24,7 @@
 mod action;
 mod input;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,11 @@ use crate::record::{
 };
 use crate::rules::{self, ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
 use crate::time::Instant;
+
+/// How long, in ttls, a member absent from the store stays on the roster an election asks.
+/// Asking a member that is really gone costs at most one probe timeout per election; missing
+/// one that is alive and ahead loses what only it had.
+pub const ROSTER_MEMORY_TTLS: u32 = 10;
 
 /// Watchdog policy (Patroni's names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -59,8 +64,9 @@ pub enum WatchdogMode {
 pub struct NodeConfig {
     /// Member name, unique in the scope.
     pub name: String,
-    /// Differs on every process start (a random number or a start time from the driver);
-    /// part of the leader token so two incarnations of one member are told apart.
+    /// Differs on every process start of this member (a random number or a start time from
+    /// the driver); part of the leader token so two incarnations of one member are told
+    /// apart. Tokens also carry the member name, so members may share incarnation numbers.
     pub incarnation: u64,
     /// Timing, validated by [`Node::new`].
     pub timing: Timing,
@@ -221,6 +227,10 @@ pub struct Node {
     promotion_reason: &'static str,
     followed: Option<Option<String>>,
     published: Option<MemberRecord>,
+    /// Every member seen registered in a loaded view within [`ROSTER_MEMORY_TTLS`] ttls, with
+    /// when it was last seen. An election asks these too: a member whose record expired
+    /// because it lost the store may still run, answer peers, and be ahead of us.
+    roster: BTreeMap<String, (MemberRecord, Instant)>,
     resource_standbys: Vec<String>,
     cycle_start: Instant,
     next_cycle: Instant,
@@ -266,6 +276,7 @@ impl Node {
             promotion_reason: "failover",
             followed: None,
             published: None,
+            roster: BTreeMap::new(),
             resource_standbys: Vec::new(),
             cycle_start: now,
             next_cycle: now,
@@ -789,6 +800,7 @@ impl Node {
             self.watched = Some(view.revision.clone());
             self.actions.push_back(Action::Watch { after: view.revision.clone() });
         }
+        self.remember_members(&view, now);
         self.view = Some(view);
         self.view_stale = false;
         if std::mem::take(&mut self.regular_load) || self.published.is_none() {
@@ -796,8 +808,11 @@ impl Node {
         }
 
         if let Some(h) = &self.held {
-            let ours =
-                leader.as_ref().is_some_and(|l| l.epoch == h.lease.epoch && l.record.token == h.lease.record.token);
+            let ours = leader.as_ref().is_some_and(|l| {
+                l.epoch == h.lease.epoch
+                    && l.record.member == h.lease.record.member
+                    && l.record.token == h.lease.record.token
+            });
             if !ours {
                 // A linearizable read shows the key gone or someone else's: leadership is
                 // over. A read may take leadership away, never confirm it (rule 2).
@@ -808,15 +823,16 @@ impl Node {
             self.leader_duties(now);
             return;
         }
-        let unanswered_acquire = matches!((&self.pending_token, &leader), (Some(t), Some(l)) if &l.record.token == t);
+        // "Ours" is always the member name and the token, never the token alone: a record
+        // that names another member is never adopted, renewed or released by us.
+        let unanswered_acquire = matches!((&self.pending_token, &leader),
+            (Some(t), Some(l)) if l.record.member == self.cfg.name && &l.record.token == t);
         // A key this process wrote but no longer believes it holds (it demoted offline while
         // the store kept its session alive): nobody else can acquire it while it exists, so
         // abandoning it would leave the cluster leaderless for as long as we live.
         let abandoned_own_key = self.primary == Primary::No
             && !self.shutting_down
-            && leader.as_ref().is_some_and(|l| {
-                l.record.member == self.cfg.name && l.record.token.starts_with(&format!("{:x}-", self.cfg.incarnation))
-            });
+            && leader.as_ref().is_some_and(|l| self.is_this_incarnations(&l.record));
         if let Some(l) = &leader
             && (unanswered_acquire || abandoned_own_key)
         {
@@ -865,8 +881,7 @@ impl Node {
             return;
         }
         let Some(view) = &self.view else { return };
-        let peers: Vec<MemberRecord> =
-            view.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name).cloned().collect();
+        let peers = self.election_peers(view);
         let id = self.next_request_id();
         self.probe = Some(Probe { id, purpose: ProbePurpose::Election, deadline: now + self.cfg.timing.retry_timeout });
         if peers.is_empty() {
@@ -902,7 +917,7 @@ impl Node {
             Verdict::Eligible => {
                 self.last_refusal = None;
                 self.attempts += 1;
-                let token = format!("{:x}-{}", self.cfg.incarnation, self.attempts);
+                let token = self.token(self.attempts);
                 let record = LeaderRecord {
                     member: self.cfg.name.clone(),
                     token: token.clone(),
@@ -1013,17 +1028,24 @@ impl Node {
             let epoch = h.lease.epoch;
             self.become_primary(epoch, now);
         }
-        // Status: the leader's position, written only when it moved.
-        if let Some(pos) = self.resource.position {
-            let current = view.status.as_ref().map(|s| s.value.position);
-            if current != Some(pos) && matches!(self.primary, Primary::Acting(_)) {
-                let failsafe = self.failsafe_on().then(|| {
-                    view.members
-                        .iter()
-                        .map(|m| (m.value.name.clone(), m.value.api_url.clone().unwrap_or_default()))
-                        .collect()
-                });
-                let rec = StatusRecord { position: pos, failsafe };
+        // Status: the leader's position and the roster, written only when they changed.
+        if let Some(pos) = self.resource.position
+            && matches!(self.primary, Primary::Acting(_))
+        {
+            let failsafe = self.failsafe_on().then(|| {
+                view.members
+                    .iter()
+                    .map(|m| (m.value.name.clone(), m.value.api_url.clone().unwrap_or_default()))
+                    .collect()
+            });
+            let members = self
+                .roster
+                .values()
+                .map(|(m, _)| (m.name.clone(), m.api_url.clone().unwrap_or_default()))
+                .chain(std::iter::once((self.cfg.name.clone(), self.cfg.api_url.clone().unwrap_or_default())))
+                .collect();
+            let rec = StatusRecord { position: pos, failsafe, members };
+            if view.status.as_ref().map(|s| &s.value) != Some(&rec) {
                 self.queue.push_back(StoreOp::Write {
                     key: ControlKey::Status,
                     expect: expect_for(&view, ControlKey::Status),
@@ -1327,6 +1349,25 @@ impl Node {
 
     // === plumbing ===
 
+    /// The token of our `attempt`-th acquisition: `{member}/{incarnation:x}-{attempt}`.
+    /// Member names are unique in a scope, so tokens are unique across members by
+    /// construction, whatever incarnation numbers callers choose; the incarnation tells two
+    /// processes of one member apart.
+    fn token(&self, attempt: u64) -> String {
+        format!("{}/{:x}-{attempt}", self.cfg.name, self.cfg.incarnation)
+    }
+
+    /// Whether `record` was written by this process (this member, this incarnation), by any
+    /// of its attempts.
+    fn is_this_incarnations(&self, record: &LeaderRecord) -> bool {
+        let prefix = format!("{}/{:x}-", self.cfg.name, self.cfg.incarnation);
+        record.member == self.cfg.name
+            && record
+                .token
+                .strip_prefix(&prefix)
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     fn next_request_id(&mut self) -> RequestId {
         self.next_id += 1;
         RequestId(self.next_id)
@@ -1362,10 +1403,16 @@ impl Node {
             StoreOp::Load => Action::Load { id },
             StoreOp::Acquire(record) => Action::Acquire { id, record: record.clone() },
             StoreOp::Renew => match &self.held {
-                Some(h) => Action::Renew { id, lease: h.lease.clone() },
+                Some(h) => {
+                    debug_assert_eq!(h.lease.record.member, self.cfg.name, "renewing another member's key");
+                    Action::Renew { id, lease: h.lease.clone() }
+                }
                 None => return self.pump(now),
             },
-            StoreOp::Release(lease) => Action::Release { id, lease: lease.clone() },
+            StoreOp::Release(lease) => {
+                debug_assert_eq!(lease.record.member, self.cfg.name, "releasing another member's key");
+                Action::Release { id, lease: lease.clone() }
+            }
             StoreOp::Publish(record) => Action::PublishMember { id, record: record.clone() },
             StoreOp::Write { key, expect, value, .. } => {
                 Action::WriteControl { id, key: *key, expect: expect.clone(), value: value.clone() }
@@ -1385,6 +1432,37 @@ impl Node {
         if !self.queue.iter().any(|op| matches!(op, StoreOp::Publish(_))) {
             self.queue.push_back(StoreOp::Publish(record));
         }
+    }
+
+    /// Keeps the roster: members in `view` are seen now; absent ones are forgotten after
+    /// [`ROSTER_MEMORY_TTLS`] ttls.
+    fn remember_members(&mut self, view: &ClusterView, now: Instant) {
+        for m in view.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name) {
+            self.roster.insert(m.name.clone(), (m.clone(), now));
+        }
+        let memory = self.cfg.timing.ttl * ROSTER_MEMORY_TTLS;
+        self.roster.retain(|_, (_, seen)| now < *seen + memory);
+    }
+
+    /// Whom an election asks: the members registered in `view`, then those on our roster,
+    /// then those on the leader's roster in the status key (a restarted process knows no
+    /// one yet), each once, never ourselves.
+    fn election_peers(&self, view: &ClusterView) -> Vec<MemberRecord> {
+        let mut peers: BTreeMap<&str, MemberRecord> = BTreeMap::new();
+        let registered = view.members.iter().map(|m| &m.value);
+        for m in registered.chain(self.roster.values().map(|(m, _)| m)) {
+            peers.entry(m.name.as_str()).or_insert_with(|| m.clone());
+        }
+        if let Some(status) = &view.status {
+            for (name, api_url) in &status.value.members {
+                peers.entry(name.as_str()).or_insert_with(|| MemberRecord {
+                    api_url: (!api_url.is_empty()).then(|| api_url.clone()),
+                    ..MemberRecord::new(name.as_str())
+                });
+            }
+        }
+        peers.remove(self.cfg.name.as_str());
+        peers.into_values().collect()
     }
 
     fn my_record(&self) -> MemberRecord {

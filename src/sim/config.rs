@@ -27,17 +27,22 @@ pub enum Mutation {
     /// standby is connected and has caught up, so the leader grows the sync key to a standby
     /// that lacks writes acknowledged by the previous one. Expected: I5.
     ConfirmSyncEarly,
+    /// The member check is off: a node whose acquire went unanswered takes the leader record
+    /// it reads next as its own although it names another member (what comparing tokens
+    /// alone concluded when two members' tokens collided). Expected: I8.
+    AdoptForeignKey,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 6] = [
+    pub const ALL: [Mutation; 7] = [
         Mutation::NoSafetyMargin,
         Mutation::NoFencing,
         Mutation::AckDemoteEarly,
         Mutation::NoLagCheck,
         Mutation::UnknownAsWon,
         Mutation::ConfirmSyncEarly,
+        Mutation::AdoptForeignKey,
     ];
 }
 

@@ -165,6 +165,13 @@ pub(crate) struct StoreLease {
     pub expires: Nanos,
 }
 
+/// Whom an election probe asked, and who was really there to ask (for I3).
+#[derive(Clone, Debug)]
+struct ProbeTruth {
+    asked: Vec<String>,
+    present: Vec<(String, u64)>,
+}
+
 /// One member: its process (a real [`Node`]), machine, clock and resource.
 pub(crate) struct Slot {
     pub name: String,
@@ -188,6 +195,11 @@ pub(crate) struct Slot {
     pub declared_until: Option<Nanos>,
     pub decision: Option<Decision>,
     last_probe: Vec<PeerReply>,
+    /// Who the node's last election probe asked, and who was really there (for I3).
+    probe_asked: Option<ProbeTruth>,
+    /// The record of an acquire this node sent and has not had an answer to (for the
+    /// [`Mutation::AdoptForeignKey`] mutation).
+    unanswered_acquire: Option<crate::record::LeaderRecord>,
     /// Newest leader epoch this node has seen in a load (I7).
     pub seen_epoch: Epoch,
     watch: Option<Version>,
@@ -350,6 +362,8 @@ impl World {
                 declared_until: None,
                 decision: None,
                 last_probe: Vec::new(),
+                probe_asked: None,
+                unanswered_acquire: None,
                 seen_epoch: Epoch(0),
                 watch: None,
                 k8s_seen: None,
@@ -859,6 +873,9 @@ impl World {
         slot.res_ops.clear();
         slot.res_busy = None;
         slot.decision = None;
+        slot.last_probe.clear();
+        slot.probe_asked = None;
+        slot.unanswered_acquire = None;
         slot.declared_until = None;
         self.mix(0x5354_4152_5400 + n as u64);
         let d = self.cfg.timing.ttl / 3;
@@ -1060,8 +1077,16 @@ impl World {
             | Action::WriteControl { id, .. }
             | Action::DeleteControl { id, .. } => {
                 self.mix(0x1000 + id.0);
-                if matches!(a, Action::Acquire { .. }) {
-                    self.record_decision(n);
+                match &a {
+                    Action::Acquire { record, .. } => {
+                        self.record_decision(n);
+                        self.slots[n].unanswered_acquire = Some(record.clone());
+                    }
+                    Action::Renew { lease, .. } | Action::Release { lease, .. } => {
+                        let names_us = lease.record.member == self.slots[n].name;
+                        self.happened.push(Happening::LeaseSent { node: n, epoch: lease.epoch, names_us });
+                    }
+                    _ => {}
                 }
                 self.slots[n].sent.insert(id.0, now_l);
                 if self.slots[n].sent.len() > 64 {
@@ -1076,6 +1101,9 @@ impl World {
                 self.fire_watches();
             }
             Action::ProbePeers { id, peers } => {
+                let asked = peers.iter().map(|p| p.name.clone()).collect();
+                self.slots[n].probe_asked = Some(ProbeTruth { asked, present: self.present_peers(n) });
+                self.slots[n].last_probe.clear();
                 let replies: Vec<PeerReply> = peers.iter().map(|p| self.probe_one(n, &p.name)).collect();
                 let d = 2 * self.net_delay();
                 let inc = self.slots[n].inc;
@@ -1109,6 +1137,9 @@ impl World {
             }
             Action::Demote { mode } => {
                 self.mix(0x2000 + mode as u64);
+                // A leader's switchover probe says nothing about a later election.
+                self.slots[n].last_probe.clear();
+                self.slots[n].probe_asked = None;
                 self.res_op(n, ResOp::Demote);
             }
             Action::Follow { leader, .. } => self.res_op(n, ResOp::Follow(leader)),
@@ -1117,17 +1148,35 @@ impl World {
     }
 
     fn record_decision(&mut self, n: usize) {
-        let Some(node) = self.slots[n].node.as_ref() else { return };
-        let view = node.view();
+        if self.slots[n].node.is_none() {
+            return;
+        }
+        // The replies and the peers present belong to the probe behind this acquire; a node
+        // that asked nobody decided at once, so who was present is who is present now.
+        let probe = self.slots[n].probe_asked.take();
+        let probe = probe.unwrap_or_else(|| ProbeTruth { asked: Vec::new(), present: self.present_peers(n) });
+        let peers = std::mem::take(&mut self.slots[n].last_probe);
+        let view = self.slots[n].node.as_ref().and_then(|node| node.view());
         let decision = Decision {
             at: self.now,
             my_position: self.slots[n].res.position(),
             leader_position: view.and_then(|v| v.status.as_ref()).map(|s| s.value.position),
             sync: view.and_then(|v| v.sync.as_ref()).map(|s| s.value.clone()),
-            peers: self.slots[n].last_probe.clone(),
+            peers,
+            asked: probe.asked,
+            present: probe.present,
             real_max_position: self.slots.iter().map(|s| s.res.position()).max().unwrap_or(0),
         };
         self.slots[n].decision = Some(decision);
+    }
+
+    /// The other nodes that are up and that `n` and they can reach, with their real log
+    /// positions: who an election by `n` could have heard from right now.
+    fn present_peers(&self, n: usize) -> Vec<(String, u64)> {
+        (0..self.slots.len())
+            .filter(|&j| j != n && self.alive(j) && self.peer_ok(n, j) && self.peer_ok(j, n))
+            .map(|j| (self.slots[j].name.clone(), self.slots[j].res.position()))
+            .collect()
     }
 
     fn probe_one(&mut self, n: usize, name: &str) -> PeerReply {
@@ -1624,6 +1673,7 @@ impl World {
             Reply::Load(id, result, key) => {
                 let mut result = *result;
                 if let Ok(view) = &mut result {
+                    self.adopt_foreign_key(n, view);
                     if let Some(l) = &view.leader {
                         self.slots[n].seen_epoch = self.slots[n].seen_epoch.max(l.epoch);
                     }
@@ -1637,6 +1687,9 @@ impl World {
                 }
             }
             Reply::Acquire(id, result) => {
+                if result.is_ok() {
+                    self.slots[n].unanswered_acquire = None;
+                }
                 let won = result.as_ref().ok().and_then(|r| match r {
                     CasOutcome::Won(l) => Some((l.epoch, l.valid_for)),
                     CasOutcome::Lost(_) => None,
@@ -1673,6 +1726,21 @@ impl World {
                     self.slots[n].session = s;
                 }
             }
+        }
+    }
+
+    /// Mutation [`Mutation::AdoptForeignKey`]: a node whose acquire went unanswered reads
+    /// another member's leader record as its own, as a node that compares tokens alone does
+    /// when two members' tokens collide.
+    fn adopt_foreign_key(&mut self, n: usize, view: &mut Arc<ClusterView>) {
+        if self.cfg.mutation != Some(Mutation::AdoptForeignKey) {
+            return;
+        }
+        let Some(mine) = self.slots[n].unanswered_acquire.clone() else { return };
+        if view.leader.as_ref().is_some_and(|l| l.record.member != mine.member)
+            && let Some(l) = Arc::make_mut(view).leader.as_mut()
+        {
+            l.record = mine;
         }
     }
 

@@ -336,7 +336,7 @@ fn control_value(key: ControlKey, n: u64) -> Vec<u8> {
             epoch: Epoch(n),
         }])
         .encode(),
-        ControlKey::Status => StatusRecord { position: n, failsafe: None }.encode(),
+        ControlKey::Status => StatusRecord { position: n, ..StatusRecord::default() }.encode(),
     }
 }
 

@@ -404,7 +404,7 @@ impl Dcs for ZkDcs {
                 return Ok(CasOutcome::Lost(None));
             };
             let Some(current) = leader_view(&path, &data, &stat) else { return Ok(CasOutcome::Lost(None)) };
-            if current.epoch != lease.epoch || current.record.token != lease.record.token {
+            if current.epoch != lease.epoch || current.record != lease.record {
                 return Ok(CasOutcome::Lost(Some(current)));
             }
             if stat.ephemeral_owner != session.id() {

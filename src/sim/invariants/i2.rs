@@ -38,7 +38,7 @@ impl Fencing {
                         f.breach(w, InvariantId::I2, Some(node), false, d);
                     }
                 }
-                Happening::Granted { .. } | Happening::BecamePrimary { .. } => {}
+                Happening::Granted { .. } | Happening::BecamePrimary { .. } | Happening::LeaseSent { .. } => {}
             }
         }
     }

@@ -8,6 +8,12 @@
 //! simulator told the node (its real position, the store's status key in its view, the probe
 //! replies it was given) and the *declared* `maximum_lag_on_failover`. Decisions made on stale
 //! data (the real furthest log was more than max lag ahead) are counted, not failed.
+//!
+//! "Reachable" is the truth, not what the node chose to ask: a peer that was up and
+//! mutually reachable when the election probe went out, ahead, and not asked at all, is a
+//! breach (a member whose store registration expired still runs and answers peers; issue 13).
+//! A peer that was asked and whose answer was lost in the network is not: the node cannot
+//! know, and Patroni ignores unanswered peers too.
 
 use super::{Findings, Happening, InvariantId};
 use crate::record::ResourceRole;
@@ -34,9 +40,10 @@ impl PromotionEligibility {
                 );
                 f.breach(w, InvariantId::I3, Some(node), false, detail);
             }
+            let excluded_by_sync = |name: &str| w.cfg.synchronous && d.sync.as_ref().is_some_and(|s| !s.contains(name));
             for p in &d.peers {
                 let PeerReply::Reachable(p) = p else { continue };
-                if w.cfg.synchronous && d.sync.as_ref().is_some_and(|s| !s.contains(&p.name)) {
+                if excluded_by_sync(&p.name) {
                     continue;
                 }
                 let pos = p.position.unwrap_or(0);
@@ -46,6 +53,12 @@ impl PromotionEligibility {
                 }
                 if p.running && p.role == ResourceRole::Primary {
                     let detail = format!("promotes while peer {} answered as a running primary", p.name);
+                    f.breach(w, InvariantId::I3, Some(node), false, detail);
+                }
+            }
+            for (name, pos) in &d.present {
+                if *pos > mine && !excluded_by_sync(name) && !d.asked.contains(name) {
+                    let detail = format!("promotes at position {mine} without asking {name}, reachable and at {pos}");
                     f.breach(w, InvariantId::I3, Some(node), false, detail);
                 }
             }

@@ -12,6 +12,7 @@ mod i4;
 mod i5;
 mod i6;
 mod i7;
+mod i8;
 
 use std::fmt;
 use std::time::Duration;
@@ -39,11 +40,14 @@ pub enum InvariantId {
     I6,
     /// Epochs never go backwards.
     I7,
+    /// No node renews or releases a key another member acquired, or a record that names
+    /// another member.
+    I8,
 }
 
 impl InvariantId {
     /// Every invariant.
-    pub const ALL: [InvariantId; 8] = [
+    pub const ALL: [InvariantId; 9] = [
         InvariantId::I1,
         InvariantId::I1Prime,
         InvariantId::I2,
@@ -52,6 +56,7 @@ impl InvariantId {
         InvariantId::I5,
         InvariantId::I6,
         InvariantId::I7,
+        InvariantId::I8,
     ];
 }
 
@@ -66,6 +71,7 @@ impl fmt::Display for InvariantId {
             InvariantId::I5 => "I5",
             InvariantId::I6 => "I6",
             InvariantId::I7 => "I7",
+            InvariantId::I8 => "I8",
         })
     }
 }
@@ -101,6 +107,11 @@ pub(crate) struct Decision {
     pub leader_position: Option<u64>,
     pub sync: Option<SyncRecord>,
     pub peers: Vec<PeerReply>,
+    /// Whom the election probe asked (empty when it decided without asking).
+    pub asked: Vec<String>,
+    /// Who was really up and mutually reachable when the probe went out, with their real
+    /// positions.
+    pub present: Vec<(String, u64)>,
     /// The furthest real position of any node's log at that instant.
     pub real_max_position: u64,
 }
@@ -116,6 +127,9 @@ pub(crate) enum Happening {
     SinkAccepted { node: usize, epoch: Epoch, previous: Epoch },
     /// The store granted an epoch.
     Granted { node: usize, epoch: Epoch },
+    /// A node sent a renew or a release for the key under `epoch`, with a record that names
+    /// it (`names_us`) or another member.
+    LeaseSent { node: usize, epoch: Epoch, names_us: bool },
 }
 
 impl Happening {
@@ -125,6 +139,7 @@ impl Happening {
             Happening::BecamePrimary { node, epoch } => 0x2_0000 + ((*node as u64) << 40) + epoch.0,
             Happening::SinkAccepted { epoch, .. } => 0x3_0000 + epoch.0,
             Happening::Granted { node, epoch } => 0x4_0000 + ((*node as u64) << 40) + epoch.0,
+            Happening::LeaseSent { node, epoch, .. } => 0x5_0000 + ((*node as u64) << 40) + epoch.0,
         }
     }
 }
@@ -186,6 +201,7 @@ pub(crate) struct Checker {
     i5: i5::NoLostSyncWrite,
     i6: i6::BoundedDemotion,
     i7: i7::EpochsForward,
+    i8: i8::OwnKeysOnly,
 }
 
 impl Checker {
@@ -209,6 +225,7 @@ impl Checker {
         self.i3.step(w, happened, f);
         self.i5.step(w, happened, f);
         self.i7.step(w, happened, f);
+        self.i8.step(w, happened, f);
     }
 
     pub fn finish(&mut self, w: &World) {
