@@ -184,6 +184,96 @@ fn acting_on_an_unknown_acquire_is_caught() {
     });
 }
 
+/// One sweep schedule, as `sim_sweep --reproduce SEED --profile P --nodes N [--sync]
+/// --faults F --chaos-secs 120` draws it.
+struct Replay {
+    profile: StoreProfile,
+    nodes: usize,
+    sync: bool,
+    faults: usize,
+    seed: u64,
+}
+
+impl Replay {
+    const fn new(profile: StoreProfile, nodes: usize, faults: usize, seed: u64) -> Self {
+        Replay { profile, nodes, sync: false, faults, seed }
+    }
+
+    fn scenario(&self) -> Scenario {
+        let mut c = SimConfig::new(self.nodes);
+        c.synchronous = self.sync;
+        Scenario::with_config(c)
+            .profile(self.profile)
+            .chaos(Duration::from_secs(120))
+            .seed(self.seed)
+            .random_faults(self.faults, false)
+    }
+}
+
+/// Issue 13, I1': a member being shut down took the current leader's record for the answer to
+/// its own lost acquire (equal tokens, member not compared) and released that key.
+const FOREIGN_KEY_RELEASES: [Replay; 6] = [
+    Replay::new(StoreProfile::Consul, 5, 24, 7_000_724),
+    Replay::new(StoreProfile::Etcd, 3, 40, 30_001_007),
+    Replay::new(StoreProfile::ZooKeeper, 3, 40, 30_001_007),
+    Replay::new(StoreProfile::Kubernetes, 3, 40, 30_001_007),
+    Replay::new(StoreProfile::Kubernetes, 3, 40, 30_002_212),
+    Replay::new(StoreProfile::Consul, 5, 50, 80_001_469),
+];
+
+/// Issue 13, I3: a candidate promoted past a peer that was ahead and reachable, because that
+/// peer's registration had expired (it was cut from the store) and nobody asked it.
+const PROMOTIONS_PAST_AN_UNREGISTERED_PEER: [Replay; 14] = [
+    Replay::new(StoreProfile::Etcd, 3, 40, 30_000_646),
+    Replay::new(StoreProfile::Etcd, 3, 40, 30_000_873),
+    Replay::new(StoreProfile::Etcd, 3, 40, 30_001_528),
+    Replay::new(StoreProfile::Etcd, 3, 40, 30_001_951),
+    Replay::new(StoreProfile::Etcd, 3, 40, 30_002_060),
+    Replay::new(StoreProfile::ZooKeeper, 3, 40, 30_000_519),
+    Replay::new(StoreProfile::ZooKeeper, 3, 40, 30_000_533),
+    Replay::new(StoreProfile::ZooKeeper, 3, 40, 30_001_433),
+    Replay::new(StoreProfile::ZooKeeper, 3, 40, 30_001_577),
+    Replay::new(StoreProfile::ZooKeeper, 3, 40, 30_002_443),
+    Replay::new(StoreProfile::ZooKeeper, 3, 40, 30_002_826),
+    Replay::new(StoreProfile::Consul, 3, 40, 30_002_298),
+    Replay::new(StoreProfile::Consul, 3, 40, 30_002_366),
+    Replay { profile: StoreProfile::Etcd, nodes: 3, sync: true, faults: 50, seed: 70_000_023 },
+];
+
+#[test]
+fn issue_13_replays_hold_every_invariant() {
+    for r in FOREIGN_KEY_RELEASES.iter().chain(&PROMOTIONS_PAST_AN_UNREGISTERED_PEER) {
+        let report = r.scenario().run();
+        assert!(report.steps > 1000, "the replay ran: {report}");
+        report.assert_holds(&InvariantId::ALL);
+    }
+}
+
+/// Runs `replays` with `mutation` until one breaks an invariant of `expected`.
+fn find_among(mutation: Mutation, expected: &[InvariantId], replays: &[Replay]) -> Report {
+    for r in replays {
+        let report = r.scenario().mutation(mutation).run();
+        if expected.iter().any(|id| report.violated(*id)) {
+            println!("{mutation:?} found at seed {}:\n{report}", r.seed);
+            return report;
+        }
+    }
+    panic!(
+        "{mutation:?}: no violation of {expected:?} in {} replays: the simulator cannot see this rule",
+        replays.len()
+    );
+}
+
+#[test]
+fn adopting_another_members_key_is_caught() {
+    find_among(Mutation::AdoptForeignKey, &[InvariantId::I8], &FOREIGN_KEY_RELEASES);
+}
+
+#[test]
+fn asking_only_registered_members_is_caught() {
+    find_among(Mutation::AskRegisteredOnly, &[InvariantId::I3], &PROMOTIONS_PAST_AN_UNREGISTERED_PEER);
+}
+
 /// proptest finds a failure of the margin mutation and shrinks it to a short schedule, which
 /// is printed with its timeline.
 #[test]

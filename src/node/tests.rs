@@ -711,3 +711,92 @@ fn a_renewal_answered_after_a_graceful_demotion_does_not_promote_again() {
     assert!(actions.iter().any(|a| matches!(a, Action::Release { .. })), "the release goes ahead: {actions:?}");
     assert!(!n.is_acting_leader(at(1030)));
 }
+
+/// Issue 13: two members with the same incarnation number and attempt count. Their tokens
+/// differ (the member name is in them), and a member whose acquire answer was lost never takes
+/// another member's record for its own, even one forged to carry its token: it neither renews
+/// nor releases it, also when shut down.
+#[test]
+fn members_sharing_incarnations_never_adopt_each_others_keys() {
+    let (mut a, mut b) = (node("a"), node("b"));
+    let (a_id, a_record) = start_and_acquire(&mut a);
+    let (b_id, b_record) = start_and_acquire(&mut b);
+    assert_eq!(a.config().incarnation, b.config().incarnation);
+    assert_ne!(a_record.token, b_record.token, "tokens are unique across members by construction");
+    a.handle_acquire(a_id, Ok(CasOutcome::Won(lease_from(&a_record, 7))), at(20));
+    // b's answer is lost: the outcome is unknown and b re-reads before anything else.
+    b.handle_acquire(b_id, Err(DcsError::unknown("reply lost")), at(20));
+    let load = drain(&mut b).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    let forged = LeaderView {
+        record: LeaderRecord { token: b_record.token.clone(), ..a_record.clone() },
+        ..leader_view("a", "", 7)
+    };
+    for (i, leader) in [forged, leader_view("a", &a_record.token, 7)].into_iter().enumerate() {
+        let load = if i == 0 {
+            load.expect("b re-reads after an unknown outcome")
+        } else {
+            b.handle_watch_event(WatchEvent::Changed, at(40));
+            drain(&mut b).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None }).unwrap()
+        };
+        b.handle_load(load, Ok(view_with(Some(leader))), at(30 + i as u64 * 20));
+        let actions = answer_writes(&mut b, at(30));
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Renew { .. } | Action::Release { .. })),
+            "b touched a's key: {actions:?}"
+        );
+        assert_eq!(b.status().epoch, None, "b holds nothing");
+    }
+    b.handle_shutdown(at(100));
+    let actions = drain(&mut b);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Release { .. })), "{actions:?}");
+    assert!(b.is_stopped());
+}
+
+/// Issue 13: an election asks members whose registration expired (they lost the store, may
+/// still run and be ahead), from its own memory and from the leader's roster in the status key.
+#[test]
+fn an_election_asks_members_whose_registration_expired() {
+    // Whom the election after a read of `view` asks; nobody when it decides at once.
+    let probed = |n: &mut Node, view: ClusterView, now: Instant| -> Vec<String> {
+        n.handle_timeout(now);
+        let load = drain(n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+        n.handle_load(load.expect("a load"), Ok(view), now);
+        let actions = answer_writes(n, now);
+        let peers = actions.iter().find_map(|a| match a {
+            Action::ProbePeers { peers, .. } => Some(peers.iter().map(|p| p.name.clone()).collect()),
+            _ => None,
+        });
+        let decided_at_once = actions.iter().any(|a| matches!(a, Action::Acquire { .. }));
+        peers.unwrap_or_else(|| {
+            assert!(decided_at_once, "neither a probe nor an acquire: {actions:?}");
+            Vec::new()
+        })
+    };
+    let member = |name: &str| Versioned { value: MemberRecord::new(name), version: Version::new(2) };
+    // Seen registered, then gone from the store: still asked, until it has been gone for
+    // ROSTER_MEMORY_TTLS ttls.
+    let mut a = node("a");
+    let mut first = view_with(Some(leader_view("c", "c/1-1", 3)));
+    first.members = vec![member("a"), member("b"), member("c")];
+    a.handle_timeout(at(0));
+    let load = drain(&mut a).iter().find_map(|x| if let Action::Load { id } = x { Some(*id) } else { None });
+    a.handle_load(load.unwrap(), Ok(first), at(10));
+    drain(&mut a);
+    let mut expired = view_with(None);
+    expired.members = vec![member("a")];
+    assert_eq!(probed(&mut a, expired.clone(), at(5_000)), ["b", "c"]);
+    let forgotten = at(10) + Timing::fast().ttl * ROSTER_MEMORY_TTLS;
+    let mut late = node("a");
+    late.roster = a.roster.clone();
+    assert!(probed(&mut late, expired, forgotten).is_empty(), "forgotten after {ROSTER_MEMORY_TTLS} ttls");
+    // A fresh process knows nobody: the leader's roster in the status key names them.
+    let mut fresh = node("a");
+    let mut with_status = view_with(None);
+    with_status.members = vec![member("a")];
+    let members = [("a", ""), ("b", "http://b:8008"), ("c", "")].map(|(n, u)| (n.to_string(), u.to_string()));
+    with_status.status = Some(Versioned {
+        value: StatusRecord { position: 5, members: members.into_iter().collect(), ..StatusRecord::default() },
+        version: Version::new(9),
+    });
+    assert_eq!(probed(&mut fresh, with_status, at(0)), ["b", "c"]);
+}

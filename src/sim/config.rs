@@ -31,11 +31,15 @@ pub enum Mutation {
     /// it reads next as its own although it names another member (what comparing tokens
     /// alone concluded when two members' tokens collided). Expected: I8.
     AdoptForeignKey,
+    /// An election asks only the members registered in the node's last view, as before the
+    /// roster: a member whose registration expired (cut from the store, still running, maybe
+    /// ahead) is never asked. Expected: I3.
+    AskRegisteredOnly,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 7] = [
+    pub const ALL: [Mutation; 8] = [
         Mutation::NoSafetyMargin,
         Mutation::NoFencing,
         Mutation::AckDemoteEarly,
@@ -43,6 +47,7 @@ impl Mutation {
         Mutation::UnknownAsWon,
         Mutation::ConfirmSyncEarly,
         Mutation::AdoptForeignKey,
+        Mutation::AskRegisteredOnly,
     ];
 }
 

@@ -1100,7 +1100,11 @@ impl World {
                 self.slots[n].watch = Some(after);
                 self.fire_watches();
             }
-            Action::ProbePeers { id, peers } => {
+            Action::ProbePeers { id, mut peers } => {
+                if self.cfg.mutation == Some(Mutation::AskRegisteredOnly) {
+                    let view = self.slots[n].node.as_ref().and_then(|node| node.view());
+                    peers.retain(|p| view.is_some_and(|v| v.member(&p.name).is_some()));
+                }
                 let asked = peers.iter().map(|p| p.name.clone()).collect();
                 self.slots[n].probe_asked = Some(ProbeTruth { asked, present: self.present_peers(n) });
                 self.slots[n].last_probe.clear();
