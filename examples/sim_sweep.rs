@@ -1,7 +1,12 @@
 //! Seed sweep for the deterministic simulator: runs many seeds, prints a progress line and a
 //! summary table (runs, simulated time, speed-up, violations by invariant, overlap outside the
 //! envelope, failover latency, lost acknowledged writes). A failing seed prints its report
-//! (config, schedule, violations, timeline) and the replay command.
+//! (config, schedule, violations, timeline) and the replay command; every further failing seed
+//! prints one line with its first violation and its replay command.
+//!
+//! `--vary` draws the node count (3, 5 or 7) and the number of faults (12 to 40) from each
+//! seed, so one sweep covers many sizes; the replay command of a failure names the drawn
+//! values. `--jobs N` runs seeds on N threads (same results, in any order).
 //!
 //! ```text
 //! cargo run --release --features sim --example sim_sweep -- --iterations 2000 --profile consul --nodes 5
@@ -41,6 +46,8 @@ mod sweep {
         chaos: Option<Duration>,
         patroni_timing: bool,
         svg: Option<String>,
+        vary: bool,
+        jobs: usize,
     }
 
     fn parse() -> Result<Args, String> {
@@ -57,6 +64,8 @@ mod sweep {
             chaos: None,
             patroni_timing: false,
             svg: None,
+            vary: false,
+            jobs: 1,
         };
         let mut it = std::env::args().skip(1);
         while let Some(flag) = it.next() {
@@ -85,6 +94,8 @@ mod sweep {
                 "--sync" => a.sync = true,
                 "--svg" => a.svg = Some(val()?),
                 "--beyond" => a.beyond = true,
+                "--vary" => a.vary = true,
+                "--jobs" => a.jobs = (num(val()?)? as usize).clamp(1, 64),
                 "--mutation" => {
                     let v = val()?;
                     a.mutation = Some(
@@ -95,7 +106,7 @@ mod sweep {
                     );
                 }
                 "--help" | "-h" => {
-                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N] [--timing fast|patroni] [--svg PATH (with --reproduce)]\n  --timing patroni: Timing::default() (ttl 30 s, loop_wait 10 s) with 720 s of chaos unless --chaos-secs".into());
+                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N] [--timing fast|patroni] [--svg PATH (with --reproduce)] [--vary] [--jobs N]\n  --vary: nodes (3, 5, 7) and faults (12-40) drawn per seed\n  --timing patroni: Timing::default() (ttl 30 s, loop_wait 10 s) with 720 s of chaos unless --chaos-secs".into());
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
             }
@@ -103,8 +114,22 @@ mod sweep {
         Ok(a)
     }
 
+    /// The node count and fault count for `seed`: the arguments', or with `--vary` drawn
+    /// from the seed (a fixed mix, so a replay with the printed values is exact).
+    fn size(a: &Args, seed: u64) -> (usize, usize) {
+        if !a.vary {
+            return (a.nodes, a.faults);
+        }
+        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ([3, 5, 7][(z % 3) as usize], 12 + ((z >> 8) % 29) as usize)
+    }
+
     fn scenario(a: &Args, profile: StoreProfile, seed: u64) -> Scenario {
-        let mut cfg = SimConfig::new(a.nodes);
+        let (nodes, faults) = size(a, seed);
+        let mut cfg = SimConfig::new(nodes);
         cfg.synchronous = a.sync;
         cfg.mutation = a.mutation;
         let mut s = Scenario::with_config(cfg).profile(profile);
@@ -114,7 +139,105 @@ mod sweep {
         if let Some(chaos) = a.chaos {
             s = s.chaos(chaos);
         }
-        s.seed(seed).random_faults(a.faults, a.beyond)
+        s.seed(seed).random_faults(faults, a.beyond)
+    }
+
+    /// What one profile's sweep adds up to.
+    #[derive(Default)]
+    struct Totals {
+        sim: Duration,
+        by_inv: BTreeMap<InvariantId, u64>,
+        failovers: Vec<Duration>,
+        overlap: Duration,
+        outside: u64,
+        lost: u64,
+        failed: Vec<String>,
+        first_report: Option<(u64, String)>,
+    }
+
+    impl Totals {
+        fn add(&mut self, seed: u64, r: &leasehold::sim::Report) {
+            self.sim += r.simulated;
+            self.failovers.extend(r.measured.failovers.iter().copied());
+            self.lost += r.measured.lost_acked_writes;
+            if !r.within_envelope {
+                self.overlap += r.measured.overlap;
+                self.outside += r.measured.outside_envelope_breaches;
+            }
+            for v in &r.violations {
+                *self.by_inv.entry(v.invariant).or_default() += 1;
+            }
+            if !r.is_ok() {
+                let first = r.violations.first().map(ToString::to_string).unwrap_or_else(|| "not ok".into());
+                let replay = r.replay_command().unwrap_or_else(|| "(no replay command)".into());
+                self.failed.push(format!("seed {seed}: {first}\n    replay: {replay}"));
+                if self.first_report.as_ref().is_none_or(|(s, _)| seed < *s) {
+                    self.first_report = Some((seed, r.to_string()));
+                }
+            }
+        }
+
+        fn merge(&mut self, o: Totals) {
+            self.sim += o.sim;
+            for (k, n) in o.by_inv {
+                *self.by_inv.entry(k).or_default() += n;
+            }
+            self.failovers.extend(o.failovers);
+            self.overlap += o.overlap;
+            self.outside += o.outside;
+            self.lost += o.lost;
+            self.failed.extend(o.failed);
+            if let Some((seed, r)) = o.first_report
+                && self.first_report.as_ref().is_none_or(|(s, _)| seed < *s)
+            {
+                self.first_report = Some((seed, r));
+            }
+        }
+    }
+
+    /// A progress bar on stderr, redrawn in place.
+    fn progress(profile: StoreProfile, done: u64, total: u64) {
+        let width = 30;
+        let filled = (done * width / total.max(1)) as usize;
+        eprint!(
+            "\r{profile:<10} [{}{}] {done}/{total} seeds",
+            "#".repeat(filled),
+            " ".repeat(width as usize - filled)
+        );
+    }
+
+    /// Runs `a.iterations` seeds from `a.seed` on `a.jobs` threads.
+    fn sweep_profile(a: &Args, profile: StoreProfile) -> Totals {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let next = AtomicU64::new(0);
+        let done = AtomicU64::new(0);
+        let step = (a.iterations / 100).max(1);
+        let mut totals = Totals::default();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..a.jobs)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut t = Totals::default();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= a.iterations {
+                                return t;
+                            }
+                            let seed = a.seed + i;
+                            t.add(seed, &scenario(a, profile, seed).run());
+                            let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            if a.iterations >= 20 && d % step == 0 {
+                                progress(profile, d, a.iterations);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                totals.merge(w.join().expect("a sweep worker panicked"));
+            }
+        });
+        totals
     }
 
     fn pct(v: &[Duration], p: f64) -> Duration {
@@ -171,28 +294,17 @@ mod sweep {
         );
         for &profile in &a.profiles {
             let start = Instant::now();
-            let (mut sim, mut by_inv, mut failovers) =
-                (Duration::ZERO, BTreeMap::<InvariantId, u64>::new(), Vec::new());
-            let (mut overlap, mut outside, mut lost) = (Duration::ZERO, 0u64, 0u64);
-            for i in 0..a.iterations {
-                let seed = a.seed + i;
-                let r = scenario(&a, profile, seed).run();
-                sim += r.simulated;
-                failovers.extend(r.measured.failovers.iter().copied());
-                lost += r.measured.lost_acked_writes;
-                if !r.within_envelope {
-                    overlap += r.measured.overlap;
-                    outside += r.measured.outside_envelope_breaches;
-                }
-                for v in &r.violations {
-                    *by_inv.entry(v.invariant).or_default() += 1;
-                }
-                if !r.is_ok() && !failed {
-                    failed = true;
-                    eprintln!("\nFAILED {profile} seed {seed}\n{r}");
-                }
-                if a.iterations >= 20 && (i + 1) % (a.iterations / 10) == 0 {
-                    eprint!("\r{profile}: {}/{} seeds", i + 1, a.iterations);
+            let t = sweep_profile(&a, profile);
+            let (sim, by_inv, mut failovers) = (t.sim, &t.by_inv, t.failovers.clone());
+            let (overlap, outside, lost) = (t.overlap, t.outside, t.lost);
+            if let Some((seed, report)) = &t.first_report {
+                failed = true;
+                eprintln!("\nFAILED {profile} seed {seed}\n{report}");
+                let mut lines = t.failed.clone();
+                lines.sort();
+                eprintln!("{} failing seeds on {profile}:", lines.len());
+                for l in lines {
+                    eprintln!("  {l}");
                 }
             }
             eprint!("\r");
