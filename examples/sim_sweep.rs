@@ -199,11 +199,7 @@ mod sweep {
     fn progress(profile: StoreProfile, done: u64, total: u64) {
         let width = 30;
         let filled = (done * width / total.max(1)) as usize;
-        eprint!(
-            "\r{profile:<10} [{}{}] {done}/{total} seeds",
-            "#".repeat(filled),
-            " ".repeat(width as usize - filled)
-        );
+        eprint!("\r{profile:<10} [{}{}] {done}/{total} seeds", "#".repeat(filled), " ".repeat(width as usize - filled));
     }
 
     /// Runs `a.iterations` seeds from `a.seed` on `a.jobs` threads.
