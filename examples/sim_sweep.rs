@@ -222,7 +222,7 @@ mod sweep {
                             let seed = a.seed + i;
                             t.add(seed, &scenario(a, profile, seed).run());
                             let d = done.fetch_add(1, Ordering::Relaxed) + 1;
-                            if a.iterations >= 20 && d % step == 0 {
+                            if a.iterations >= 20 && d.is_multiple_of(step) {
                                 progress(profile, d, a.iterations);
                             }
                         }
