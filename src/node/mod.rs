@@ -1038,14 +1038,17 @@ impl Node {
                     .map(|m| (m.value.name.clone(), m.value.api_url.clone().unwrap_or_default()))
                     .collect()
             });
-            let members = self
-                .roster
-                .values()
-                .map(|(m, _)| (m.name.clone(), m.api_url.clone().unwrap_or_default()))
-                .chain(std::iter::once((self.cfg.name.clone(), self.cfg.api_url.clone().unwrap_or_default())))
-                .collect();
-            let rec = StatusRecord { position: pos, failsafe, members };
-            if view.status.as_ref().map(|s| &s.value) != Some(&rec) {
+            let current = view.status.as_ref().map(|s| &s.value);
+            let unchanged =
+                current.is_some_and(|c| c.position == pos && c.failsafe == failsafe && self.roster_is(&c.members));
+            if !unchanged {
+                let members = self
+                    .roster
+                    .values()
+                    .map(|(m, _)| (m.name.clone(), m.api_url.clone().unwrap_or_default()))
+                    .chain(std::iter::once((self.cfg.name.clone(), self.cfg.api_url.clone().unwrap_or_default())))
+                    .collect();
+                let rec = StatusRecord { position: pos, failsafe, members };
                 self.queue.push_back(StoreOp::Write {
                     key: ControlKey::Status,
                     expect: expect_for(&view, ControlKey::Status),
@@ -1360,12 +1363,11 @@ impl Node {
     /// Whether `record` was written by this process (this member, this incarnation), by any
     /// of its attempts.
     fn is_this_incarnations(&self, record: &LeaderRecord) -> bool {
+        if record.member != self.cfg.name {
+            return false;
+        }
         let prefix = format!("{}/{:x}-", self.cfg.name, self.cfg.incarnation);
-        record.member == self.cfg.name
-            && record
-                .token
-                .strip_prefix(&prefix)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        record.token.strip_prefix(&prefix).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     }
 
     fn next_request_id(&mut self) -> RequestId {
@@ -1438,10 +1440,35 @@ impl Node {
     /// [`ROSTER_MEMORY_TTLS`] ttls.
     fn remember_members(&mut self, view: &ClusterView, now: Instant) {
         for m in view.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name) {
-            self.roster.insert(m.name.clone(), (m.clone(), now));
+            // Most loads change no member record: refresh the time without a clone.
+            match self.roster.get_mut(&m.name) {
+                Some((known, seen)) => {
+                    if known != m {
+                        known.clone_from(m);
+                    }
+                    *seen = now;
+                }
+                None => {
+                    self.roster.insert(m.name.clone(), (m.clone(), now));
+                }
+            }
         }
         let memory = self.cfg.timing.ttl * ROSTER_MEMORY_TTLS;
         self.roster.retain(|_, (_, seen)| now < *seen + memory);
+    }
+
+    /// Whether `members` (a status key's roster) names exactly us and our roster, with the
+    /// same API URLs. Checked on every leader cycle, so without building a map.
+    fn roster_is(&self, members: &BTreeMap<String, String>) -> bool {
+        let url = |u: &Option<String>, v: &str| u.as_deref().unwrap_or_default() == v;
+        members.len() == self.roster.len() + 1
+            && members.iter().all(|(name, api)| {
+                if *name == self.cfg.name {
+                    url(&self.cfg.api_url, api)
+                } else {
+                    self.roster.get(name).is_some_and(|(m, _)| url(&m.api_url, api))
+                }
+            })
     }
 
     /// Whom an election asks: the members registered in `view`, then those on our roster,

@@ -16,7 +16,7 @@
 //! * **faults** ([`Fault`]): store and peer partitions (one-way too), delay, loss, pauses,
 //!   crashes, clock drift and steps, store leader changes, lost watch events, slow
 //!   promote/demote, replication stalls.
-//! * **invariants** ([`InvariantId`]), checked after every step: I1, I1', I2, I3, I4, I5, I6, I7.
+//! * **invariants** ([`InvariantId`]), checked after every step: I1, I1', I2, I3, I4, I5, I6, I7, I8.
 //!
 //! A run has a chaos phase (faults) and a liveness phase (everything healed; I4 must hold).
 //!
