@@ -197,6 +197,9 @@ pub(crate) struct Slot {
     last_probe: Vec<PeerReply>,
     /// Who the node's last election probe asked, and who was really there (for I3).
     probe_asked: Option<ProbeTruth>,
+    /// Every member name this process was shown in a loaded view (registered, or on the
+    /// leader's roster in the status key), and when last (for I3: whom it could know of).
+    shown_members: BTreeMap<String, Nanos>,
     /// The record of an acquire this node sent and has not had an answer to (for the
     /// [`Mutation::AdoptForeignKey`] mutation).
     unanswered_acquire: Option<crate::record::LeaderRecord>,
@@ -363,6 +366,7 @@ impl World {
                 decision: None,
                 last_probe: Vec::new(),
                 probe_asked: None,
+                shown_members: BTreeMap::new(),
                 unanswered_acquire: None,
                 seen_epoch: Epoch(0),
                 watch: None,
@@ -875,6 +879,7 @@ impl World {
         slot.decision = None;
         slot.last_probe.clear();
         slot.probe_asked = None;
+        slot.shown_members.clear();
         slot.unanswered_acquire = None;
         slot.declared_until = None;
         self.mix(0x5354_4152_5400 + n as u64);
@@ -1174,11 +1179,17 @@ impl World {
         self.slots[n].decision = Some(decision);
     }
 
-    /// The other nodes that are up and that `n` and they can reach, with their real log
-    /// positions: who an election by `n` could have heard from right now.
+    /// The other nodes that are up, that `n` and they can reach, and that `n` was shown in a
+    /// view (registered or on the leader's roster) within the roster's memory, with their
+    /// real log positions: whom an election by `n` could have known of and heard from right
+    /// now. A member never shown to `n` cannot be asked: nothing names it.
     fn present_peers(&self, n: usize) -> Vec<(String, u64)> {
+        // A little under the node's memory: the node measures it on its own drifting clock.
+        let memory = ns(self.cfg.timing.ttl * crate::node::ROSTER_MEMORY_TTLS) * 9 / 10;
+        let shown =
+            |j: usize| self.slots[n].shown_members.get(&self.slots[j].name).is_some_and(|t| self.now < t + memory);
         (0..self.slots.len())
-            .filter(|&j| j != n && self.alive(j) && self.peer_ok(n, j) && self.peer_ok(j, n))
+            .filter(|&j| j != n && self.alive(j) && self.peer_ok(n, j) && self.peer_ok(j, n) && shown(j))
             .map(|j| (self.slots[j].name.clone(), self.slots[j].res.position()))
             .collect()
     }
@@ -1677,6 +1688,11 @@ impl World {
             Reply::Load(id, result, key) => {
                 let mut result = *result;
                 if let Ok(view) = &mut result {
+                    let registered = view.members.iter().map(|m| &m.value.name);
+                    let announced = view.status.iter().flat_map(|s| s.value.members.keys());
+                    for name in registered.chain(announced) {
+                        self.slots[n].shown_members.insert(name.clone(), self.now);
+                    }
                     self.adopt_foreign_key(n, view);
                     if let Some(l) = &view.leader {
                         self.slots[n].seen_epoch = self.slots[n].seen_epoch.max(l.epoch);
