@@ -26,17 +26,15 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use leasehold::driver::{DriverHandle, DriverState, Resource as _};
+use leasehold::driver::{DriverHandle, DriverState, Resource};
 use leasehold::node::{AdminError, AdminRequest, NodeRole};
 use leasehold::{ResourceRole, Tags};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::DaemonConfig;
-use crate::hooks::HookResource;
 
 /// What the handlers share.
-#[derive(Debug)]
 pub struct ApiState {
     /// The configuration.
     pub config: Arc<DaemonConfig>,
@@ -49,12 +47,18 @@ pub struct ApiState {
     /// Asked afresh by `/status`: the driver's copy of the resource status can be up to a
     /// second old, and a peer deciding a leader race must not see a demoted primary as
     /// still running.
-    pub resource: Option<Arc<HookResource>>,
+    pub resource: Option<Arc<dyn Resource>>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").field("config", &self.config).finish_non_exhaustive()
+    }
 }
 
 impl ApiState {
     /// State for `config` and a running driver.
-    pub fn new(config: Arc<DaemonConfig>, driver: DriverHandle, resource: Option<Arc<HookResource>>) -> Arc<Self> {
+    pub fn new(config: Arc<DaemonConfig>, driver: DriverHandle, resource: Option<Arc<dyn Resource>>) -> Arc<Self> {
         #[allow(clippy::disallowed_methods)] // the API reports real time since the loop's last step
         let now = tokio::time::Instant::now();
         Arc::new(ApiState {

@@ -13,6 +13,8 @@ use leasehold::node::{NodeConfig, WatchdogMode};
 use leasehold::{Tags, Timing};
 use serde::Deserialize;
 
+use crate::postgres::config::{PostgresConfig, RawPostgres};
+
 /// Environment variables that start with this prefix override keys of the file:
 /// `LEASEHOLD_TTL=20` sets `ttl`, `LEASEHOLD_ETCD__ENDPOINTS=...` sets `etcd.endpoints`.
 pub const ENV_PREFIX: &str = "LEASEHOLD_";
@@ -31,7 +33,7 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError { key: key.into(), message: message.into() }
     }
 }
@@ -59,14 +61,19 @@ pub struct DaemonConfig {
     pub watchdog: WatchdogConfig,
     /// Only members of the sync set may be promoted automatically.
     pub synchronous_mode: bool,
+    /// Synchronous mode: with no synchronous standby, commits wait rather than run
+    /// unprotected (`synchronous_standby_names = '*'`).
+    pub synchronous_mode_strict: bool,
+    /// Synchronous mode: how many synchronous standbys (Patroni's key; 1 today).
+    pub synchronous_node_count: u32,
     /// Keep the leader through a store outage while every member confirms it.
     pub failsafe_mode: bool,
     /// How replicas reach this member's resource (passed to their `follow` hook).
     pub conn_url: Option<String>,
     /// The REST API.
     pub restapi: RestApiConfig,
-    /// The resource's hooks.
-    pub hooks: HooksConfig,
+    /// The resource: hooks or the native PostgreSQL resource.
+    pub resource: ResourceConfig,
     /// The consensus store.
     pub store: StoreConfig,
 }
@@ -89,6 +96,15 @@ pub struct RestApiConfig {
     pub connect_url: String,
     /// Bearer token required by the POST endpoints; without one they are refused.
     pub token: Option<String>,
+}
+
+/// Which resource the daemon drives: exactly one of `[hooks]` and `[postgresql]`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResourceConfig {
+    /// `[hooks]`: external programs.
+    Hooks(HooksConfig),
+    /// `[postgresql]`: the native PostgreSQL resource.
+    Postgres(Box<PostgresConfig>),
 }
 
 /// The `[hooks]` section: programs that drive the resource.
@@ -268,6 +284,9 @@ struct RawConfig {
     #[serde(default)]
     synchronous_mode: bool,
     #[serde(default)]
+    synchronous_mode_strict: bool,
+    synchronous_node_count: Option<u32>,
+    #[serde(default)]
     failsafe_mode: bool,
     conn_url: Option<String>,
     #[serde(default)]
@@ -277,6 +296,7 @@ struct RawConfig {
     #[serde(default)]
     restapi: RawRestApi,
     hooks: Option<RawHooks>,
+    postgresql: Option<RawPostgres>,
     etcd: Option<EtcdSection>,
     zookeeper: Option<ZookeeperSection>,
     consul: Option<ConsulSection>,
@@ -307,8 +327,7 @@ fn one() -> u32 {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWatchdog {
-    #[serde(default)]
-    mode: WatchdogMode,
+    mode: Option<WatchdogMode>,
     device: Option<PathBuf>,
 }
 
@@ -393,6 +412,12 @@ impl DaemonConfig {
         cfg.conn_url = self.conn_url.clone();
         cfg.watchdog = self.watchdog.mode;
         cfg.synchronous_mode = self.synchronous_mode;
+        // The native resource publishes its own conn_url when none is configured.
+        if cfg.conn_url.is_none()
+            && let ResourceConfig::Postgres(pg) = &self.resource
+        {
+            cfg.conn_url = Some(pg.conn_url());
+        }
         cfg.failsafe_mode = self.failsafe_mode;
         cfg
     }
@@ -503,7 +528,8 @@ impl RawConfig {
         };
 
         let watchdog = WatchdogConfig {
-            mode: self.watchdog.mode,
+            // Patroni's default: use a watchdog when there is one.
+            mode: self.watchdog.mode.unwrap_or(WatchdogMode::Automatic),
             device: self.watchdog.device.unwrap_or_else(|| PathBuf::from("/dev/watchdog")),
         };
         if watchdog.mode == WatchdogMode::Required && !watchdog.device.exists() {
@@ -545,41 +571,22 @@ impl RawConfig {
         }
         let restapi = RestApiConfig { listen, connect_url, token: self.restapi.token };
 
-        let raw_hooks = self.hooks.ok_or_else(|| {
-            ConfigError::new("hooks", "the [hooks] section is required (promote, demote, follow and status, or dir)")
-        })?;
-        let dir = raw_hooks.dir.map(|d| base.join(d));
-        let hook = |key: &str, explicit: Option<PathBuf>| -> Result<PathBuf, ConfigError> {
-            let path = match (explicit, &dir) {
-                (Some(p), _) => base.join(p),
-                (None, Some(d)) => d.join(key),
-                (None, None) => {
-                    return Err(ConfigError::new(format!("hooks.{key}"), "is required (or set hooks.dir)"));
-                }
-            };
-            if !is_executable(&path) {
+        let resource = match (self.hooks, self.postgresql) {
+            (Some(_), Some(_)) => {
                 return Err(ConfigError::new(
-                    format!("hooks.{key}"),
-                    format!("{} must be an executable file", path.display()),
+                    "hooks|postgresql",
+                    "one resource per member: [hooks] or [postgresql], not both",
                 ));
             }
-            Ok(path)
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "hooks|postgresql",
+                    "a resource section is required: [postgresql] (native PostgreSQL) or [hooks] (programs)",
+                ));
+            }
+            (None, Some(pg)) => ResourceConfig::Postgres(Box::new(pg.validate(base)?)),
+            (Some(raw_hooks), None) => ResourceConfig::Hooks(validate_hooks(raw_hooks, base)?),
         };
-        let hooks = HooksConfig {
-            promote: hook("promote", raw_hooks.promote)?,
-            demote: hook("demote", raw_hooks.demote)?,
-            follow: hook("follow", raw_hooks.follow)?,
-            status: hook("status", raw_hooks.status)?,
-            timeout: raw_hooks.timeout.unwrap_or(Duration::from_secs(60)),
-            status_timeout: raw_hooks.status_timeout.unwrap_or(Duration::from_secs(5)),
-            env: raw_hooks.env,
-        };
-        if hooks.timeout.is_zero() {
-            return Err(ConfigError::new("hooks.timeout", "must be greater than zero"));
-        }
-        if hooks.status_timeout.is_zero() {
-            return Err(ConfigError::new("hooks.status_timeout", "must be greater than zero"));
-        }
 
         let mut stores = Vec::new();
         if let Some(s) = self.etcd {
@@ -608,14 +615,31 @@ impl RawConfig {
         let store = stores.remove(0);
         validate_store(&store)?;
 
-        if self.synchronous_mode {
-            // The node would keep the sync key, but no hook reports confirmed synchronous
-            // standbys or sets them in the resource, so the sync set could never grow past the
-            // leader and automatic failover would be silently off. Refuse instead.
+        if self.synchronous_mode && matches!(resource, ResourceConfig::Hooks(_)) {
+            // The node keeps the sync key, but no hook confirms synchronous standbys or sets
+            // them in the resource, so the sync set could never grow past the leader and
+            // automatic failover would be silently off. The native resource does both.
             return Err(ConfigError::new(
                 "synchronous_mode",
-                "is not supported by the hook resource yet (no hook confirms synchronous standbys); \
-                 use the library's Resource::set_sync_standbys directly",
+                "needs the [postgresql] resource (no hook confirms synchronous standbys)",
+            ));
+        }
+        if self.synchronous_mode_strict && !self.synchronous_mode {
+            return Err(ConfigError::new("synchronous_mode_strict", "needs synchronous_mode = true"));
+        }
+        let synchronous_node_count = self.synchronous_node_count.unwrap_or(1);
+        if synchronous_node_count != 1 {
+            // The node picks one synchronous standby (the most advanced replica); more would
+            // need the core to choose several.
+            return Err(ConfigError::new(
+                "synchronous_node_count",
+                format!("{synchronous_node_count}: only 1 is supported (the leader keeps one synchronous standby)"),
+            ));
+        }
+        if let (Some(u), ResourceConfig::Postgres(_)) = (&self.conn_url, &resource) {
+            return Err(ConfigError::new(
+                "conn_url",
+                format!("{u:?}: with [postgresql] the member's address is postgresql.connect_address"),
             ));
         }
 
@@ -632,13 +656,51 @@ impl RawConfig {
             tags,
             watchdog,
             synchronous_mode: self.synchronous_mode,
+            synchronous_mode_strict: self.synchronous_mode_strict,
+            synchronous_node_count,
             failsafe_mode: self.failsafe_mode,
             conn_url: self.conn_url,
             restapi,
-            hooks,
+            resource,
             store,
         })
     }
+}
+
+fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, ConfigError> {
+    let dir = raw_hooks.dir.map(|d| base.join(d));
+    let hook = |key: &str, explicit: Option<PathBuf>| -> Result<PathBuf, ConfigError> {
+        let path = match (explicit, &dir) {
+            (Some(p), _) => base.join(p),
+            (None, Some(d)) => d.join(key),
+            (None, None) => {
+                return Err(ConfigError::new(format!("hooks.{key}"), "is required (or set hooks.dir)"));
+            }
+        };
+        if !is_executable(&path) {
+            return Err(ConfigError::new(
+                format!("hooks.{key}"),
+                format!("{} must be an executable file", path.display()),
+            ));
+        }
+        Ok(path)
+    };
+    let hooks = HooksConfig {
+        promote: hook("promote", raw_hooks.promote)?,
+        demote: hook("demote", raw_hooks.demote)?,
+        follow: hook("follow", raw_hooks.follow)?,
+        status: hook("status", raw_hooks.status)?,
+        timeout: raw_hooks.timeout.unwrap_or(Duration::from_secs(60)),
+        status_timeout: raw_hooks.status_timeout.unwrap_or(Duration::from_secs(5)),
+        env: raw_hooks.env,
+    };
+    if hooks.timeout.is_zero() {
+        return Err(ConfigError::new("hooks.timeout", "must be greater than zero"));
+    }
+    if hooks.status_timeout.is_zero() {
+        return Err(ConfigError::new("hooks.status_timeout", "must be greater than zero"));
+    }
+    Ok(hooks)
 }
 
 fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
@@ -741,10 +803,65 @@ mod tests {
     }
 
     #[test]
-    fn synchronous_mode_is_refused_with_the_reason() {
+    fn synchronous_mode_needs_the_postgresql_resource() {
         let e = parse(&base("synchronous_mode = true")).unwrap_err();
-        assert!(e.to_string().contains("synchronous_mode"), "{e}");
-        assert!(e.to_string().contains("not supported"), "{e}");
+        assert_eq!(e.key, "synchronous_mode");
+        assert!(e.message.contains("[postgresql]"), "{e}");
+    }
+
+    fn pg(top: &str, section: &str) -> Result<DaemonConfig, ConfigError> {
+        let listen = if section.contains("listen") { "" } else { "listen = \"127.0.0.1:5433\"" };
+        let text = format!(
+            "scope = \"demo\"\nname = \"n1\"\n{top}\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             [postgresql]\ndata_dir = \"/srv/pg/n1\"\n{listen}\n{section}\n\
+             [postgresql.authentication.superuser]\npassword = \"su-pw\"\n\
+             [postgresql.authentication.replication]\nusername = \"repl\"\npassword = \"repl-pw\"\n"
+        );
+        parse(&text)
+    }
+
+    #[test]
+    fn postgresql_section_takes_patroni_names_and_defaults() {
+        if !Path::new("/usr/lib/postgresql/15/bin/pg_rewind").exists() {
+            eprintln!("skipped: PostgreSQL 15 is not installed (scripts/setup.sh)");
+            return;
+        }
+        let c = pg("synchronous_mode = true\nsynchronous_mode_strict = true", "").unwrap();
+        let ResourceConfig::Postgres(p) = &c.resource else { panic!("postgresql resource") };
+        assert!(c.synchronous_mode && c.synchronous_mode_strict);
+        assert_eq!(c.synchronous_node_count, 1);
+        assert_eq!((p.port, p.connect_address.as_str()), (5433, "127.0.0.1:5433"));
+        assert_eq!(p.superuser.username, "postgres");
+        assert_eq!(p.replication.username, "repl");
+        assert!(p.use_slots && p.use_pg_rewind && !p.remove_data_directory_on_rewind_failure);
+        assert_eq!(c.node_config(1).conn_url.as_deref(), Some("postgresql://127.0.0.1:5433/postgres"));
+        assert!(!format!("{p:?}").contains("su-pw"), "passwords stay out of debug output");
+        assert_eq!(c.watchdog.mode, WatchdogMode::Automatic);
+
+        let key = |top: &str, section: &str| pg(top, section).unwrap_err().key;
+        assert_eq!(key("synchronous_mode_strict = true", ""), "synchronous_mode_strict");
+        assert_eq!(key("synchronous_mode = true\nsynchronous_node_count = 2", ""), "synchronous_node_count");
+        assert_eq!(key("conn_url = \"x\"", ""), "conn_url");
+        assert_eq!(key("", "[postgresql.parameters]\nport = 1"), "postgresql.parameters.port");
+        assert_eq!(
+            key("", "[postgresql.parameters]\nsynchronous_standby_names = \"*\""),
+            "postgresql.parameters.synchronous_standby_names"
+        );
+        assert_eq!(key("", "[postgresql.parameters]\nwal_log_hints = false"), "postgresql.parameters.wal_log_hints");
+        assert_eq!(key("", "bin_dir = \"/nowhere\""), "postgresql.bin_dir");
+        assert_eq!(key("", "listen = \"5432\""), "postgresql.listen");
+        assert_eq!(key("", "listen = \"0.0.0.0:5432\""), "postgresql.connect_address");
+        assert_eq!(key("", "create_replica_methods = [\"wal_e\"]"), "postgresql.create_replica_methods");
+        let text = base("").replace("[etcd]", "[postgresql]\ndata_dir = \"/x\"\n[etcd]");
+        assert_eq!(parse(&text).unwrap_err().key, "hooks|postgresql");
+        let e = pg("", "").map(|_| ()).and_then(|_| {
+            parse(
+                "scope = \"d\"\nname = \"n\"\n[etcd]\nendpoints = [\"http://a:1\"]\n[postgresql]\ndata_dir = \"/x\"\n\
+                 [postgresql.authentication.superuser]\npassword = \"p\"\n",
+            )
+            .map(|_| ())
+        });
+        assert_eq!(e.unwrap_err().key, "postgresql.authentication.replication");
     }
 
     #[test]
@@ -756,9 +873,10 @@ mod tests {
         assert_eq!(c.timing.maximum_lag_on_failover, 1 << 20);
         assert_eq!(c.restapi.listen, "127.0.0.1:8008".parse().unwrap());
         assert_eq!(c.restapi.connect_url, "http://127.0.0.1:8008");
-        assert_eq!(c.watchdog.mode, WatchdogMode::Off);
+        assert_eq!(c.watchdog.mode, WatchdogMode::Automatic);
         assert!(matches!(c.store, StoreConfig::Etcd(ref e) if e.prefix == "/service"));
-        assert_eq!(c.hooks.status, hooks_dir().join("status"));
+        let ResourceConfig::Hooks(h) = &c.resource else { panic!("hooks resource") };
+        assert_eq!(h.status, hooks_dir().join("status"));
     }
 
     #[test]

@@ -6,13 +6,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
-use leasehold::driver::{self, LinuxWatchdog, NoWatchdog, Watchdog};
+use leasehold::driver::{self, LinuxWatchdog, NoWatchdog, Resource, Watchdog};
 use leasehold::node::{NodeEvent, WatchdogMode};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::{self, ApiState};
-use crate::config::DaemonConfig;
+use crate::config::{DaemonConfig, ResourceConfig};
 use crate::hooks::{HookResource, mode_name};
+use crate::postgres::PgResource;
 use crate::probe::HttpProbe;
 use crate::store;
 
@@ -35,7 +36,22 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
         .with_context(|| format!("cannot connect to the {} store", config.store.kind()))?;
     tracing::info!(scope = %config.scope, name = %config.name, store = config.store.kind(), api = %config.restapi.connect_url, "starting");
 
-    let resource = Arc::new(HookResource::new(config.hooks.clone(), &config.scope, &config.name));
+    let (resource, postgres): (Arc<dyn Resource>, Option<Arc<PgResource>>) = match &config.resource {
+        ResourceConfig::Hooks(h) => (Arc::new(HookResource::new(h.clone(), &config.scope, &config.name)), None),
+        ResourceConfig::Postgres(p) => {
+            let pg = Arc::new(
+                PgResource::new(
+                    (**p).clone(),
+                    &config.scope,
+                    &config.name,
+                    config.synchronous_mode,
+                    config.synchronous_mode_strict,
+                )
+                .map_err(anyhow::Error::msg)?,
+            );
+            (pg.clone(), Some(pg))
+        }
+    };
     let probe = Arc::new(HttpProbe::new(Duration::from_secs(2), config.restapi.token.clone())?);
     let watchdog: Box<dyn Watchdog> = match config.watchdog.mode {
         WatchdogMode::Off => Box::new(NoWatchdog),
@@ -43,6 +59,9 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
     };
     let handle = driver::spawn(config.node_config(incarnation()), store.dcs.clone(), resource.clone(), probe, watchdog)
         .map_err(|e| anyhow::anyhow!("config key `{}`: {}", e.field, e.message))?;
+    if let Some(pg) = &postgres {
+        pg.attach(handle.watch_state());
+    }
     let mut events = handle.subscribe();
     let mut states = handle.watch_state();
     let state = ApiState::new(config.clone(), handle, Some(resource));

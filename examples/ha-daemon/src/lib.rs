@@ -2,6 +2,7 @@
 //!
 //! * [`config`]: the TOML configuration, `LEASEHOLD_*` environment overrides, validation;
 //! * [`hooks`]: a [`Resource`](leasehold::driver::Resource) driven by external programs;
+//! * [`postgres`]: the native PostgreSQL resource (`[postgresql]`), rewind and synchronous mode;
 //! * [`api`]: the REST API (status, load-balancer checks, metrics, admin verbs);
 //! * [`probe`]: peers probed over that API for the healthy-enough rules;
 //! * [`ctl`]: operator commands that read the store and act through the leader's API;
@@ -14,5 +15,6 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod hooks;
+pub mod postgres;
 pub mod probe;
 pub mod store;
