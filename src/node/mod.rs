@@ -218,6 +218,9 @@ pub struct Node {
     last_load: Option<Instant>,
     watched: Option<Option<Version>>,
     resource: ResourceStatus,
+    /// A status report has arrived since start. Until then the resource may still run as a
+    /// primary from an earlier life, and following anyone would fail (or worse).
+    resource_known: bool,
     held: Option<Held>,
     /// Token of an acquire in flight or whose outcome is unknown.
     pending_token: Option<String>,
@@ -269,6 +272,7 @@ impl Node {
             last_load: None,
             watched: None,
             resource: ResourceStatus::default(),
+            resource_known: false,
             held: None,
             pending_token: None,
             primary: Primary::No,
@@ -575,12 +579,20 @@ impl Node {
     /// The latest status of the local resource.
     pub fn handle_resource_status(&mut self, status: ResourceStatus, now: Instant) {
         let was_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
+        let first = !std::mem::replace(&mut self.resource_known, true);
         self.resource = status;
         let is_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
         // A resource that reports primary without our say-so is demoted (Patroni: "demoting
         // self because I do not have the lock").
         if is_primary && !was_primary && self.primary == Primary::No && self.held.is_none() && !self.paused() {
             self.demote(DemoteMode::ImmediateNoLock, "resource is primary but we do not hold the key", false, now);
+        } else if first
+            && self.primary == Primary::No
+            && let Some(view) = &self.view
+        {
+            // Following was held back until the resource was known (see `follow`).
+            let leader = view.leader.clone();
+            self.follow(leader.as_ref(), now);
         }
     }
 
@@ -1250,7 +1262,10 @@ impl Node {
     }
 
     fn follow(&mut self, leader: Option<&LeaderView>, _now: Instant) {
-        if self.primary != Primary::No {
+        // A process restarted under a resource still running as primary (a former leader)
+        // must demote before anything else: not follow until the first status report says
+        // what the resource is.
+        if self.primary != Primary::No || !self.resource_known {
             return;
         }
         // Never follow ourselves (a view loaded while we still held the key).

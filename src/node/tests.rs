@@ -11,10 +11,17 @@ fn at(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
 }
 
+/// A node whose resource has reported once: a running replica.
 fn node(name: &str) -> Node {
     let mut cfg = NodeConfig::new(name, 0xabc);
     cfg.timing = Timing::fast(); // ttl 5 s, loop 1 s, retry 1.5 s, margin 1 s
-    Node::new(cfg, at(0)).unwrap()
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    n.handle_resource_status(replica(), at(0));
+    n
+}
+
+fn replica() -> ResourceStatus {
+    ResourceStatus { running: true, role: ResourceRole::Replica, ..Default::default() }
 }
 
 fn drain(n: &mut Node) -> Vec<Action> {
@@ -799,4 +806,35 @@ fn an_election_asks_members_whose_registration_expired() {
         version: Version::new(9),
     });
     assert_eq!(probed(&mut fresh, with_status, at(0)), ["b", "c"]);
+}
+
+/// Issue 14: a process restarted under a resource that still runs as primary (a former
+/// leader) demotes before anything else: it does not follow the new leader until its first
+/// status report, and when that says primary, the demote comes first.
+#[test]
+fn a_restarted_former_leader_demotes_before_following() {
+    let mut cfg = NodeConfig::new("a", 0xdef);
+    cfg.timing = Timing::fast();
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    n.handle_timeout(at(0));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    n.handle_load(load.expect("a load"), Ok(view_with(Some(leader_view("b", "b/1-1", 9)))), at(10));
+    let before = answer_writes(&mut n, at(10));
+    assert!(
+        !before.iter().any(|a| matches!(a, Action::Follow { .. })),
+        "followed before knowing the resource: {before:?}"
+    );
+    n.handle_resource_status(ResourceStatus { role: ResourceRole::Primary, ..replica() }, at(20));
+    assert_eq!(drain(&mut n), vec![Action::Demote { mode: DemoteMode::ImmediateNoLock }]);
+    n.handle_demoted(Ok(()), at(30));
+    let after = drain(&mut n);
+    assert!(after.contains(&Action::Follow { leader: Some("b".into()), conn_url: None }), "{after:?}");
+    // A replica's first report lets it follow at once.
+    let mut r = Node::new(n.config().clone(), at(0)).unwrap();
+    r.handle_timeout(at(0));
+    let load = drain(&mut r).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    r.handle_load(load.expect("a load"), Ok(view_with(Some(leader_view("b", "b/1-1", 9)))), at(10));
+    answer_writes(&mut r, at(10));
+    r.handle_resource_status(replica(), at(20));
+    assert_eq!(drain(&mut r), vec![Action::Follow { leader: Some("b".into()), conn_url: None }]);
 }
