@@ -590,6 +590,7 @@ impl Driver {
             }
             Action::ProbePeers { id, peers } => {
                 let probe = self.probe.clone();
+                let resource = self.resource.clone();
                 tokio::spawn(async move {
                     let replies = futures::future::join_all(peers.into_iter().map(|p| {
                         let probe = probe.clone();
@@ -601,6 +602,11 @@ impl Driver {
                         }
                     }))
                     .await;
+                    // Our own position is read after the peers answered, so the rules never
+                    // compare a status up to a loop old with the peers' fresh ones: with an old
+                    // primary still streaming, two candidates each saw the other ahead and both
+                    // refused (issue 15). Read last, ours is the fresher, and one of them races.
+                    let _ = tx.send(Done::Status(resource.status().await));
                     let _ = tx.send(Done::Peers(id, replies));
                 });
             }

@@ -187,7 +187,12 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
     }
     let named_candidate = f.failover.and_then(|r| r.candidate.as_deref());
     let named_me = named_candidate == Some(me.name.as_str());
-    if f.paused && !named_me {
+    // A switchover the former leader already carried out (it demoted and released the key)
+    // must end with a new primary even if a pause arrived meanwhile: the operator asked for
+    // the change before pausing, and the old primary is gone.
+    let switchover_under_way =
+        f.failover.is_some_and(|r| r.candidate.is_none() && r.leader.as_deref().is_some_and(|l| l != me.name));
+    if f.paused && !named_me && !switchover_under_way {
         // In pause only an explicitly named candidate may take over (Patroni 3.10).
         return No(Reason::Paused);
     }

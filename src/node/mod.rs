@@ -974,8 +974,12 @@ impl Node {
     fn become_primary(&mut self, epoch: Epoch, now: Instant) {
         if self.paused() {
             // Paused: hold the key but change nothing in the resource unless it already runs
-            // as primary; Patroni makes no automatic promotions in maintenance mode.
-            if !(self.resource.running && self.resource.role == ResourceRole::Primary) {
+            // as primary; Patroni makes no automatic promotions in maintenance mode. A manual
+            // switchover or failover in progress is not automatic: it promotes (a pause that
+            // arrived mid-switchover would otherwise leave no primary until resume).
+            let requested = self.view.as_ref().is_some_and(|v| v.failover.is_some());
+            let already_primary = self.resource.running && self.resource.role == ResourceRole::Primary;
+            if !already_primary && !requested {
                 return;
             }
         }

@@ -838,3 +838,28 @@ fn a_restarted_former_leader_demotes_before_following() {
     r.handle_resource_status(replica(), at(20));
     assert_eq!(drain(&mut r), vec![Action::Follow { leader: Some("b".into()), conn_url: None }]);
 }
+
+/// Issue 15: a pause that arrives while a switchover is under way (the old leader already
+/// released the key) must not leave the cluster without a primary: the winner promotes.
+#[test]
+fn a_pause_during_a_switchover_still_ends_with_a_primary() {
+    let mut n = node("a");
+    n.handle_timeout(at(0));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    let mut view = view_with(None);
+    view.config =
+        Some(Versioned { value: ConfigRecord { pause: true, ..ConfigRecord::default() }, version: Version::new(2) });
+    view.failover = Some(Versioned {
+        value: FailoverRecord { leader: Some("c".into()), candidate: None },
+        version: Version::new(3),
+    });
+    n.handle_load(load.expect("a load"), Ok(view), at(10));
+    let actions = answer_writes(&mut n, at(10));
+    let (id, record) = actions
+        .iter()
+        .find_map(|a| if let Action::Acquire { id, record } = a { Some((*id, record.clone())) } else { None })
+        .unwrap_or_else(|| panic!("races although paused: {actions:?}"));
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    let actions = answer_writes(&mut n, at(20));
+    assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
+}
