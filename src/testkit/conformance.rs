@@ -80,6 +80,14 @@ pub trait Harness: Send + Sync {
     /// Makes the store drop history so that a watch from a revision before this call must report Resync.
     /// Returns Ok(false) when the store cannot do that (the check is then skipped and reported as skipped).
     async fn compact(&self) -> Result<bool, DcsError>;
+    /// Deletes the leader key of `scope` behind the backend's back, as an operator's
+    /// `kubectl delete lease` or `consul kv delete` would; succeeds when it is absent.
+    /// Returns Ok(false) when the harness cannot (the default): the check
+    /// [`EPOCHS_SURVIVE_DELETION`] then relies on `release`, which deletes the key on stores
+    /// where that is what release does (etcd, ZooKeeper, the in-memory store).
+    async fn delete_leader_key(&self, _scope: &str) -> Result<bool, DcsError> {
+        Ok(false)
+    }
 }
 
 /// One process's connection to the store, as opened by [`Harness::open_client`].
@@ -99,6 +107,8 @@ pub const CONTROL_KEY_CAS: &str = "compare-and-set conflicts on every control ke
 pub const ONLY_THE_HOLDER: &str = "release and renew only by the holder";
 /// Epochs strictly increase, also when the same member name re-acquires after a release.
 pub const EPOCHS_INCREASE: &str = "epochs strictly increase across acquisitions";
+/// Epochs strictly increase when the leader key is deleted between acquisitions, or while it is held.
+pub const EPOCHS_SURVIVE_DELETION: &str = "epochs keep increasing across deletion of the leader key";
 /// Garbage is reported in `problems`, treated as absent, and control keys holding it can be replaced by CAS.
 pub const GARBAGE: &str = "garbage is reported, treated as absent and replaceable";
 /// A watch on a quiet scope times out: writes in another scope (even one whose name extends it) do not wake it.
@@ -123,11 +133,12 @@ pub const MEMBER_LIVES_WITH_OWNER: &str = "member records live while their idle 
 pub const MANY_SCOPES: &str = "many scopes on one client";
 
 /// Every check, in the order reports list them.
-pub const ALL_CHECKS: [&str; 15] = [
+pub const ALL_CHECKS: [&str; 16] = [
     EXCLUSIVE_ACQUISITION,
     CONTROL_KEY_CAS,
     ONLY_THE_HOLDER,
     EPOCHS_INCREASE,
+    EPOCHS_SURVIVE_DELETION,
     GARBAGE,
     WATCH_QUIET,
     WATCH_WAKES,
@@ -174,6 +185,7 @@ pub async fn run_suite(harness: &dyn Harness) -> SuiteReport {
     control_key_cas(&suite).await;
     only_the_holder(&suite).await;
     epochs_increase(&suite).await;
+    epochs_survive_deletion(&suite).await;
     garbage(&suite).await;
     watch(&suite).await;
     watch_resync(&suite).await;
@@ -588,6 +600,77 @@ async fn epochs_increase(suite: &Suite<'_>) {
         must_release(check, &**dcs, &lease).await;
         last = Some(lease.epoch);
     }
+    suite.passed(check);
+}
+
+async fn epochs_survive_deletion(suite: &Suite<'_>) {
+    let check = Check(EPOCHS_SURVIVE_DELETION);
+    let scope = suite.scope("del");
+    let (a, b) = (suite.client(check).await, suite.client(check).await);
+    let (da, db) = (a.scope(&scope), b.scope(&scope));
+    let delete = || async {
+        let mut attempt = 0u32;
+        loop {
+            match suite.harness.delete_leader_key(&scope).await {
+                Err(e) if e.is_retryable() && attempt < RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                other => break check.ok("delete_leader_key", other),
+            }
+        }
+    };
+    let mut seen: Vec<Epoch> = Vec::new();
+    let mut record = |lease: &Lease, what: &str| {
+        if let Some(prev) = seen.iter().max() {
+            check.ensure(
+                lease.epoch > *prev,
+                format_args!("the epoch of {what} to exceed every earlier one (the greatest was {prev})"),
+                lease.epoch,
+            );
+        }
+        seen.push(lease.epoch);
+    };
+
+    // Released, then deleted: the next acquisition still gets a greater epoch.
+    let first = must_acquire(check, &*da, &suite.leader("a")).await;
+    record(&first, "the first acquisition");
+    must_release(check, &*da, &first).await;
+    let deletes = delete().await;
+    let second = must_acquire(check, &*db, &suite.leader("b")).await;
+    record(&second, "an acquisition after the key was released and deleted");
+
+    // Deleted while held (an operator removing the key): the holder's renew is Lost once
+    // another member holds it, and the newcomer's epoch is greater.
+    if deletes {
+        delete().await;
+        let view = call!(check, "load", da.load());
+        check.ensure(view.leader.is_none(), "no leader after the held key was deleted", &view.leader);
+        let third = must_acquire(check, &*da, &suite.leader("a")).await;
+        record(&third, "an acquisition after the held key was deleted");
+        let outcome = db.renew(&second).await;
+        check.ensure(
+            matches!(&outcome, Ok(CasOutcome::Lost(_))) || matches!(&outcome, Err(e) if e.is_lease_lost()),
+            "renew by the holder whose key was deleted and re-acquired by another to be Lost",
+            &outcome,
+        );
+        must_release(check, &*da, &third).await;
+    } else {
+        must_release(check, &*db, &second).await;
+    }
+
+    // Deleted again; the same member name from a fresh client.
+    delete().await;
+    let c = suite.client(check).await;
+    let fourth = must_acquire(check, &*c.scope(&scope), &suite.leader("a")).await;
+    record(&fourth, "a fresh client's acquisition after another deletion");
+    let view = call!(check, "load", db.load());
+    check.ensure(
+        view.leader.as_ref().map(|l| l.epoch) == Some(fourth.epoch),
+        format_args!("load to show the latest epoch {}", fourth.epoch),
+        &view.leader,
+    );
+    must_release(check, &*c.scope(&scope), &fourth).await;
     suite.passed(check);
 }
 

@@ -19,11 +19,14 @@ pub enum Verb {
     Update,
     /// DELETE one object.
     Delete,
+    /// PATCH one object (JSON merge patch).
+    Patch,
 }
 
 impl Verb {
     /// Every verb the emulator serves.
-    pub const ALL: [Verb; 6] = [Verb::Get, Verb::List, Verb::Watch, Verb::Create, Verb::Update, Verb::Delete];
+    pub const ALL: [Verb; 7] =
+        [Verb::Get, Verb::List, Verb::Watch, Verb::Create, Verb::Update, Verb::Delete, Verb::Patch];
 
     /// The RBAC name (`get`, `list`, ...).
     pub fn as_str(self) -> &'static str {
@@ -34,6 +37,7 @@ impl Verb {
             Verb::Create => "create",
             Verb::Update => "update",
             Verb::Delete => "delete",
+            Verb::Patch => "patch",
         }
     }
 }
@@ -99,9 +103,11 @@ pub enum GoneStyle {
     HttpStatus,
 }
 
-/// A failure injected into the next write request (create, update or delete).
+/// A failure injected into the next write request (create, update, patch or delete).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
+    /// Serve the write normally (to aim a later fault at a later write of a sequence).
+    Pass,
     /// Answer with this status code without applying the write.
     Reject(u16),
     /// Apply the write, then answer with this status code (a reply that lies about the outcome,

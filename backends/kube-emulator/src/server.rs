@@ -35,19 +35,21 @@ pub struct RequestCounts {
     pub update: u64,
     /// DELETE.
     pub delete: u64,
-    /// Anything else (unknown paths, PATCH, discovery).
+    /// PATCH.
+    pub patch: u64,
+    /// Anything else (unknown paths, discovery).
     pub other: u64,
 }
 
 impl RequestCounts {
     /// All requests.
     pub fn total(&self) -> u64 {
-        self.get + self.list + self.watch + self.create + self.update + self.delete + self.other
+        self.get + self.list + self.watch + self.create + self.update + self.delete + self.patch + self.other
     }
 
-    /// Requests that write (create, update, delete).
+    /// Requests that write (create, update, delete, patch).
     pub fn writes(&self) -> u64 {
-        self.create + self.update + self.delete
+        self.create + self.update + self.delete + self.patch
     }
 }
 
@@ -61,13 +63,14 @@ impl std::ops::Sub for RequestCounts {
             create: self.create - o.create,
             update: self.update - o.update,
             delete: self.delete - o.delete,
+            patch: self.patch - o.patch,
             other: self.other - o.other,
         }
     }
 }
 
 #[derive(Default)]
-struct Counters([AtomicU64; 7]);
+struct Counters([AtomicU64; 8]);
 
 impl Counters {
     fn bump(&self, verb: Option<Verb>) {
@@ -78,6 +81,7 @@ impl Counters {
             Some(Verb::Create) => 3,
             Some(Verb::Update) => 4,
             Some(Verb::Delete) => 5,
+            Some(Verb::Patch) => 7,
             None => 6,
         };
         self.0[i].fetch_add(1, Ordering::Relaxed);
@@ -85,7 +89,16 @@ impl Counters {
 
     fn snapshot(&self) -> RequestCounts {
         let c = |i: usize| self.0[i].load(Ordering::Relaxed);
-        RequestCounts { get: c(0), list: c(1), watch: c(2), create: c(3), update: c(4), delete: c(5), other: c(6) }
+        RequestCounts {
+            get: c(0),
+            list: c(1),
+            watch: c(2),
+            create: c(3),
+            update: c(4),
+            delete: c(5),
+            patch: c(7),
+            other: c(6),
+        }
     }
 }
 
@@ -159,6 +172,7 @@ fn verb_of(method: &Method, target: &Target, query: &HashMap<String, String>) ->
         (&Method::POST, false) if target.namespace.is_some() => Some(Verb::Create),
         (&Method::PUT, true) => Some(Verb::Update),
         (&Method::DELETE, true) => Some(Verb::Delete),
+        (&Method::PATCH, true) => Some(Verb::Patch),
         _ => None,
     }
 }
@@ -240,7 +254,8 @@ pub(crate) async fn handle(
     if let Err(e) = authorize(&shared.config, &headers, verb, &target) {
         return e.into_response();
     }
-    match serve(&shared, verb, target, query, body) {
+    let content_type = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    match serve(&shared, verb, target, query, body, content_type) {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -256,10 +271,15 @@ fn serve(
     target: Target,
     query: HashMap<String, String>,
     body: Bytes,
+    content_type: Option<&str>,
 ) -> Result<Response, ApiError> {
     let resource = target.resource;
     let key = |name: String| ObjectKey { resource, namespace: target.namespace.clone().unwrap_or_default(), name };
-    let fault = if matches!(verb, Verb::Create | Verb::Update | Verb::Delete) { shared.take_fault() } else { None };
+    let fault = if matches!(verb, Verb::Create | Verb::Update | Verb::Delete | Verb::Patch) {
+        shared.take_fault()
+    } else {
+        None
+    };
     if let Some(Fault::Reject(code)) = fault {
         return Err(fault_error(code));
     }
@@ -300,7 +320,24 @@ fn serve(
             }
             return Ok(json_response(StatusCode::CREATED, &object));
         }
-        Verb::Update => shared.store.replace(&key(target.name.unwrap_or_default()), parse_body(&body)?)?,
+        Verb::Update => {
+            let (object, created) =
+                shared.store.replace_or_create(&key(target.name.unwrap_or_default()), parse_body(&body)?)?;
+            if let Some(Fault::ApplyThenReject(code)) = fault {
+                return Err(fault_error(code));
+            }
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            return Ok(json_response(code, &object));
+        }
+        Verb::Patch => {
+            let merge = content_type.is_some_and(|t| {
+                t.starts_with("application/merge-patch+json") || t.starts_with("application/strategic-merge-patch+json")
+            });
+            if !merge {
+                return Err(ApiError::unsupported_media_type(content_type.unwrap_or_default()));
+            }
+            shared.store.patch(&key(target.name.unwrap_or_default()), &parse_body(&body)?)?
+        }
         Verb::Delete => {
             let options = if body.is_empty() { Value::Null } else { parse_body(&body)? };
             let pre = options.get("preconditions");

@@ -79,7 +79,19 @@ impl ApiError {
         ApiError { code: 403, reason: "Forbidden", message, details: None }
     }
 
-    /// 405 MethodNotAllowed.
+    /// 415: a PATCH in a format the emulator does not apply (JSON Patch, apply patches).
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        ApiError {
+            code: 415,
+            reason: "UnsupportedMediaType",
+            message: format!(
+                "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
+            details: None,
+        }
+    }
+
+    /// 405: the method is not served on this path.
     pub fn method_not_allowed() -> Self {
         ApiError {
             code: 405,

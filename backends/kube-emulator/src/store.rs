@@ -93,6 +93,26 @@ fn now_rfc3339() -> String {
     jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", jiff::Timestamp::now()).unwrap_or_default()
 }
 
+/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Some(fields) = patch.as_object() else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Some(object) = target.as_object_mut() {
+        for (key, value) in fields {
+            if value.is_null() {
+                object.remove(key);
+            } else {
+                merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
 fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
 }
@@ -233,13 +253,23 @@ impl Store {
     }
 
     /// POST: creates an object; 409 AlreadyExists if the name is taken.
-    pub fn create(&self, resource: Resource, namespace: &str, mut body: Value) -> Result<Value, ApiError> {
+    pub fn create(&self, resource: Resource, namespace: &str, body: Value) -> Result<Value, ApiError> {
         check_body(resource, namespace, &body)?;
         if meta_str(&body, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
             // What etcd3's store answers (storage.ErrResourceVersionSetOnCreate).
             return Err(ApiError::internal("resourceVersion should not be set on objects to be created".into()));
         }
         let mut s = self.lock();
+        self.create_in(&mut s, resource, namespace, body)
+    }
+
+    fn create_in(
+        &self,
+        s: &mut State,
+        resource: Resource,
+        namespace: &str,
+        mut body: Value,
+    ) -> Result<Value, ApiError> {
         if meta_str(&body, "name").is_none_or(str::is_empty)
             && let Some(base) = meta_str(&body, "generateName").map(str::to_string)
         {
@@ -263,7 +293,7 @@ impl Store {
             return Err(ApiError::already_exists(resource, &name));
         }
         s.rv += 1;
-        let uid = self.next_uid(&mut s);
+        let uid = self.next_uid(s);
         body["kind"] = resource.kind().into();
         body["apiVersion"] = resource.api_version().into();
         let meta = metadata_mut(&mut body);
@@ -273,14 +303,59 @@ impl Store {
         meta.insert("creationTimestamp".into(), now_rfc3339().into());
         meta.remove("generateName");
         s.objects.insert(key.clone(), body.clone());
-        self.record(&mut s, key, EventType::Added, body.clone(), None);
+        self.record(s, key, EventType::Added, body.clone(), None);
         Ok(body)
     }
 
     /// PUT: replaces an object. A non-empty `metadata.resourceVersion` must be the current one
     /// (409 Conflict otherwise); an empty one is an unconditional update, which Leases and
     /// ConfigMaps allow. A replace that changes nothing keeps the version and sends no event.
-    pub fn replace(&self, key: &ObjectKey, mut body: Value) -> Result<Value, ApiError> {
+    pub fn replace(&self, key: &ObjectKey, body: Value) -> Result<Value, ApiError> {
+        let mut s = self.lock();
+        self.replace_in(&mut s, key, body)
+    }
+
+    /// PUT as a real API server answers it: a Lease that does not exist is *created*
+    /// (`AllowCreateOnUpdate` is true for Leases), whatever resourceVersion the body carries;
+    /// a ConfigMap that does not exist is 404. An existing Lease needs a resourceVersion
+    /// (`AllowUnconditionalUpdate` is false for Leases: 422); a ConfigMap may be replaced
+    /// without one. Returns the object and whether it was created.
+    pub fn replace_or_create(&self, key: &ObjectKey, mut body: Value) -> Result<(Value, bool), ApiError> {
+        let mut s = self.lock();
+        let exists = s.objects.contains_key(key);
+        if key.resource == Resource::Lease && !exists {
+            check_body(key.resource, &key.namespace, &body)?;
+            metadata_mut(&mut body).remove("resourceVersion");
+            return self.create_in(&mut s, key.resource, &key.namespace, body).map(|o| (o, true));
+        }
+        let named = meta_str(&body, "name") == Some(key.name.as_str());
+        if named && key.resource == Resource::Lease && meta_str(&body, "resourceVersion").is_none_or(str::is_empty) {
+            return Err(ApiError::invalid(
+                key.resource,
+                &key.name,
+                "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update".into(),
+            ));
+        }
+        self.replace_in(&mut s, key, body).map(|o| (o, false))
+    }
+
+    /// PATCH with a JSON merge patch (RFC 7386): 404 when the object does not exist (a patch
+    /// never creates); a `metadata.resourceVersion` in the patch is a precondition (409
+    /// Conflict when stale); without one the patch applies to whatever is current.
+    pub fn patch(&self, key: &ObjectKey, patch: &Value) -> Result<Value, ApiError> {
+        let mut s = self.lock();
+        let Some(current) = s.objects.get(key).cloned() else {
+            return Err(ApiError::not_found(key.resource, &key.name));
+        };
+        if !patch.is_object() {
+            return Err(ApiError::bad_request("a merge patch must be a JSON object".into()));
+        }
+        let mut body = current;
+        merge_patch(&mut body, patch);
+        self.replace_in(&mut s, key, body)
+    }
+
+    fn replace_in(&self, s: &mut State, key: &ObjectKey, mut body: Value) -> Result<Value, ApiError> {
         let resource = key.resource;
         check_body(resource, &key.namespace, &body)?;
         let body_name = meta_str(&body, "name").unwrap_or_default();
@@ -291,7 +366,6 @@ impl Store {
             )));
         }
         let wanted = meta_str(&body, "resourceVersion").filter(|rv| !rv.is_empty()).map(parse_rv).transpose()?;
-        let mut s = self.lock();
         let Some(current) = s.objects.get(key).cloned() else {
             return Err(ApiError::not_found(resource, &key.name));
         };
@@ -330,7 +404,7 @@ impl Store {
         s.rv += 1;
         metadata_mut(&mut body).insert("resourceVersion".into(), s.rv.to_string().into());
         s.objects.insert(key.clone(), body.clone());
-        self.record(&mut s, key.clone(), EventType::Modified, body.clone(), Some(current));
+        self.record(s, key.clone(), EventType::Modified, body.clone(), Some(current));
         Ok(body)
     }
 

@@ -48,6 +48,19 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
+    /// PATCH with a JSON merge patch.
+    async fn merge(&self, path: &str, patch: Value) -> (StatusCode, Value) {
+        let mut req = self.http.patch(format!("{}{path}", self.emulator.url()));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let req = req.header("Content-Type", "application/merge-patch+json").body(patch.to_string());
+        let resp = req.send().await.expect("request is answered");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
     async fn watch(&self, path: &str) -> Watch {
         let mut req = self.http.get(format!("{}{path}", self.emulator.url()));
         if let Some(t) = &self.token {
@@ -160,17 +173,59 @@ async fn resource_versions_are_one_store_wide_counter_and_replace_needs_the_curr
     let (_, now) = api.call(Method::GET, &format!("{LEASES}/a"), None).await;
     assert_eq!(now["spec"]["holderIdentity"], "y", "a conflicting replace changes nothing");
 
-    // Without a version the update is unconditional (allowed for Leases and ConfigMaps).
+    // A Lease cannot be replaced without a version (a real server: 422, "must be specified
+    // for an update"); a ConfigMap can.
     let mut blind = now.clone();
     blind["metadata"].as_object_mut().unwrap().remove("resourceVersion");
     blind["spec"]["holderIdentity"] = "w".into();
-    let (code, _) = api.call(Method::PUT, &format!("{LEASES}/a"), Some(blind)).await;
-    assert_eq!(code, StatusCode::OK);
+    let (code, body) = api.call(Method::PUT, &format!("{LEASES}/a"), Some(blind)).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("must be specified for an update"), "{body}");
+    let (_, cm) = api.call(Method::GET, &format!("{CONFIGMAPS}/c"), None).await;
+    let mut blind = cm.clone();
+    blind["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    blind["data"] = json!({"k": "blind"});
+    let (code, body) = api.call(Method::PUT, &format!("{CONFIGMAPS}/c"), Some(blind)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
 
-    let (code, body) = api.call(Method::PUT, &format!("{LEASES}/nope"), Some(lease("nope", "x", json!({})))).await;
-    assert_eq!(code, StatusCode::NOT_FOUND, "replace does not create: {body}");
+    // A real API server creates a missing Lease on PUT, even with a resourceVersion in the body.
+    let mut missing = lease("nope", "x", json!({}));
+    missing["metadata"]["resourceVersion"] = "5".into();
+    let (code, body) = api.call(Method::PUT, &format!("{LEASES}/nope"), Some(missing)).await;
+    assert_eq!(code, StatusCode::CREATED, "replace of a missing Lease creates it: {body}");
+    assert_eq!(body["spec"]["holderIdentity"], "x");
+    let cm = json!({"metadata": {"name": "nope"}, "data": {}});
+    let (code, body) = api.call(Method::PUT, &format!("{CONFIGMAPS}/nope"), Some(cm)).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "but not a missing ConfigMap: {body}");
     let (code, _) = api.call(Method::PUT, &format!("{LEASES}/a"), Some(lease("b", "x", json!({})))).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "the body's name must match the URL");
+}
+
+#[tokio::test]
+async fn merge_patch_with_a_resource_version_is_compare_and_set_and_never_creates() {
+    let api = Api::new();
+    let labels = json!({"keep": "me"});
+    let (_, a) = api.call(Method::POST, LEASES, Some(lease("a", "x", labels))).await;
+    let patch = |rv: &str| json!({"metadata": {"resourceVersion": rv, "annotations": {"k": "v"}}, "spec": {"holderIdentity": null}});
+    let (code, patched) = api.merge(&format!("{LEASES}/a"), patch(&rv(&a))).await;
+    assert_eq!(code, StatusCode::OK, "{patched}");
+    assert!(patched["spec"].get("holderIdentity").is_none(), "null removes a field: {patched}");
+    assert_eq!(patched["spec"]["leaseDurationSeconds"], 15, "fields the patch does not name stay");
+    assert_eq!(patched["metadata"]["labels"]["keep"], "me");
+    assert_eq!(patched["metadata"]["annotations"]["k"], "v");
+    assert_ne!(rv(&patched), rv(&a));
+
+    let (code, body) = api.merge(&format!("{LEASES}/a"), patch(&rv(&a))).await;
+    assert_eq!(code, StatusCode::CONFLICT, "a stale resourceVersion in the patch: {body}");
+    assert_status(&body, 409, "Conflict");
+    let (code, body) = api.merge(&format!("{LEASES}/gone"), patch(&rv(&patched))).await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "a patch never creates: {body}");
+    let (code, _) = api.call(Method::GET, &format!("{LEASES}/gone"), None).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+    let (code, blind) = api.merge(&format!("{LEASES}/a"), json!({"spec": {"holderIdentity": "y"}})).await;
+    assert_eq!(code, StatusCode::OK, "without a version the patch is unconditional");
+    assert_eq!(blind["spec"]["holderIdentity"], "y");
+    assert_eq!(api.emulator.request_counts().patch, 4);
 }
 
 #[tokio::test]
@@ -365,7 +420,7 @@ async fn invalid_objects_are_rejected_like_the_api_server_does() {
     let (code, _) = api.call(Method::POST, LEASES, Some(json!({"kind": "ConfigMap", "metadata": {"name": "x"}}))).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "the kind must match the URL");
     let (code, _) = api.call(Method::PATCH, &format!("{LEASES}/a"), Some(json!({}))).await;
-    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED, "PATCH is not modelled");
+    assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE, "PATCH needs a patch media type");
     let (code, body) = api.call(Method::GET, "/apis/apps/v1/namespaces/ns/deployments", None).await;
     assert_eq!(code, StatusCode::NOT_FOUND);
     assert_status(&body, 404, "NotFound");

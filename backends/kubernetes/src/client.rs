@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use kube::api::{DeleteParams, ListParams, ObjectList, PostParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, ObjectList, Patch, PatchParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Config};
 use leasehold::{DcsError, Epoch, LeaderRecord, MemberRecord, Record};
@@ -237,7 +237,25 @@ impl Inner {
         }
     }
 
-    /// PUT carrying the object's resourceVersion; 409 is `Conflict`, 404 `Missing`.
+    /// Compare-and-set: turns the stored object into `lease` if it is still at
+    /// resourceVersion `rv` (a JSON merge patch carrying `rv`, see
+    /// [`objects::merge_patch`]). 409 is `Conflict`, 404 (no such object) `Missing`: unlike a
+    /// PUT, a PATCH never creates.
+    pub(crate) async fn patch(&self, lease: &Lease, rv: &str) -> Result<Write<Lease>, DcsError> {
+        let name = objects::name(lease);
+        let what = format!("patch Lease {}/{name} at resourceVersion {rv}", self.namespace);
+        let patch = Patch::Merge(objects::merge_patch(lease, rv));
+        match timed(Op::Write, &what, self.limit(), self.api.patch(name, &PatchParams::default(), &patch)).await? {
+            Ok(l) => Ok(Write::Done(l)),
+            Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
+            Err(e) if api_code(&e) == Some(404) => Ok(Write::Missing),
+            Err(e) => Err(classify(Op::Write, &what, e)),
+        }
+    }
+
+    /// PUT carrying the object's resourceVersion; 409 is `Conflict`, 404 `Missing`. Only for
+    /// this process's own member Leases: a real API server creates a missing object on PUT,
+    /// which is right for re-publishing a member and wrong for any compare-and-set.
     pub(crate) async fn replace(&self, lease: &Lease) -> Result<Write<Lease>, DcsError> {
         let name = objects::name(lease);
         let what = format!("replace Lease {}/{name} at resourceVersion {}", self.namespace, objects::rv(lease));

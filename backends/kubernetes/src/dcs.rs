@@ -18,9 +18,12 @@ use tokio::time::Instant;
 
 use crate::client::{Held, Inner, Write};
 use crate::error::{Op, api_code, classify};
-use crate::names::{LEADER_ANNOTATION, ObjectRole, ScopeNames, VALUE_ANNOTATION};
+use crate::names::{EPOCH_ANNOTATION, LEADER_ANNOTATION, ObjectRole, ScopeNames, VALUE_ANNOTATION};
 use crate::objects::{self, Fingerprint, duration_secs, new_lease, stamp, wall_now};
 use crate::observe::now;
+
+/// Attempts at bumping the epoch counter before an acquire gives up with `Unavailable`.
+const COUNTER_ATTEMPTS: usize = 8;
 
 /// What the last `load` saw, so a watch from its revision can ignore heartbeats and wake
 /// when a holder it showed would expire.
@@ -129,7 +132,9 @@ impl KubeDcs {
                 Some(String::from_utf8(lease.record.encode()).unwrap_or_default())
             };
             stamp(&mut object, &names.labels("leader"), LEADER_ANNOTATION, annotation);
-            match self.inner.replace(&object).await? {
+            stamp(&mut object, &names.labels("leader"), EPOCH_ANNOTATION, Some(lease.epoch.0.to_string()));
+            let rv = objects::rv(&base).to_string();
+            match self.inner.patch(&object, &rv).await? {
                 Write::Done(written) => return Ok(CasOutcome::Won(written)),
                 Write::Missing => return Ok(CasOutcome::Lost(None)),
                 Write::Conflict if attempt == 0 => match self.fresh_leader(name, lease).await? {
@@ -140,6 +145,50 @@ impl KubeDcs {
             }
         }
         Ok(CasOutcome::Lost(self.current_leader(name).await?))
+    }
+
+    /// Takes the next fencing epoch from the scope's counter Lease (`<scope>-epoch`): the
+    /// greater of the counter and `floor` (the epoch on the leader Lease), plus one, written
+    /// by compare-and-set (create, or PATCH at the counter's resourceVersion). The counter
+    /// outlives the leader Lease, so epochs keep increasing when the leader Lease is deleted
+    /// or hand-edited. A counter bump whose leader write then loses only leaves a gap.
+    ///
+    /// `None`: while racing for the counter, the leader Lease changed from `seen` (another
+    /// candidate got there first), so this acquire has lost.
+    async fn next_epoch(
+        &self,
+        names: &ScopeNames,
+        floor: u64,
+        seen: Option<&Lease>,
+    ) -> Result<Option<Epoch>, DcsError> {
+        let name = names.epoch_counter();
+        for _ in 0..COUNTER_ATTEMPTS {
+            let counter = self.inner.get(&name).await?;
+            let stored = counter.as_ref().and_then(objects::epoch_annotation).unwrap_or(0);
+            let next = stored.max(floor) + 1;
+            let annotations = [(EPOCH_ANNOTATION.to_string(), next.to_string())].into();
+            let object = new_lease(
+                name.clone(),
+                &self.inner.namespace,
+                names.labels("counter"),
+                annotations,
+                LeaseSpec::default(),
+            );
+            let written = match &counter {
+                None => self.inner.create(&object).await?,
+                Some(c) => self.inner.patch(&object, objects::rv(c)).await?,
+            };
+            match written {
+                Write::Done(_) => return Ok(Some(Epoch(next))),
+                Write::Conflict | Write::Missing => {
+                    let leader = self.inner.get(&names.leader()).await?;
+                    if leader.as_ref().map(objects::rv) != seen.map(objects::rv) {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(DcsError::unavailable(format!("epoch counter {name} kept changing under every write; try again")))
     }
 
     async fn control_version(&self, name: &str) -> Result<Option<Version>, DcsError> {
@@ -169,9 +218,18 @@ impl Dcs for KubeDcs {
         StoreBounds { ttl, max_expiry: ttl * 2, watch_latency: Duration::from_secs(1) }
     }
 
+    /// One label-selected LIST. When it holds no leader Lease, one GET of the leader Lease by
+    /// name follows: an elector without our labels (client-go) may hold it, and it must be
+    /// shown and respected as a foreign holder.
     async fn load(&self) -> Result<ClusterView, DcsError> {
         let names = self.names()?;
-        let list = self.inner.list(&names.selector()).await?;
+        let mut list = self.inner.list(&names.selector()).await?;
+        let leader_name = names.leader();
+        if !list.items.iter().any(|item| objects::name(item) == leader_name)
+            && let Some(unlabelled) = self.inner.get(&leader_name).await?
+        {
+            list.items.push(unlabelled);
+        }
         let revision = list.metadata.resource_version.clone().unwrap_or_default();
         let seen_at = now();
         let ttl = self.ttl();
@@ -202,8 +260,8 @@ impl Dcs for KubeDcs {
                     }
                     snapshot.holders.insert(name.to_string(), duration);
                     if role == ObjectRole::Leader {
-                        let bytes = objects::leader_bytes(item).unwrap_or_default();
-                        raw.leader = Some((entry(bytes), Epoch(objects::transitions(item))));
+                        let (bytes, epoch) = objects::leader_entry(item).unwrap_or_default();
+                        raw.leader = Some((entry(bytes), epoch));
                     } else {
                         raw.members.push(entry(objects::record_bytes(item, crate::names::MEMBER_ANNOTATION)));
                     }
@@ -222,6 +280,19 @@ impl Dcs for KubeDcs {
         let ttl = self.ttl();
         let text = String::from_utf8(record.encode()).unwrap_or_default();
         let current = self.inner.get(&name).await?;
+        if let Some(existing) = &current
+            && objects::holder(existing).is_some()
+        {
+            let (rv, duration) = (objects::rv(existing), objects::hold_duration(existing, ttl));
+            if !self.inner.observations.expired(&name, rv, duration, now()) {
+                return Ok(CasOutcome::Lost(objects::leader_view(existing)));
+            }
+            tracing::info!(object = %name, %rv, ?duration, "leader Lease unchanged for its duration: taking it over");
+        }
+        let floor = current.as_ref().and_then(objects::epoch_annotation).unwrap_or(0);
+        let Some(epoch) = self.next_epoch(names, floor, current.as_ref()).await? else {
+            return Ok(CasOutcome::Lost(self.current_leader(&name).await?));
+        };
         let spec = |transitions: i32| LeaseSpec {
             holder_identity: Some(record.member.clone()),
             lease_duration_seconds: Some(duration_secs(ttl)),
@@ -230,45 +301,39 @@ impl Dcs for KubeDcs {
             lease_transitions: Some(transitions),
             ..LeaseSpec::default()
         };
+        let annotations =
+            [(LEADER_ANNOTATION.to_string(), text), (EPOCH_ANNOTATION.to_string(), epoch.0.to_string())].into();
         let written = match current {
+            // client-go starts leaseTransitions at 0 on create.
             None => {
-                let annotations = [(LEADER_ANNOTATION.to_string(), text)].into();
                 let fresh =
-                    new_lease(name.clone(), &self.inner.namespace, names.labels("leader"), annotations, spec(1));
+                    new_lease(name.clone(), &self.inner.namespace, names.labels("leader"), annotations, spec(0));
                 self.inner.create(&fresh).await?
             }
             Some(existing) => {
-                let rv = objects::rv(&existing).to_string();
-                if objects::holder(&existing).is_some() {
-                    let duration = objects::hold_duration(&existing, ttl);
-                    if !self.inner.observations.expired(&name, &rv, duration, now()) {
-                        return Ok(CasOutcome::Lost(objects::leader_view(&existing)));
-                    }
-                    tracing::info!(object = %name, %rv, ?duration, "leader Lease unchanged for its duration: taking it over");
-                }
-                let Ok(next) = i32::try_from(objects::transitions(&existing) + 1) else {
+                // client-go counts holder changes only: the same identity taking its own
+                // expired Lease back is no transition.
+                let same = objects::holder(&existing) == Some(record.member.as_str());
+                let transitions = objects::transitions(&existing) + u64::from(!same);
+                let Ok(transitions) = i32::try_from(transitions) else {
                     return Err(DcsError::fatal(format!("leaseTransitions of {name} cannot grow any further")));
                 };
+                let rv = objects::rv(&existing).to_string();
                 let mut object = existing;
-                let preserved = object.spec.take().unwrap_or_default();
-                object.spec = Some(LeaseSpec {
-                    preferred_holder: preserved.preferred_holder,
-                    strategy: preserved.strategy,
-                    ..spec(next)
-                });
-                stamp(&mut object, &names.labels("leader"), LEADER_ANNOTATION, Some(text));
-                self.inner.replace(&object).await?
+                object.spec = Some(spec(transitions));
+                let labels = names.labels("leader");
+                object.metadata.labels.get_or_insert_with(Default::default).extend(labels);
+                object.metadata.annotations = Some(annotations);
+                self.inner.patch(&object, &rv).await?
             }
         };
         match written {
             Write::Done(object) => {
-                let epoch = Epoch(objects::transitions(&object));
                 self.remember(&name, &object, record, epoch);
                 let version = Version::opaque(objects::rv(&object));
                 Ok(CasOutcome::Won(HeldLease { record: record.clone(), epoch, version, valid_for: ttl }))
             }
-            Write::Conflict => Ok(CasOutcome::Lost(self.current_leader(&name).await?)),
-            Write::Missing => Ok(CasOutcome::Lost(None)),
+            Write::Conflict | Write::Missing => Ok(CasOutcome::Lost(self.current_leader(&name).await?)),
         }
     }
 
@@ -330,13 +395,11 @@ impl Dcs for KubeDcs {
         })?;
         let labels = names.labels("control");
         let annotations = [(VALUE_ANNOTATION.to_string(), text.to_string())].into();
-        let mut object = new_lease(name.clone(), &self.inner.namespace, labels, annotations, LeaseSpec::default());
+        let object = new_lease(name.clone(), &self.inner.namespace, labels, annotations, LeaseSpec::default());
         let written = match expect {
             Expect::Absent => self.inner.create(&object).await?,
-            Expect::Version(v) => {
-                object.metadata.resource_version = Some(v.to_text());
-                self.inner.replace(&object).await?
-            }
+            // A versioned write of an absent (or deleted) key must not create it: PATCH, not PUT.
+            Expect::Version(v) => self.inner.patch(&object, &v.to_text()).await?,
         };
         match written {
             Write::Done(object) => Ok(CasOutcome::Won(Version::opaque(objects::rv(&object)))),

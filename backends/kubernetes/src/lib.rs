@@ -12,17 +12,26 @@
 //! | `<prefix><scope>-leader` | client-go's `holderIdentity`, `leaseDurationSeconds`, `acquireTime`, `renewTime`, `leaseTransitions` | annotation `leasehold.io/leader`: the [`LeaderRecord`](leasehold::LeaderRecord) (member, token, api_url, conn_url) |
 //! | `<prefix><scope>-member-<name>` | `holderIdentity` = member, renewed by the client's keep-alive | annotation `leasehold.io/member`: the [`MemberRecord`](leasehold::MemberRecord) |
 //! | `<prefix><scope>-config`, `-failover`, `-sync`, `-initialize`, `-history`, `-status` | none | annotation `leasehold.io/value`: the record |
+//! | `<prefix><scope>-epoch` | none | annotation `leasehold.io/epoch`: the greatest fencing epoch handed out |
 //!
 //! `kubectl get lease <scope>-leader` and client-go based tools read the leader as usual.
 //!
 //! # Rules
 //!
-//! * Every write is a PUT carrying the last seen `resourceVersion` (or a create); 409 is a
-//!   lost race ([`CasOutcome::Lost`](leasehold::CasOutcome)). Deletes carry a
-//!   `resourceVersion` precondition.
-//! * The fencing epoch is `leaseTransitions`, bumped on every acquisition, also when the
-//!   same member re-acquires after expiry. Release clears `holderIdentity` and keeps the
-//!   counter; deleting the leader Lease by hand would restart it, so do not.
+//! * Every compare-and-set is a create (`Expect::Absent`, first acquisition) or a JSON merge
+//!   PATCH carrying the last seen `metadata.resourceVersion`: 409 is a lost race
+//!   ([`CasOutcome::Lost`](leasehold::CasOutcome)), 404 means the object is gone (`Lost(None)`);
+//!   a PATCH never creates, unlike a PUT, which a real API server turns into a create when
+//!   the Lease was deleted. Deletes carry a `resourceVersion` precondition. Only a process's
+//!   own member Leases are written with PUT.
+//! * The fencing epoch comes from the scope's counter Lease `<scope>-epoch`, bumped by
+//!   compare-and-set before every acquisition (to one more than the greater of the counter
+//!   and the epoch on the leader Lease) and stored on the leader Lease in the
+//!   `leasehold.io/epoch` annotation. Deleting or editing the leader Lease does not make
+//!   epochs repeat; deleting both the counter and the leader Lease would.
+//! * `leaseTransitions` keeps client-go's meaning: 0 on create, +1 when the holder changes.
+//!   A Lease held by an identity without a leasehold record (a client-go elector) is a
+//!   foreign holder: shown with its identity and respected, never garbage.
 //! * There is no server-side expiry. A candidate treats a holder (leader or member) as gone
 //!   only after it has seen the same `resourceVersion`, unchanged, for the longer of
 //!   `leaseDurationSeconds` and its own ttl, on its own monotonic clock (client-go's rule);
@@ -54,8 +63,12 @@ mod names;
 mod objects;
 mod observe;
 mod options;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::{KubeClient, install_default_crypto_provider};
 pub use dcs::KubeDcs;
-pub use names::{LEADER_ANNOTATION, MANAGED_BY, MEMBER_ANNOTATION, ROLE_LABEL, SCOPE_LABEL, VALUE_ANNOTATION};
+pub use names::{
+    EPOCH_ANNOTATION, LEADER_ANNOTATION, MANAGED_BY, MEMBER_ANNOTATION, ROLE_LABEL, SCOPE_LABEL, VALUE_ANNOTATION,
+};
 pub use options::{ConfigSource, KubeOptions, OptionsError};

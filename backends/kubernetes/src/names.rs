@@ -24,6 +24,9 @@ pub const LEADER_ANNOTATION: &str = "leasehold.io/leader";
 pub const MEMBER_ANNOTATION: &str = "leasehold.io/member";
 /// Annotation on a control-key Lease: the record JSON.
 pub const VALUE_ANNOTATION: &str = "leasehold.io/value";
+/// Annotation on the leader Lease: the fencing epoch of the current (or last) acquisition;
+/// on the epoch counter Lease: the greatest epoch handed out in the scope.
+pub const EPOCH_ANNOTATION: &str = "leasehold.io/epoch";
 
 const MEMBER_INFIX: &str = "member-";
 
@@ -127,6 +130,11 @@ impl ScopeNames {
         format!("{}leader", self.base)
     }
 
+    /// `<prefix><scope>-epoch`: the scope's epoch counter, which outlives the leader Lease.
+    pub fn epoch_counter(&self) -> String {
+        format!("{}epoch", self.base)
+    }
+
     /// `<prefix><scope>-<key>`.
     pub fn control(&self, key: ControlKey) -> String {
         format!("{}{}", self.base, key.name())
@@ -181,6 +189,7 @@ mod tests {
         assert_eq!(n.role_of(&n.control(ControlKey::Sync)), Some(ObjectRole::Control(ControlKey::Sync)));
         assert_eq!(n.role_of(&n.member("n1").unwrap()), Some(ObjectRole::Member("n1".into())));
         assert_eq!(n.role_of("p-pg-other"), None);
+        assert_eq!(n.role_of(&n.epoch_counter()), None, "the counter is no record");
         assert_eq!(n.role_of("p-pg2-leader"), None);
         assert!(n.selector().contains("leasehold.io/scope=pg"));
     }

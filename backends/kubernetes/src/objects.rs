@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use leasehold::{Epoch, LeaderRecord, LeaderView, Record, Version};
 
-use crate::names::{LEADER_ANNOTATION, MEMBER_ANNOTATION, VALUE_ANNOTATION};
+use crate::names::{EPOCH_ANNOTATION, LEADER_ANNOTATION, MEMBER_ANNOTATION, VALUE_ANNOTATION};
 
 /// The wall clock, written to `acquireTime`/`renewTime` for people and client-go tools. It
 /// never decides anything here: expiry is judged on the observer's monotonic clock.
@@ -49,36 +49,62 @@ pub(crate) fn annotation<'a>(lease: &'a Lease, key: &str) -> Option<&'a str> {
     lease.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)
 }
 
-/// The bytes to decode as the leader record of a held lease. Our annotation counts only if
-/// it names the current holder: a client-go elector that took the lease over leaves our
-/// annotation behind, and that record must not be attributed to the new holder.
-pub(crate) fn leader_bytes(lease: &Lease) -> Option<Vec<u8>> {
+/// The fencing epoch in the `leasehold.io/epoch` annotation (leader and counter Leases).
+pub(crate) fn epoch_annotation(lease: &Lease) -> Option<u64> {
+    annotation(lease, EPOCH_ANNOTATION).and_then(|t| t.trim().parse().ok())
+}
+
+/// Who our leader annotation names: `Some(Some(member))` when it is a JSON object with a
+/// `member` string, `Some(None)` when it is there but unreadable (garbage), `None` when absent.
+fn annotated_member(lease: &Lease) -> Option<Option<String>> {
+    let text = annotation(lease, LEADER_ANNOTATION)?;
+    let value = serde_json::from_str::<serde_json::Value>(text).ok();
+    Some(value.and_then(|v| v.get("member").and_then(serde_json::Value::as_str).map(str::to_string)))
+}
+
+/// Whether our leader annotation describes the current holder. A client-go elector that
+/// took the Lease over leaves our annotation behind; that record must not be attributed to
+/// the new holder.
+fn ours(lease: &Lease) -> bool {
+    holder(lease).is_some_and(|h| annotated_member(lease) == Some(Some(h.to_string())))
+}
+
+/// The bytes to decode as the leader record of a held lease, and its epoch.
+///
+/// A holder without a leasehold record (a client-go elector, another tool) is a foreign
+/// holder: a valid record naming `holderIdentity`, with a token derived from the
+/// acquisition (`foreign:<leaseTransitions>:<acquireTime>`, stable while it holds) and epoch
+/// 0 (it takes part in no fencing of ours). It is respected like any holder, never garbage.
+pub(crate) fn leader_entry(lease: &Lease) -> Option<(Vec<u8>, Epoch)> {
     let holder = holder(lease)?;
-    let text = annotation(lease, LEADER_ANNOTATION);
-    let names_holder = text
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
-        .is_some_and(|v| v.get("member").and_then(serde_json::Value::as_str) == Some(holder));
-    match text {
-        Some(t) if names_holder => Some(t.as_bytes().to_vec()),
-        // Reported as a problem: held, but not by a leasehold member we can describe.
-        _ => Some(
-            serde_json::json!({"member": holder, "error": "held without a leasehold record (client-go or another tool)"})
-                .to_string()
-                .into_bytes(),
-        ),
+    let annotated = annotated_member(lease);
+    if ours(lease) || annotated == Some(None) {
+        // Ours, or garbage in our annotation: decoded as it is (garbage is reported).
+        let text = annotation(lease, LEADER_ANNOTATION).unwrap_or_default();
+        // Garbage in the epoch annotation reads as epoch 0: the next acquisition still
+        // counts up from the counter Lease.
+        return Some((text.as_bytes().to_vec(), Epoch(epoch_annotation(lease).unwrap_or(0))));
     }
+    let acquired = lease.spec.as_ref().and_then(|s| s.acquire_time.as_ref()).map(|t| t.0.to_string());
+    let record = LeaderRecord {
+        member: holder.to_string(),
+        token: format!("foreign:{}:{}", transitions(lease), acquired.unwrap_or_default()),
+        api_url: None,
+        conn_url: None,
+    };
+    Some((record.encode(), Epoch(0)))
 }
 
 /// The decoded leader of a held lease, or `None` if free or not decodable.
 pub(crate) fn leader_view(lease: &Lease) -> Option<LeaderView> {
-    let bytes = leader_bytes(lease)?;
+    let (bytes, epoch) = leader_entry(lease)?;
     let record = LeaderRecord::decode(name(lease), &bytes).ok()?;
-    Some(LeaderView { record, epoch: Epoch(transitions(lease)), version: Version::opaque(rv(lease)) })
+    Some(LeaderView { record, epoch, version: Version::opaque(rv(lease)) })
 }
 
 /// Whether `lease` is still exactly the acquisition `record` at `epoch`.
 pub(crate) fn held_as(lease: &Lease, record: &LeaderRecord, epoch: Epoch) -> bool {
-    leader_view(lease).is_some_and(|v| v.record == *record && v.epoch == epoch)
+    ours(lease) && leader_view(lease).is_some_and(|v| v.record == *record && v.epoch == epoch)
 }
 
 /// The record bytes of a member or control Lease (empty, so reported, when missing).
@@ -129,6 +155,38 @@ pub(crate) fn new_lease(
     }
 }
 
+/// A JSON merge patch (RFC 7386) that turns the stored object into `lease`, conditional on
+/// the stored object being at resourceVersion `rv`: the API server answers 409 Conflict when
+/// it is not and 404 when the object does not exist. This is the compare-and-set; a PUT
+/// (replace) cannot be one, because a real API server *creates* a missing Lease on PUT, even
+/// with a resourceVersion in the body. The patch names our labels, our annotations (null
+/// removes one) and every client-go spec field (null clears it); anything else on the
+/// object, such as another tool's annotations, is left alone.
+pub(crate) fn merge_patch(lease: &Lease, rv: &str) -> serde_json::Value {
+    let mut annotations = serde_json::Map::new();
+    for key in [LEADER_ANNOTATION, MEMBER_ANNOTATION, VALUE_ANNOTATION, EPOCH_ANNOTATION] {
+        annotations.insert(key.to_string(), serde_json::Value::Null);
+    }
+    for (k, v) in lease.metadata.annotations.iter().flatten() {
+        annotations.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    let spec = lease.spec.clone().unwrap_or_default();
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": rv,
+            "labels": lease.metadata.labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "holderIdentity": spec.holder_identity,
+            "leaseDurationSeconds": spec.lease_duration_seconds,
+            "acquireTime": spec.acquire_time,
+            "renewTime": spec.renew_time,
+            "leaseTransitions": spec.lease_transitions,
+        },
+    })
+}
+
 /// Sets our labels (keeping others) and one annotation (`None` removes it) on `lease`.
 pub(crate) fn stamp(lease: &mut Lease, labels: &BTreeMap<String, String>, key: &str, value: Option<String>) {
     let l = lease.metadata.labels.get_or_insert_with(BTreeMap::new);
@@ -172,13 +230,35 @@ mod tests {
     #[test]
     fn a_record_counts_only_for_its_own_holder() {
         let ours = r#"{"member":"a","token":"t"}"#;
-        let view = leader_view(&lease(Some("a"), Some(ours))).unwrap();
-        assert_eq!((view.record.member.as_str(), view.epoch, view.version), ("a", Epoch(4), Version::opaque("9")));
-        assert!(leader_view(&lease(Some("b"), Some(ours))).is_none(), "client-go holder b took over");
-        assert!(leader_bytes(&lease(Some("b"), Some(ours))).is_some(), "still held: reported, not free");
+        let mut with_epoch = lease(Some("a"), Some(ours));
+        with_epoch.metadata.annotations.as_mut().unwrap().insert(EPOCH_ANNOTATION.into(), "12".into());
+        let view = leader_view(&with_epoch).unwrap();
+        assert_eq!((view.record.member.as_str(), view.epoch, view.version), ("a", Epoch(12), Version::opaque("9")));
+        let record = LeaderRecord { member: "a".into(), token: "t".into(), api_url: None, conn_url: None };
+        assert!(held_as(&with_epoch, &record, Epoch(12)));
+        assert!(!held_as(&with_epoch, &record, Epoch(4)), "leaseTransitions is not the epoch");
+
+        let foreign = leader_view(&lease(Some("b"), Some(ours))).expect("client-go holder b is a holder");
+        assert_eq!((foreign.record.member.as_str(), foreign.epoch), ("b", Epoch(0)));
+        assert!(foreign.record.token.starts_with("foreign:4:"), "{:?}", foreign.record);
+        assert!(!held_as(&lease(Some("b"), Some(ours)), &foreign.record, Epoch(0)), "never ours");
+        assert_eq!(leader_view(&lease(Some("b"), None)).unwrap().record.member, "b", "no annotation at all");
         assert!(leader_view(&lease(None, Some(ours))).is_none());
-        assert!(leader_bytes(&lease(Some(""), None)).is_none(), "empty holder is free");
-        assert!(leader_view(&lease(Some("a"), Some("{garbage"))).is_none());
+        assert!(leader_entry(&lease(Some(""), None)).is_none(), "empty holder is free");
+        assert!(leader_view(&lease(Some("a"), Some("{garbage"))).is_none(), "garbage is no holder");
+        assert!(leader_entry(&lease(Some("a"), Some("{garbage"))).is_some(), "but it is reported");
+    }
+
+    #[test]
+    fn merge_patches_carry_the_condition_and_clear_what_is_gone() {
+        let mut l = lease(None, None);
+        l.metadata.annotations.as_mut().unwrap().insert("other.io/x".into(), "y".into());
+        let patch = merge_patch(&l, "41");
+        assert_eq!(patch["metadata"]["resourceVersion"], "41");
+        assert!(patch["spec"]["holderIdentity"].is_null(), "a cleared holder is sent as null: {patch}");
+        assert!(patch["metadata"]["annotations"][LEADER_ANNOTATION].is_null());
+        assert_eq!(patch["metadata"]["annotations"]["other.io/x"], "y");
+        assert_eq!(patch["spec"]["leaseTransitions"], 4);
     }
 
     #[test]

@@ -1,13 +1,16 @@
-//! Error classes: what the caller must do after each kind of failure.
+//! Error classes: what the caller must do after each kind of failure. On a real
+//! kube-apiserver where one is found (token authentication, RBAC); the injected-fault test
+//! runs on the emulator, because a real server cannot be made to refuse or to apply-then-fail
+//! one chosen write.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{NAMESPACE, TOKEN, kube_client, options};
+use common::{NAMESPACE, TOKEN, Target, kube_client, options};
 use leasehold::{CasOutcome, ControlKey, Dcs, DcsError, Expect, LeaderRecord};
 use leasehold_kube::{ConfigSource, KubeClient, KubeOptions};
-use leasehold_kube_emulator::{AccessToken, Emulator, EmulatorConfig, Fault, Verb};
+use leasehold_kube_emulator::{Emulator, Fault};
 
 fn record(token: &str) -> LeaderRecord {
     LeaderRecord { member: "pod-a".into(), token: token.into(), api_url: None, conn_url: None }
@@ -18,28 +21,37 @@ fn client(emulator: &Emulator, token: Option<&str>) -> KubeClient {
     KubeClient::from_client(kube, NAMESPACE, options(Duration::from_secs(5))).expect("client")
 }
 
+async fn client_on(target: &Target, token: Option<&str>) -> KubeClient {
+    KubeClient::from_client(target.kube(token).await, NAMESPACE, options(Duration::from_secs(5))).expect("client")
+}
+
 #[tokio::test]
 async fn unauthorized_and_forbidden_are_fatal_with_a_clear_message() {
-    let config = EmulatorConfig {
-        tokens: vec![
-            AccessToken::full(TOKEN),
-            AccessToken::with_verbs("reader", &[Verb::Get, Verb::List, Verb::Watch]),
-        ],
-        ..EmulatorConfig::default()
-    };
-    let emulator = Emulator::start(config).unwrap();
+    let read = ["get", "list", "watch"].map(String::from).to_vec();
+    let target = Target::with_grants(&[("reader", read)]).await;
     for token in [None, Some("wrong")] {
-        let err = client(&emulator, token).scope("pg").load().await.expect_err("no valid token");
+        let dcs = client_on(&target, token).await.scope("pg");
+        let err = dcs.load().await.expect_err("no valid token");
         assert!(err.is_fatal(), "{err}");
-        assert!(err.to_string().contains("unauthorized (401)"), "{err}");
+        let text = err.to_string();
+        if token.is_some() || !target.is_real() {
+            assert!(text.contains("401") && text.contains("credentials"), "{text}");
+        } else {
+            // A real server treats a request without credentials as system:anonymous, whom
+            // RBAC refuses: 403.
+            assert!(text.contains("403"), "{text}");
+        }
     }
-    let reader = client(&emulator, Some("reader")).scope("pg");
+    let token = target.token("reader");
+    let reader = client_on(&target, Some(&token)).await.scope("pg");
     assert!(reader.load().await.is_ok(), "reading is allowed");
     let err = reader.acquire(&record("t")).await.expect_err("creating is not");
     assert!(err.is_fatal(), "{err}");
     assert!(err.to_string().contains("forbidden (403)") && err.to_string().contains("manifests"), "{err}");
 }
 
+/// Emulator only: a real server cannot be told to refuse, or to apply and then fail, one
+/// chosen write.
 #[tokio::test]
 async fn failed_writes_are_unknown_or_unavailable_never_silently_lost() {
     let emulator = common::emulator();
@@ -49,9 +61,10 @@ async fn failed_writes_are_unknown_or_unavailable_never_silently_lost() {
     let err = dcs.acquire(&record("t1")).await.expect_err("throttled");
     assert!(err.is_retryable(), "429 is not applied: {err}");
 
-    // The write goes through but the answer is an error: the outcome is unknown, and a
-    // re-read shows our token (the node's recovery path).
-    emulator.inject_faults([Fault::ApplyThenReject(504)]);
+    // The leader write goes through but the answer is an error: the outcome is unknown, and
+    // a re-read shows our token (the node's recovery path). The epoch counter write before
+    // it is served normally.
+    emulator.inject_faults([Fault::Pass, Fault::ApplyThenReject(504)]);
     let err = dcs.acquire(&record("t2")).await.expect_err("answer lost");
     assert!(err.is_outcome_unknown(), "{err}");
     let view = dcs.load().await.unwrap();
@@ -64,19 +77,29 @@ async fn failed_writes_are_unknown_or_unavailable_never_silently_lost() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_unavailable() {
-    let emulator = common::emulator();
-    let dcs = client(&emulator, Some(TOKEN)).scope("pg");
-    drop(emulator);
+    let mut target = Target::start().await;
+    let dcs = client_on(&target, Some(target.admin_token())).await.scope("pg");
+    assert!(dcs.load().await.is_ok());
+    match &mut target {
+        Target::Real(server) => server.kill(),
+        Target::Emulator(_) => target = Target::Emulator(common::emulator()),
+    }
+    // (With the emulator, the client's server is dropped by the assignment above.)
     let err = dcs.load().await.expect_err("server gone");
     assert!(err.is_retryable(), "{err}");
     let err = dcs.acquire(&record("t")).await.expect_err("server gone");
     assert!(err.is_retryable(), "nothing was sent, so nothing was applied: {err}");
+    if let Target::Real(server) = &mut target {
+        server.restart().await.expect("the API server starts again");
+        let outcome = dcs.acquire(&record("t")).await.expect("served again after the restart");
+        assert!(outcome.is_won(), "{outcome:?}");
+    }
 }
 
 #[tokio::test]
 async fn bad_names_values_and_options_are_fatal_and_say_why() {
-    let emulator = common::emulator();
-    let client = client(&emulator, Some(TOKEN));
+    let target = Target::start().await;
+    let client = client_on(&target, Some(target.admin_token())).await;
     let err = client.scope("Bad_Scope").load().await.expect_err("invalid scope");
     assert!(err.is_fatal() && err.to_string().contains("Bad_Scope"), "{err}");
     let dcs = client.scope("pg");
@@ -101,8 +124,8 @@ async fn bad_names_values_and_options_are_fatal_and_say_why() {
 
 #[tokio::test]
 async fn a_stopped_client_refuses_calls() {
-    let emulator = common::emulator();
-    let client = client(&emulator, Some(TOKEN));
+    let target = Target::start().await;
+    let client = client_on(&target, Some(target.admin_token())).await;
     let dcs = client.scope("pg");
     assert!(matches!(dcs.acquire(&record("t")).await, Ok(CasOutcome::Won(_))));
     client.stop();

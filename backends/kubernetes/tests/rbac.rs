@@ -1,13 +1,14 @@
-//! The RBAC Role in `manifests/` is enough for every backend call, and every verb in it is needed.
+//! The RBAC Role in `manifests/` is enough for every backend call, and every verb in it is
+//! needed: on a real kube-apiserver where one is found (the Role bound to a plain user),
+//! else on the emulator's token rules.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{NAMESPACE, kube_client, options};
+use common::{NAMESPACE, Target, options};
 use leasehold::{CasOutcome, ControlKey, Dcs, DcsError, Expect, LeaderRecord, MemberRecord};
 use leasehold_kube::KubeClient;
-use leasehold_kube_emulator::{AccessToken, Emulator, EmulatorConfig, Resource, Verb};
 
 /// The rules of `manifests/role.yaml`: (apiGroup, resource, verbs), read with a small
 /// line parser (the file is flat YAML with inline lists).
@@ -34,15 +35,12 @@ fn role_rules() -> Vec<(String, String, Vec<String>)> {
     rules
 }
 
-fn verb(name: &str) -> Verb {
-    *Verb::ALL.iter().find(|v| v.as_str() == name).unwrap_or_else(|| panic!("unknown verb {name:?} in role.yaml"))
-}
-
 /// Every call the backend makes, in the order an HA node makes them.
-async fn every_call(emulator: &Emulator, token: &str) -> Result<(), DcsError> {
-    let kube = kube_client(&emulator.url(), Some(token));
+async fn every_call(target: &Target, user: &str) -> Result<(), DcsError> {
+    let kube = target.kube(Some(&target.token(user))).await;
     let client = KubeClient::from_client(kube, NAMESPACE, options(Duration::from_secs(5)))?;
-    let dcs = client.scope("pg");
+    // A scope per user: each run starts from nothing, as a fresh deployment does.
+    let dcs = client.scope(&format!("pg-{user}"));
     let view = dcs.load().await?;
     dcs.watch(view.revision.as_ref(), Duration::from_millis(100)).await?;
     dcs.publish_member(&MemberRecord::new("pod-a")).await?;
@@ -69,21 +67,15 @@ async fn the_role_allows_every_call_and_each_verb_is_needed() {
     assert_eq!(rules.len(), 1, "one rule: {rules:?}");
     let (group, resource, verbs) = &rules[0];
     assert_eq!((group.as_str(), resource.as_str()), ("coordination.k8s.io", "leases"), "only Leases");
-    let verbs: Vec<Verb> = verbs.iter().map(|v| verb(v)).collect();
-    let token = |name: &str, verbs: &[Verb]| {
-        AccessToken::with_verbs(name, verbs).only_resources(&[Resource::Lease]).only_namespaces(&[NAMESPACE])
-    };
-
-    let emulator =
-        Emulator::start(EmulatorConfig { tokens: vec![token("role", &verbs)], ..EmulatorConfig::default() }).unwrap();
-    every_call(&emulator, "role").await.expect("the Role allows every call");
-
-    for missing in &verbs {
-        let fewer: Vec<Verb> = verbs.iter().copied().filter(|v| v != missing).collect();
-        let emulator =
-            Emulator::start(EmulatorConfig { tokens: vec![token("less", &fewer)], ..EmulatorConfig::default() })
-                .unwrap();
-        let err = every_call(&emulator, "less").await.expect_err("a verb was removed");
+    let mut grants = vec![("role".to_string(), verbs.clone())];
+    for missing in verbs {
+        grants.push((format!("without-{missing}"), verbs.iter().filter(|v| *v != missing).cloned().collect()));
+    }
+    let grants: Vec<(&str, Vec<String>)> = grants.iter().map(|(u, v)| (u.as_str(), v.clone())).collect();
+    let target = Target::with_grants(&grants).await;
+    every_call(&target, "role").await.expect("the Role allows every call");
+    for missing in verbs {
+        let err = every_call(&target, &format!("without-{missing}")).await.expect_err("a verb was removed");
         assert!(err.is_fatal() && err.to_string().contains("403"), "without {missing:?}: {err}");
     }
 }
