@@ -132,6 +132,10 @@ pub struct StatusDoc {
     pub api_url: String,
     /// Where replicas reach our resource.
     pub conn_url: Option<String>,
+    /// Synchronous mode: the sync key's standbys (only members there may be promoted
+    /// automatically), when the key belongs to the current leader.
+    #[serde(default)]
+    pub sync_standby: Vec<String>,
 }
 
 /// Lower-case name of a node role.
@@ -170,7 +174,13 @@ fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
         paused: s.status.paused,
         last_refusal: s.status.last_refusal.as_ref().map(|r| format!("{r:?}")),
         api_url: cfg.restapi.connect_url.clone(),
-        conn_url: cfg.conn_url.clone(),
+        conn_url: cfg.node_config(0).conn_url,
+        sync_standby: s
+            .view
+            .as_ref()
+            .and_then(|v| v.sync.as_ref().filter(|k| Some(&k.value.leader) == s.status.leader.as_ref()))
+            .map(|k| k.value.sync_standby.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -52,7 +52,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
             (pg.clone(), Some(pg))
         }
     };
-    let probe = Arc::new(HttpProbe::new(Duration::from_secs(2), config.restapi.token.clone())?);
+    // Patroni's 2 s, but at most half of retry_timeout: the node drops an election probe whose
+    // answers (and our own fresh status, read after them) arrive past retry_timeout, so a
+    // silent peer (a frozen daemon) that eats the whole window would stall every election.
+    let probe_timeout = Duration::from_secs(2).min(config.timing.retry_timeout / 2);
+    let probe = Arc::new(HttpProbe::new(probe_timeout, config.restapi.token.clone())?);
     let watchdog: Box<dyn Watchdog> = match config.watchdog.mode {
         WatchdogMode::Off => Box::new(NoWatchdog),
         _ => Box::new(LinuxWatchdog::new(&config.watchdog.device)),

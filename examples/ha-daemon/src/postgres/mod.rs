@@ -109,7 +109,8 @@ pub struct PgResource {
     run_as: Option<(u32, u32)>,
     client: tokio::sync::Mutex<Option<Client>>,
     sync: Mutex<SyncState>,
-    slots_checked: Mutex<Option<(Instant, Vec<String>)>>,
+    /// Last reconciliation (time, wanted slots); the async lock keeps two from racing.
+    slots_checked: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
     state: Mutex<Option<watch::Receiver<DriverState>>>,
     rewinds: AtomicU64,
     reclones: AtomicU64,
@@ -171,7 +172,7 @@ impl PgResource {
             run_as,
             client: tokio::sync::Mutex::new(None),
             sync: Mutex::new(SyncState::default()),
-            slots_checked: Mutex::new(None),
+            slots_checked: tokio::sync::Mutex::new(None),
             state: Mutex::new(None),
             rewinds: AtomicU64::new(0),
             reclones: AtomicU64::new(0),
@@ -593,11 +594,9 @@ impl PgResource {
             .map(|m| files::slot_name(&m.value.name))
             .collect();
         wanted.sort();
-        {
-            let last = self.slots_checked.lock().unwrap_or_else(|e| e.into_inner());
-            if !force && last.as_ref().is_some_and(|(at, w)| *w == wanted && at.elapsed() < SLOT_INTERVAL) {
-                return;
-            }
+        let mut last = self.slots_checked.lock().await;
+        if !force && last.as_ref().is_some_and(|(at, w)| *w == wanted && at.elapsed() < SLOT_INTERVAL) {
+            return;
         }
         let Ok(existing) = self
             .local_query("select slot_name, active::text from pg_replication_slots where slot_type = 'physical'")
@@ -622,7 +621,7 @@ impl PgResource {
                 }
             }
         }
-        *self.slots_checked.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), wanted));
+        *last = Some((Instant::now(), wanted));
     }
 
     /// The synchronous standbys confirmed now (see the module docs).

@@ -1,0 +1,483 @@
+//! End to end on real PostgreSQL 15: etcd, three `leasehold-ha` daemons with the native
+//! `[postgresql]` resource in synchronous mode, three PostgreSQL instances on loopback, and
+//! a writer committing numbered rows on whichever instance accepts writes, logging every
+//! acknowledgment. Faults: (a) kill -9 of the leader's daemon and postmaster, (b) SIGSTOP of
+//! the leader's daemon for 2 x ttl, (c) the leader's store connection cut by a TCP proxy the
+//! test controls. After each, every acknowledged row must be on the new primary (what was
+//! lost is printed; zero is the only pass) and the former primary must rejoin by pg_rewind.
+//!
+//! Rounds: `PG_E2E_ROUNDS` (default 1; every round runs the three faults).
+//! Skipped, saying so, when PostgreSQL 15 is not installed (scripts/setup.sh installs it).
+#![allow(clippy::disallowed_methods)] // tests read the clock for deadlines and run threads
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Proc, Store, free_port, http_get_blocking};
+use serde_json::Value;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const SU_PASSWORD: &str = "e2e-super-pw";
+const LIMIT: Duration = Duration::from_secs(60);
+const TTL_SECS: u64 = 5;
+
+/// A TCP proxy in front of the store for one member: `cut` closes every connection and
+/// refuses new ones until `heal`.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("proxy binds");
+        let port = listener.local_addr().unwrap().port();
+        listener.set_nonblocking(true).unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, k, s) = (cut.clone(), conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
+                k.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(Shutdown::Both);
+                        let _ = from.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, cut, conns, stop }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.cut();
+    }
+}
+
+struct Member {
+    name: String,
+    config: PathBuf,
+    api: String,
+    pg_port: u16,
+    data: PathBuf,
+    proxy: Proxy,
+    proc: Option<Proc>,
+}
+
+/// Stops a member's postmaster by its pid (SIGKILL) when the test ends, pass or fail.
+struct PgGuard(PathBuf);
+
+impl Drop for PgGuard {
+    fn drop(&mut self) {
+        kill_postmaster(&self.0);
+    }
+}
+
+fn postmaster_pid(data: &Path) -> Option<i32> {
+    std::fs::read_to_string(data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
+}
+
+fn kill_postmaster(data: &Path) {
+    if let Some(pid) = postmaster_pid(data) {
+        // SAFETY: kill(2) on the pid PostgreSQL wrote for this test's own data directory.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+struct Cluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+    _guards: Vec<PgGuard>,
+    _store: Store,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let store = Store::etcd();
+        let Store::Etcd { endpoint, .. } = &store else { unreachable!() };
+        let etcd_port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let dir = tempfile::Builder::new().prefix("lh-pg-").tempdir().unwrap();
+        // PostgreSQL runs as `postgres` when the test runs as root: it must reach the tree.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let mut members = Vec::new();
+        let mut guards = Vec::new();
+        for i in 1..=3 {
+            let name = format!("n{i}");
+            let (api_port, pg_port) = (free_port(), free_port());
+            let home = dir.path().join(&name);
+            std::fs::create_dir_all(&home).unwrap();
+            std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+            let data = home.join("data");
+            let proxy = Proxy::start(etcd_port);
+            let config = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "scope = \"pg\"\nname = \"{name}\"\nttl = \"{TTL_SECS}s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n\
+                     safety_margin = \"1s\"\nsynchronous_mode = true\n\
+                     [watchdog]\nmode = \"off\"\n\
+                     [restapi]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{}\"\n\
+                     [postgresql]\ndata_dir = \"{}\"\nbin_dir = \"{PG_BIN}\"\nlisten = \"127.0.0.1:{pg_port}\"\npg_ctl_timeout = 60\n\
+                     [postgresql.parameters]\nfsync = \"off\"\nshared_buffers = \"16MB\"\n\
+                     [postgresql.authentication.superuser]\nusername = \"postgres\"\npassword = \"{SU_PASSWORD}\"\n\
+                     [postgresql.authentication.replication]\nusername = \"replicator\"\npassword = \"e2e-repl-pw\"\n\
+                     [etcd]\nendpoints = [\"http://127.0.0.1:{}\"]\nprefix = \"/pg-e2e\"\n",
+                    common::TOKEN,
+                    data.display(),
+                    proxy.port
+                ),
+            )
+            .unwrap();
+            guards.push(PgGuard(data.clone()));
+            members.push(Member {
+                name,
+                config,
+                api: format!("http://127.0.0.1:{api_port}"),
+                pg_port,
+                data,
+                proxy,
+                proc: None,
+            });
+        }
+        let mut c = Cluster { members, dir, _guards: guards, _store: store };
+        for i in 0..3 {
+            c.start_member(i);
+        }
+        c
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.members[i].name))
+    }
+
+    fn start_member(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        let m = &mut self.members[i];
+        m.proc = Some(Proc::spawn(
+            &m.name,
+            Command::new(common::bin())
+                .arg("--config")
+                .arg(&m.config)
+                .arg("run")
+                .env("LEASEHOLD_LOG", "info,leasehold=debug")
+                .stdout(Stdio::null())
+                .stderr(log),
+        ));
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    fn status(&self, i: usize) -> Option<Value> {
+        let (code, body) = http_get_blocking(&format!("{}/status", self.members[i].api))?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    /// The one member acting as leader with a running primary, and its epoch.
+    fn leader(&self) -> Option<(usize, u64)> {
+        let l: Vec<(usize, u64)> = (0..3)
+            .filter_map(|i| {
+                let s = self.status(i)?;
+                (s["acting"] == true && s["role"] == "primary").then(|| (i, s["epoch"].as_u64().unwrap_or(0)))
+            })
+            .collect();
+        (l.len() == 1).then(|| l[0])
+    }
+
+    fn wait<T>(&self, what: &str, mut check: impl FnMut(&Cluster) -> Option<T>) -> T {
+        let until = Instant::now() + LIMIT;
+        while Instant::now() < until {
+            if let Some(v) = check(self) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.dump();
+        panic!("{what}: not reached within {LIMIT:?}");
+    }
+
+    /// Healthy: one leader, both others streaming replicas, and the sync key naming one of them.
+    fn wait_healthy(&self) -> (usize, u64) {
+        self.wait("a leader with two replicas and a synchronous standby", |c| {
+            let (l, e) = c.leader()?;
+            let ls = c.status(l)?;
+            let sync = ls["sync_standby"].as_array()?.len();
+            let replicas = (0..3)
+                .filter(|&i| i != l)
+                .filter(|&i| {
+                    c.status(i).is_some_and(|s| {
+                        s["role"] == "replica" && s["running"] == true && s["leader"] == c.members[l].name.as_str()
+                    })
+                })
+                .count();
+            (sync == 1 && replicas == 2).then_some((l, e))
+        })
+    }
+
+    fn dump(&self) {
+        if std::env::var_os("PG_E2E_KEEP").is_some() {
+            let kept = self.dir.path().with_extension("kept");
+            let _ = Command::new("cp").arg("-a").arg(self.dir.path()).arg(&kept).status();
+            eprintln!("==== logs copied to {}", kept.display());
+        }
+        for i in 0..3 {
+            eprintln!("==== {} status: {:?}", self.members[i].name, self.status(i));
+            let log = self.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("==== {} log:\n{}", self.members[i].name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            let pglog = std::fs::read_to_string(format!("{}.log", self.members[i].data.display())).unwrap_or_default();
+            let tail: Vec<&str> = pglog.lines().rev().take(15).collect();
+            eprintln!(
+                "==== {} postgres log:\n{}",
+                self.members[i].name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+/// The writer: numbered rows, committed on whichever instance accepts writes; every
+/// acknowledged number is logged.
+struct Writer {
+    acked: Arc<Mutex<Vec<i64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+async fn connect(port: u16) -> Option<tokio_postgres::Client> {
+    let mut c = tokio_postgres::Config::new();
+    c.host("127.0.0.1").port(port).user("postgres").password(SU_PASSWORD).dbname("postgres");
+    c.connect_timeout(Duration::from_secs(1));
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(2), c.connect(tokio_postgres::NoTls)).await.ok()?.ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Some(client)
+}
+
+async fn writable(port: u16) -> Option<tokio_postgres::Client> {
+    let c = connect(port).await?;
+    let row = tokio::time::timeout(Duration::from_secs(2), c.query_one("select pg_is_in_recovery()", &[]))
+        .await
+        .ok()?
+        .ok()?;
+    (!row.get::<_, bool>(0)).then_some(c)
+}
+
+impl Writer {
+    fn start(ports: Vec<u16>) -> Writer {
+        let acked: Arc<Mutex<Vec<i64>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (acked.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut n: i64 = 0;
+                let mut at = 0usize;
+                let mut client: Option<tokio_postgres::Client> = None;
+                while !s.load(Ordering::SeqCst) {
+                    let Some(c) = &client else {
+                        for k in 0..ports.len() {
+                            let i = (at + k) % ports.len();
+                            if let Some(c) = writable(ports[i]).await {
+                                client = Some(c);
+                                at = i;
+                                break;
+                            }
+                        }
+                        if client.is_none() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        continue;
+                    };
+                    n += 1;
+                    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&n];
+                    let insert = c.execute("insert into acked(n) values ($1)", &params);
+                    match tokio::time::timeout(Duration::from_secs(2), insert).await {
+                        Ok(Ok(_)) => a.lock().unwrap().push(n),
+                        // Unknown outcome: never counted, never reused; try the next instance.
+                        _ => {
+                            client = None;
+                            at += 1;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+        });
+        Writer { acked, stop, thread: Some(thread) }
+    }
+
+    fn acked(&self) -> Vec<i64> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Waits until `more` rows beyond `after` were acknowledged.
+    fn wait_progress(&self, c: &Cluster, more: usize) {
+        let base = self.acked().len();
+        c.wait("the writer commits on the new primary", |_| (self.acked().len() >= base + more).then_some(()));
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Acknowledged rows missing on the primary at `port`.
+fn lost_on(port: u16, acked: &[i64]) -> Vec<i64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = writable(port).await.expect("the new primary answers");
+        let rows = c.query("select n from acked", &[]).await.expect("rows read");
+        let present: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        acked.iter().copied().filter(|n| !present.contains(n)).collect()
+    })
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Kill,
+    Pause,
+    StoreCut,
+}
+
+/// One fault on the current leader; returns after the former primary rejoined.
+fn fault(c: &mut Cluster, w: &Writer, fault: Fault) {
+    let (old, epoch) = c.wait_healthy();
+    w.wait_progress(c, 20);
+    let before = c.log(old);
+    let name = c.members[old].name.clone();
+    eprintln!("---- {fault:?} on leader {name} (epoch {epoch}), {} rows acknowledged so far", w.acked().len());
+    match fault {
+        Fault::Kill => {
+            c.members[old].proc.as_mut().unwrap().kill9();
+            kill_postmaster(&c.members[old].data);
+        }
+        Fault::Pause => c.members[old].proc.as_ref().unwrap().freeze(),
+        Fault::StoreCut => c.members[old].proxy.cut(),
+    }
+    let (new, epoch2) = c.wait("a new leader", |c| c.leader().filter(|&(i, e)| i != old && e > epoch));
+    match fault {
+        Fault::Kill => {}
+        Fault::Pause => {
+            // 2 x ttl in all since the freeze; the new leader came first.
+            std::thread::sleep(Duration::from_secs(TTL_SECS));
+            c.members[old].proc.as_ref().unwrap().thaw();
+        }
+        Fault::StoreCut => c.members[old].proxy.heal(),
+    }
+    w.wait_progress(c, 20);
+    let acked = w.acked();
+    let lost = lost_on(c.members[new].pg_port, &acked);
+    eprintln!(
+        "---- {fault:?}: new leader {} (epoch {epoch2}); {} acknowledged, {} lost{}",
+        c.members[new].name,
+        acked.len(),
+        lost.len(),
+        if lost.is_empty() { String::new() } else { format!(": {lost:?}") }
+    );
+    if !lost.is_empty() {
+        c.dump();
+    }
+    assert!(lost.is_empty(), "{fault:?}: {} acknowledged rows lost: {lost:?}", lost.len());
+
+    if matches!(fault, Fault::Kill) {
+        c.start_member(old);
+    }
+    c.wait("the former primary rejoins as a replica", |c| {
+        c.status(old)
+            .filter(|s| s["role"] == "replica" && s["running"] == true && s["leader"] == c.members[new].name.as_str())
+    });
+    let log = c.log(old);
+    let after = &log[before.len().min(log.len())..];
+    let rewound = count(after, "rejoin: rewound with pg_rewind");
+    let recloned = count(after, "rejoin: pg_rewind cannot be used");
+    eprintln!("---- {fault:?}: {name} rejoined: {rewound} rewind, {recloned} reclone");
+    if rewound != 1 || recloned != 0 {
+        c.dump();
+    }
+    assert_eq!((rewound, recloned), (1, 0), "{fault:?}: the former primary must rejoin by pg_rewind");
+}
+
+#[test]
+fn synchronous_mode_loses_no_acknowledged_write() {
+    if !Path::new(PG_BIN).join("pg_rewind").exists() {
+        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
+        return;
+    }
+    let rounds: usize = std::env::var("PG_E2E_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let mut c = Cluster::start();
+    let (l, _) = c.wait_healthy();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = writable(c.members[l].pg_port).await.expect("the primary answers");
+        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
+    });
+    let w = Writer::start(c.members.iter().map(|m| m.pg_port).collect());
+    for round in 1..=rounds {
+        eprintln!("==== round {round} of {rounds}");
+        for f in [Fault::Kill, Fault::Pause, Fault::StoreCut] {
+            fault(&mut c, &w, f);
+        }
+    }
+    let acked = w.acked().len();
+    eprintln!("==== {rounds} round(s), {acked} rows acknowledged, none lost");
+    assert!(acked > 0);
+}
