@@ -6,7 +6,7 @@
 //! test controls. After each, every acknowledged row must be on the new primary (what was
 //! lost is printed; zero is the only pass) and the former primary must rejoin by pg_rewind.
 //!
-//! Rounds: `PG_E2E_ROUNDS` (default 1; every round runs the three faults).
+//! Rounds: `PG_E2E_ROUNDS` (default 3; every round runs the three faults).
 //! Skipped, saying so, when PostgreSQL 15 is not installed (scripts/setup.sh installs it).
 #![allow(clippy::disallowed_methods)] // tests read the clock for deadlines and run threads
 
@@ -462,7 +462,7 @@ fn synchronous_mode_loses_no_acknowledged_write() {
         eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
         return;
     }
-    let rounds: usize = std::env::var("PG_E2E_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let rounds: usize = std::env::var("PG_E2E_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let mut c = Cluster::start();
     let (l, _) = c.wait_healthy();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
