@@ -4,7 +4,8 @@
 //! calls a session-based lock client makes:
 //!
 //! * sessions: `PUT /v1/session/create` (TTL between 10 s and 24 h, `Behavior`
-//!   `release`/`delete`, `LockDelay`, `Checks`/`NodeChecks`/`ServiceChecks`), `renew`,
+//!   `release`/`delete`, `LockDelay`, `Checks`; like Consul 1.6, `NodeChecks` and
+//!   `ServiceChecks` are ignored), `renew`,
 //!   `destroy`, `GET /v1/session/info/:id`, `/v1/session/list`. A session is invalidated
 //!   lazily, somewhere between its TTL and twice its TTL after the last renewal
 //!   ([`Expiry`]); its keys are then released or deleted and get its lock-delay.

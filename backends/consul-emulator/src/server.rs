@@ -238,8 +238,8 @@ fn session_json(s: &SessionInfo) -> Value {
         "LockDelay": s.lock_delay.as_nanos() as u64,
         "Behavior": match s.behavior { Behavior::Delete => "delete", Behavior::Release => "release" },
         "TTL": s.ttl.map(format_go_duration).unwrap_or_default(),
-        "NodeChecks": s.node_checks,
-        "ServiceChecks": s.service_checks,
+        // Consul 1.6's session shape: one `Checks` list.
+        "Checks": s.node_checks,
         "CreateIndex": s.create_index,
         "ModifyIndex": s.modify_index,
     })
@@ -409,19 +409,17 @@ fn session_create(shared: &Shared, body: &[u8]) -> Response {
     let names = |v: Option<&Value>| -> Option<Vec<String>> {
         v.and_then(Value::as_array).map(|a| a.iter().filter_map(|c| c.as_str().map(String::from)).collect())
     };
-    let (checks, node_checks) = (names(field("Checks")), names(field("NodeChecks")));
-    // Without any check list, Consul ties the session to the node's serfHealth.
-    let node_checks = match (checks, node_checks) {
-        (None, None) => vec!["serfHealth".to_string()],
-        (a, b) => a.unwrap_or_default().into_iter().chain(b.unwrap_or_default()).collect(),
-    };
+    // As Consul 1.6 (the version the tests run against): `Checks` is the list, and without
+    // one the session is tied to the node's serfHealth; `NodeChecks` and `ServiceChecks`
+    // (Consul 1.7+) are unknown fields and ignored.
+    let node_checks = names(field("Checks")).unwrap_or_else(|| vec!["serfHealth".to_string()]);
     let new = NewSession {
         name: field("Name").and_then(Value::as_str).unwrap_or("").to_string(),
         ttl,
         behavior,
         lock_delay,
         node_checks,
-        service_checks: names(field("ServiceChecks")).unwrap_or_default(),
+        service_checks: Vec::new(),
     };
     match shared.with_state(|s, now| s.create_session(new, now)) {
         Ok(id) => json_reply(None, &json!({"ID": id})),

@@ -71,7 +71,7 @@ async fn session_defaults_renew_info_destroy() {
     let info: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(info[0]["Behavior"], "release");
     assert_eq!(info[0]["LockDelay"], 15_000_000_000u64);
-    assert_eq!(info[0]["NodeChecks"], json!(["serfHealth"]), "no check lists: tied to serfHealth");
+    assert_eq!(info[0]["Checks"], json!(["serfHealth"]), "no check lists: tied to serfHealth");
     assert_eq!(info[0]["TTL"], "15s");
     let id2 = a
         .session(json!({"TTL": "15s", "Behavior": "delete", "LockDelay": "1ms", "Checks": [], "NodeChecks": []}))
@@ -79,7 +79,11 @@ async fn session_defaults_renew_info_destroy() {
     let (_, _, b) = a.get(&format!("/v1/session/info/{id2}")).await;
     let info: Value = serde_json::from_str(&b).unwrap();
     assert_eq!((info[0]["Behavior"].clone(), info[0]["LockDelay"].clone()), (json!("delete"), json!(1_000_000)));
-    assert_eq!(info[0]["NodeChecks"], json!([]));
+    assert_eq!(info[0]["Checks"], json!([]));
+    // Consul 1.6 does not know `NodeChecks`: alone, it leaves the session on serfHealth.
+    let id4 = a.session(json!({"TTL": "15s", "NodeChecks": []})).await;
+    let (_, _, b) = a.get(&format!("/v1/session/info/{id4}")).await;
+    assert_eq!(serde_json::from_str::<Value>(&b).unwrap()[0]["Checks"], json!(["serfHealth"]));
     // A LockDelay number below 1000 is seconds (Consul's FixupLockDelay).
     let id3 = a.session(json!({"LockDelay": 5})).await;
     let (_, _, b) = a.get(&format!("/v1/session/info/{id3}")).await;

@@ -225,9 +225,10 @@ impl Api {
             "TTL": go_duration(ttl),
             "Behavior": "delete",
             "LockDelay": go_duration(lock_delay),
-            "Checks": [],
-            "NodeChecks": checks,
-            "ServiceChecks": [],
+            // `Checks`, not `NodeChecks`: Consul 1.6 ignores `NodeChecks` (and then ties the
+            // session to `serfHealth`); 1.7 and later still honour `Checks`. An empty list is
+            // a TTL-only session on every version.
+            "Checks": checks,
         });
         let (status, _, bytes) = self
             .send(

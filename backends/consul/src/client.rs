@@ -81,32 +81,25 @@ impl ConsulClient {
     ///
     /// Errors: invalid options, a refused or missing ACL token (403) and TLS files that
     /// cannot be read are [`DcsError::Fatal`] with a message naming the cause; an agent that
-    /// cannot be reached is [`DcsError::Unavailable`]. If the agent refuses the session TTL
-    /// (`Invalid Session TTL`), the client adopts the agent's minimum and logs a warning;
-    /// [`Dcs::bounds`](leasehold::Dcs::bounds) then reports the TTL in force.
+    /// cannot be reached is [`DcsError::Unavailable`]. A ttl whose session TTL (ttl / 2) is
+    /// below `session_ttl_min` (Consul's 10 s floor by default) is refused by the option
+    /// check; an agent that refuses the session TTL anyway (`Invalid Session TTL`: its floor
+    /// is higher than `session_ttl_min` says) is [`DcsError::Fatal`] naming the floor. The
+    /// TTL is never stretched behind the caller's back: the lease would outlive its ttl.
     pub async fn connect(options: ConsulOptions) -> Result<ConsulClient, DcsError> {
         options.validate().map_err(|e| DcsError::fatal_with(e.to_string(), e))?;
         let api = Api::new(&options)?;
-        let mut session_ttl = options.session_ttl();
+        let session_ttl = options.session_ttl();
         let sent = now();
         let id = match Self::create(&api, &options, session_ttl).await? {
             Created::Id(id) => id,
-            Created::InvalidTtl { min: Some(min), message } if session_ttl < min => {
-                tracing::warn!(
-                    requested = ?session_ttl, adopted = ?min, %message,
-                    "consul refused the session TTL (ttl / 2); using the agent's minimum: leases now last {:?}", min
-                );
-                session_ttl = min;
-                match Self::create(&api, &options, session_ttl).await? {
-                    Created::Id(id) => id,
-                    Created::InvalidTtl { message, .. } => {
-                        return Err(DcsError::fatal(format!("consul session/create: {message}")));
-                    }
-                }
-            }
-            Created::InvalidTtl { message, .. } => {
+            Created::InvalidTtl { min, message } => {
+                let floor =
+                    min.map_or_else(|| "its session-TTL floor".to_string(), |m| format!("its {m:?} session-TTL floor"));
                 return Err(DcsError::fatal(format!(
-                    "consul refused the session TTL {session_ttl:?} (option ttl / 2): {message}"
+                    "consul refused the session TTL {session_ttl:?} (ttl / 2 of ttl {:?}), below {floor} \
+                     (session_ttl_min); raise ttl to at least twice the floor ({message})",
+                    options.ttl
                 )));
             }
         };

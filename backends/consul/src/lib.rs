@@ -15,6 +15,11 @@
 //!   twice the TTL to invalidate it, `Behavior = delete` (keys vanish with the session),
 //!   lock-delay 1 ms by default, no health checks by default (Patroni issue 522: `serfHealth`
 //!   dropped leaders on short blips). A keep-alive renews it every TTL / 3.
+//! * Consul refuses session TTLs below its `session_ttl_min` (10 s by default), so ttl must
+//!   be at least 20 s ([`ConsulOptions::session_ttl_min`] if the servers use a lower floor).
+//!   A shorter ttl is refused with an error naming the floor, never silently stretched.
+//! * Health checks ([`ConsulOptions::checks`]) are sent as `Checks`, which Consul 1.6 and
+//!   later honour (1.6 ignores `NodeChecks`).
 //! * Acquire is `PUT ?acquire=<session>` after a consistent read showed the key free. The
 //!   fencing epoch is the key's `ModifyIndex` at acquisition: Consul's index is global and
 //!   only grows, so every acquisition gets a greater one.
@@ -46,6 +51,9 @@ mod client;
 mod dcs;
 mod options;
 
+#[cfg(feature = "testing")]
+pub mod testing;
+
 pub use client::ConsulClient;
 pub use dcs::ConsulDcs;
-pub use options::{Consistency, ConsulOptions, ConsulTls, OptionsError};
+pub use options::{CONSUL_SESSION_TTL_MIN, Consistency, ConsulOptions, ConsulTls, OptionsError};

@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Consul's default floor on session TTLs (its `session_ttl_min`): 10 s.
+pub const CONSUL_SESSION_TTL_MIN: Duration = Duration::from_secs(10);
+
 /// Consistency mode of reads that do not decide anything (watches). Decision reads
 /// ([`Dcs::load`](leasehold::Dcs::load), the reads inside acquire/renew/release) are always
 /// `consistent`.
@@ -46,14 +49,22 @@ pub struct ConsulOptions {
     /// (Patroni's layout without the leading `/`). Default `service`.
     pub prefix: String,
     /// The leader ttl. The session TTL is half of it, because Consul may take up to twice
-    /// the session TTL to invalidate a session. Consul accepts session TTLs of 10 s to 24 h;
-    /// when the agent rejects the TTL, the client adopts the agent's minimum and logs it.
+    /// the session TTL to invalidate a session: a dead holder's key is gone within ttl (plus
+    /// lock-delay). Consul refuses session TTLs below its `session_ttl_min` (10 s unless the
+    /// servers set it lower), so ttl must be at least `2 * session_ttl_min`: 20 s by
+    /// default. A shorter ttl is refused, never silently stretched.
     pub ttl: Duration,
+    /// The servers' `session_ttl_min` (Consul's floor on session TTLs; default 10 s, as
+    /// Consul's). Lower it only together with the servers' own setting; an agent that
+    /// refuses the session TTL anyway is a fatal error naming the floor.
+    pub session_ttl_min: Duration,
     /// Session lock-delay: how long Consul blocks re-acquiring a key after its session was
     /// invalidated. Near zero by default (1 ms, as Patroni); Consul's own default is 15 s.
     pub lock_delay: Duration,
-    /// Health checks the session is tied to (`NodeChecks`). Empty by default: a TTL-only
-    /// session (Patroni issue 522: `serfHealth` invalidated sessions on short network blips).
+    /// Health checks the session is tied to (sent as `Checks`, which Consul 1.6 and later
+    /// honour; 1.6 ignores `NodeChecks`). Every check must be registered on the agent's node,
+    /// or the session is refused. Empty by default: a TTL-only session (Patroni issue 522:
+    /// `serfHealth` invalidated sessions on short network blips).
     pub checks: Vec<String>,
     /// Consistency of non-decision reads (watches).
     pub consistency: Consistency,
@@ -73,6 +84,7 @@ impl Default for ConsulOptions {
             tls: None,
             prefix: "service".into(),
             ttl: Duration::from_secs(30),
+            session_ttl_min: CONSUL_SESSION_TTL_MIN,
             lock_delay: Duration::from_millis(1),
             checks: Vec::new(),
             consistency: Consistency::Default,
@@ -135,10 +147,20 @@ impl ConsulOptions {
         if self.prefix.chars().any(|c| c.is_control() || c == '?' || c == '#') || self.prefix.contains("//") {
             return fail("prefix", format!("{:?} must not contain control characters, '?', '#' or '//'", self.prefix));
         }
-        if self.ttl < Duration::from_millis(2) {
+        if self.session_ttl_min < Duration::from_millis(1) {
+            return fail("session_ttl_min", format!("{:?} must be at least 1 ms", self.session_ttl_min));
+        }
+        if self.session_ttl() < self.session_ttl_min {
             return fail(
                 "ttl",
-                format!("{:?} is too short: the session TTL (ttl / 2) must be at least 1 ms", self.ttl),
+                format!(
+                    "{:?} is too short for Consul: the session TTL is ttl / 2 = {:?}, below Consul's {:?} session-TTL floor \
+                     (session_ttl_min); use a ttl of at least {:?}, or set session_ttl_min if your Consul servers use a lower one",
+                    self.ttl,
+                    self.session_ttl(),
+                    self.session_ttl_min,
+                    self.session_ttl_min * 2
+                ),
             );
         }
         if self.ttl / 2 > Duration::from_secs(86_400) {
@@ -177,6 +199,8 @@ mod tests {
             (ConsulOptions { token: Some(String::new()), ..ok.clone() }, "token"),
             (ConsulOptions { prefix: "a//b".into(), ..ok.clone() }, "prefix"),
             (ConsulOptions { ttl: Duration::from_millis(1), ..ok.clone() }, "ttl"),
+            (ConsulOptions { ttl: Duration::from_secs(19), ..ok.clone() }, "ttl"),
+            (ConsulOptions { session_ttl_min: Duration::ZERO, ..ok.clone() }, "session_ttl_min"),
             (ConsulOptions { lock_delay: Duration::from_secs(61), ..ok.clone() }, "lock_delay"),
             (ConsulOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
             (ConsulOptions { checks: vec![String::new()], ..ok.clone() }, "checks"),
@@ -187,5 +211,20 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
             assert!(err.to_string().contains(field), "{err}");
         }
+    }
+
+    #[test]
+    fn a_ttl_below_twice_consuls_session_ttl_floor_is_refused_naming_it() {
+        let at_floor = ConsulOptions { ttl: Duration::from_secs(20), ..ConsulOptions::default() };
+        assert!(at_floor.validate().is_ok(), "ttl 20 s: session TTL 10 s, Consul's floor");
+        let err = ConsulOptions { ttl: Duration::from_secs(10), ..at_floor.clone() }.validate().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("10s session-TTL floor") && text.contains("at least 20s"), "{text}");
+        let lowered = ConsulOptions {
+            ttl: Duration::from_secs(2),
+            session_ttl_min: Duration::from_secs(1),
+            ..ConsulOptions::default()
+        };
+        assert!(lowered.validate().is_ok(), "servers with session_ttl_min = 1s allow ttl 2 s");
     }
 }

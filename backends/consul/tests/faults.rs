@@ -1,14 +1,20 @@
-//! Faults injected through the emulator: agent down, a session invalidated early, blocking
-//! queries returning early, a lost acquire reply; and the clear errors for bad tokens.
+//! Faults: a killed and restarted agent, a session invalidated early (destroyed, as a
+//! failing check or an operator does), lock-delay, ACL refusals, health checks, the session
+//! TTL floor: on a real Consul agent where one is found (else the emulator). Three faults a
+//! real agent cannot be made to produce stay on the emulator, each saying why: a client agent
+//! down while the servers keep its session, blocking queries returning early, and a lost
+//! acquire reply.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{TOKEN, emulator, options};
+use common::{Target, emulator, options};
 use leasehold::{CasOutcome, Dcs, DcsError, LeaderRecord, MemberRecord, WatchEvent};
+use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
 use leasehold_consul::{ConsulClient, ConsulOptions};
 use leasehold_consul_emulator::{Emulator, EmulatorConfig, Expiry};
+use reqwest::Method;
 
 fn record(member: &str, token: &str) -> LeaderRecord {
     LeaderRecord { member: member.into(), token: token.into(), api_url: None, conn_url: None }
@@ -33,6 +39,12 @@ where
     false
 }
 
+async fn on(target: &Target) -> ConsulClient {
+    ConsulClient::connect(target.options(Duration::from_secs(2))).await.expect("connect")
+}
+
+/// Emulator only: with `consul agent -dev` the agent is the server, so stopping it loses
+/// every session; the emulator keeps the servers' state while its HTTP side is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_down_is_unavailable_and_the_session_survives_a_short_outage() {
     let emu = emulator(Expiry::AtTwiceTtl);
@@ -57,27 +69,38 @@ async fn agent_down_is_unavailable_and_the_session_survives_a_short_outage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_outage_loses_the_session_and_a_new_one_republishes_members() {
-    let emu = emulator(Expiry::AtTtl);
-    let c = client(&emu).await;
+async fn a_lost_session_is_reported_and_a_new_one_republishes_members() {
+    let mut target = Target::start().await;
+    let c = on(&target).await;
     let pg = c.scope("pg");
     pg.publish_member(&MemberRecord::new("a")).await.unwrap();
     let lease = pg.acquire(&record("a", "t1")).await.unwrap().won().unwrap();
     let old = c.session_id().unwrap();
 
-    emu.stop_agent();
-    // Past 2x the session TTL: the session is invalidated while the agent is unreachable.
-    let gone = eventually(Duration::from_secs(5), || async { !emu.sessions().iter().any(|s| s.id == old) }).await;
-    assert!(gone, "session should expire while the agent is down");
-    emu.start_agent().unwrap();
-
+    match &mut target {
+        // Killed and restarted: a -dev agent starts empty, as a cluster that lost its state.
+        Target::Real(agent) => {
+            agent.kill();
+            let err = pg.load().await.expect_err("agent is down");
+            assert!(err.is_retryable(), "connection refused means not applied: {err}");
+            agent.restart().await.expect("consul starts again");
+        }
+        Target::Emulator(emu) => {
+            emu.stop_agent();
+            // Past 2x the session TTL: the session is invalidated while the agent is unreachable.
+            let gone =
+                eventually(Duration::from_secs(5), || async { !emu.sessions().iter().any(|s| s.id == old) }).await;
+            assert!(gone, "session should expire while the agent is down");
+            emu.start_agent().unwrap();
+        }
+    }
     let renew = pg.renew(&lease).await;
     assert!(
         matches!(&renew, Err(e) if e.is_lease_lost()) || matches!(&renew, Ok(CasOutcome::Lost(None))),
-        "renew after the session expired must report the loss: {renew:?}"
+        "renew after the session was lost must report the loss: {renew:?}"
     );
-    let observer = client(&emu).await.scope("pg");
-    let back = eventually(Duration::from_secs(5), || async {
+    let observer = on(&target).await.scope("pg");
+    let back = eventually(Duration::from_secs(10), || async {
         c.session_id().is_some_and(|s| s != old) && observer.load().await.is_ok_and(|v| v.member("a").is_some())
     })
     .await;
@@ -87,41 +110,47 @@ async fn a_long_outage_loses_the_session_and_a_new_one_republishes_members() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_invalidated_early_demotes_and_lock_delay_blocks_others() {
-    let emu = emulator(Expiry::AtTwiceTtl);
-    let (a, b) = (client(&emu).await, client(&emu).await);
+    let target = Target::start().await;
+    let (a, b) = (on(&target).await, on(&target).await);
     let (pa, pb) = (a.scope("pg"), b.scope("pg"));
     let lease = pa.acquire(&record("a", "t1")).await.unwrap().won().unwrap();
     let view = pb.load().await.unwrap();
     assert_eq!(view.leader.as_ref().map(|l| l.epoch), Some(lease.epoch));
 
-    // As a failing serfHealth check would, long before the TTL.
-    assert!(emu.invalidate_session(&a.session_id().unwrap()));
+    // As a failing health check or an operator would, long before the TTL.
+    assert!(target.invalidate_session(&a.session_id().unwrap()).await);
     let renew = pa.renew(&lease).await;
     assert!(matches!(&renew, Err(e) if e.is_lease_lost()), "invalidated session must be LeaseLost: {renew:?}");
     assert!(pb.load().await.unwrap().leader.is_none(), "Behavior=delete removed the leader key");
 
-    let taken = pb.acquire(&record("b", "t2")).await.unwrap().won().expect("after the 1 ms lock-delay");
-    assert!(taken.epoch > lease.epoch, "{:?} > {:?}", taken.epoch, lease.epoch);
+    let taken =
+        eventually(Duration::from_secs(2), || async { pb.acquire(&record("b", "t2")).await.is_ok_and(|o| o.is_won()) })
+            .await;
+    assert!(taken, "acquired after the 1 ms lock-delay");
+    let view = pb.load().await.unwrap();
+    let epoch = view.leader.expect("b holds").epoch;
+    assert!(epoch > lease.epoch, "{epoch:?} > {:?}", lease.epoch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_delay_makes_acquire_lost_until_it_passes() {
-    let emu = emulator(Expiry::AtTwiceTtl);
-    let opts = ConsulOptions { lock_delay: Duration::from_millis(800), ..options(&emu, Duration::from_secs(2)) };
+    let target = Target::start().await;
+    let opts = ConsulOptions { lock_delay: Duration::from_millis(1500), ..target.options(Duration::from_secs(2)) };
     let a = ConsulClient::connect(opts).await.unwrap();
-    let b = client(&emu).await;
+    let b = on(&target).await;
     a.scope("pg").acquire(&record("a", "t1")).await.unwrap().won().unwrap();
-    assert!(emu.invalidate_session(&a.session_id().unwrap()));
+    assert!(target.invalidate_session(&a.session_id().unwrap()).await);
     let pb = b.scope("pg");
     let first = pb.acquire(&record("b", "t2")).await.unwrap();
     assert_eq!(first, CasOutcome::Lost(None), "lock-delay blocks the key right after invalidation");
     let won =
-        eventually(Duration::from_secs(3), || async { pb.acquire(&record("b", "t3")).await.is_ok_and(|o| o.is_won()) })
+        eventually(Duration::from_secs(4), || async { pb.acquire(&record("b", "t3")).await.is_ok_and(|o| o.is_won()) })
             .await;
     assert!(won, "acquire succeeds once the lock-delay passed");
     assert_eq!(pb.bounds().max_expiry, 2 * b.session_ttl() + Duration::from_millis(1));
 }
 
+/// Emulator only: a real agent answers a blocking query early only on its own schedule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_returning_blocking_queries_do_not_fake_changes() {
     let emu = emulator(Expiry::AtTwiceTtl);
@@ -144,6 +173,7 @@ async fn early_returning_blocking_queries_do_not_fake_changes() {
     assert_eq!(event.unwrap(), WatchEvent::Changed);
 }
 
+/// Emulator only: a real agent cannot be made to apply a write and drop its reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_acquire_reply_is_outcome_unknown_and_a_reread_finds_our_token() {
     let emu = emulator(Expiry::AtTwiceTtl);
@@ -169,9 +199,9 @@ async fn a_lost_acquire_reply_is_outcome_unknown_and_a_reread_finds_our_token() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_wrong_tokens_are_fatal_with_a_clear_message() {
-    let emu = emulator(Expiry::AtTwiceTtl);
+    let target = Target::start().await;
     for token in [None, Some("wrong".to_string())] {
-        let opts = ConsulOptions { token: token.clone(), ..options(&emu, Duration::from_secs(2)) };
+        let opts = ConsulOptions { token: token.clone(), ..target.options(Duration::from_secs(2)) };
         let err = ConsulClient::connect(opts).await.expect_err("403");
         assert!(err.is_fatal(), "{err}");
         let text = err.to_string();
@@ -181,41 +211,140 @@ async fn missing_or_wrong_tokens_are_fatal_with_a_clear_message() {
         ConsulClient::connect(ConsulOptions { address: "localhost:8500".into(), ..ConsulOptions::default() }).await;
     let err = bad.expect_err("invalid address");
     assert!(err.is_fatal() && err.to_string().contains("address"), "{err}");
-    let c = ConsulClient::connect(ConsulOptions { token: Some(TOKEN.into()), ..options(&emu, Duration::from_secs(2)) })
-        .await
-        .unwrap();
+    let c = on(&target).await;
     let err = c.scope("a/b").load().await.expect_err("bad scope");
     assert!(err.is_fatal() && err.to_string().contains("scope"), "{err}");
 }
 
+/// An ACL token with exactly what the backend documents (`key:write` on the prefix,
+/// `session:write` on the node) does every call; without `session:write` the client is
+/// refused at connect, without `key:write` at the first write. Real agent only (the
+/// emulator's ACLs are one token list).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_session_ttl_adopts_the_agents_minimum() {
-    // Consul's real bounds here: 10 s minimum.
-    let emu = Emulator::start(EmulatorConfig::with_token(TOKEN)).unwrap();
-    let c = ConsulClient::connect(options(&emu, Duration::from_secs(4))).await.expect("adopts 10 s");
-    assert_eq!(c.session_ttl(), Duration::from_secs(10));
+async fn an_acl_token_with_key_and_session_rights_is_enough() {
+    let target = Target::start().await;
+    if !target.is_real() {
+        println!("skipped: ACL policies need a real Consul agent (none found)");
+        return;
+    }
+    let token = |rules: &'static str, name: &'static str| {
+        let target = &target;
+        async move {
+            let policy = serde_json::json!({"Name": name, "Rules": rules}).to_string();
+            let (status, body) = target.http(Method::PUT, "/v1/acl/policy", Some(policy)).await;
+            assert_eq!(status, 200, "create policy: {body}");
+            let token = serde_json::json!({"Policies": [{"Name": name}]}).to_string();
+            let (status, body) = target.http(Method::PUT, "/v1/acl/token", Some(token)).await;
+            assert_eq!(status, 200, "create token: {body}");
+            let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+            created["SecretID"].as_str().unwrap().to_string()
+        }
+    };
+    let full =
+        token("key_prefix \"service/\" { policy = \"write\" }\nsession_prefix \"\" { policy = \"write\" }", "lh-full")
+            .await;
+    let no_session = token("key_prefix \"service/\" { policy = \"write\" }", "lh-keys").await;
+    let read_only =
+        token("key_prefix \"service/\" { policy = \"read\" }\nsession_prefix \"\" { policy = \"write\" }", "lh-read")
+            .await;
+    let with = |t: &str| ConsulOptions { token: Some(t.to_string()), ..target.options(Duration::from_secs(2)) };
+
+    let c = ConsulClient::connect(with(&full)).await.expect("key and session rights are enough");
     let pg = c.scope("pg");
-    assert_eq!(pg.bounds().ttl, Duration::from_secs(10));
-    let sessions = emu.sessions();
-    assert_eq!(sessions.len(), 1);
-    assert_eq!(sessions[0].ttl, Some(Duration::from_secs(10)));
-    assert!(sessions[0].node_checks.is_empty(), "no health checks by default");
-    assert_eq!(sessions[0].lock_delay, Duration::from_millis(1));
-    assert_eq!(sessions[0].behavior, leasehold_consul_emulator::Behavior::Delete);
+    pg.publish_member(&MemberRecord::new("a")).await.unwrap();
+    let lease = pg.acquire(&record("a", "t")).await.unwrap().won().expect("free");
+    let lease = pg.renew(&lease).await.unwrap().won().expect("ours");
+    let view = pg.load().await.unwrap();
+    let _ = pg.watch(view.revision.as_ref(), Duration::from_millis(200)).await.unwrap();
+    let v = pg.write_control(leasehold::ControlKey::Config, leasehold::Expect::Absent, b"{}").await.unwrap();
+    assert!(v.is_won());
+    assert!(pg.release(&lease).await.unwrap().is_won());
+    c.close().await.unwrap();
+
+    let err = ConsulClient::connect(with(&no_session)).await.expect_err("no session rights");
+    assert!(err.is_fatal() && err.to_string().contains("403"), "{err}");
+    let c = ConsulClient::connect(with(&read_only)).await.expect("sessions allowed");
+    let err = c.scope("pg").acquire(&record("a", "t2")).await.expect_err("no key:write");
+    assert!(err.is_fatal() && err.to_string().contains("403"), "{err}");
+}
+
+/// Consul's session-TTL floor: a ttl whose session TTL (ttl / 2) is below it is refused by
+/// the options check with a message naming the floor, and an agent whose floor is higher
+/// than the client was told refuses the session: a fatal error naming the floor, never a
+/// silently longer lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_below_the_session_ttl_floor_is_refused_naming_it() {
+    let err = ConsulClient::connect(ConsulOptions { ttl: Duration::from_secs(10), ..ConsulOptions::default() })
+        .await
+        .expect_err("ttl 10 s: session TTL 5 s");
+    assert!(err.is_fatal() && err.to_string().contains("10s session-TTL floor"), "{err}");
+
+    // An agent with Consul's default floor (10 s), a client that believes it is 1 s.
+    let (mut agent, mut emu) = (None, None);
+    let address = match ConsulAgent::binary().expect("usable") {
+        Some(_) => agent.insert(ConsulAgent::start(ConsulAgentConfig::default()).await.expect("starts")).address(),
+        None => emu.insert(Emulator::start(EmulatorConfig::default()).expect("emulator")).url(),
+    };
+    let options = ConsulOptions {
+        address,
+        ttl: Duration::from_secs(4),
+        session_ttl_min: Duration::from_secs(1),
+        ..ConsulOptions::default()
+    };
+    let err = ConsulClient::connect(options).await.expect_err("the agent refuses a 2 s session");
+    let text = err.to_string();
+    assert!(err.is_fatal() && text.contains("10s session-TTL floor") && text.contains("2s"), "{text}");
+}
+
+/// Sessions are TTL-only by default (`Checks: []`; Consul 1.6 ignores `NodeChecks` and would
+/// tie the session to serfHealth), and `checks` ties them to registered checks: a failing
+/// check invalidates the session, and renew reports the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_ttl_only_by_default_and_checks_are_honoured() {
+    let target = Target::start().await;
+    let c = on(&target).await;
+    let info = target.session_info(&c.session_id().unwrap()).await;
+    assert_eq!(info["Checks"], serde_json::json!([]), "TTL-only: {info}");
+    assert_eq!(info["TTL"], "1s");
+    assert_eq!(info["Behavior"], "delete");
+    assert_eq!(info["LockDelay"], 1_000_000, "1 ms");
+    if !target.is_real() {
+        println!("skipped: the check part needs a real Consul agent (none found)");
+        return;
+    }
+    let check = serde_json::json!({"Name": "lh-check", "TTL": "60s", "Status": "passing"}).to_string();
+    let (status, body) = target.http(Method::PUT, "/v1/agent/check/register", Some(check)).await;
+    assert_eq!(status, 200, "{body}");
+    let opts = ConsulOptions { checks: vec!["lh-check".into()], ..target.options(Duration::from_secs(2)) };
+    let checked = ConsulClient::connect(opts).await.expect("a registered check");
+    let info = target.session_info(&checked.session_id().unwrap()).await;
+    assert_eq!(info["Checks"], serde_json::json!(["lh-check"]), "{info}");
+    let pg = checked.scope("pg");
+    let lease = pg.acquire(&record("a", "t")).await.unwrap().won().expect("free");
+    let (status, body) = target.http(Method::PUT, "/v1/agent/check/fail/lh-check", None).await;
+    assert_eq!(status, 200, "{body}");
+    let lost =
+        eventually(Duration::from_secs(3), || async { matches!(pg.renew(&lease).await, Err(e) if e.is_lease_lost()) })
+            .await;
+    assert!(lost, "a failing check invalidates the session and the renew reports it");
+    let opts = ConsulOptions { checks: vec!["no-such-check".into()], ..target.options(Duration::from_secs(2)) };
+    let err = ConsulClient::connect(opts).await.expect_err("unregistered check");
+    assert!(err.to_string().contains("no-such-check"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_client_refuses_calls_and_its_session_expires() {
-    let emu = emulator(Expiry::AtTtl);
-    let c = client(&emu).await;
+    let target = Target::start().await;
+    let c = on(&target).await;
     let id = c.session_id().unwrap();
     c.stop();
     let err = c.scope("pg").load().await.expect_err("stopped");
     assert!(matches!(err, DcsError::Fatal { .. }), "{err}");
-    let gone = eventually(Duration::from_secs(5), || async { !emu.sessions().iter().any(|s| s.id == id) }).await;
+    // Session TTL 1 s; Consul may keep it up to twice that, and sweeps lazily.
+    let gone = eventually(Duration::from_secs(10), || async { !target.session_exists(&id).await }).await;
     assert!(gone, "an unrenewed session expires");
-    let closing = client(&emu).await;
+    let closing = on(&target).await;
     let id = closing.session_id().unwrap();
     closing.close().await.unwrap();
-    assert!(!emu.sessions().iter().any(|s| s.id == id), "close destroys the session at once");
+    assert!(!target.session_exists(&id).await, "close destroys the session at once");
 }

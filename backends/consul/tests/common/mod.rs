@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use leasehold::testkit::conformance::{Client as SuiteClient, Harness};
 use leasehold::{Dcs, DcsError, Key};
+use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
 use leasehold_consul::{ConsulClient, ConsulOptions};
 use leasehold_consul_emulator::{Emulator, EmulatorConfig, Expiry};
 
@@ -24,8 +25,142 @@ pub fn options(emulator: &Emulator, ttl: Duration) -> ConsulOptions {
         address: emulator.url(),
         token: Some(TOKEN.into()),
         ttl,
+        // The emulator's floor as configured above.
+        session_ttl_min: Duration::from_millis(100),
         request_timeout: Duration::from_secs(5),
         ..ConsulOptions::default()
+    }
+}
+
+/// The session-TTL floor the real agent is started with, so tests can use ttl 2 s.
+pub const AGENT_SESSION_TTL_MIN: Duration = Duration::from_secs(1);
+
+/// What the tests run against: a real Consul agent when one is found (see
+/// `leasehold_consul::testing`), else the in-repo emulator, saying so in one line.
+pub enum Target {
+    /// A real `consul agent -dev` with ACLs on (master token `TOKEN`) and `session_ttl_min` 1 s.
+    Real(ConsulAgent),
+    /// The emulator, requiring `TOKEN`.
+    Emulator(Emulator),
+}
+
+impl Target {
+    /// A real agent if a binary is found, else the emulator (sessions invalidated at twice
+    /// their TTL, as a server does); prints which.
+    pub async fn start() -> Target {
+        match ConsulAgent::binary().expect("the shared consul is usable") {
+            Some(_) => {
+                let config = ConsulAgentConfig {
+                    session_ttl_min: Some(AGENT_SESSION_TTL_MIN),
+                    acl_master_token: Some(TOKEN.into()),
+                };
+                let agent = ConsulAgent::start(config).await.expect("consul starts");
+                println!(
+                    "consul tests: real agent {} ({}) at {}",
+                    agent.version(),
+                    agent.binary_found().path.display(),
+                    agent.address()
+                );
+                Target::Real(agent)
+            }
+            None => {
+                println!(
+                    "consul tests: NO consul found (LEASEHOLD_CONSUL_BIN, PATH, ../shared/servers): running against the in-repo EMULATOR"
+                );
+                Target::Emulator(emulator(Expiry::AtTwiceTtl))
+            }
+        }
+    }
+
+    pub fn is_real(&self) -> bool {
+        matches!(self, Target::Real(_))
+    }
+
+    /// Client options with the master token and `ttl`.
+    pub fn options(&self, ttl: Duration) -> ConsulOptions {
+        match self {
+            Target::Real(agent) => ConsulOptions { ttl, session_ttl_min: AGENT_SESSION_TTL_MIN, ..agent.options() },
+            Target::Emulator(e) => options(e, ttl),
+        }
+    }
+
+    pub fn address(&self) -> String {
+        match self {
+            Target::Real(agent) => agent.address(),
+            Target::Emulator(e) => e.url(),
+        }
+    }
+
+    /// A raw HTTP call with the master token: (status, body).
+    pub async fn http(&self, method: reqwest::Method, path: &str, body: Option<String>) -> (u16, String) {
+        let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.address()));
+        request = request.header("X-Consul-Token", TOKEN);
+        if let Some(b) = body {
+            request = request.body(b);
+        }
+        let response = request.send().await.expect("the agent answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// Destroys a session through the API (what a failing health check or an operator does).
+    pub async fn invalidate_session(&self, id: &str) -> bool {
+        match self {
+            Target::Emulator(e) => e.invalidate_session(id),
+            Target::Real(_) => {
+                let (status, body) = self.http(reqwest::Method::PUT, &format!("/v1/session/destroy/{id}"), None).await;
+                status == 200 && body.trim() == "true"
+            }
+        }
+    }
+
+    /// Whether session `id` still exists.
+    pub async fn session_exists(&self, id: &str) -> bool {
+        let (status, body) = self.http(reqwest::Method::GET, &format!("/v1/session/info/{id}"), None).await;
+        status == 200 && body.contains(id)
+    }
+
+    /// `GET /v1/session/info/:id` as JSON (the first element).
+    pub async fn session_info(&self, id: &str) -> serde_json::Value {
+        let (_, body) = self.http(reqwest::Method::GET, &format!("/v1/session/info/{id}"), None).await;
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        list[0].clone()
+    }
+}
+
+/// The conformance harness on a [`Target`].
+pub struct TargetHarness {
+    pub target: Target,
+    pub ttl: Duration,
+}
+
+#[async_trait::async_trait]
+impl Harness for TargetHarness {
+    async fn open_client(&self) -> Result<Box<dyn SuiteClient>, DcsError> {
+        Ok(Box::new(Process(ConsulClient::connect(self.target.options(self.ttl)).await?)))
+    }
+
+    async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {
+        let path = format!("/v1/kv/{}", garbage_key(PREFIX, scope, key));
+        let (status, body) = self.target.http(reqwest::Method::PUT, &path, Some("{not json \u{1}".into())).await;
+        if status != 200 {
+            return Err(DcsError::fatal(format!("write garbage: {status} {body}")));
+        }
+        Ok(())
+    }
+
+    async fn compact(&self) -> Result<bool, DcsError> {
+        // Consul keeps no watch history to compact: a blocking query only compares indexes.
+        Ok(false)
+    }
+
+    async fn delete_leader_key(&self, scope: &str) -> Result<bool, DcsError> {
+        let path = format!("/v1/kv/{}", garbage_key(PREFIX, scope, &Key::Leader));
+        let (status, body) = self.target.http(reqwest::Method::DELETE, &path, None).await;
+        if status != 200 {
+            return Err(DcsError::fatal(format!("delete the leader key: {status} {body}")));
+        }
+        Ok(true)
     }
 }
 
@@ -67,39 +202,6 @@ impl Harness for EmulatorHarness {
 
     async fn compact(&self) -> Result<bool, DcsError> {
         // Consul keeps no watch history to compact: a blocking query only compares indexes.
-        Ok(false)
-    }
-}
-
-/// The conformance harness on a real agent (`LEASEHOLD_CONSUL_ADDR`, optional `LEASEHOLD_CONSUL_TOKEN`).
-pub struct AgentHarness {
-    pub options: ConsulOptions,
-}
-
-#[async_trait::async_trait]
-impl Harness for AgentHarness {
-    async fn open_client(&self) -> Result<Box<dyn SuiteClient>, DcsError> {
-        Ok(Box::new(Process(ConsulClient::connect(self.options.clone()).await?)))
-    }
-
-    async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {
-        let url = format!(
-            "{}/v1/kv/{}",
-            self.options.address.trim_end_matches('/'),
-            garbage_key(&self.options.prefix, scope, key)
-        );
-        let mut request = reqwest::Client::new().put(url).body(b"{not json \x01".to_vec());
-        if let Some(token) = &self.options.token {
-            request = request.header("X-Consul-Token", token);
-        }
-        let response = request.send().await.map_err(|e| DcsError::unavailable_with("write garbage", e))?;
-        if !response.status().is_success() {
-            return Err(DcsError::fatal(format!("write garbage: {}", response.status())));
-        }
-        Ok(())
-    }
-
-    async fn compact(&self) -> Result<bool, DcsError> {
         Ok(false)
     }
 }
