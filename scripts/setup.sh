@@ -6,9 +6,12 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # g++: libFuzzer (the fuzz targets) and aws-lc-sys (ZooKeeper TLS) compile C and C++ sources;
 # procps: `ps` in the demo's summary; libnetty-java/libslf4j-java: jars the ZooKeeper harness
-# puts on its classpath (pulled in by zookeeper today, named so a packaging change is caught).
+# puts on its classpath (pulled in by zookeeper today, named so a packaging change is caught);
+# xz-utils: the Consul/Kubernetes test harnesses decompress ../shared/servers/*.xz; openssl: the
+# kube-apiserver harness makes its service-account key pair; etcd-client: its etcdctl compacts
+# the API server's etcd in the watch-Resync check.
 PACKAGES=(protobuf-compiler libprotobuf-dev libssl-dev pkg-config g++ etcd-server etcd-client zookeeper
-  libnetty-java libslf4j-java default-jre-headless postgresql curl procps)
+  libnetty-java libslf4j-java default-jre-headless postgresql curl procps xz-utils openssl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,7 +25,7 @@ fi
 for svc in etcd zookeeper postgresql; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || true
 done
-for c in protoc etcd etcdctl java c++ curl ps; do
+for c in protoc etcd etcdctl java c++ curl ps xz openssl sha256sum; do
   command -v "$c" >/dev/null || { echo "setup: $c is missing after the install"; exit 1; }
 done
 for jar in zookeeper slf4j-simple netty-codec netty-resolver; do
