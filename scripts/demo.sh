@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A failover you can watch: etcd + three leasehold-ha members, each driving a PostgreSQL
-# instance on loopback (or the file resource when PostgreSQL is not available, or with
+# instance on loopback through the native [postgresql] resource in synchronous mode (or the
+# file resource when PostgreSQL is not available, or with
 # DEMO_RESOURCE=file). Prints `ctl list`, kills the leader (daemon and its PostgreSQL) with
 # kill -9, prints the failover with timings, does a graceful switchover, and cleans up.
 #
@@ -44,6 +45,7 @@ BIN=$CARGO_TARGET_DIR/debug/leasehold-ha
 WORK=$(mktemp -d /tmp/leasehold-demo.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
+PGPASS=demo-superuser-pw
 cleanup() {
   set +e
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null; done
@@ -60,7 +62,7 @@ cleanup() {
   fi
   if [ -n "${DEMO_KEEP:-}" ]; then
     KEEP=$(mktemp -d /tmp/leasehold-demo-logs.XXXXXX)
-    cp "$WORK"/*.log "$KEEP"/ 2>/dev/null; for i in 1 2 3; do cp "$WORK/n$i/postgres.log" "$KEEP/pg-n$i.log" 2>/dev/null; cp "$WORK/n$i/events" "$KEEP/events-n$i" 2>/dev/null; done
+    cp "$WORK"/*.log "$KEEP"/ 2>/dev/null; for i in 1 2 3; do cp "$WORK/n$i/data.log" "$KEEP/pg-n$i.log" 2>/dev/null; done
     echo "logs copied to $KEEP"
   fi
   rm -rf "$WORK" 2>/dev/null || { sleep 1; rm -rf "$WORK"; }
@@ -95,15 +97,24 @@ for i in 1 2 3; do
   API[$i]=$(free_port); PGPORTS[$i]=$(free_port)
   mkdir -p "$WORK/n$i"
   if [ "$RESOURCE" = postgres ]; then
-    hooks="$ROOT/examples/ha-daemon/hooks/postgres"
-    conn="host=127.0.0.1 port=${PGPORTS[$i]} user=postgres"
-    env="PGBIN = \"$PGBIN\"
-PGDATA = \"$WORK/n$i/data\"
-PGPORT = \"${PGPORTS[$i]}\""
+    # The native resource (Rust, tokio-postgres): synchronous mode, rewind on rejoin.
+    [ "$(id -u)" = 0 ] && chown postgres "$WORK/n$i"
+    top="synchronous_mode = true"
+    resource="[postgresql]
+data_dir = \"$WORK/n$i/data\"
+bin_dir = \"$PGBIN\"
+listen = \"127.0.0.1:${PGPORTS[$i]}\"
+[postgresql.authentication.superuser]
+password = \"$PGPASS\"
+[postgresql.authentication.replication]
+password = \"demo-replication-pw\""
   else
-    hooks="$ROOT/examples/ha-daemon/hooks/file"
-    conn="file://n$i"
-    env="FILE_RESOURCE_DIR = \"$WORK/files\""
+    top="conn_url = \"file://n$i\""
+    resource="[hooks]
+dir = \"$ROOT/examples/ha-daemon/hooks/file\"
+timeout = \"120s\"
+[hooks.env]
+FILE_RESOURCE_DIR = \"$WORK/files\""
   fi
   cat >"$WORK/n$i.toml" <<EOF
 scope = "$SCOPE"
@@ -112,15 +123,13 @@ ttl = "${TTL}s"
 loop_wait = "1s"
 retry_timeout = "2s"
 safety_margin = "2s"
-conn_url = "$conn"
+$top
+[watchdog]
+mode = "off"
 [restapi]
 listen = "127.0.0.1:${API[$i]}"
 token = "$TOKEN"
-[hooks]
-dir = "$hooks"
-timeout = "120s"
-[hooks.env]
-$env
+$resource
 [etcd]
 endpoints = ["$EP"]
 EOF
@@ -157,8 +166,7 @@ replicas_ready() {
 ctl() { "$BIN" --config "$WORK/n1.toml" ctl "$@"; }
 write_to() { # <member index> <text>: a client write to the primary
   if [ "$RESOURCE" = postgres ]; then
-    runas=(); [ "$(id -u)" = 0 ] && runas=(runuser -u postgres --)
-    "${runas[@]}" "$PGBIN/psql" -X -q -h 127.0.0.1 -p "${PGPORTS[$1]}" -U postgres -d postgres -Atc \
+    PGPASSWORD=$PGPASS "$PGBIN/psql" -X -q -h 127.0.0.1 -p "${PGPORTS[$1]}" -U postgres -d postgres -Atc \
       "create table if not exists demo(t text, at timestamptz default now()); insert into demo(t) values ('$2')" >/dev/null 2>&1
   else
     "$ROOT/examples/ha-daemon/hooks/file/write" "n$1" "$2" >/dev/null 2>&1 </dev/null
@@ -170,6 +178,12 @@ if ! wait_until 120 has_leader; then echo "no leader elected"; tail -20 "$WORK"/
 L=$(leader_index)
 echo "n$L leads"
 wait_until 120 replicas_ready || echo "(replicas are still catching up)"
+# Synchronous mode: only a member of the sync key may be promoted, so wait until the leader
+# has published its confirmed synchronous standby.
+sync_ready() { curl -s "http://127.0.0.1:${API[$L]}/status" | grep -q '"sync_standby":\["'; }
+if [ "$RESOURCE" = postgres ]; then
+  wait_until 60 sync_ready && echo "synchronous standby: $(curl -s "http://127.0.0.1:${API[$L]}/status" | sed -n 's/.*"sync_standby":\["\([^"]*\)".*/\1/p')"
+fi
 write_to "$L" "before the crash" && echo "client write to n$L accepted"
 sleep 2
 ctl list
