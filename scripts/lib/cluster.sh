@@ -57,6 +57,10 @@ ttl = "${ttl}s"
 loop_wait = "${lw}s"
 retry_timeout = "${rt}s"
 conn_url = "host=127.0.0.1 port=$pgport user=postgres"
+# The bench kills leaders with kill -9: an armed watchdog (the default mode is automatic)
+# would reset the machine.
+[watchdog]
+mode = "off"
 [restapi]
 listen = "127.0.0.1:$api"
 token = "$token"

@@ -212,7 +212,7 @@ impl Cluster {
                 format!(
                     "scope = \"e2e\"\nname = \"{name}\"\nttl = \"5s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n\
                      safety_margin = \"1s\"\nconn_url = \"file://{name}\"\n\
-                     [restapi]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\
+                     [watchdog]\nmode = \"off\"\n[restapi]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\
                      [hooks]\ndir = \"{}\"\n[hooks.env]\nFILE_RESOURCE_DIR = \"{}\"\n{}",
                     hooks_dir().display(),
                     resource_dir.display(),
