@@ -93,6 +93,20 @@ fn now_rfc3339() -> String {
     jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", jiff::Timestamp::now()).unwrap_or_default()
 }
 
+/// One `managedFields` entry timed now, as the API server keeps on every write (whole
+/// seconds, the server's clock): readers use it to tell how long ago an object was written.
+fn stamp_managed_fields(body: &mut Value, resource: Resource) {
+    let entry = serde_json::json!({
+        "manager": "emulator-client",
+        "operation": "Update",
+        "apiVersion": resource.api_version(),
+        "time": now_rfc3339(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": {},
+    });
+    metadata_mut(body).insert("managedFields".into(), Value::Array(vec![entry]));
+}
+
 /// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
 fn merge_patch(target: &mut Value, patch: &Value) {
     let Some(fields) = patch.as_object() else {
@@ -302,6 +316,7 @@ impl Store {
         meta.insert("resourceVersion".into(), s.rv.to_string().into());
         meta.insert("creationTimestamp".into(), now_rfc3339().into());
         meta.remove("generateName");
+        stamp_managed_fields(&mut body, resource);
         s.objects.insert(key.clone(), body.clone());
         self.record(s, key, EventType::Added, body.clone(), None);
         Ok(body)
@@ -398,9 +413,16 @@ impl Store {
         meta.insert("resourceVersion".into(), current_rv.into());
         let created = current.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null);
         meta.insert("creationTimestamp".into(), created);
+        // The server owns managedFields: what the client sent is replaced by the current ones
+        // (a no-op stays a no-op) and then stamped with this write's time.
+        match current.pointer("/metadata/managedFields").cloned() {
+            Some(managed) => meta.insert("managedFields".into(), managed),
+            None => meta.remove("managedFields"),
+        };
         if body == current {
             return Ok(current);
         }
+        stamp_managed_fields(&mut body, resource);
         s.rv += 1;
         metadata_mut(&mut body).insert("resourceVersion".into(), s.rv.to_string().into());
         s.objects.insert(key.clone(), body.clone());

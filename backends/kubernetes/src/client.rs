@@ -51,6 +51,8 @@ pub(crate) struct PublishedMember {
 
 pub(crate) struct Inner {
     pub(crate) api: Api<Lease>,
+    /// The same connection, for the one raw request (a LIST that also reads the `Date` header).
+    client: kube::Client,
     pub(crate) namespace: String,
     pub(crate) options: KubeOptions,
     pub(crate) observations: Observations,
@@ -146,7 +148,8 @@ impl KubeClient {
         crate::names::dns_label(namespace)
             .map_err(|e| DcsError::fatal(format!("kubernetes namespace {namespace:?} {e}")))?;
         let inner = Arc::new(Inner {
-            api: Api::namespaced(client, namespace),
+            api: Api::namespaced(client.clone(), namespace),
+            client,
             namespace: namespace.to_string(),
             options,
             observations: Observations::default(),
@@ -225,6 +228,40 @@ impl Inner {
         let what = format!("list Leases in {} with {selector}", self.namespace);
         let params = ListParams::default().labels(selector);
         timed(Op::Read, &what, self.limit(), self.api.list(&params)).await?.map_err(|e| classify(Op::Read, &what, e))
+    }
+
+    /// LIST by label selector (a quorum read), also returning the API server's clock at the
+    /// answer (the HTTP `Date` header, whole seconds), which lets a fresh reader judge how
+    /// long ago an object was last written by the server's own clock.
+    pub(crate) async fn list_dated(
+        &self,
+        selector: &str,
+    ) -> Result<(ObjectList<Lease>, Option<k8s_openapi::jiff::Timestamp>), DcsError> {
+        let what = format!("list Leases in {} with {selector}", self.namespace);
+        let path = format!("/apis/coordination.k8s.io/v1/namespaces/{}/leases", self.namespace);
+        let request = kube::core::Request::new(path)
+            .list(&ListParams::default().labels(selector))
+            .map_err(|e| DcsError::fatal(format!("{what}: cannot build the request: {e}")))?;
+        let answer = async {
+            let response = self.client.send(request.map(kube::client::Body::from)).await?;
+            let status = response.status();
+            let date = response
+                .headers()
+                .get(http::header::DATE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| k8s_openapi::jiff::fmt::rfc2822::parse(v).ok())
+                .map(|z| z.timestamp());
+            let bytes = response.into_body().collect_bytes().await?;
+            if !status.is_success() {
+                let text = String::from_utf8_lossy(&bytes);
+                let api = serde_json::from_slice::<kube::core::Status>(&bytes)
+                    .unwrap_or_else(|_| kube::core::Status::failure(text.trim(), "").with_code(status.as_u16()));
+                return Err(kube::Error::Api(api.boxed()));
+            }
+            let list: ObjectList<Lease> = serde_json::from_slice(&bytes).map_err(kube::Error::SerdeError)?;
+            Ok((list, date))
+        };
+        timed(Op::Read, &what, self.limit(), answer).await?.map_err(|e| classify(Op::Read, &what, e))
     }
 
     /// POST; 409 AlreadyExists is `Conflict`.

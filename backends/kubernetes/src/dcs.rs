@@ -34,7 +34,15 @@ struct Snapshot {
     objects: HashMap<String, Fingerprint>,
     /// Objects with a holder (leader, members) and how long they may stay unrenewed.
     holders: HashMap<String, Duration>,
+    /// Member Leases unrenewed for longer than [`MEMBER_REMOVAL_AFTER`] ttls, with their
+    /// resourceVersion: the leader deletes them after its next renewal.
+    dead_members: Vec<(String, String)>,
 }
+
+/// A member Lease left unrenewed for this many ttls is deleted by the leader (by server
+/// time, or seen unchanged that long by the leader itself). Its owner, if alive after all,
+/// writes it again on its next keep-alive (a PUT of a missing Lease creates it).
+pub const MEMBER_REMOVAL_AFTER: u32 = 3;
 
 /// One election scope, stored as `coordination.k8s.io/v1` Leases (see the crate docs for
 /// the layout). Created by [`KubeClient::scope`](crate::KubeClient::scope).
@@ -191,6 +199,26 @@ impl KubeDcs {
         Err(DcsError::unavailable(format!("epoch counter {name} kept changing under every write; try again")))
     }
 
+    /// The leader's housekeeping: deletes the member Leases the last `load` found unrenewed
+    /// for [`MEMBER_REMOVAL_AFTER`] ttls, each conditional on the version it saw (a member
+    /// that came back in between is kept). Failures are logged, never returned: the renewal
+    /// itself succeeded.
+    async fn remove_dead_members(&self) {
+        let dead = {
+            let mut snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+            snapshot.as_mut().map(|s| std::mem::take(&mut s.dead_members)).unwrap_or_default()
+        };
+        for (name, rv) in dead {
+            match self.inner.delete(&name, &rv).await {
+                Ok(Write::Done(())) => {
+                    tracing::info!(object = %name, "removed the Lease of a member gone for {MEMBER_REMOVAL_AFTER} ttls")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(object = %name, error = %e, "could not remove a dead member's Lease"),
+            }
+        }
+    }
+
     async fn control_version(&self, name: &str) -> Result<Option<Version>, DcsError> {
         Ok(self.inner.get(name).await?.map(|l| Version::opaque(objects::rv(&l))))
     }
@@ -223,7 +251,7 @@ impl Dcs for KubeDcs {
     /// shown and respected as a foreign holder.
     async fn load(&self) -> Result<ClusterView, DcsError> {
         let names = self.names()?;
-        let mut list = self.inner.list(&names.selector()).await?;
+        let (mut list, server_now) = self.inner.list_dated(&names.selector()).await?;
         let leader_name = names.leader();
         if !list.items.iter().any(|item| objects::name(item) == leader_name)
             && let Some(unlabelled) = self.inner.get(&leader_name).await?
@@ -235,7 +263,13 @@ impl Dcs for KubeDcs {
         let ttl = self.ttl();
         let obs = &self.inner.observations;
         let mut raw = RawView { revision: Some(Version::opaque(revision.as_str())), ..RawView::default() };
-        let mut snapshot = Snapshot { revision, loaded_at: seen_at, objects: HashMap::new(), holders: HashMap::new() };
+        let mut snapshot = Snapshot {
+            revision,
+            loaded_at: seen_at,
+            objects: HashMap::new(),
+            holders: HashMap::new(),
+            dead_members: Vec::new(),
+        };
         for item in &list.items {
             let (name, rv) = (objects::name(item), objects::rv(item));
             let Some(role) = names.role_of(name) else { continue };
@@ -250,12 +284,26 @@ impl Dcs for KubeDcs {
                         continue;
                     }
                     let duration = objects::hold_duration(item, ttl);
-                    if obs.expired(name, rv, duration, seen_at) {
+                    let observed = seen_at.saturating_duration_since(obs.observe(name, rv, seen_at));
+                    // Members only: a fresh reader has not watched anything yet, so it also
+                    // asks the server's clock how long ago the record was written. The
+                    // leader key keeps client-go's observer-only rule (no clock but ours
+                    // decides a takeover).
+                    let server_age = match role {
+                        ObjectRole::Member(_) => objects::server_age(item, server_now),
+                        _ => None,
+                    };
+                    let unrenewed = server_age.map_or(observed, |age| age.max(observed));
+                    if unrenewed >= duration {
                         tracing::debug!(
                             object = name,
                             ?duration,
-                            "unchanged for its lease duration: treated as expired"
+                            ?unrenewed,
+                            "not renewed for its lease duration: gone"
                         );
+                        if matches!(role, ObjectRole::Member(_)) && unrenewed >= duration * MEMBER_REMOVAL_AFTER {
+                            snapshot.dead_members.push((name.to_string(), rv.to_string()));
+                        }
                         continue;
                     }
                     snapshot.holders.insert(name.to_string(), duration);
@@ -349,6 +397,7 @@ impl Dcs for KubeDcs {
         match self.write_leader(&name, base, lease, false).await? {
             CasOutcome::Won(object) => {
                 self.remember(&name, &object, &lease.record, lease.epoch);
+                self.remove_dead_members().await;
                 let version = Version::opaque(objects::rv(&object));
                 Ok(CasOutcome::Won(HeldLease { version, valid_for: self.ttl(), ..lease.clone() }))
             }

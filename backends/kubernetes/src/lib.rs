@@ -67,7 +67,7 @@ mod options;
 pub mod testing;
 
 pub use client::{KubeClient, install_default_crypto_provider};
-pub use dcs::KubeDcs;
+pub use dcs::{KubeDcs, MEMBER_REMOVAL_AFTER};
 pub use names::{
     EPOCH_ANNOTATION, LEADER_ANNOTATION, MANAGED_BY, MEMBER_ANNOTATION, ROLE_LABEL, SCOPE_LABEL, VALUE_ANNOTATION,
 };

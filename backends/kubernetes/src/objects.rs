@@ -44,6 +44,23 @@ pub(crate) fn hold_duration(lease: &Lease, own_ttl: Duration) -> Duration {
     Duration::from_secs(u64::try_from(declared).unwrap_or(0)).max(own_ttl)
 }
 
+/// When the API server last wrote the object, by its own clock: the newest `time` among
+/// `metadata.managedFields` (whole seconds; the server sets them on every write). `None`
+/// when the server keeps no managed fields.
+pub(crate) fn last_written(lease: &Lease) -> Option<k8s_openapi::jiff::Timestamp> {
+    lease.metadata.managed_fields.iter().flatten().filter_map(|f| f.time.as_ref().map(|t| t.0)).max()
+}
+
+/// How long ago, by the API server's clock, the object was last written, given the server's
+/// clock at the read (`Date`, whole seconds). Both stamps are truncated to the second, so
+/// the true age exceeds the result minus one second; one more second covers clock offsets
+/// between the API servers of a highly available control plane. `None` when unknown.
+pub(crate) fn server_age(lease: &Lease, server_now: Option<k8s_openapi::jiff::Timestamp>) -> Option<Duration> {
+    let (now, written) = (server_now?, last_written(lease)?);
+    let secs = now.as_second().checked_sub(written.as_second())?;
+    Some(Duration::from_secs(u64::try_from(secs).ok()?.saturating_sub(2)))
+}
+
 /// An annotation's value.
 pub(crate) fn annotation<'a>(lease: &'a Lease, key: &str) -> Option<&'a str> {
     lease.metadata.annotations.as_ref().and_then(|a| a.get(key)).map(String::as_str)

@@ -47,8 +47,11 @@ pub enum Target {
 impl Target {
     /// A real agent if a binary is found, else the emulator (sessions invalidated at twice
     /// their TTL, as a server does); prints which.
+    /// `LEASEHOLD_TEST_EMULATORS=1` forces the emulator (to check the fallback path).
     pub async fn start() -> Target {
-        match ConsulAgent::binary().expect("the shared consul is usable") {
+        let forced = std::env::var_os("LEASEHOLD_TEST_EMULATORS").is_some_and(|v| v == "1");
+        let binary = if forced { None } else { ConsulAgent::binary().expect("the shared consul is usable") };
+        match binary {
             Some(_) => {
                 let config = ConsulAgentConfig {
                     session_ttl_min: Some(AGENT_SESSION_TTL_MIN),

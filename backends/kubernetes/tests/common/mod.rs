@@ -132,8 +132,11 @@ impl Target {
     }
 
     /// Like [`Target::start`] with extra users or the audit log on the real server.
+    /// `LEASEHOLD_TEST_EMULATORS=1` forces the emulator (to check the fallback path).
     pub async fn start_with(config: KubeApiServerConfig) -> Target {
-        match KubeApiServer::binary().expect("the shared kube-apiserver is usable") {
+        let forced = std::env::var_os("LEASEHOLD_TEST_EMULATORS").is_some_and(|v| v == "1");
+        let binary = if forced { None } else { KubeApiServer::binary().expect("the shared kube-apiserver is usable") };
+        match binary {
             Some(_) => {
                 let server = KubeApiServer::start(config).await.expect("kube-apiserver starts");
                 server.create_namespace(NAMESPACE).await.expect("namespace");
