@@ -343,7 +343,21 @@ fn serve(
             let pre = options.get("preconditions");
             let uid = pre.and_then(|p| p.get("uid")).and_then(Value::as_str);
             let rv = pre.and_then(|p| p.get("resourceVersion")).and_then(Value::as_str);
-            shared.store.delete(&key(target.name.unwrap_or_default()), uid, rv)?
+            let deleted = shared.store.delete(&key(target.name.unwrap_or_default()), uid, rv)?;
+            // A real API server answers a DELETE of a Lease or ConfigMap (no graceful
+            // deletion, no finalizers left) with a Success Status, not the object.
+            json!({
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Success",
+                "details": {
+                    "name": deleted.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
+                    "group": resource.group(),
+                    "kind": resource.plural(),
+                    "uid": deleted.pointer("/metadata/uid").cloned().unwrap_or(Value::Null),
+                },
+            })
         }
     };
     if let Some(Fault::ApplyThenReject(code)) = fault {
