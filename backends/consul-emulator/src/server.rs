@@ -245,8 +245,12 @@ fn session_json(s: &SessionInfo) -> Value {
     })
 }
 
-/// The token a request carries, Consul's three ways.
+/// The token a request carries, Consul's three ways, in Consul 1.6's order: the `?token=`
+/// parameter wins over the headers.
 fn token<'a>(headers: &'a HeaderMap, params: &'a HashMap<String, String>) -> Option<&'a str> {
+    if let Some(t) = params.get("token").filter(|t| !t.is_empty()) {
+        return Some(t);
+    }
     if let Some(t) = headers.get("X-Consul-Token").and_then(|v| v.to_str().ok()) {
         return Some(t);
     }
@@ -255,7 +259,7 @@ fn token<'a>(headers: &'a HeaderMap, params: &'a HashMap<String, String>) -> Opt
     {
         return Some(t.trim());
     }
-    params.get("token").map(String::as_str)
+    None
 }
 
 /// Every request enters here.
@@ -311,7 +315,8 @@ pub(crate) async fn handle(
     }
     if let Some(id) = path.strip_prefix("/v1/session/renew/") {
         return put_only(&|| match shared.with_state(|s, now| s.renew_session(id, now)) {
-            Some(info) => json_reply(Some(info.modify_index), &json!([session_json(&info)])),
+            // A write: Consul sends no X-Consul-Index with it.
+            Some(info) => json_reply(None, &json!([session_json(&info)])),
             None => text(StatusCode::NOT_FOUND, format!("Session id '{id}' not found")),
         });
     }

@@ -323,7 +323,7 @@ impl State {
     ) -> Result<bool, StateError> {
         self.expire(now);
         if !self.sessions.contains_key(session) {
-            return Err(StateError(format!("Invalid session {session:?}")));
+            return Err(StateError(format!("invalid session {session:?}")));
         }
         if let Some(until) = self.lock_delays.get(key) {
             if *until > now {
@@ -352,7 +352,7 @@ impl State {
     ) -> Result<bool, StateError> {
         self.expire(now);
         if !self.sessions.contains_key(session) {
-            return Err(StateError(format!("Invalid session {session:?}")));
+            return Err(StateError(format!("invalid session {session:?}")));
         }
         match self.kv.get(key) {
             Some(e) if e.session.as_deref() == Some(session) => {}

@@ -153,7 +153,7 @@ async fn acquire_release_and_lock_index() {
     assert_eq!(a.put(&format!("/v1/kv/l?acquire={s2}"), b"2").await.1, "true");
     assert_eq!(a.emu.kv("l").unwrap().lock_index, 2);
     let (s, b) = a.put("/v1/kv/l?acquire=no-such-session", b"").await;
-    assert!(s == 500 && b.contains("Invalid session"), "{b}");
+    assert!(s == 500 && b.contains("invalid session"), "{b}");
     // Destroying a Behavior=delete session deletes its keys.
     assert_eq!(a.put(&format!("/v1/kv/d?acquire={s1}"), b"1").await.1, "true");
     a.put(&format!("/v1/session/destroy/{s1}"), b"").await;
