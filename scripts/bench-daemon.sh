@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark of the HA daemon (issue 8 item 7), measured like Patroni 3.0.2 in
 # ../shared/reference/servers.md: one etcd, three leasehold-ha members (release build), each
-# driving a PostgreSQL instance on loopback. Per repetition a fresh cluster (new scope) runs:
+# driving a PostgreSQL instance on loopback through the native [postgresql] resource
+# (LH_RESOURCE=hooks: the old hooks/postgres, for comparison). Per repetition a fresh cluster (new scope) runs:
 # bootstrap -> (first repetition only) idle window -> `ctl switchover` to a named replica ->
 # kill -9 of the leader (daemon + its postmaster's process group). Prints min/median/max.
 #
