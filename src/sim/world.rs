@@ -193,12 +193,14 @@ pub(crate) struct Slot {
     /// Real instant at which the belief ends under the *declared* timing (I6), as the clock
     /// ran when the renewal was answered (a later forward step only makes the node stop sooner).
     pub declared_until: Option<Nanos>,
+    /// The epoch `declared_until` belongs to.
+    declared_epoch: Option<Epoch>,
     pub decision: Option<Decision>,
     last_probe: Vec<PeerReply>,
     /// Who the node's last election probe asked, and who was really there (for I3).
     probe_asked: Option<ProbeTruth>,
-    /// Every member name this process was shown in a loaded view (registered, or on the
-    /// leader's roster in the status key), and when last (for I3: whom it could know of).
+    /// Every member this process saw registered in a view it took, and when last (for I3:
+    /// whom it could know of; the leader's roster counts while the node's view shows it).
     shown_members: BTreeMap<String, Nanos>,
     /// The record of an acquire this node sent and has not had an answer to (for the
     /// [`Mutation::AdoptForeignKey`] mutation).
@@ -363,6 +365,7 @@ impl World {
                 timer_at: None,
                 sent: BTreeMap::new(),
                 declared_until: None,
+                declared_epoch: None,
                 decision: None,
                 last_probe: Vec::new(),
                 probe_asked: None,
@@ -882,6 +885,7 @@ impl World {
         slot.shown_members.clear();
         slot.unanswered_acquire = None;
         slot.declared_until = None;
+        slot.declared_epoch = None;
         self.mix(0x5354_4152_5400 + n as u64);
         let d = self.cfg.timing.ttl / 3;
         self.after(d, Ev::Keepalive { n, inc });
@@ -1179,15 +1183,19 @@ impl World {
         self.slots[n].decision = Some(decision);
     }
 
-    /// The other nodes that are up, that `n` and they can reach, and that `n` was shown in a
-    /// view (registered or on the leader's roster) within the roster's memory, with their
-    /// real log positions: whom an election by `n` could have known of and heard from right
-    /// now. A member never shown to `n` cannot be asked: nothing names it.
+    /// The other nodes that are up, that `n` and they can reach, and that `n` saw registered
+    /// within the roster's memory or finds on the leader's roster in its current view, with
+    /// their real log positions: whom an election by `n` could have known of and heard from
+    /// right now. A member nothing names to `n` cannot be asked.
     fn present_peers(&self, n: usize) -> Vec<(String, u64)> {
         // A little under the node's memory: the node measures it on its own drifting clock.
         let memory = ns(self.cfg.timing.ttl * crate::node::ROSTER_MEMORY_TTLS) * 9 / 10;
-        let shown =
-            |j: usize| self.slots[n].shown_members.get(&self.slots[j].name).is_some_and(|t| self.now < t + memory);
+        let status = self.slots[n].node.as_ref().and_then(|node| node.view()).and_then(|v| v.status.as_ref());
+        let shown = |j: usize| {
+            let name = &self.slots[j].name;
+            self.slots[n].shown_members.get(name).is_some_and(|t| self.now < t + memory)
+                || status.is_some_and(|s| s.value.members.contains_key(name))
+        };
         (0..self.slots.len())
             .filter(|&j| j != n && self.alive(j) && self.peer_ok(n, j) && self.peer_ok(j, n) && shown(j))
             .map(|j| (self.slots[j].name.clone(), self.slots[j].res.position()))
@@ -1688,11 +1696,6 @@ impl World {
             Reply::Load(id, result, key) => {
                 let mut result = *result;
                 if let Ok(view) = &mut result {
-                    let registered = view.members.iter().map(|m| &m.value.name);
-                    let announced = view.status.iter().flat_map(|s| s.value.members.keys());
-                    for name in registered.chain(announced) {
-                        self.slots[n].shown_members.insert(name.clone(), self.now);
-                    }
                     self.adopt_foreign_key(n, view);
                     if let Some(l) = &view.leader {
                         self.slots[n].seen_epoch = self.slots[n].seen_epoch.max(l.epoch);
@@ -1702,9 +1705,11 @@ impl World {
                     }
                 }
                 self.slots[n].sent.remove(&id.0);
+                let delivered = result.as_ref().ok().cloned();
                 if let Some(node) = self.slots[n].node.as_mut() {
                     node.handle_load_shared(id, result, now);
                 }
+                self.note_shown_members(n, delivered);
             }
             Reply::Acquire(id, result) => {
                 if result.is_ok() {
@@ -1746,6 +1751,20 @@ impl World {
                     self.slots[n].session = s;
                 }
             }
+        }
+    }
+
+    /// Records the members a delivered view showed registered to node `n`, if the node took
+    /// the view: a late answer to a load it already gave up on is
+    /// dropped by the node and shows it nothing.
+    fn note_shown_members(&mut self, n: usize, delivered: Option<Arc<ClusterView>>) {
+        let Some(view) = delivered else { return };
+        let taken = self.slots[n].node.as_ref().and_then(|node| node.view()).is_some_and(|v| std::ptr::eq(v, &*view));
+        if !taken {
+            return;
+        }
+        for m in &view.members {
+            self.slots[n].shown_members.insert(m.value.name.clone(), self.now);
         }
     }
 
@@ -1799,7 +1818,15 @@ impl World {
         let now = self.slots[n].local(self.now);
         if status.epoch == Some(epoch) && status.lease_deadline.is_some_and(|d| d > now) {
             let local_end = sent + self.cfg.timing.belief_for(valid_for);
-            self.slots[n].declared_until = Some(self.slots[n].clock.real_when(local_end, self.now));
+            let until = self.slots[n].clock.real_when(local_end, self.now);
+            // A late answer to an older renewal (the node ignores it: not in flight) must not
+            // pull the belief back before one a newer, accepted renewal gave; requests go out
+            // in order, so the latest end is the accepted one's.
+            let slot = &mut self.slots[n];
+            slot.declared_until = Some(
+                slot.declared_until.filter(|_| slot.declared_epoch == Some(epoch)).map_or(until, |u| u.max(until)),
+            );
+            slot.declared_epoch = Some(epoch);
         }
     }
 

@@ -11,7 +11,10 @@
 //!
 //! "Reachable" is the truth, not what the node chose to ask: a peer that was up and
 //! mutually reachable when the election probe went out, ahead, and not asked at all, is a
-//! breach (a member whose store registration expired still runs and answers peers; issue 13).
+//! breach (a member whose store registration expired still runs and answers peers; issue 13),
+//! provided the node could name it: it saw the peer registered in a view it took within the
+//! roster's memory, or the leader's roster in its current view lists it. Nothing else names a
+//! member, so nothing else can make a node ask it (README, "What it does not guarantee").
 //! A peer that was asked and whose answer was lost in the network is not: the node cannot
 //! know, and Patroni ignores unanswered peers too.
 
