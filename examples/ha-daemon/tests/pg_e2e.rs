@@ -251,22 +251,44 @@ impl Cluster {
     }
 
     /// Healthy: one leader, both others streaming replicas, and (synchronous mode) the sync
-    /// key naming one of them.
+    /// key naming one of them, all unchanged for 3 s. The node re-picks the most advanced
+    /// replica as synchronous standby every loop and empties the sync key while it switches
+    /// (notes/daemon.md, request B); a fault inside that window leaves no member that may be
+    /// promoted, which is Patroni's rule too, but not what these faults are about.
     fn wait_healthy(&self) -> (usize, u64) {
-        self.wait("a leader with two replicas (and a synchronous standby)", |c| {
-            let (l, e) = c.leader()?;
-            let ls = c.status(l)?;
-            let sync = if c.sync { ls["sync_standby"].as_array()?.len() } else { 1 };
-            let replicas = (0..3)
-                .filter(|&i| i != l)
-                .filter(|&i| {
-                    c.status(i).is_some_and(|s| {
-                        s["role"] == "replica" && s["running"] == true && s["leader"] == c.members[l].name.as_str()
-                    })
-                })
-                .count();
-            (sync == 1 && replicas == 2).then_some((l, e))
+        let mut since: Option<(Instant, (usize, u64, String))> = None;
+        self.wait("a leader with two replicas (and a synchronous standby), stable for 3 s", |c| {
+            let now = c.healthy();
+            match (&since, now) {
+                (Some((t, seen)), Some(cur)) if *seen == cur => {
+                    if t.elapsed() >= Duration::from_secs(3) {
+                        return Some((cur.0, cur.1));
+                    }
+                }
+                (_, Some(cur)) => since = Some((Instant::now(), cur)),
+                (_, None) => since = None,
+            }
+            None
         })
+    }
+
+    fn healthy(&self) -> Option<(usize, u64, String)> {
+        let (l, e) = self.leader()?;
+        let ls = self.status(l)?;
+        let sync: Vec<String> =
+            ls["sync_standby"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        if self.sync && sync.len() != 1 {
+            return None;
+        }
+        let replicas = (0..3)
+            .filter(|&i| i != l)
+            .filter(|&i| {
+                self.status(i).is_some_and(|s| {
+                    s["role"] == "replica" && s["running"] == true && s["leader"] == self.members[l].name.as_str()
+                })
+            })
+            .count();
+        (replicas == 2).then(|| (l, e, sync.join(",")))
     }
 
     fn dump(&self) {
@@ -404,6 +426,8 @@ enum Fault {
     Kill,
     Pause,
     StoreCut,
+    /// Not a fault: a graceful switchover to the synchronous standby (the graceful demote).
+    Switchover,
 }
 
 /// One fault on the current leader; returns after the former primary rejoined by the
@@ -420,8 +444,8 @@ enum Rejoin {
 }
 
 fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
-    let (old, epoch) = c.wait_healthy();
     w.wait_progress(c, 20);
+    let (old, epoch) = c.wait_healthy();
     let before = c.log(old);
     let name = c.members[old].name.clone();
     eprintln!("---- {fault:?} on leader {name} (epoch {epoch}), {} rows acknowledged so far", w.acked().len());
@@ -432,6 +456,17 @@ fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
         }
         Fault::Pause => c.members[old].proc.as_ref().unwrap().freeze(),
         Fault::StoreCut => c.members[old].proxy.cut(),
+        Fault::Switchover => {
+            let (_, _, sync) = c.healthy().unwrap_or_default();
+            let candidate = if sync.is_empty() { c.members[(old + 1) % 3].name.clone() } else { sync };
+            let out = Command::new(common::bin())
+                .arg("--config")
+                .arg(&c.members[old].config)
+                .args(["ctl", "switchover", "--candidate", &candidate, "--wait", "40"])
+                .output()
+                .expect("ctl runs");
+            assert!(out.status.success(), "switchover to {candidate}: {}", common::text(&out));
+        }
     }
     let (new, epoch2) = c.wait("a new leader", |c| c.leader().filter(|&(i, e)| i != old && e > epoch));
     match fault {
@@ -442,6 +477,7 @@ fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
             c.members[old].proc.as_ref().unwrap().thaw();
         }
         Fault::StoreCut => c.members[old].proxy.heal(),
+        Fault::Switchover => {}
     }
     w.wait_progress(c, 20);
     let acked = w.acked();
@@ -498,7 +534,7 @@ fn synchronous_mode_loses_no_acknowledged_write() {
     let m = Monitor::start(ports);
     for round in 1..=rounds {
         eprintln!("==== round {round} of {rounds}");
-        for f in [Fault::Kill, Fault::Pause, Fault::StoreCut] {
+        for f in [Fault::Kill, Fault::Pause, Fault::StoreCut, Fault::Switchover] {
             let (_, overlaps_before) = m.counts();
             fault(&mut c, &w, f);
             if matches!(f, Fault::Pause) {

@@ -440,25 +440,34 @@ impl PgResource {
         Err(format!("the leader's PostgreSQL at {host}:{port} is not a running primary: {last}"))
     }
 
-    /// Whether this standby's history left the leader's: it is on another timeline and its
-    /// position is past the point where the leader's history left that timeline.
-    async fn diverged(&self, me: Reading, leader: &Client) -> Result<bool, String> {
+    /// Why this standby's history left the leader's, if it did: it is on another timeline
+    /// and its position is past the point where the leader's history left that timeline.
+    async fn diverged(&self, me: Reading, leader: &Client) -> Result<Option<String>, String> {
         let tli_sql = "select ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint::text";
         let r = leader.simple_query(tli_sql).await.map(rows).map_err(|e| e.to_string())?;
-        let leader_tli: u64 =
-            r.first().and_then(|r| r.first()).cloned().flatten().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let leader_tli: u64 = r
+            .first()
+            .and_then(|r| r.first())
+            .cloned()
+            .flatten()
+            .and_then(|s| s.parse().ok())
+            .ok_or("the leader's timeline is unreadable")?;
         if leader_tli == me.timeline {
-            return Ok(false);
+            return Ok(None);
         }
         if leader_tli < me.timeline {
-            return Ok(true);
+            return Ok(Some(format!("timeline {} is newer than the leader's {leader_tli}", me.timeline)));
         }
         let sql = format!("select pg_read_file('pg_wal/{leader_tli:08X}.history')");
         let r = leader.simple_query(&sql).await.map(rows).map_err(|e| e.to_string())?;
         let history = r.first().and_then(|r| r.first()).cloned().flatten().unwrap_or_default();
         Ok(match files::switchpoint(&history, me.timeline) {
-            Some(point) => me.position > point,
-            None => true,
+            Some(point) if me.position > point => Some(format!(
+                "position {} is past {point}, where the leader's timeline {leader_tli} left timeline {}",
+                me.position, me.timeline
+            )),
+            Some(_) => None,
+            None => Some(format!("timeline {} is not in the leader's history (timeline {leader_tli})", me.timeline)),
         })
     }
 
@@ -671,18 +680,14 @@ impl PgResource {
             if !me.in_recovery {
                 return Err("PostgreSQL still runs as a primary: demote first".into());
             }
-            if !self.diverged(me, &leader).await? {
+            let Some(why) = self.diverged(me, &leader).await? else {
                 self.write_conf(&standby)?;
                 self.write_owned(&self.data().join("standby.signal"), "", 0o600)?;
                 self.reload().await?;
                 tracing::info!(leader = %format!("{host}:{port}"), "following (reloaded primary_conninfo)");
                 return Ok(());
-            }
-            tracing::info!(
-                timeline = me.timeline,
-                position = me.position,
-                "this standby's history left the leader's: rewinding"
-            );
+            };
+            tracing::info!(%why, "this standby's history left the leader's: rewinding");
             self.stop(true).await?;
             self.rejoin(host, port, &leader).await?;
             return self.start(&standby).await;
@@ -697,12 +702,8 @@ impl PgResource {
             ClusterState::Standby => {
                 self.start(&standby).await?;
                 let me = self.reading().await?;
-                if self.diverged(me, &leader).await? {
-                    tracing::info!(
-                        timeline = me.timeline,
-                        position = me.position,
-                        "this standby's history left the leader's: rewinding"
-                    );
+                if let Some(why) = self.diverged(me, &leader).await? {
+                    tracing::info!(%why, "this standby's history left the leader's: rewinding");
                     self.stop(true).await?;
                     self.rejoin(host, port, &leader).await?;
                     self.start(&standby).await?;
