@@ -29,7 +29,13 @@ fn row(what: &str, d: RequestCounts, calls: u64) {
 }
 
 async fn idle(emu: &Emulator, scopes: usize, ttl: Duration) -> f64 {
-    let options = ConsulOptions { address: emu.url(), ttl, ..ConsulOptions::default() };
+    // The emulator runs with a 100 ms session-TTL floor (Consul's is 10 s), so a short ttl works.
+    let options = ConsulOptions {
+        address: emu.url(),
+        ttl,
+        session_ttl_min: Duration::from_millis(100),
+        ..ConsulOptions::default()
+    };
     let client = ConsulClient::connect(options).await.expect("connect");
     let handles: Vec<_> = (0..scopes).map(|i| client.scope(&format!("idle{scopes}-{i}"))).collect();
     for chunk in handles.chunks(50) {

@@ -155,7 +155,7 @@ fn sequence() -> Vec<(&'static str, Method, &'static str, Option<&'static str>)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_answers_like_a_real_consul_agent() {
     if ConsulAgent::binary().expect("usable").is_none() || std::env::var_os("LEASEHOLD_TEST_EMULATORS").is_some() {
-        println!("skipped: no real Consul agent to compare the emulator with");
+        common::announce("skipped: no real Consul agent to compare the emulator with".into());
         return;
     }
     let config = ConsulAgentConfig { acl_master_token: Some(TOKEN.into()), ..ConsulAgentConfig::default() };

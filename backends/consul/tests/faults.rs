@@ -224,7 +224,7 @@ async fn missing_or_wrong_tokens_are_fatal_with_a_clear_message() {
 async fn an_acl_token_with_key_and_session_rights_is_enough() {
     let target = Target::start().await;
     if !target.is_real() {
-        println!("skipped: ACL policies need a real Consul agent (none found)");
+        common::announce("skipped: ACL policies need a real Consul agent (none found)".into());
         return;
     }
     let token = |rules: &'static str, name: &'static str| {
@@ -309,7 +309,7 @@ async fn sessions_are_ttl_only_by_default_and_checks_are_honoured() {
     assert_eq!(info["Behavior"], "delete");
     assert_eq!(info["LockDelay"], 1_000_000, "1 ms");
     if !target.is_real() {
-        println!("skipped: the check part needs a real Consul agent (none found)");
+        common::announce("skipped: the check part needs a real Consul agent (none found)".into());
         return;
     }
     let check = serde_json::json!({"Name": "lh-check", "TTL": "60s", "Status": "passing"}).to_string();

@@ -1,6 +1,7 @@
 //! API request counts of leasehold-kube, measured against the in-repo API server EMULATOR
 //! (not a real cluster: latencies here say nothing about a real API server; the request
-//! counts are what the backend sends and hold for any server).
+//! counts are what the backend sends and hold for any server). The same against a real
+//! kube-apiserver, with latencies and failover times: the `kube_real` bench.
 //!
 //! `cargo bench -p leasehold-kube --bench kube_emulator`
 
@@ -38,13 +39,14 @@ fn record(member: &str, token: &str) -> LeaderRecord {
 fn show(what: &str, counts: RequestCounts, per: u64, elapsed: Duration) {
     let per = per.max(1) as f64;
     println!(
-        "{what:<48} {:>7.2} req  (get {:.2}, list {:.2}, watch {:.2}, create {:.2}, update {:.2}, delete {:.2})  {:>8.3} ms each",
+        "{what:<48} {:>7.2} req  (get {:.2}, list {:.2}, watch {:.2}, create {:.2}, update {:.2}, patch {:.2}, delete {:.2})  {:>8.3} ms each",
         counts.total() as f64 / per,
         counts.get as f64 / per,
         counts.list as f64 / per,
         counts.watch as f64 / per,
         counts.create as f64 / per,
         counts.update as f64 / per,
+        counts.patch as f64 / per,
         counts.delete as f64 / per,
         elapsed.as_secs_f64() * 1000.0 / per,
     );

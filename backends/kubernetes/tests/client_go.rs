@@ -248,7 +248,7 @@ async fn wait_for_line(log: &std::path::Path, text: &str, within: Duration) -> b
 async fn takeover_both_ways_with_the_real_client_go_elector() {
     let target = Target::start().await;
     let Target::Real(server) = &target else {
-        println!("skipped: the real client-go elector needs a real kube-apiserver (none found)");
+        common::announce("skipped: the real client-go elector needs a real kube-apiserver (none found)".into());
         return;
     };
     let dcs = client(&target, 5).await.scope("pg");

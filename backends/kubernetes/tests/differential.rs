@@ -154,7 +154,7 @@ fn sequence() -> Vec<(&'static str, &'static str, String, &'static str, Option<V
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_emulator_answers_lease_requests_like_a_real_api_server() {
     if KubeApiServer::binary().expect("usable").is_none() || std::env::var_os("LEASEHOLD_TEST_EMULATORS").is_some() {
-        println!("skipped: no real kube-apiserver to compare the emulator with");
+        common::announce("skipped: no real kube-apiserver to compare the emulator with".into());
         return;
     }
     let server = KubeApiServer::start(KubeApiServerConfig::default()).await.expect("kube-apiserver starts");

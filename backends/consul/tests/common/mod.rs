@@ -58,17 +58,17 @@ impl Target {
                     acl_master_token: Some(TOKEN.into()),
                 };
                 let agent = ConsulAgent::start(config).await.expect("consul starts");
-                println!(
+                announce(format!(
                     "consul tests: real agent {} ({}) at {}",
                     agent.version(),
                     agent.binary_found().path.display(),
                     agent.address()
-                );
+                ));
                 Target::Real(agent)
             }
             None => {
-                println!(
-                    "consul tests: NO consul found (LEASEHOLD_CONSUL_BIN, PATH, ../shared/servers): running against the in-repo EMULATOR"
+                announce(
+                    "consul tests: NO consul found (LEASEHOLD_CONSUL_BIN, PATH, ../shared/servers): running against the in-repo EMULATOR".into(),
                 );
                 Target::Emulator(emulator(Expiry::AtTwiceTtl))
             }
@@ -206,5 +206,17 @@ impl Harness for EmulatorHarness {
     async fn compact(&self) -> Result<bool, DcsError> {
         // Consul keeps no watch history to compact: a blocking query only compares indexes.
         Ok(false)
+    }
+}
+
+/// Prints `line` once per test binary (a repeated line is dropped), straight to stderr: the
+/// test harness captures `println!`, and what the tests ran against must show in CI's output.
+pub fn announce(line: String) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !said.contains(&line) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+        said.push(line);
     }
 }

@@ -140,17 +140,17 @@ impl Target {
             Some(_) => {
                 let server = KubeApiServer::start(config).await.expect("kube-apiserver starts");
                 server.create_namespace(NAMESPACE).await.expect("namespace");
-                println!(
-                    "kubernetes tests: real kube-apiserver {} ({}) over etcd {}",
+                announce(format!(
+                    "kubernetes tests: real kube-apiserver {} ({}) at {}, over etcd",
                     server.version(),
                     server.binary_found().path.display(),
                     server.url()
-                );
+                ));
                 Target::Real(server)
             }
             None => {
-                println!(
-                    "kubernetes tests: NO kube-apiserver found (LEASEHOLD_KUBE_APISERVER_BIN, PATH, ../shared/servers): running against the in-repo EMULATOR"
+                announce(
+                    "kubernetes tests: NO kube-apiserver found (LEASEHOLD_KUBE_APISERVER_BIN, PATH, ../shared/servers): running against the in-repo EMULATOR".into(),
                 );
                 Target::Emulator(emulator())
             }
@@ -320,5 +320,17 @@ impl Harness for TargetHarness {
     async fn delete_leader_key(&self, scope: &str) -> Result<bool, DcsError> {
         self.target.delete_object(&format!("{scope}-leader")).await;
         Ok(true)
+    }
+}
+
+/// Prints `line` once per test binary (a repeated line is dropped), straight to stderr: the
+/// test harness captures `println!`, and what the tests ran against must show in CI's output.
+pub fn announce(line: String) {
+    use std::io::Write;
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !said.contains(&line) {
+        let _ = writeln!(std::io::stderr(), "{line}");
+        said.push(line);
     }
 }

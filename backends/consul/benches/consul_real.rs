@@ -1,0 +1,126 @@
+//! leasehold-consul against a real Consul 1.6.2 agent (`consul agent -dev` on this machine):
+//! latencies of each call, release handover and crash failover (the holder's client stops
+//! renewing, as kill -9; sessions expire somewhere between their TTL and twice it). Request
+//! counts are in the `consul_emulator` bench: the backend sends the same requests to any agent.
+//! Prints why and stops when no consul binary is found.
+//!
+//! `cargo bench -p leasehold-consul --bench consul_real`
+#![allow(clippy::disallowed_methods)] // A benchmark reads the clock.
+
+use std::time::{Duration, Instant};
+
+use leasehold::{CasOutcome, Dcs, LeaderRecord, MemberRecord};
+use leasehold_consul::ConsulClient;
+use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
+
+fn record(member: &str, token: &str) -> LeaderRecord {
+    LeaderRecord { member: member.into(), token: token.into(), api_url: None, conn_url: None }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+async fn timed<T>(samples: &mut Vec<Duration>, f: impl std::future::Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = f.await;
+    samples.push(start.elapsed());
+    out
+}
+
+fn show(what: &str, samples: &mut [Duration]) {
+    println!(
+        "  {what:<36} p50 {:>7.2} ms  p99 {:>7.2} ms  ({} calls)",
+        percentile(samples, 0.5),
+        percentile(samples, 0.99),
+        samples.len()
+    );
+}
+
+async fn per_call(agent: &ConsulAgent) {
+    const ROUNDS: usize = 200;
+    let options = agent.options();
+    let (leader, follower) =
+        (ConsulClient::connect(options.clone()).await.unwrap(), ConsulClient::connect(options).await.unwrap());
+    let (dl, df) = (leader.scope("bench"), follower.scope("bench"));
+    df.publish_member(&MemberRecord::new("b")).await.unwrap();
+    let (mut acq, mut renew, mut load, mut rel) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        let lease = timed(&mut acq, dl.acquire(&record("a", &format!("t{i}")))).await.unwrap().won().expect("free");
+        let lease = timed(&mut renew, dl.renew(&lease)).await.unwrap().won().expect("ours");
+        timed(&mut load, df.load()).await.unwrap();
+        assert!(timed(&mut rel, dl.release(&lease)).await.unwrap().is_won());
+    }
+    show("acquire", &mut acq);
+    show("renew", &mut renew);
+    show("load", &mut load);
+    show("release", &mut rel);
+    leader.close().await.unwrap();
+    follower.close().await.unwrap();
+}
+
+async fn failover(agent: &ConsulAgent, ttl: Duration, rounds: usize) {
+    let options = leasehold_consul::ConsulOptions { ttl, ..agent.options() };
+    let (mut handover, mut crash) = (Vec::new(), Vec::new());
+    for i in 0..rounds {
+        let a = ConsulClient::connect(options.clone()).await.unwrap();
+        let b = ConsulClient::connect(options.clone()).await.unwrap();
+        let scope = format!("fo{}-{i}", ttl.as_secs());
+        let (da, db) = (a.scope(&scope), b.scope(&scope));
+        let lease = da.acquire(&record("a", "h")).await.unwrap().won().expect("free");
+        let start = Instant::now();
+        da.release(&lease).await.unwrap();
+        let taken = db.acquire(&record("b", "h")).await.unwrap().won().expect("released");
+        handover.push(start.elapsed());
+        db.release(&taken).await.unwrap();
+
+        da.acquire(&record("a", "c")).await.unwrap().won().expect("free");
+        let start = Instant::now();
+        a.stop();
+        loop {
+            match db.acquire(&record("b", "c")).await.unwrap() {
+                CasOutcome::Won(_) => break,
+                CasOutcome::Lost(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        crash.push(start.elapsed());
+        b.close().await.unwrap();
+    }
+    println!(
+        "  ttl {:>2}s (session TTL {:?}): release handover p50 {:.1} ms (max {:.1}); crash failover p50 {:.2} s, max {:.2} s ({rounds} rounds)",
+        ttl.as_secs(),
+        ttl / 2,
+        percentile(&mut handover, 0.5),
+        percentile(&mut handover, 1.0),
+        percentile(&mut crash, 0.5) / 1000.0,
+        percentile(&mut crash, 1.0) / 1000.0,
+    );
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if ConsulAgent::binary().expect("usable").is_none() {
+        println!("no consul found (LEASEHOLD_CONSUL_BIN, PATH, ../shared/servers): nothing to measure");
+        return;
+    }
+    let lowered = ConsulAgent::start(ConsulAgentConfig {
+        session_ttl_min: Some(Duration::from_secs(1)),
+        ..ConsulAgentConfig::default()
+    })
+    .await
+    .expect("consul starts");
+    println!("leasehold-consul against a real agent, {} at {}", lowered.version(), lowered.address());
+    println!("latency per call (session_ttl_min 1 s, ttl 2 s):");
+    per_call(&lowered).await;
+    println!("handover and crash failover:");
+    failover(&lowered, Duration::from_secs(2), 5).await;
+    drop(lowered);
+    // Consul's default floor: the shortest ttl the library accepts against a stock agent.
+    let stock = ConsulAgent::start(ConsulAgentConfig::default()).await.expect("consul starts");
+    failover(&stock, Duration::from_secs(20), 2).await;
+}

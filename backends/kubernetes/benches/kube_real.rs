@@ -1,0 +1,191 @@
+//! leasehold-kube against a real kube-apiserver 1.19 (over Debian's etcd 3.4) on this
+//! machine: API requests per call (counted from the server's audit log), latencies, release
+//! handover and crash failover. Falls back to nothing (prints why) when no kube-apiserver is
+//! found; the emulator bench (`kube_emulator`) measures request counts without one.
+//!
+//! `cargo bench -p leasehold-kube --bench kube_real`
+
+// A benchmark times real waiting with the wall clock.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use leasehold::{CasOutcome, Dcs, LeaderRecord, MemberRecord, WatchEvent};
+use leasehold_kube::testing::{KubeApiServer, KubeApiServerConfig};
+use leasehold_kube::{KubeClient, KubeOptions};
+
+const NAMESPACE: &str = "bench";
+
+async fn client(server: &KubeApiServer, ttl: Duration) -> KubeClient {
+    let config = server.kube_config(server.admin_token(), NAMESPACE).await.expect("config");
+    leasehold_kube::install_default_crypto_provider();
+    let kube = kube::Client::try_from(config).expect("kube client");
+    let options = KubeOptions { namespace: Some(NAMESPACE.into()), ttl, ..KubeOptions::default() };
+    KubeClient::from_client(kube, NAMESPACE, options).expect("client")
+}
+
+fn record(member: &str, token: &str) -> LeaderRecord {
+    LeaderRecord { member: member.into(), token: token.into(), api_url: None, conn_url: None }
+}
+
+/// Lease requests by verb, from the audit log (one entry per audit ID).
+struct Audit {
+    path: std::path::PathBuf,
+    seen: HashSet<String>,
+}
+
+impl Audit {
+    fn take(&mut self) -> BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if event.pointer("/objectRef/resource").and_then(|v| v.as_str()) != Some("leases") {
+                continue;
+            }
+            let id = event["auditID"].as_str().unwrap_or_default().to_string();
+            if self.seen.insert(id) {
+                *counts.entry(event["verb"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+fn show(what: &str, counts: &BTreeMap<String, u64>, per: u64, samples: &mut [Duration]) {
+    let per_f = per.max(1) as f64;
+    let total: u64 = counts.values().sum();
+    let verbs: Vec<String> = counts.iter().map(|(v, n)| format!("{v} {:.2}", *n as f64 / per_f)).collect();
+    println!(
+        "{what:<44} {:>5.2} req ({})  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        total as f64 / per_f,
+        verbs.join(", "),
+        percentile(samples, 0.5),
+        percentile(samples, 0.99),
+    );
+}
+
+async fn timed<T>(samples: &mut Vec<Duration>, f: impl std::future::Future<Output = T>) -> T {
+    let start = Instant::now();
+    let out = f.await;
+    samples.push(start.elapsed());
+    out
+}
+
+async fn per_call(server: &KubeApiServer, audit: &mut Audit) {
+    const ROUNDS: u64 = 200;
+    let ttl = Duration::from_secs(30);
+    let (leader, follower) = (client(server, ttl).await, client(server, ttl).await);
+    let (dl, df) = (leader.scope("cycle"), follower.scope("cycle"));
+    df.publish_member(&MemberRecord::new("pod-b")).await.expect("publish");
+    audit.take();
+
+    let mut s = Vec::new();
+    let mut lease = timed(&mut s, dl.acquire(&record("pod-a", "t0"))).await.expect("acquire").won().expect("won");
+    show("acquire (key never created)", &audit.take(), 1, &mut s);
+    let mut s = Vec::new();
+    for _ in 0..ROUNDS {
+        lease = timed(&mut s, dl.renew(&lease)).await.expect("renew").won().expect("ours");
+    }
+    show("leader: renew", &audit.take(), ROUNDS, &mut s);
+    let mut s = Vec::new();
+    for _ in 0..ROUNDS {
+        timed(&mut s, df.load()).await.expect("load");
+    }
+    show("follower: load", &audit.take(), ROUNDS, &mut s);
+    let mut s = Vec::new();
+    let mut woken = 0;
+    for _ in 0..20 {
+        let view = df.load().await.expect("load");
+        lease = dl.renew(&lease).await.expect("renew").won().expect("ours");
+        let event = timed(&mut s, df.watch(view.revision.as_ref(), Duration::from_millis(200))).await;
+        if event.expect("watch") != WatchEvent::Timeout {
+            woken += 1;
+        }
+    }
+    show("idle cycle: follower load+watch, leader renew", &audit.take(), 20, &mut s);
+    println!("{:<44} {woken} of 20 follower watches woken by leader renewals", "");
+    let mut s = Vec::new();
+    assert!(timed(&mut s, dl.release(&lease)).await.expect("release").is_won());
+    show("release", &audit.take(), 1, &mut s);
+    let mut s = Vec::new();
+    let lease = timed(&mut s, df.acquire(&record("pod-b", "t1"))).await.expect("acquire").won().expect("free");
+    show("acquire (released key)", &audit.take(), 1, &mut s);
+    df.release(&lease).await.expect("release");
+    leader.stop();
+    follower.stop();
+}
+
+/// Handover (release, then the other member's acquire) and crash failover (the holder's
+/// client stops renewing, as kill -9; the other polls acquire every 100 ms).
+async fn failover(server: &KubeApiServer, ttl: Duration, rounds: usize) {
+    let mut handover = Vec::new();
+    let mut crash = Vec::new();
+    for i in 0..rounds {
+        let (a, b) = (client(server, ttl).await, client(server, ttl).await);
+        let scope = format!("fo{}-{i}", ttl.as_secs());
+        let (da, db) = (a.scope(&scope), b.scope(&scope));
+        let lease = da.acquire(&record("a", "h")).await.expect("acquire").won().expect("free");
+        db.load().await.expect("load");
+        let start = Instant::now();
+        da.release(&lease).await.expect("release");
+        let taken = db.acquire(&record("b", "h")).await.expect("acquire").won().expect("released");
+        handover.push(start.elapsed());
+        db.release(&taken).await.expect("release");
+
+        let lease = da.acquire(&record("a", "c")).await.expect("acquire").won().expect("free");
+        let _ = lease;
+        db.load().await.expect("b observes the holder");
+        let start = Instant::now();
+        a.stop();
+        loop {
+            match db.acquire(&record("b", "c")).await.expect("acquire") {
+                CasOutcome::Won(_) => break,
+                CasOutcome::Lost(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        crash.push(start.elapsed());
+        b.stop();
+    }
+    println!(
+        "ttl {:>2}s: release handover p50 {:.1} ms (max {:.1}); crash failover p50 {:.2} s, max {:.2} s ({rounds} rounds)",
+        ttl.as_secs(),
+        percentile(&mut handover, 0.5),
+        percentile(&mut handover, 1.0),
+        percentile(&mut crash, 0.5) / 1000.0,
+        percentile(&mut crash, 1.0) / 1000.0,
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        if KubeApiServer::binary().expect("usable").is_none() {
+            println!(
+                "no kube-apiserver found (LEASEHOLD_KUBE_APISERVER_BIN, PATH, ../shared/servers): nothing to measure"
+            );
+            return;
+        }
+        let config = KubeApiServerConfig { audit: true, ..KubeApiServerConfig::default() };
+        let server = KubeApiServer::start(config).await.expect("kube-apiserver starts");
+        server.create_namespace(NAMESPACE).await.expect("namespace");
+        println!(
+            "leasehold-kube against a real kube-apiserver {} at {} (TLS verified, RBAC)\n",
+            server.version(),
+            server.url()
+        );
+        let mut audit = Audit { path: server.audit_log(), seen: HashSet::new() };
+        println!("Lease requests per call (from the audit log) and latency:");
+        per_call(&server, &mut audit).await;
+        println!("\nhandover and crash failover:");
+        failover(&server, Duration::from_secs(2), 5).await;
+        failover(&server, Duration::from_secs(5), 3).await;
+    });
+}
