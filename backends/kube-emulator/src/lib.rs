@@ -3,8 +3,9 @@
 //! It serves plain HTTP on a loopback port and implements, as the Kubernetes API documents
 //! them, the calls a leader-election client makes on `coordination.k8s.io/v1` Leases and
 //! core `v1` ConfigMaps: get, list (label and field selectors), create (409 AlreadyExists),
-//! replace (409 Conflict on a stale `resourceVersion`), delete (with `uid` and
-//! `resourceVersion` preconditions), and watch streams (`?watch=true&resourceVersion=`,
+//! replace (409 Conflict on a stale `resourceVersion`; a missing Lease is created, as a real
+//! API server does), JSON merge patch (a `resourceVersion` in the patch is a precondition; a
+//! patch never creates), delete (with `uid` and `resourceVersion` preconditions), and watch streams (`?watch=true&resourceVersion=`,
 //! ADDED/MODIFIED/DELETED as newline-delimited JSON, optional BOOKMARKs, 410 Gone after
 //! compaction). Errors are `Status` objects. Requests need a bearer token when tokens are
 //! configured (401 without a valid one, 403 for a verb the token lacks).

@@ -85,11 +85,13 @@ async fn per_call(server: &KubeApiServer, audit: &mut Audit) {
     let (leader, follower) = (client(server, ttl).await, client(server, ttl).await);
     let (dl, df) = (leader.scope("cycle"), follower.scope("cycle"));
     df.publish_member(&MemberRecord::new("pod-b")).await.expect("publish");
+    // The HA loop loads before it acquires; the acquire then reuses the listed epoch counter.
+    dl.load().await.expect("load");
     audit.take();
 
     let mut s = Vec::new();
     let mut lease = timed(&mut s, dl.acquire(&record("pod-a", "t0"))).await.expect("acquire").won().expect("won");
-    show("acquire (key never created)", &audit.take(), 1, &mut s);
+    show("acquire after a load (key never created)", &audit.take(), 1, &mut s);
     let mut s = Vec::new();
     for _ in 0..ROUNDS {
         lease = timed(&mut s, dl.renew(&lease)).await.expect("renew").won().expect("ours");
@@ -115,9 +117,18 @@ async fn per_call(server: &KubeApiServer, audit: &mut Audit) {
     let mut s = Vec::new();
     assert!(timed(&mut s, dl.release(&lease)).await.expect("release").is_won());
     show("release", &audit.take(), 1, &mut s);
+    df.load().await.expect("load");
+    audit.take();
     let mut s = Vec::new();
     let lease = timed(&mut s, df.acquire(&record("pod-b", "t1"))).await.expect("acquire").won().expect("free");
-    show("acquire (released key)", &audit.take(), 1, &mut s);
+    show("acquire after a load (released key)", &audit.take(), 1, &mut s);
+    let mut s = Vec::new();
+    df.release(&lease).await.expect("release");
+    let other = client(server, ttl).await.scope("cycle");
+    audit.take();
+    let lease = timed(&mut s, other.acquire(&record("pod-c", "t2"))).await.expect("acquire").won().expect("free");
+    show("acquire by a client that never loaded", &audit.take(), 1, &mut s);
+    let df = other;
     df.release(&lease).await.expect("release");
     leader.stop();
     follower.stop();
@@ -164,6 +175,34 @@ async fn failover(server: &KubeApiServer, ttl: Duration, rounds: usize) {
     );
 }
 
+/// Background Lease requests of a client that only exists, with `scopes` scopes each holding
+/// one published member of it (the member keep-alive, every ttl/3), over three ttls.
+async fn idle(server: &KubeApiServer, audit: &mut Audit, scopes: usize) {
+    let ttl = Duration::from_secs(3);
+    let window = ttl * 3;
+    let client = client(server, ttl).await;
+    let handles: Vec<_> = (0..scopes).map(|i| client.scope(&format!("idle{scopes}-{i}"))).collect();
+    let member = MemberRecord::new("pod-a");
+    let start = Instant::now();
+    for chunk in handles.chunks(20) {
+        let published = futures::future::join_all(chunk.iter().map(|d| d.publish_member(&member))).await;
+        published.into_iter().for_each(|r| r.expect("publish"));
+    }
+    let setup = start.elapsed();
+    audit.take();
+    tokio::time::sleep(window).await;
+    let counts = audit.take();
+    let total: u64 = counts.values().sum();
+    let per_second = total as f64 / window.as_secs_f64();
+    println!(
+        "idle, {scopes:>4} scope(s), ttl {}s: {per_second:>7.1} req/s total, {:.3} req/s per scope ({counts:?}); setup {:.0} ms",
+        ttl.as_secs(),
+        per_second / scopes as f64,
+        setup.as_secs_f64() * 1000.0,
+    );
+    client.stop();
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -187,5 +226,8 @@ fn main() {
         println!("\nhandover and crash failover:");
         failover(&server, Duration::from_secs(2), 5).await;
         failover(&server, Duration::from_secs(5), 3).await;
+        println!("\nidle background requests (member keep-alive: 3 PUTs per ttl per published member):");
+        idle(&server, &mut audit, 1).await;
+        idle(&server, &mut audit, 100).await;
     });
 }

@@ -37,6 +37,8 @@ struct Snapshot {
     /// Member Leases unrenewed for longer than [`MEMBER_REMOVAL_AFTER`] ttls, with their
     /// resourceVersion: the leader deletes them after its next renewal.
     dead_members: Vec<(String, String)>,
+    /// The scope's epoch counter Lease as listed (or last written), if it exists.
+    counter: Option<Lease>,
 }
 
 /// A member Lease left unrenewed for this many ttls is deleted by the leader (by server
@@ -170,8 +172,19 @@ impl KubeDcs {
         seen: Option<&Lease>,
     ) -> Result<Option<Epoch>, DcsError> {
         let name = names.epoch_counter();
+        // The last load listed the scope's objects, the counter among them (or showed it
+        // absent): start from that and save a GET; a stale copy only costs a conflict, after
+        // which the counter is read afresh.
+        let mut cached: Option<Option<Lease>> = {
+            let snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+            snapshot.as_ref().map(|s| s.counter.clone())
+        };
         for _ in 0..COUNTER_ATTEMPTS {
-            let counter = self.inner.get(&name).await?;
+            let from_cache = cached.is_some();
+            let counter = match cached.take() {
+                Some(c) => c,
+                None => self.inner.get(&name).await?,
+            };
             let stored = counter.as_ref().and_then(objects::epoch_annotation).unwrap_or(0);
             let next = stored.max(floor) + 1;
             let annotations = [(EPOCH_ANNOTATION.to_string(), next.to_string())].into();
@@ -187,7 +200,13 @@ impl KubeDcs {
                 Some(c) => self.inner.patch(&object, objects::rv(c)).await?,
             };
             match written {
-                Write::Done(_) => return Ok(Some(Epoch(next))),
+                Write::Done(written) => {
+                    if let Some(s) = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                        s.counter = Some(written);
+                    }
+                    return Ok(Some(Epoch(next)));
+                }
+                Write::Conflict | Write::Missing if from_cache => {}
                 Write::Conflict | Write::Missing => {
                     let leader = self.inner.get(&names.leader()).await?;
                     if leader.as_ref().map(objects::rv) != seen.map(objects::rv) {
@@ -269,9 +288,14 @@ impl Dcs for KubeDcs {
             objects: HashMap::new(),
             holders: HashMap::new(),
             dead_members: Vec::new(),
+            counter: None,
         };
+        let counter_name = names.epoch_counter();
         for item in &list.items {
             let (name, rv) = (objects::name(item), objects::rv(item));
+            if name == counter_name {
+                snapshot.counter = Some(item.clone());
+            }
             let Some(role) = names.role_of(name) else { continue };
             snapshot.objects.insert(name.to_string(), Fingerprint::of(item));
             let entry = |bytes: Vec<u8>| RawEntry { key: name.to_string(), bytes, version: Version::opaque(rv) };
