@@ -249,7 +249,13 @@ impl ZkServer {
         loop {
             let mut modes = Vec::new();
             for node in self.nodes.iter().filter(|n| n.child.is_some() && !n.stopped) {
-                modes.push(mode(node.client_port).await);
+                // The secure port (Netty) opens after the plaintext one answers four-letter
+                // words; on a loaded machine a client could still be refused there.
+                let secure_open = match node.secure_port {
+                    Some(p) => tokio::net::TcpStream::connect(("127.0.0.1", p)).await.is_ok(),
+                    None => true,
+                };
+                modes.push(if secure_open { mode(node.client_port).await } else { None });
             }
             let all = modes.iter().all(Option::is_some);
             let led = self.nodes.len() == 1 || modes.iter().any(|m| m.as_deref() == Some("leader"));

@@ -15,7 +15,9 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-const TTL: Duration = Duration::from_secs(2);
+/// Long enough that the connection timeout the client derives from it covers a first TLS
+/// handshake with the JVM on a loaded two-core machine (at 2 s, connects were refused there).
+const TTL: Duration = Duration::from_secs(6);
 
 struct Pki {
     ca: PathBuf,
