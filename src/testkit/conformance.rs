@@ -53,6 +53,9 @@
 //! * Acquire over a garbage leader key may win or be `Lost(None)`, never `Lost(Some)`.
 //! * After a crash the same member name re-acquires through a new client; `Lost` is
 //!   retried for up to `max_expiry + slack` (Consul's lock-delay, Kubernetes observers).
+//! * Epochs must not restart when the leader key is deleted (a counter kept *on* the leader
+//!   key, such as Kubernetes' `leaseTransitions`, does). [`Harness::delete_leader_key`] lets
+//!   the check delete it behind the backend's back, also while it is held.
 
 use std::collections::BTreeSet;
 use std::fmt;
