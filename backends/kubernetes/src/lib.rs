@@ -38,6 +38,10 @@
 //!   `load` then reports it absent and `acquire` replaces it at that version.
 //! * Members stay alive while their client runs: the keep-alive renews each published
 //!   member Lease every ttl/3. Watches ignore these heartbeats (and leader renewals).
+//! * A member Lease also reads as gone once the API server's own clock says it was last
+//!   written (newest `managedFields` time) a ttl or more ago (`Date` of the LIST answer, less
+//!   2 s for whole-second stamps): a fresh reader needs no watching first. The leader deletes
+//!   member Leases unrenewed for [`MEMBER_REMOVAL_AFTER`] ttls, after a successful renew.
 //! * 401 and 403 are [`DcsError::Fatal`](leasehold::DcsError) with a message naming the
 //!   fix; the RBAC Role the backend needs is in `backends/kubernetes/manifests/`.
 //!
