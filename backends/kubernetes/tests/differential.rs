@@ -174,5 +174,40 @@ async fn the_emulator_answers_lease_requests_like_a_real_api_server() {
             differences.push(format!("{what}:\n  real:     {real:?}\n  emulator: {emulated:?}"));
         }
     }
+    // A watch from a version older than the compaction point: HTTP 200 and one ERROR event
+    // carrying a 410 Expired Status.
+    let old = [sides[0].old.clone(), sides[1].old.clone()];
+    for (target, side) in [&real, &emulator].into_iter().zip(sides.iter_mut()) {
+        let path = format!("{LEASES}/b");
+        side.call("PUT", &path, "application/json", Some(lease("b", "x"))).await;
+        match target {
+            Target::Real(server) => server.compact().expect("etcdctl compact"),
+            Target::Emulator(e) => {
+                e.compact();
+            }
+        }
+    }
+    let mut watches = Vec::new();
+    for (side, old) in sides.iter().zip(&old) {
+        let path = format!("{LEASES}?watch=1&timeoutSeconds=1&resourceVersion={old}");
+        let request = http::Request::get(path).body(Body::empty()).expect("request");
+        let response = side.client.send(request).await.expect("answered");
+        let code = response.status().as_u16();
+        let bytes = response.into_body().collect_bytes().await.expect("the watch ends after 1 s");
+        let first: Value = String::from_utf8_lossy(&bytes)
+            .lines()
+            .next()
+            .and_then(|l| serde_json::from_str(l).ok())
+            .unwrap_or(Value::Null);
+        watches.push((code, first["type"].clone(), first["object"]["code"].clone(), first["object"]["reason"].clone()));
+    }
+    println!("watch from a compacted version: real {:?}", watches[0]);
+    if watches[0] != watches[1] {
+        differences.push(format!(
+            "watch from a compacted version:\n  real:     {:?}\n  emulator: {:?}",
+            watches[0], watches[1]
+        ));
+    }
+    assert_eq!(watches[0].2, 410, "kube-apiserver answers 410 Expired: {:?}", watches[0]);
     assert!(differences.is_empty(), "the emulator differs from kube-apiserver:\n{}", differences.join("\n"));
 }
