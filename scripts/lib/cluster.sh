@@ -47,16 +47,40 @@ lh_start_etcd() {
 lh_pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
 
 # lh_write_member_config <file> <scope> <name> <api port> <pg port> <node dir> <ttl> <loop_wait> <retry_timeout> <token>
-# safety_margin is left at its default (min(5 s, ttl / 5)).
+# safety_margin is left at its default (min(5 s, ttl / 5)). The resource is the native
+# [postgresql] one; LH_RESOURCE=hooks writes the old hooks/postgres configuration instead.
+LH_PGPASS=lh-superuser-pw
 lh_write_member_config() {
-  local file=$1 scope=$2 name=$3 api=$4 pgport=$5 dir=$6 ttl=$7 lw=$8 rt=$9 token=${10}
+  local file=$1 scope=$2 name=$3 api=$4 pgport=$5 dir=$6 ttl=$7 lw=$8 rt=$9 token=${10} resource top
+  if [ "${LH_RESOURCE:-postgresql}" = hooks ]; then
+    top="conn_url = \"host=127.0.0.1 port=$pgport user=postgres\""
+    resource="[hooks]
+dir = \"$LH_ROOT/examples/ha-daemon/hooks/postgres\"
+timeout = \"120s\"
+[hooks.env]
+PGBIN = \"$LH_PGBIN\"
+PGDATA = \"$dir/data\"
+PGPORT = \"$pgport\""
+  else
+    # PostgreSQL runs as postgres and keeps its socket and log next to the data directory.
+    [ "$(id -u)" = 0 ] && chown postgres "$dir"
+    top=""
+    resource="[postgresql]
+data_dir = \"$dir/data\"
+bin_dir = \"$LH_PGBIN\"
+listen = \"127.0.0.1:$pgport\"
+[postgresql.authentication.superuser]
+password = \"$LH_PGPASS\"
+[postgresql.authentication.replication]
+password = \"lh-replication-pw\""
+  fi
   cat >"$file" <<EOF
 scope = "$scope"
 name = "$name"
 ttl = "${ttl}s"
 loop_wait = "${lw}s"
 retry_timeout = "${rt}s"
-conn_url = "host=127.0.0.1 port=$pgport user=postgres"
+$top
 # The bench kills leaders with kill -9: an armed watchdog (the default mode is automatic)
 # would reset the machine.
 [watchdog]
@@ -64,13 +88,7 @@ mode = "off"
 [restapi]
 listen = "127.0.0.1:$api"
 token = "$token"
-[hooks]
-dir = "$LH_ROOT/examples/ha-daemon/hooks/postgres"
-timeout = "120s"
-[hooks.env]
-PGBIN = "$LH_PGBIN"
-PGDATA = "$dir/data"
-PGPORT = "$pgport"
+$resource
 [etcd]
 endpoints = ["$LH_EP"]
 EOF
@@ -151,9 +169,7 @@ lh_lease_ttl() {
 
 # lh_psql <port> <sql>: one statement on 127.0.0.1:<port> as postgres; true when it committed.
 lh_psql() {
-  local runas=()
-  [ "$(id -u)" = 0 ] && runas=(runuser -u postgres --)
-  PGCONNECT_TIMEOUT=1 "${runas[@]}" "$LH_PGBIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres \
+  PGPASSWORD=$LH_PGPASS PGCONNECT_TIMEOUT=1 "$LH_PGBIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres \
     -v ON_ERROR_STOP=1 -Atc "$2" >/dev/null 2>&1
 }
 
