@@ -11,8 +11,8 @@
 //! and decompressed once into the target directory. [`ConsulAgent::binary`] says whether
 //! one is there, so a test can fall back to the emulator (and say so) when it is not.
 //!
-//! (`binary.rs` and `process.rs` are the same files as in `leasehold-kube`'s harness: two
-//! test harnesses in two crates that depend on nothing in common.)
+//! Finding the binary and guarding the process come from `leasehold-test-servers`, shared
+//! with `leasehold-kube`'s harness.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -24,9 +24,6 @@
 //! # drop(client); Ok(()) }
 //! ```
 
-mod binary;
-mod process;
-
 use std::io;
 use std::path::Path;
 use std::process::Command;
@@ -34,8 +31,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-pub use binary::{Found, ServerBinary, find as find_binary, shared_servers_dir};
-pub use process::{Guarded, free_port};
+pub use leasehold_test_servers::{Found, Guarded, ServerBinary, find as find_binary, free_port, shared_servers_dir};
 
 use crate::ConsulOptions;
 
@@ -80,7 +76,7 @@ impl ConsulAgent {
     /// The consul binary, if one can be found (see the module docs); an error when the
     /// shared copy is present but does not match its checksum.
     pub fn binary() -> io::Result<Option<ServerBinary>> {
-        binary::find("consul", "LEASEHOLD_CONSUL_BIN")
+        leasehold_test_servers::find("consul", "LEASEHOLD_CONSUL_BIN")
     }
 
     /// Starts the agent and waits until it has a leader. Fails when no binary is found.

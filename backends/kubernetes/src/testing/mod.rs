@@ -29,9 +29,6 @@
 //! # drop(client); Ok(()) }
 //! ```
 
-mod binary;
-mod process;
-
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,8 +39,7 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tempfile::TempDir;
 
-pub use binary::{Found, ServerBinary, find as find_binary, shared_servers_dir};
-pub use process::{Guarded, free_port};
+pub use leasehold_test_servers::{Found, Guarded, ServerBinary, find as find_binary, free_port, shared_servers_dir};
 
 /// How long to wait for etcd and the API server to answer.
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -115,7 +111,7 @@ impl KubeApiServer {
     /// The kube-apiserver binary, if one can be found (see the module docs); an error when
     /// the shared copy is present but does not match its checksum.
     pub fn binary() -> io::Result<Option<ServerBinary>> {
-        binary::find("kube-apiserver", "LEASEHOLD_KUBE_APISERVER_BIN")
+        leasehold_test_servers::find("kube-apiserver", "LEASEHOLD_KUBE_APISERVER_BIN")
     }
 
     /// Starts etcd and the API server and waits until the server answers an authenticated
