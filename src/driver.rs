@@ -591,11 +591,15 @@ impl Driver {
             Action::ProbePeers { id, peers } => {
                 let probe = self.probe.clone();
                 let resource = self.resource.clone();
+                // The node drops a probe answered after retry_timeout: the peers get half of
+                // it and our own status read a quarter, so one silent peer (a paused daemon
+                // whose kernel still accepts connections) cannot make every election late.
+                let (peer_budget, status_budget) = (timeout / 2, timeout / 4);
                 tokio::spawn(async move {
                     let replies = futures::future::join_all(peers.into_iter().map(|p| {
                         let probe = probe.clone();
                         async move {
-                            match tokio::time::timeout(timeout, probe.probe(&p)).await {
+                            match tokio::time::timeout(peer_budget, probe.probe(&p)).await {
                                 Ok(Some(status)) => PeerReply::Reachable(status),
                                 _ => PeerReply::Unreachable { name: p.name },
                             }
@@ -606,7 +610,9 @@ impl Driver {
                     // compare a status up to a loop old with the peers' fresh ones: with an old
                     // primary still streaming, two candidates each saw the other ahead and both
                     // refused (issue 15). Read last, ours is the fresher, and one of them races.
-                    let _ = tx.send(Done::Status(resource.status().await));
+                    if let Ok(status) = tokio::time::timeout(status_budget, resource.status()).await {
+                        let _ = tx.send(Done::Status(status));
+                    }
                     let _ = tx.send(Done::Peers(id, replies));
                 });
             }

@@ -1134,14 +1134,24 @@ impl Node {
             Some(s) if s.value.leader == me => s.value.sync_standby.clone(),
             _ => return, // written before promotion; wait for it to show up
         };
-        let desired: Vec<String> = view
-            .members
-            .iter()
-            .map(|m| &m.value)
-            .filter(|m| m.name != me && m.running && m.role == ResourceRole::Replica && !m.tags.nosync)
-            .max_by(|a, b| a.position.cmp(&b.position).then_with(|| b.name.cmp(&a.name)))
-            .map(|m| vec![m.name.clone()])
-            .unwrap_or_default();
+        let candidates = || {
+            view.members
+                .iter()
+                .map(|m| &m.value)
+                .filter(|m| m.name != me && m.running && m.role == ResourceRole::Replica && !m.tags.nosync)
+        };
+        // Keep the standby we have while it stays eligible (Patroni does too): choosing the
+        // most advanced replica every cycle flipped between two streaming at nearly the same
+        // position, and every flip empties the sync key until the new one is confirmed, a
+        // window in which a leader crash leaves nobody promotable.
+        let current = published.first().or(self.resource_standbys.first());
+        let desired: Vec<String> = match current.filter(|c| candidates().any(|m| &m.name == *c)) {
+            Some(c) => vec![c.clone()],
+            None => candidates()
+                .max_by(|a, b| a.position.cmp(&b.position).then_with(|| b.name.cmp(&a.name)))
+                .map(|m| vec![m.name.clone()])
+                .unwrap_or_default(),
+        };
         let pending = self.queue.iter().any(|op| matches!(op, StoreOp::Write { key: ControlKey::Sync, .. }))
             || self.in_flight.as_ref().is_some_and(|f| matches!(f.op, StoreOp::Write { key: ControlKey::Sync, .. }));
         if pending {
