@@ -29,6 +29,10 @@ const SU_PASSWORD: &str = "e2e-super-pw";
 const LIMIT: Duration = Duration::from_secs(60);
 const TTL_SECS: u64 = 5;
 
+/// One cluster at a time: four clusters of three PostgreSQL instances on two cores would
+/// turn load into spurious failovers.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// A TCP proxy in front of the store for one member: `cut` closes every connection and
 /// refuses new ones until `heal`.
 struct Proxy {
@@ -143,8 +147,20 @@ impl Cluster {
         Cluster::start_with(if sync { "synchronous_mode = true" } else { "synchronous_mode = false" }, extra)
     }
 
+    /// Synchronous mode with n3 tagged `nosync`: the leader's choice of synchronous standby
+    /// is then the one other member, never a coin flip between two replicas streaming at
+    /// nearly the same position (the node re-picks the most advanced one every loop and
+    /// empties the sync key while it switches: notes/daemon.md, request B).
+    fn start_sync_with_nosync_third() -> Cluster {
+        Cluster::start_members("synchronous_mode = true", "", true)
+    }
+
     /// `top`: top-level keys (synchronous mode); `extra`: keys of `[postgresql]`.
     fn start_with(top: &str, extra: &str) -> Cluster {
+        Cluster::start_members(top, extra, false)
+    }
+
+    fn start_members(top: &str, extra: &str, nosync_third: bool) -> Cluster {
         let sync = top.contains("synchronous_mode = true");
         let store = Store::etcd();
         let Store::Etcd { endpoint, .. } = &store else { unreachable!() };
@@ -163,11 +179,12 @@ impl Cluster {
             let data = home.join("data");
             let proxy = Proxy::start(etcd_port);
             let config = dir.path().join(format!("{name}.toml"));
+            let tags = if nosync_third && i == 3 { "[tags]\nnosync = true" } else { "" };
             std::fs::write(
                 &config,
                 format!(
                     "scope = \"pg\"\nname = \"{name}\"\nttl = \"{TTL_SECS}s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n\
-                     safety_margin = \"1s\"\n{top}\n\
+                     safety_margin = \"1s\"\n{top}\n{tags}\n\
                      [watchdog]\nmode = \"off\"\n\
                      [restapi]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{}\"\n\
                      [postgresql]\ndata_dir = \"{}\"\nbin_dir = \"{PG_BIN}\"\nlisten = \"127.0.0.1:{pg_port}\"\npg_ctl_timeout = 60\n{extra}\n\
@@ -193,7 +210,10 @@ impl Cluster {
             });
         }
         let mut c = Cluster { sync, members, dir, _guards: guards, _store: store };
-        for i in 0..3 {
+        // n1 bootstraps; the others join once it leads (so a nosync member never bootstraps).
+        c.start_member(0);
+        c.wait("n1 leads", |c| c.leader().filter(|&(i, _)| i == 0));
+        for i in 1..3 {
             c.start_member(i);
         }
         c
@@ -465,7 +485,10 @@ fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
                 .args(["ctl", "switchover", "--candidate", &candidate, "--wait", "40"])
                 .output()
                 .expect("ctl runs");
-            assert!(out.status.success(), "switchover to {candidate}: {}", common::text(&out));
+            if !out.status.success() {
+                c.dump();
+                panic!("switchover to {candidate}: {}", common::text(&out));
+            }
         }
     }
     let (new, epoch2) = c.wait("a new leader", |c| c.leader().filter(|&(i, e)| i != old && e > epoch));
@@ -517,12 +540,13 @@ fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
 
 #[test]
 fn synchronous_mode_loses_no_acknowledged_write() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !Path::new(PG_BIN).join("pg_rewind").exists() {
         eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
         return;
     }
     let rounds: usize = std::env::var("PG_E2E_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
-    let mut c = Cluster::start(true, "");
+    let mut c = Cluster::start_sync_with_nosync_third();
     let (l, _) = c.wait_healthy();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -616,6 +640,7 @@ impl Drop for Monitor {
 /// demotes before its lease ends, so no sample ever sees two instances accepting writes.
 #[test]
 fn asynchronous_mode_store_cut_never_two_writable_primaries() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !Path::new(PG_BIN).join("pg_rewind").exists() {
         eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
         return;
@@ -643,6 +668,7 @@ fn asynchronous_mode_store_cut_never_two_writable_primaries() {
 /// with the reason, and the old data directory is kept aside.
 #[test]
 fn reclone_only_when_rewind_cannot_be_used() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !Path::new(PG_BIN).join("pg_rewind").exists() {
         eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
         return;
@@ -672,6 +698,7 @@ fn reclone_only_when_rewind_cannot_be_used() {
 /// acknowledged unprotected, and completes once a standby is back.
 #[test]
 fn strict_mode_commits_wait_for_a_standby() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !Path::new(PG_BIN).join("pg_rewind").exists() {
         eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
         return;
