@@ -111,8 +111,51 @@ pub fn free_port() -> u16 {
 
 /// A real store the members share.
 pub enum Store {
-    Etcd { _server: leasehold_etcd::testing::EtcdServer, endpoint: String, _rt: tokio::runtime::Runtime },
-    Zookeeper { server: leasehold_zookeeper::testing::ZkServer, _rt: tokio::runtime::Runtime },
+    Etcd {
+        _server: leasehold_etcd::testing::EtcdServer,
+        endpoint: String,
+        _rt: tokio::runtime::Runtime,
+    },
+    Zookeeper {
+        server: leasehold_zookeeper::testing::ZkServer,
+        _rt: tokio::runtime::Runtime,
+    },
+    /// A real `consul agent -dev` (ACLs off, Consul's own 10 s session-TTL floor).
+    Consul {
+        agent: leasehold_consul::testing::ConsulAgent,
+        _rt: tokio::runtime::Runtime,
+    },
+    /// A real kube-apiserver over its own etcd; members use an admin kubeconfig that verifies
+    /// the server's certificate.
+    Kubernetes {
+        server: leasehold_kube::testing::KubeApiServer,
+        kubeconfig: PathBuf,
+        _rt: tokio::runtime::Runtime,
+    },
+}
+
+/// Namespace of the Kubernetes e2e Leases.
+pub const KUBE_NAMESPACE: &str = "leasehold-e2e";
+
+/// Writes `line` to stderr past libtest's output capture, so it shows in every run.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Set to 1 to let the real-server tests pass without running when no binary is found
+/// (they say so in one line); otherwise a missing binary fails them.
+pub const SKIP_MISSING: &str = "LEASEHOLD_E2E_SKIP_MISSING_SERVERS";
+
+fn missing(what: &str) -> Option<Store> {
+    let line = format!(
+        "daemon e2e: NO {what} found (its LEASEHOLD_*_BIN variable, PATH, ../shared/servers): the test does not run"
+    );
+    if std::env::var_os(SKIP_MISSING).is_some_and(|v| v == "1") {
+        announce(&line);
+        return None;
+    }
+    panic!("{line} (set {SKIP_MISSING}=1 to skip it)");
 }
 
 impl Store {
@@ -131,9 +174,65 @@ impl Store {
         Store::Zookeeper { server, _rt: rt }
     }
 
+    /// A real Consul agent (`leasehold_consul::testing`); `None` (after one visible line) when
+    /// no binary is found and [`SKIP_MISSING`] is set.
+    pub fn consul() -> Option<Store> {
+        use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
+        ConsulAgent::binary().expect("the shared consul is usable")?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let agent = rt.block_on(ConsulAgent::start(ConsulAgentConfig::default())).expect("consul starts");
+        announce(&format!(
+            "daemon e2e: real agent {} ({}) at {}",
+            agent.version(),
+            agent.binary_found().path.display(),
+            agent.address()
+        ));
+        Some(Store::Consul { agent, _rt: rt })
+    }
+
+    /// A real kube-apiserver (`leasehold_kube::testing`); `None` as for [`Store::consul`].
+    pub fn kubernetes() -> Option<Store> {
+        use leasehold_kube::testing::{KubeApiServer, KubeApiServerConfig};
+        KubeApiServer::binary().expect("the shared kube-apiserver is usable")?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let server = rt.block_on(KubeApiServer::start(KubeApiServerConfig::default())).expect("kube-apiserver starts");
+        rt.block_on(server.create_namespace(KUBE_NAMESPACE)).expect("namespace");
+        let kubeconfig = server.kubeconfig(server.admin_token(), KUBE_NAMESPACE).expect("kubeconfig");
+        announce(&format!(
+            "daemon e2e: real kube-apiserver {} ({}) at {}, over etcd",
+            server.version(),
+            server.binary_found().path.display(),
+            server.url()
+        ));
+        Some(Store::Kubernetes { server, kubeconfig, _rt: rt })
+    }
+
+    /// [`Store::consul`], or the skip line / failure when no binary is found.
+    pub fn consul_or_skip() -> Option<Store> {
+        Store::consul().or_else(|| missing("consul"))
+    }
+
+    /// [`Store::kubernetes`], or the skip line / failure when no binary is found.
+    pub fn kubernetes_or_skip() -> Option<Store> {
+        Store::kubernetes().or_else(|| missing("kube-apiserver"))
+    }
+
+    /// The timing lines of the members' configs: ttl 5 s, loop_wait 1 s, except on Consul,
+    /// whose 10 s session-TTL floor needs ttl >= 20 s.
+    pub fn timing(&self) -> &'static str {
+        match self {
+            Store::Consul { .. } => "ttl = \"20s\"\nloop_wait = \"2s\"\nretry_timeout = \"4s\"\n",
+            _ => "ttl = \"5s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n",
+        }
+    }
+
     /// The config section for this store.
     pub fn section(&self) -> String {
         match self {
+            Store::Consul { agent, .. } => format!("[consul]\naddress = \"{}\"\nprefix = \"e2e\"\n", agent.address()),
+            Store::Kubernetes { kubeconfig, .. } => {
+                format!("[kubernetes]\nnamespace = \"{KUBE_NAMESPACE}\"\nkubeconfig = \"{}\"\n", kubeconfig.display())
+            }
             Store::Etcd { endpoint, .. } => format!("[etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"/e2e\"\n"),
             Store::Zookeeper { server, .. } => {
                 let hosts: Vec<String> = server.connect_string().split(',').map(|h| format!("\"{h}\"")).collect();
@@ -197,7 +296,7 @@ pub fn bin() -> &'static str {
 }
 
 impl Cluster {
-    /// Writes configs for `n` members (ttl 5 s, loop_wait 1 s) and starts them.
+    /// Writes configs for `n` members (timing from [`Store::timing`]) and starts them.
     pub fn start(store: Store, n: usize) -> Cluster {
         let dir = tempfile::Builder::new().prefix("leasehold-ha-e2e-").tempdir().unwrap();
         let resource_dir = dir.path().join("resource");
@@ -210,10 +309,11 @@ impl Cluster {
             std::fs::write(
                 &config,
                 format!(
-                    "scope = \"e2e\"\nname = \"{name}\"\nttl = \"5s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n\
+                    "scope = \"e2e\"\nname = \"{name}\"\n{}\
                      safety_margin = \"1s\"\nconn_url = \"file://{name}\"\n\
                      [watchdog]\nmode = \"off\"\n[restapi]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\
                      [hooks]\ndir = \"{}\"\n[hooks.env]\nFILE_RESOURCE_DIR = \"{}\"\n{}",
+                    store.timing(),
                     hooks_dir().display(),
                     resource_dir.display(),
                     store.section()
