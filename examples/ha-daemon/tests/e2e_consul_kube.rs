@@ -147,6 +147,8 @@ fn scenario(store: Store) {
     c.start_member(second);
     wait_follows(&c, second, third);
     crash_and_restart_former_leader(&mut c, third, epoch3);
+    // Shown with --nocapture: the timeline of the run.
+    eprintln!("{} resource events:\n{}", c.store.section().lines().next().unwrap_or(""), c.events());
 }
 
 #[test]
