@@ -613,7 +613,7 @@ impl RawConfig {
             ));
         }
         let store = stores.remove(0);
-        validate_store(&store)?;
+        validate_store(&store, &timing)?;
 
         if self.synchronous_mode && matches!(resource, ResourceConfig::Hooks(_)) {
             // The node keeps the sync key, but no hook confirms synchronous standbys or sets
@@ -703,7 +703,7 @@ fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, Confi
     Ok(hooks)
 }
 
-fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
+fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigError> {
     let kind = store.kind();
     if !crate::store::built_in(kind) {
         return Err(ConfigError::new(
@@ -745,7 +745,22 @@ fn validate_store(store: &StoreConfig) -> Result<(), ConfigError> {
                 return Err(ConfigError::new(key, "cert and key must be set together"));
             }
         }
-        StoreConfig::Consul(s) => check_url("consul.address", &s.address, &["http://", "https://"])?,
+        StoreConfig::Consul(s) => {
+            check_url("consul.address", &s.address, &["http://", "https://"])?;
+            // The client's own rules, e.g. a ttl under twice Consul's 10 s session-TTL floor,
+            // refused here rather than at connect.
+            #[cfg(feature = "consul")]
+            crate::store::consul_options(s, timing).validate().map_err(|e| {
+                let key = match e.field {
+                    "ttl" => "ttl".to_string(),
+                    "request_timeout" => "retry_timeout".to_string(),
+                    field => format!("consul.{field}"),
+                };
+                ConfigError::new(key, e.message)
+            })?;
+            #[cfg(not(feature = "consul"))]
+            let _ = (s, timing);
+        }
         StoreConfig::Kubernetes(_) => {}
     }
     Ok(())
@@ -800,6 +815,24 @@ mod tests {
         assert_eq!(zk("verify = false").unwrap_err().key, "zookeeper.cacert");
         assert_eq!(zk("cacert = \"/ca.pem\"\ncert = \"/c.pem\"").unwrap_err().key, "zookeeper.key");
         assert_eq!(zk("cacert = \"/ca.pem\"\nkey = \"/k.pem\"").unwrap_err().key, "zookeeper.cert");
+    }
+
+    /// Issue 14: a ttl Consul cannot honour (its session TTL has a 10 s floor, and the
+    /// backend asks for ttl / 2) is refused by `--check-config`, naming the floor.
+    #[test]
+    fn consul_ttl_below_the_session_floor_is_refused_before_start() {
+        let consul = |ttl: u64| {
+            let text = format!(
+                "scope = \"demo\"\nname = \"n1\"\nttl = \"{ttl}s\"\nloop_wait = \"2s\"\nretry_timeout = \"4s\"\n\
+                 [hooks]\ndir = {:?}\n[consul]\naddress = \"http://127.0.0.1:8500\"\n",
+                hooks_dir().display().to_string()
+            );
+            parse(&text)
+        };
+        let e = consul(10).unwrap_err();
+        assert_eq!(e.key, "ttl", "{e}");
+        assert!(e.message.contains("10"), "the message names Consul's floor: {e}");
+        assert!(consul(20).is_ok(), "{:?}", consul(20).err());
     }
 
     #[test]

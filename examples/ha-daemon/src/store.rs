@@ -7,6 +7,23 @@ use leasehold::{Dcs, Timing};
 
 use crate::config::StoreConfig;
 
+/// The Consul client options a `[consul]` section and the timing give; `--check-config`
+/// validates the same value the daemon connects with.
+#[cfg(feature = "consul")]
+pub(crate) fn consul_options(
+    s: &crate::config::ConsulSection,
+    timing: &leasehold::Timing,
+) -> leasehold_consul::ConsulOptions {
+    leasehold_consul::ConsulOptions {
+        address: s.address.clone(),
+        token: s.token.clone(),
+        prefix: s.prefix.clone(),
+        ttl: timing.ttl,
+        request_timeout: timing.retry_timeout,
+        ..leasehold_consul::ConsulOptions::default()
+    }
+}
+
 /// Whether the backend for section `kind` is compiled into this binary.
 #[allow(clippy::match_like_matches_macro)] // each arm depends on a feature; with all on, clippy sees constants
 pub fn built_in(kind: &str) -> bool {
@@ -101,15 +118,8 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
         }
         #[cfg(feature = "consul")]
         StoreConfig::Consul(s) => {
-            use leasehold_consul::{ConsulClient, ConsulOptions};
-            let options = ConsulOptions {
-                address: s.address.clone(),
-                token: s.token.clone(),
-                prefix: s.prefix.clone(),
-                ttl: timing.ttl,
-                request_timeout: timing.retry_timeout,
-                ..ConsulOptions::default()
-            };
+            use leasehold_consul::ConsulClient;
+            let options = consul_options(s, timing);
             let client = ConsulClient::connect(options).await?;
             (Arc::new(client.scope(scope)), Client::Consul(client))
         }
