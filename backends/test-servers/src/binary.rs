@@ -106,7 +106,11 @@ fn from_shared(name: &str) -> io::Result<Option<(PathBuf, PathBuf)>> {
     }
     std::fs::create_dir_all(&cache)?;
     // Decompress to a private name, then rename: parallel tests never run a half-written file.
-    let partial = cache.join(format!("{name}-{short}.{}.partial", std::process::id()));
+    // Private per call, not per process: the tests of one binary run on several threads, and
+    // two of them sharing a name made the second rename fail (seen on a fresh checkout).
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = cache.join(format!("{name}-{short}.{}-{call}.partial", std::process::id()));
     let file = std::fs::File::create(&partial)?;
     let status = Command::new("xz").arg("-dc").arg(&archive).stdout(file).status().map_err(|e| {
         io::Error::new(e.kind(), format!("running xz to decompress {} (install xz-utils): {e}", archive.display()))
