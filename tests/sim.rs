@@ -246,15 +246,19 @@ const PROMOTIONS_PAST_AN_UNREGISTERED_PEER: [Replay; 14] = [
     Replay { profile: StoreProfile::Etcd, nodes: 3, sync: true, faults: 50, seed: 70_000_023, chaos_secs: 120 },
 ];
 
-/// Found by the first long sweeps (`scripts/long-sweep.sh`), all in the simulator's own
+/// Found by the long sweeps (`scripts/long-sweep.sh`); the first four in the simulator's own
 /// bookkeeping: I3 counted members as "could have been asked" from a load the node had
 /// already given up on, or from a status roster no longer in its view; I6 let a late answer
 /// to an older renewal (ignored by the node) pull the declared belief back.
-const LONG_SWEEP_FINDINGS: [Replay; 4] = [
+const LONG_SWEEP_FINDINGS: [Replay; 5] = [
     Replay::new(StoreProfile::Etcd, 3, 38, 277_360_463_235).chaos(30),
     Replay::new(StoreProfile::ZooKeeper, 3, 32, 277_360_495_270).chaos(30),
     Replay::new(StoreProfile::Etcd, 3, 31, 277_360_471_209).chaos(30),
     Replay::new(StoreProfile::Consul, 3, 38, 277_360_526_276).chaos(30),
+    // I5 (a real bug): n1 raced on a stale view whose sync key named it, won the key, and
+    // promoted over the fresh sync key, which named n0; n0 held synchronously acknowledged
+    // writes n1 lacked. Now the fresh sync key must name the winner, or it gives the key back.
+    Replay { profile: StoreProfile::Consul, nodes: 3, sync: true, faults: 15, seed: 229_435_991_069, chaos_secs: 30 },
 ];
 
 #[test]

@@ -996,6 +996,20 @@ impl Node {
             }
             let mine =
                 view.sync.as_ref().is_some_and(|s| s.value.leader == self.cfg.name && s.value.sync_standby.is_empty());
+            // We raced on the view of the election, which may be older than this one: the sync
+            // key we are about to take over by compare-and-set must name us, or another member
+            // may hold writes acknowledged synchronously that we lack. Give the key back.
+            if let Some(s) = view.sync.as_ref().map(|s| &s.value)
+                && !s.contains(&self.cfg.name)
+            {
+                tracing::warn!(node = %self.cfg.name, sync = ?s, "won the key but the sync key does not name us; releasing it");
+                self.last_refusal = Some(Reason::NotInSyncSet);
+                if let Some(h) = self.held.take() {
+                    self.disarm_watchdog();
+                    self.enqueue_front(StoreOp::Release(h.lease));
+                }
+                return;
+            }
             if !mine {
                 if self.promote_waits_for_sync.is_none() {
                     let rec = SyncRecord { leader: self.cfg.name.clone(), sync_standby: Vec::new() };
