@@ -999,8 +999,12 @@ impl Node {
             // We raced on the view of the election, which may be older than this one: the sync
             // key we are about to take over by compare-and-set must name us, or another member
             // may hold writes acknowledged synchronously that we lack. Give the key back.
+            // (A manual switchover or failover naming us bypasses the sync set in the rules,
+            // so it does here too.)
+            let named = view.failover.as_ref().is_some_and(|f| f.value.candidate.as_deref() == Some(&self.cfg.name));
             if let Some(s) = view.sync.as_ref().map(|s| &s.value)
                 && !s.contains(&self.cfg.name)
+                && !named
             {
                 tracing::warn!(node = %self.cfg.name, sync = ?s, "won the key but the sync key does not name us; releasing it");
                 self.last_refusal = Some(Reason::NotInSyncSet);

@@ -863,3 +863,60 @@ fn a_pause_during_a_switchover_still_ends_with_a_primary() {
     let actions = answer_writes(&mut n, at(20));
     assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
 }
+
+/// Long sweep, I5: a member that raced on an older view and won the key gives it back,
+/// without promoting, when the fresh sync key names someone else as the synchronous standby.
+#[test]
+fn a_winner_the_fresh_sync_key_does_not_name_gives_the_key_back() {
+    let mut cfg = NodeConfig::new("a", 0xabc);
+    cfg.timing = Timing::fast();
+    cfg.synchronous_mode = true;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    n.handle_resource_status(replica(), at(0));
+    n.handle_timeout(at(0));
+    let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
+    // The view the election saw: no sync key yet, so anyone may race.
+    n.handle_load(load.expect("a load"), Ok(view_with(None)), at(10));
+    let actions = answer_writes(&mut n, at(10));
+    let (id, record) = actions
+        .iter()
+        .find_map(|a| if let Action::Acquire { id, record } = a { Some((*id, record.clone())) } else { None })
+        .unwrap_or_else(|| panic!("races: {actions:?}"));
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    // The leader's duties read afresh: the sync key names b's standby c, not us.
+    let mut fresh = view_with(Some(leader_view("a", &record.token, 7)));
+    fresh.sync = Some(Versioned {
+        value: SyncRecord { leader: "b".into(), sync_standby: vec!["c".into()] },
+        version: Version::new(5),
+    });
+    n.handle_watch_event(WatchEvent::Changed, at(30));
+    let mut released = false;
+    for step in 0..8 {
+        let now = at(40 + step * 500);
+        for a in drain(&mut n) {
+            match a {
+                Action::Load { id } => n.handle_load(id, Ok(fresh.clone()), now),
+                Action::Renew { id, .. } => n.handle_renew(id, Ok(CasOutcome::Won(lease_from(&record, 7))), now),
+                Action::Release { id, lease } => {
+                    assert_eq!(lease.epoch, Epoch(7));
+                    released = true;
+                    n.handle_release(id, Ok(CasOutcome::Won(())), now);
+                }
+                Action::Promote { .. } => panic!("promoted over a sync key that does not name it"),
+                // A write expecting no sync key loses: the store has b's (the election's view
+                // was older). Taking over b's key by its version would be the bug.
+                Action::WriteControl { id, key: ControlKey::Sync, expect: Expect::Absent, .. } => {
+                    n.handle_write(id, Ok(false), now)
+                }
+                Action::WriteControl { key: ControlKey::Sync, .. } => panic!("took over the fresh sync key"),
+                Action::PublishMember { id, .. }
+                | Action::WriteControl { id, .. }
+                | Action::DeleteControl { id, .. } => n.handle_write(id, Ok(true), now),
+                _ => {}
+            }
+        }
+        n.handle_timeout(now);
+    }
+    assert!(released, "the key is given back");
+    assert_eq!(n.status().last_refusal, Some(Reason::NotInSyncSet));
+}
