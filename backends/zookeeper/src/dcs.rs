@@ -398,6 +398,14 @@ impl Dcs for ZkDcs {
         let session = self.session()?;
         let what = "releasing the leader key";
         let path = self.path(&Key::Leader);
+        if self.shared.options.sync_reads {
+            // The server this client talks to may lag the ensemble: catch up first, so a
+            // release names the holder instead of reading the key as absent.
+            let scope_path = self.scope_path();
+            if let Err(e) = self.shared.run(&session, Op::Read, what, |zk| zk.sync(&scope_path)).await? {
+                return Err(classify(Op::Read, what, e));
+            }
+        }
         for _ in 0..3 {
             let Some((data, stat)) = self.read_leader(&session, what).await? else {
                 self.shared.unhold(&path, lease.epoch);
