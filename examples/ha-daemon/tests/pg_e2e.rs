@@ -134,12 +134,15 @@ fn kill_postmaster(data: &Path) {
     }
 }
 
+/// Fields drop in order: daemons, then postmasters (their guards read `postmaster.pid`), then
+/// the store, and the directory last (dropped first, it took the pid files with it and the
+/// postmasters outlived the test).
 struct Cluster {
     sync: bool,
     members: Vec<Member>,
-    dir: tempfile::TempDir,
     _guards: Vec<PgGuard>,
     _store: Store,
+    dir: tempfile::TempDir,
 }
 
 impl Cluster {
