@@ -28,6 +28,10 @@ done
 for c in protoc etcd etcdctl java c++ curl ps xz openssl sha256sum; do
   command -v "$c" >/dev/null || { echo "setup: $c is missing after the install"; exit 1; }
 done
+# PostgreSQL's own programs, run by the daemon's native resource and its e2e tests.
+for prog in initdb pg_ctl pg_basebackup pg_rewind pg_controldata postgres psql; do
+  test -x "/usr/lib/postgresql/15/bin/$prog" || { echo "setup: /usr/lib/postgresql/15/bin/$prog is missing after the install"; exit 1; }
+done
 for jar in zookeeper slf4j-simple netty-codec netty-resolver; do
   test -f "/usr/share/java/$jar.jar" || { echo "setup: /usr/share/java/$jar.jar is missing after the install"; exit 1; }
 done

@@ -54,6 +54,11 @@ mod options;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// This crate's README snippet, compiled and run as a doc test against a real agent.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use client::ConsulClient;
 pub use dcs::ConsulDcs;
 pub use options::{CONSUL_SESSION_TTL_MIN, Consistency, ConsulOptions, ConsulTls, OptionsError};

@@ -53,6 +53,12 @@ mod options;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The main README's "Using the library" snippet, compiled and run as a doc test here (it
+/// needs this crate and a real etcd, which the `testing` harness starts).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use client::EtcdClient;
 pub use dcs::EtcdDcs;
 pub use options::{EtcdOptions, OptionsError};
