@@ -1,4 +1,17 @@
-#![doc = include_str!("../README.md")]
+//! Leader election over the consensus store an operator already runs (etcd v3, ZooKeeper,
+//! Consul, the Kubernetes API), with fencing epochs, leases bounded on the holder's own
+//! monotonic clock, and Patroni's failover rules.
+//!
+//! * [`dcs::Dcs`]: the one boundary to a store; each backend crate implements it
+//!   (`leasehold-etcd`, `leasehold-zookeeper`, `leasehold-consul`, `leasehold-kube`).
+//! * [`node::Node`]: the sans-IO HA state machine; [`rules`]: who may race for the key.
+//! * `driver` (feature `tokio`): runs a `Node` against a `Dcs` and your `Resource`.
+//! * `testkit` (feature `testkit`): the reference store and the conformance suite;
+//!   `sim` (feature `sim`): the deterministic simulator.
+//!
+//! The README states the guarantees and their limits. Its "Using the library" example needs
+//! a backend crate and a real store, so it runs as a doc test of `leasehold-etcd` (which
+//! starts an etcd), not here.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
