@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -229,16 +229,7 @@ impl Cluster {
     fn start_member(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
         let m = &mut self.members[i];
-        m.proc = Some(Proc::spawn(
-            &m.name,
-            Command::new(common::bin())
-                .arg("--config")
-                .arg(&m.config)
-                .arg("run")
-                .env("LEASEHOLD_LOG", "info,leasehold=debug")
-                .stdout(Stdio::null())
-                .stderr(log),
-        ));
+        m.proc = Some(common::spawn_daemon(&m.name, &m.config, log));
     }
 
     fn log(&self, i: usize) -> String {

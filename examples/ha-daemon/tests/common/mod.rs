@@ -339,16 +339,7 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", m.name)))
             .unwrap();
-        m.proc = Some(Proc::spawn(
-            &m.name,
-            Command::new(bin())
-                .arg("--config")
-                .arg(&m.config)
-                .arg("run")
-                .env("LEASEHOLD_LOG", "info,leasehold=debug")
-                .stdout(Stdio::null())
-                .stderr(log),
-        ));
+        m.proc = Some(spawn_daemon(&m.name, &m.config, log));
     }
 
     pub fn log(&self, i: usize) -> String {
@@ -448,4 +439,19 @@ impl Cluster {
 
 pub fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Starts `leasehold-ha run` for member `name` with `config`, its log (debug for leasehold)
+/// appended to `log`; stopped by pid when the returned guard drops.
+pub fn spawn_daemon(name: &str, config: &std::path::Path, log: std::fs::File) -> Proc {
+    Proc::spawn(
+        name,
+        Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("LEASEHOLD_LOG", "info,leasehold=debug")
+            .stdout(Stdio::null())
+            .stderr(log),
+    )
 }
