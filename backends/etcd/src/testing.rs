@@ -21,15 +21,12 @@
 //! # drop(client); Ok(()) }
 //! ```
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -40,8 +37,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::options::EtcdOptions;
 
-/// Lowest and highest port handed out: below the ephemeral range (reference/servers.md).
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
 /// How long to wait for members to become healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 /// Attempts at starting a fresh cluster (a picked port may be taken meanwhile).
@@ -105,24 +100,8 @@ fn random() -> u64 {
     RandomState::new().hash_one((std::process::id(), CALLS.fetch_add(1, Ordering::Relaxed)))
 }
 
-/// A free loopback port below 32768, never handed out twice by this process.
-fn free_port() -> io::Result<u16> {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let given = given.get_or_insert_with(HashSet::new);
-    for _ in 0..500 {
-        let span = u64::from(PORTS.end - PORTS.start);
-        let port = PORTS.start + u16::try_from(random() % span).unwrap_or(0);
-        if given.contains(&port) {
-            continue;
-        }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            given.insert(port);
-            return Ok(port);
-        }
-    }
-    Err(io::Error::new(io::ErrorKind::AddrInUse, "no free port below 32768 found"))
-}
+/// Free loopback ports come from the harness crate the Consul and kube harnesses share.
+use leasehold_test_servers::free_port;
 
 /// The etcd binary to run.
 pub fn etcd_binary() -> PathBuf {

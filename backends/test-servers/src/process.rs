@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Ports handed out: below the ephemeral range, apart from the etcd harness's 20000..32000
-/// only by chance (both check that the port is free).
+/// Ports handed out: below the ephemeral range (the etcd, Consul and kube harnesses share this
+/// one set, so a process never hands a port out twice).
 const PORTS: std::ops::Range<u16> = 12_000..32_000;
 
 fn random() -> u64 {
