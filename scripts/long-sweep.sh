@@ -9,6 +9,8 @@
 #   TOTAL=200000 CHAOS=120 scripts/long-sweep.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A target directory of its own keeps the binary fixed while other builds run beside it.
+target="${CARGO_TARGET_DIR:-target}"
 total="${TOTAL:-1000000}"
 chaos="${CHAOS:-60}"
 rounds="${ROUNDS:-4}"
@@ -32,7 +34,7 @@ for round in $(seq 1 "$rounds"); do
       flags=(--vary --iterations "$per_cell" --chaos-secs "$chaos" --jobs "$jobs" --seed "$seed" --profile "$profile")
       [ "$mode" = sync ] && flags+=(--sync)
       printf '\n[cell %d/%d, round %d, %s, %ds elapsed]\n' "$cell" $((rounds * cells)) "$round" "$mode" $((SECONDS - start))
-      out=$(target/release/examples/sim_sweep "${flags[@]}" 2> >(tee -a /dev/stderr | grep -E '^  (seed|  replay)' >> "$failures")) || status=1
+      out=$("$target"/release/examples/sim_sweep "${flags[@]}" 2> >(tee -a /dev/stderr | grep -E '^  (seed|  replay)' >> "$failures")) || status=1
       row=$(printf '%s\n' "$out" | tail -1)
       printf '%s\n' "$row"
       printf '%-5s %s\n' "$mode" "$row" >> "$rows"
