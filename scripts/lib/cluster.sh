@@ -8,6 +8,7 @@
 LH_PIDS=()
 LH_PGDATAS=()
 LH_USED_PORTS=" "
+LH_SYNCHRONOUS_MODE=${LH_SYNCHRONOUS_MODE:-false} # written into each member's config
 
 lh_now() { echo "$EPOCHREALTIME"; }
 lh_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }'; }
@@ -80,6 +81,7 @@ name = "$name"
 ttl = "${ttl}s"
 loop_wait = "${lw}s"
 retry_timeout = "${rt}s"
+synchronous_mode = $LH_SYNCHRONOUS_MODE
 $top
 # The bench kills leaders with kill -9: an armed watchdog (the default mode is automatic)
 # would reset the machine.
@@ -162,15 +164,81 @@ lh_member_count() {
     | sed -n 's/.*"count":"\([0-9]*\)".*/\1/p'
 }
 
-# lh_lease_ttl <lease id>: seconds left on an etcd lease.
+# lh_lease_ttl <lease id>: whole seconds left on an etcd lease, as etcd reports them: the
+# remaining time truncated (etcd 3.4 answers 19 from 20.0 s down to 19.0 s, and leaves the
+# field out at 0); -1 once the lease is gone, nothing when etcd did not answer.
 lh_lease_ttl() {
-  curl -s -m 1 -X POST "$LH_EP/v3/lease/timetolive" -d "{\"ID\":\"$1\"}" | sed -n 's/.*"TTL":"\([^"]*\)".*/\1/p'
+  local body
+  body=$(curl -s -m 1 -X POST "$LH_EP/v3/lease/timetolive" -d "{\"ID\":\"$1\"}") || return 1
+  case $body in
+    *'"grantedTTL"'*) printf '%s\n' "$(printf '%s' "$body" | sed -n 's/.*"TTL":"\([^"]*\)".*/\1/p')" | sed 's/^$/0/' ;;
+    *'"TTL":"-1"'*) echo -1 ;;
+    *) return 1 ;;
+  esac
+}
+
+# lh_sync_standby <scope>: the first sync_standby of /service/<scope>/sync and the leader it was
+# written for ("<standby> <leader>"), or nothing.
+lh_sync_standby() {
+  local key body val
+  key=$(printf '/service/%s/sync' "$1" | base64 -w0)
+  body=$(curl -s -m 1 -X POST "$LH_EP/v3/kv/range" -d "{\"key\":\"$key\"}") || return 1
+  val=$(printf '%s' "$body" | sed -n 's/.*"value":"\([^"]*\)".*/\1/p')
+  [ -n "$val" ] || return 1
+  val=$(printf '%s' "$val" | base64 -d 2>/dev/null)
+  local sb ld
+  sb=$(printf '%s' "$val" | sed -n 's/.*"sync_standby":\["\([^"]*\)".*/\1/p')
+  ld=$(printf '%s' "$val" | sed -n 's/.*"leader":"\([^"]*\)".*/\1/p')
+  [ -n "$sb" ] && printf '%s %s\n' "$sb" "$ld"
 }
 
 # lh_psql <port> <sql>: one statement on 127.0.0.1:<port> as postgres; true when it committed.
 lh_psql() {
   PGPASSWORD=$LH_PGPASS PGCONNECT_TIMEOUT=1 "$LH_PGBIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres \
     -v ON_ERROR_STOP=1 -Atc "$2" >/dev/null 2>&1
+}
+
+# lh_psql_value <port> <sql>: the single value a query returns (nothing on error).
+lh_psql_value() {
+  PGPASSWORD=$LH_PGPASS PGCONNECT_TIMEOUT=1 "$LH_PGBIN/psql" -X -q -h 127.0.0.1 -p "$1" -U postgres -d postgres \
+    -v ON_ERROR_STOP=1 -Atc "$2" 2>/dev/null
+}
+
+# A persistent psql session (a coprocess), so a write probe costs one round trip and not a
+# process start and a login: Patroni's bench driver probes through one psycopg2 session too.
+# lh_session_open <port>; lh_session_try <sql> (true when it committed; a lost session is
+# reopened on the next call); lh_session_close. One session at a time. The caller must ignore
+# SIGPIPE (`trap '' PIPE`): psql exits when the server goes away.
+LH_SESSION_PORT=""
+lh_session_open() {
+  lh_session_close
+  LH_SESSION_PORT=$1
+  coproc LH_SESSION { PGPASSWORD=$LH_PGPASS PGCONNECT_TIMEOUT=1 exec "$LH_PGBIN/psql" -X -q -h 127.0.0.1 \
+    -p "$LH_SESSION_PORT" -U postgres -d postgres -At -v ON_ERROR_STOP=0 2>&1; }
+  LH_PIDS+=("$LH_SESSION_PID")
+}
+lh_session_close() {
+  if [ -n "${LH_SESSION_PID:-}" ]; then
+    local pid=$LH_SESSION_PID
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    lh_forget "$pid"
+  fi
+  LH_SESSION_PID=""
+}
+lh_session_try() {
+  [ -n "${LH_SESSION_PID:-}" ] && kill -0 "$LH_SESSION_PID" 2>/dev/null || lh_session_open "$LH_SESSION_PORT"
+  local in=${LH_SESSION[1]:-} out=${LH_SESSION[0]:-} line failed=0
+  [ -n "$in" ] && [ -n "$out" ] || { lh_session_close; return 1; }
+  printf '%s;\n\\echo __lh_done__\n' "$1" >&"$in" 2>/dev/null || { lh_session_close; return 1; }
+  while IFS= read -r -t 2 line <&"$out"; do
+    case $line in
+      __lh_done__) return "$failed" ;;
+      *ERROR:* | *FATAL:* | *error:* | *"connection to server"*) failed=1 ;;
+    esac
+  done
+  lh_session_close # no answer within 2 s, or psql exited
+  return 1
 }
 
 # lh_proc_cpu_ticks <pid>: "<utime+stime> <cutime+cstime>" in clock ticks (/proc/<pid>/stat
@@ -182,13 +250,45 @@ lh_proc_cpu_ticks() {
 # lh_proc_rss_kib <pid>: VmRSS in KiB.
 lh_proc_rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
-# lh_etcd_grpc_counts: "<service/method> <handled> <msg_received>" per method from /metrics.
+# lh_pg_pids <pgdata>: the postmaster of a data dir and its children (as Patroni's bench
+# counts PostgreSQL's CPU and memory).
+lh_pg_pids() {
+  local pm
+  pm=$(lh_postmaster_pid "$1") || return 0
+  [ -n "$pm" ] && [ -d "/proc/$pm" ] || return 0
+  echo "$pm"
+  ps -o pid= --ppid "$pm" 2>/dev/null | tr -d ' '
+}
+
+# lh_pids_cpu_ticks <pid...>: the sum of utime+stime of the processes still running.
+lh_pids_cpu_ticks() {
+  local p t=0 c
+  for p in "$@"; do
+    c=$(lh_proc_cpu_ticks "$p" 2>/dev/null | cut -d' ' -f1) || c=0
+    t=$((t + ${c:-0}))
+  done
+  echo "$t"
+}
+
+# lh_pids_pss_kib <pid...>: the sum of their proportional set sizes (smaps_rollup Pss).
+lh_pids_pss_kib() {
+  local p t=0 c
+  for p in "$@"; do
+    c=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null) || c=0
+    t=$((t + ${c:-0}))
+  done
+  echo "$t"
+}
+
+# lh_etcd_grpc_counts: "<service/method/type> <handled> <msg_received>" per method from
+# /metrics (type: unary, bidi_stream, ...).
 lh_etcd_grpc_counts() {
   curl -s -m 5 "$LH_EP/metrics" | awk '
     /^grpc_server_(handled_total|msg_received_total)\{/ {
       m = $0; sub(/.*grpc_method="/, "", m); sub(/".*/, "", m)
       s = $0; sub(/.*grpc_service="/, "", s); sub(/".*/, "", s); sub(/.*\./, "", s)
-      k = s "/" m
+      y = $0; sub(/.*grpc_type="/, "", y); sub(/".*/, "", y)
+      k = s "/" m "/" y
       if ($0 ~ /^grpc_server_handled_total/) h[k] += $NF; else r[k] += $NF
       seen[k] = 1
     }
