@@ -1,10 +1,13 @@
 //! What the backends' real-server harnesses (`leasehold-consul`'s and `leasehold-kube`'s
 //! `testing` features) share: finding a server binary ([`find`]: an environment variable,
 //! then `PATH`, then `../shared/servers/*.xz` checked against `SHA256SUMS` and decompressed
-//! once) and running it as a [`Guarded`] child on a [`free_port`], killed by pid on drop.
+//! once) and running it as a [`Guarded`] child on a [`free_port`], killed by pid on drop; and a
+//! [`CutProxy`] that cuts the network between a client and its server.
 
 mod binary;
 mod process;
+mod proxy;
 
 pub use binary::{Found, ServerBinary, find, shared_servers_dir};
 pub use process::{Guarded, free_port};
+pub use proxy::CutProxy;

@@ -83,12 +83,6 @@ impl ZkClient {
         self.shared.close();
     }
 
-    /// The session's id and password, for tests that expire it from another connection.
-    #[cfg(feature = "testing")]
-    pub(crate) fn session_info(&self) -> Option<zookeeper_client::SessionInfo> {
-        self.shared.session().ok().map(|s| s.zk.session().clone())
-    }
-
     /// The current session, for the test harness's raw writes.
     #[cfg(feature = "testing")]
     pub(crate) fn shared_session(&self) -> Result<Arc<crate::session::Session>, DcsError> {

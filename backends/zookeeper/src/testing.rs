@@ -392,33 +392,6 @@ pub fn test_options(server: &ZkServer, ttl: Duration) -> ZkOptions {
     }
 }
 
-/// Closes `client`'s session on the server from a second connection (the way ZooKeeper's
-/// own tests force expiry): the client learns it when it next talks to the server.
-/// Plaintext servers only.
-pub async fn expire_session(server: &ZkServer, client: &ZkClient) -> Result<(), DcsError> {
-    let info = client.session_info().ok_or_else(|| DcsError::fatal("the client has no session"))?;
-    // The owner reconnects as soon as the server hands its session to this second
-    // connection, and may take it back before this connect completes: retry a few times.
-    let mut last = None;
-    for _ in 0..10 {
-        let attempt = zk::Client::connector()
-            .with_session(info.clone())
-            .with_session_timeout(client.session_timeout())
-            .connect(&server.connect_string())
-            .await;
-        match attempt {
-            // Dropping the only handle of a non-detached client sends CloseSession.
-            Ok(other) => {
-                drop(other);
-                return Ok(());
-            }
-            Err(zk::Error::SessionExpired) => return Ok(()),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(DcsError::unavailable(format!("re-attaching to the session failed: {last:?}")))
-}
-
 /// The conformance [`Harness`] over a running [`ZkServer`].
 pub struct ZkHarness {
     /// The server every client connects to.

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use leasehold::{CasOutcome, ControlKey, Dcs, DcsError, Expect, LeaderRecord, Lease, MemberRecord};
-use leasehold_zookeeper::testing::{ZkServer, expire_session, test_options};
+use leasehold_test_servers::CutProxy;
+use leasehold_zookeeper::testing::{ZkServer, test_options};
 use leasehold_zookeeper::{AclPolicy, DigestAuth, ZkClient, ZkOptions};
 use zookeeper_client as zk;
 
@@ -137,13 +138,30 @@ async fn a_frozen_server_ends_the_belief_on_our_clock_and_members_come_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_expired_by_the_server_is_replaced() {
     let server = ZkServer::standalone().await.expect("standalone");
-    let client = ZkClient::connect(test_options(&server, Duration::from_secs(2))).await.expect("connect");
+    // The client reaches the server through a proxy the test cuts: the server then expires the
+    // session itself, as it does when a member's network fails for longer than the session.
+    let proxy = CutProxy::start(server.client_port(0)).expect("proxy");
+    let options =
+        ZkOptions { connect: format!("127.0.0.1:{}", proxy.port()), ..test_options(&server, Duration::from_secs(2)) };
+    let client = ZkClient::connect(options).await.expect("connect");
     let dcs = client.scope("expired");
     dcs.publish_member(&MemberRecord::new("a")).await.expect("publish");
     let lease = acquire(&dcs, &record("a", "t1")).await;
     let first_session = client.session_id();
 
-    expire_session(&server, &client).await.expect("expire");
+    proxy.cut();
+    let observer = ZkClient::connect(test_options(&server, Duration::from_secs(2))).await.expect("observer");
+    let dobs = observer.scope("expired");
+    eventually(
+        "the server to expire the session (its member and leader znodes gone)",
+        Duration::from_secs(30),
+        || async {
+            let view = dobs.load().await.ok()?;
+            (view.member("a").is_none() && view.leader.is_none()).then_some(())
+        },
+    )
+    .await;
+    proxy.heal();
     let lost = eventually("renew to report the lost session", Duration::from_secs(20), || async {
         match dcs.renew(&lease).await {
             Err(e) if e.is_lease_lost() => Some(Ok(())),

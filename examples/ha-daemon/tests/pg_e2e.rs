@@ -13,8 +13,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Proc, Store, free_port, http_get_blocking};
+use leasehold_test_servers::CutProxy;
 use serde_json::Value;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -33,81 +33,13 @@ const TTL_SECS: u64 = 5;
 /// turn load into spurious failovers.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// A TCP proxy in front of the store for one member: `cut` closes every connection and
-/// refuses new ones until `heal`.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Proxy {
-    fn start(upstream: u16) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("proxy binds");
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, k, s) = (cut.clone(), conns.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(20));
-                    continue;
-                };
-                if c.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let _ = client.set_nonblocking(false);
-                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-                k.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 16384];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                        let _ = to.shutdown(Shutdown::Both);
-                        let _ = from.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy { port, cut, conns, stop }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        for s in self.conns.lock().unwrap().drain(..) {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn heal(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.cut();
-    }
-}
-
 struct Member {
     name: String,
     config: PathBuf,
     api: String,
     pg_port: u16,
     data: PathBuf,
-    proxy: Proxy,
+    proxy: CutProxy,
     proc: Option<Proc>,
 }
 
@@ -180,7 +112,7 @@ impl Cluster {
             std::fs::create_dir_all(&home).unwrap();
             std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
             let data = home.join("data");
-            let proxy = Proxy::start(etcd_port);
+            let proxy = CutProxy::start(etcd_port).expect("proxy binds");
             let config = dir.path().join(format!("{name}.toml"));
             let tags = if nosync_third && i == 3 { "[tags]\nnosync = true" } else { "" };
             std::fs::write(
@@ -197,7 +129,7 @@ impl Cluster {
                      [etcd]\nendpoints = [\"http://127.0.0.1:{}\"]\nprefix = \"/pg-e2e\"\n",
                     common::TOKEN,
                     data.display(),
-                    proxy.port
+                    proxy.port()
                 ),
             )
             .unwrap();
