@@ -46,6 +46,9 @@ use crate::time::Instant;
 /// one that is alive and ahead loses what only it had.
 pub const ROSTER_MEMORY_TTLS: u32 = 10;
 
+/// The promotion reason of a failsafe re-acquisition: the same primary under a new epoch.
+const REACQUIRED: &str = "failsafe re-acquisition";
+
 /// Watchdog policy (Patroni's names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -241,6 +244,12 @@ pub struct Node {
     renew_failing_since: Option<Instant>,
     backoff_until: Option<Instant>,
     failsafe_leader_until: Option<Instant>,
+    /// Failsafe mode: every member confirmed us since our renewals began to fail.
+    failsafe_confirmed: bool,
+    /// Failsafe mode: the key expired while the store was unreachable and nobody took it; we
+    /// act until this instant (the belief the members' confirmation gave) while we take it
+    /// back under a new epoch, without demoting.
+    reacquire_until: Option<Instant>,
     watchdog: WatchdogHealth,
     watchdog_armed: bool,
     last_refusal: Option<Reason>,
@@ -288,6 +297,8 @@ impl Node {
             renew_failing_since: None,
             backoff_until: None,
             failsafe_leader_until: None,
+            failsafe_confirmed: false,
+            reacquire_until: None,
             watchdog,
             watchdog_armed: false,
             last_refusal: None,
@@ -328,12 +339,13 @@ impl Node {
         // The belief deadline matters only while acting: a held but not acting lease (an
         // adopted key, a late answer) has a belief that already ended, and returning that
         // past instant would make the driver spin until the renewal comes back.
-        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) && self.reacquire_until.is_none() {
             consider(self.held.as_ref().map(|h| h.acting_until));
         }
         consider(self.in_flight.as_ref().map(|f| f.deadline));
         consider(self.probe.as_ref().map(|p| p.deadline));
         consider(self.failsafe_check.map(|(_, d)| d));
+        consider(self.reacquire_until);
         consider(self.renew_retry_at);
         Some(t)
     }
@@ -346,6 +358,7 @@ impl Node {
             match (&self.primary, &self.held) {
                 (Primary::Demoting { .. }, _) => NodeRole::Demoting,
                 (Primary::Acting(_), Some(_)) => NodeRole::Leader,
+                (Primary::Acting(_), None) if self.reacquire_until.is_some() => NodeRole::Leader,
                 (Primary::Promoting(_), _) | (_, Some(_)) => NodeRole::Promoting,
                 (Primary::Acting(_), None) => NodeRole::Demoting,
                 (Primary::No, None) => NodeRole::Replica,
@@ -365,7 +378,8 @@ impl Node {
     /// Whether the resource may accept writes as primary right now: it is confirmed primary
     /// and our belief of holding the key has not run out.
     pub fn is_acting_leader(&self, now: Instant) -> bool {
-        matches!(self.primary, Primary::Acting(_)) && self.held.as_ref().is_some_and(|h| now < h.acting_until)
+        let belief = self.held.as_ref().map(|h| h.acting_until).max(self.reacquire_until);
+        matches!(self.primary, Primary::Acting(_)) && belief.is_some_and(|until| now < until)
     }
 
     /// The last loaded view.
@@ -411,7 +425,7 @@ impl Node {
         if let Some(h) = &self.held
             && now >= h.acting_until
         {
-            if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+            if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) && self.reacquire_until.is_none() {
                 tracing::warn!(node = %self.cfg.name, "lease belief ran out without a successful renewal");
                 self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
             } else if !self.queue.contains(&StoreOp::Renew)
@@ -439,6 +453,9 @@ impl Node {
             && now >= d
         {
             self.handle_failsafe_result(id, false, now);
+        }
+        if self.reacquire_until.is_some_and(|t| now >= t) {
+            self.lose_lease(now, DemoteMode::Offline, "could not take the leader key back before the failsafe belief ran out");
         }
         if self.renew_retry_at.is_some_and(|t| now >= t) {
             self.renew_retry_at = None;
@@ -483,6 +500,9 @@ impl Node {
             Ok(CasOutcome::Won(lease)) => self.take_lease(lease, f.sent_at, now),
             Ok(CasOutcome::Lost(current)) => {
                 self.pending_token = None;
+                if self.reacquire_until.is_some() {
+                    self.lose_lease(now, DemoteMode::ImmediateNoLock, "another member took the leader key first");
+                }
                 if let Some(l) = current {
                     self.follow(Some(&l), now);
                 }
@@ -508,8 +528,10 @@ impl Node {
                 self.take_lease(lease, f.sent_at, now);
             }
             Ok(CasOutcome::Won(_)) => {}
+            Ok(CasOutcome::Lost(None)) if self.may_reacquire(now) => self.reacquire(),
             Ok(CasOutcome::Lost(current)) => {
-                self.lose_lease(now, DemoteMode::ImmediateNoLock, "leader key lost to another holder");
+                let why = if current.is_some() { "leader key lost to another holder" } else { "leader key is gone" };
+                self.lose_lease(now, DemoteMode::ImmediateNoLock, why);
                 if let Some(l) = current {
                     self.follow(Some(&l), now);
                 }
@@ -618,6 +640,7 @@ impl Node {
             if let Some(h) = self.held.as_mut() {
                 h.acting_until = h.acting_until.max(from + self.cfg.timing.belief_for(self.cfg.timing.ttl));
             }
+            self.failsafe_confirmed = true;
             self.keepalive_watchdog();
             tracing::warn!(node = %self.cfg.name, "store unreachable; every member confirmed us (failsafe)");
         } else {
@@ -649,7 +672,11 @@ impl Node {
             Ok(()) if self.held.is_some() => {
                 self.primary = Primary::Acting(epoch);
                 self.events.push_back(NodeEvent::Promoted { epoch });
-                self.record_history(epoch);
+                // The same primary under a new epoch is no new timeline; a history entry would
+                // make every replica look a timeline behind.
+                if self.promotion_reason != REACQUIRED {
+                    self.record_history(epoch);
+                }
             }
             Ok(()) => self.demote(DemoteMode::ImmediateNoLock, "promoted after the lease was lost", false, now),
             Err(why) => {
@@ -826,6 +853,10 @@ impl Node {
                     && l.record.token == h.lease.record.token
             });
             if !ours {
+                if leader.is_none() && self.may_reacquire(now) {
+                    self.reacquire();
+                    return;
+                }
                 // A linearizable read shows the key gone or someone else's: leadership is
                 // over. A read may take leadership away, never confirm it (rule 2).
                 self.lose_lease(now, DemoteMode::ImmediateNoLock, "leader key is gone or held by another member");
@@ -874,6 +905,14 @@ impl Node {
                 if self.pending_token.is_some() {
                     // Unknown outcome, and the key is free: the acquire did not happen.
                     self.pending_token = None;
+                }
+                if self.reacquire_until.is_some() {
+                    // The previous attempt failed before reaching the store: try again.
+                    if !self.in_flight_is_acquire() && !self.queue.iter().any(|op| matches!(op, StoreOp::Acquire(_))) {
+                        let op = self.acquire_op();
+                        self.enqueue_front(op);
+                    }
+                    return;
                 }
                 if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
                     self.demote(DemoteMode::Offline, "resource is primary but the key is free", false, now);
@@ -928,16 +967,8 @@ impl Node {
         match rules::evaluate(&facts) {
             Verdict::Eligible => {
                 self.last_refusal = None;
-                self.attempts += 1;
-                let token = self.token(self.attempts);
-                let record = LeaderRecord {
-                    member: self.cfg.name.clone(),
-                    token: token.clone(),
-                    api_url: self.cfg.api_url.clone(),
-                    conn_url: self.cfg.conn_url.clone(),
-                };
-                self.pending_token = Some(token);
-                self.enqueue_front(StoreOp::Acquire(record));
+                let op = self.acquire_op();
+                self.enqueue_front(op);
             }
             Verdict::Ineligible(reason) => {
                 if self.last_refusal.as_ref() != Some(&reason) {
@@ -954,6 +985,8 @@ impl Node {
         let epoch = lease.epoch;
         let fresh = self.held.as_ref().is_none_or(|h| h.lease.epoch != epoch);
         self.pending_token = None;
+        self.failsafe_confirmed = false;
+        let reacquired = self.reacquire_until.take().is_some();
         if acting_until <= now {
             // The answer came too late to act on; keep the key and renew at once.
             self.held = Some(Held { lease, acting_until: now });
@@ -967,6 +1000,15 @@ impl Node {
         self.keepalive_watchdog();
         if self.primary == Primary::No {
             self.become_primary(epoch, now);
+        } else if let Primary::Acting(old) = self.primary
+            && reacquired
+            && old != epoch
+        {
+            // The resource never stopped: hand it the new epoch so that its fence follows.
+            tracing::warn!(node = %self.cfg.name, old = %old, new = %epoch, "took the leader key back after the store outage (failsafe); the resource kept running as primary");
+            self.promotion_reason = REACQUIRED;
+            self.primary = Primary::Promoting(epoch);
+            self.actions.push_back(Action::Promote { epoch });
         }
     }
 
@@ -1268,6 +1310,8 @@ impl Node {
         self.renew_retry_at = None;
         self.renew_failing_since = None;
         self.failsafe_check = None;
+        self.failsafe_confirmed = false;
+        self.reacquire_until = None;
         self.promote_waits_for_sync = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
         if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_) | Primary::Demoting { .. }) {
@@ -1287,6 +1331,7 @@ impl Node {
             return;
         }
         let release = release && self.held.is_some();
+        self.reacquire_until = None;
         self.primary = Primary::Demoting { release };
         self.events.push_back(NodeEvent::Demoting { mode, why });
         tracing::warn!(node = %self.cfg.name, ?mode, why, "demoting");
@@ -1354,7 +1399,14 @@ impl Node {
                 // Rule 3: maybe ours. Re-read before anything else; keep the token.
                 self.enqueue_front(StoreOp::Load);
             }
-            StoreOp::Acquire(_) => self.pending_token = None,
+            StoreOp::Acquire(_) => {
+                self.pending_token = None;
+                if self.reacquire_until.is_some() {
+                    // Retry from a fresh read soon; the belief deadline still bounds acting.
+                    self.schedule_cycle(now + (self.cfg.timing.retry_timeout / 8).max(Duration::from_millis(50)));
+                }
+            }
+            StoreOp::Renew if e.is_lease_lost() && self.may_reacquire(now) => self.reacquire(),
             StoreOp::Renew if e.is_lease_lost() => {
                 self.lose_lease(now, DemoteMode::ImmediateNoLock, "session or lease lost");
             }
@@ -1368,6 +1420,45 @@ impl Node {
             }
             _ => tracing::info!(node = %self.cfg.name, error = %e, "store request failed"),
         }
+    }
+
+    /// Failsafe (Patroni's too): a leader every member confirmed while the store was
+    /// unreachable, whose key expired meanwhile with nobody taking it, takes it back rather
+    /// than demoting, while the belief that confirmation gave still runs. The members promised
+    /// not to race for a ttl after our ping, so nobody else can have promoted.
+    fn may_reacquire(&self, now: Instant) -> bool {
+        self.failsafe_on()
+            && self.failsafe_confirmed
+            && !self.shutting_down
+            && matches!(self.primary, Primary::Acting(_))
+            && self.held.as_ref().is_some_and(|h| now < h.acting_until)
+    }
+
+    fn reacquire(&mut self) {
+        let Some(h) = self.held.take() else { return };
+        tracing::warn!(node = %self.cfg.name, epoch = %h.lease.epoch, "the leader key expired while the store was unreachable and nobody took it; every member confirmed us (failsafe): taking it back without demoting");
+        self.reacquire_until = Some(h.acting_until);
+        self.renew_retry_at = None;
+        self.renew_failing_since = None;
+        self.failsafe_check = None;
+        self.failsafe_confirmed = false;
+        self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
+        let op = self.acquire_op();
+        self.enqueue_front(op);
+    }
+
+    /// An acquire of the key under a fresh token, remembered until answered (rule 3).
+    fn acquire_op(&mut self) -> StoreOp {
+        self.attempts += 1;
+        let token = self.token(self.attempts);
+        let record = LeaderRecord {
+            member: self.cfg.name.clone(),
+            token: token.clone(),
+            api_url: self.cfg.api_url.clone(),
+            conn_url: self.cfg.conn_url.clone(),
+        };
+        self.pending_token = Some(token);
+        StoreOp::Acquire(record)
     }
 
     fn renew_failed(&mut self, e: DcsError, now: Instant) {
