@@ -100,7 +100,9 @@ mod sweep {
                 "--sync-count" => {
                     let n = num(val()?)? as usize;
                     if !(1..=8).contains(&n) {
-                        return Err(format!("--sync-count: {n} must be 1 to 8 (at least one standby, fewer than nodes)"));
+                        return Err(format!(
+                            "--sync-count: {n} must be 1 to 8 (at least one standby, fewer than nodes)"
+                        ));
                     }
                     a.sync_count = Some(n);
                     a.sync = true;
@@ -155,7 +157,7 @@ mod sweep {
             nodes,
             faults: 12 + ((z >> 8) % 29) as usize,
             sync_count: a.sync_count.unwrap_or(1 + ((z >> 16) % (nodes as u64 - 1)) as usize),
-            strict: a.strict || (z >> 24) % 4 == 0,
+            strict: a.strict || (z >> 24).is_multiple_of(4),
         }
     }
 

@@ -97,7 +97,8 @@ fn several_sync_standbys_and_strict_mode_lose_no_acknowledged_write() {
         for seed in 0..24u64 {
             let (nodes, count, strict) = [(3, 2, false), (5, 2, false), (5, 3, true), (3, 1, true)][seed as usize % 4];
             let c = cfg(nodes, profile);
-            let r = Scenario::with_config(c).sync_standbys(count, strict).seed(7000 + seed).random_faults(12, false).run();
+            let r =
+                Scenario::with_config(c).sync_standbys(count, strict).seed(7000 + seed).random_faults(12, false).run();
             r.assert_holds(&InvariantId::ALL);
             assert_eq!(r.measured.lost_acked_writes, 0, "{r}");
             failovers += r.measured.failovers.len();

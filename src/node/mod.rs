@@ -1257,11 +1257,7 @@ impl Node {
     /// What the resource is asked to wait for: `standbys`, or in strict mode with none,
     /// [`ANY_STANDBY`] (commits wait rather than run unprotected).
     fn standbys_request(&self, standbys: Vec<String>) -> Vec<String> {
-        if standbys.is_empty() && self.cfg.synchronous_mode_strict {
-            vec![ANY_STANDBY.to_string()]
-        } else {
-            standbys
-        }
+        if standbys.is_empty() && self.cfg.synchronous_mode_strict { vec![ANY_STANDBY.to_string()] } else { standbys }
     }
 
     fn after_write(&mut self, then: AfterWrite, won: bool, now: Instant) {
