@@ -94,7 +94,9 @@ pub struct NodeConfig {
     pub synchronous_node_count: NonZeroUsize,
     /// Synchronous mode: with no eligible standby, commits wait instead of running unprotected
     /// (Patroni's `synchronous_mode_strict`): the leader then asks the resource for
-    /// [`ANY_STANDBY`], also right after promoting.
+    /// [`ANY_STANDBY`], also as soon as its promotion is confirmed. The resource should start
+    /// a promotion in strict mode already waiting (the daemon's PostgreSQL resource writes
+    /// `*` before promoting), or writes in between go unprotected.
     pub synchronous_mode_strict: bool,
     /// Failsafe mode (the `config` key can also switch it on).
     pub failsafe_mode: bool,
@@ -668,6 +670,13 @@ impl Node {
                 self.primary = Primary::Acting(epoch);
                 self.events.push_back(NodeEvent::Promoted { epoch });
                 self.record_history(epoch);
+                if self.sync_on() && self.cfg.synchronous_mode_strict {
+                    // Strict: the sync key names only us, so there is no standby yet. Asked
+                    // only once promoted (a resource that failed to promote is no primary to
+                    // reconfigure); a strict resource starts its promotion waiting already.
+                    self.resource_standbys = self.standbys_request(Vec::new());
+                    self.actions.push_back(Action::SetSyncStandbys { names: self.resource_standbys.clone() });
+                }
             }
             Ok(()) => self.demote(DemoteMode::ImmediateNoLock, "promoted after the lease was lost", false, now),
             Err(why) => {
@@ -1064,12 +1073,6 @@ impl Node {
         self.followed = None;
         self.resource_standbys.clear();
         self.actions.push_back(Action::Promote { epoch });
-        if self.sync_on() && self.cfg.synchronous_mode_strict {
-            // Strict: no write is acknowledged before a standby has it, from the first one on
-            // (the sync key names only us now, so there is no standby yet).
-            self.resource_standbys = self.standbys_request(Vec::new());
-            self.actions.push_back(Action::SetSyncStandbys { names: self.resource_standbys.clone() });
-        }
         // A new leader clears a satisfied or stale failover request.
         if let Some(f) = self.view.as_ref().and_then(|v| v.failover.as_ref()) {
             self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });

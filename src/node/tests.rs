@@ -1179,3 +1179,21 @@ fn without_strict_mode_no_standby_means_an_empty_set() {
     l.cycles(3);
     assert_eq!(l.take_steps(), [SyncStep::Key(Vec::new()), SyncStep::Resource(Vec::new())]);
 }
+
+#[test]
+fn strict_mode_asks_for_any_standby_only_once_promoted() {
+    let mut cfg = NodeConfig::new("a", 0xabc);
+    cfg.timing = Timing::fast();
+    cfg.synchronous_mode = true;
+    cfg.synchronous_mode_strict = true;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    let actions = answer_writes(&mut n, at(20));
+    assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::SetSyncStandbys { .. })), "{actions:?}");
+    // A failed promotion leaves a resource that is no primary: nothing to reconfigure.
+    n.handle_promoted(Err("pg_ctl promote failed".into()), at(30));
+    let after = drain(&mut n);
+    assert!(!after.iter().any(|a| matches!(a, Action::SetSyncStandbys { .. })), "{after:?}");
+}
