@@ -5,8 +5,9 @@
 //! prints one line with its first violation and its replay command.
 //!
 //! `--vary` draws the node count (3, 5 or 7) and the number of faults (12 to 40) from each
-//! seed, so one sweep covers many sizes; the replay command of a failure names the drawn
-//! values. `--jobs N` runs seeds on N threads (same results, in any order).
+//! seed, and with `--sync` the synchronous standby count (1 to nodes - 1) and strict mode (one
+//! seed in four), so one sweep covers many sizes; the replay command of a failure names the
+//! drawn values. `--jobs N` runs seeds on N threads (same results, in any order).
 //!
 //! ```text
 //! cargo run --release --features sim --example sim_sweep -- --iterations 2000 --profile consul --nodes 5
@@ -40,6 +41,8 @@ mod sweep {
         profiles: Vec<StoreProfile>,
         nodes: usize,
         sync: bool,
+        sync_count: Option<usize>,
+        strict: bool,
         faults: usize,
         beyond: bool,
         mutation: Option<Mutation>,
@@ -58,6 +61,8 @@ mod sweep {
             profiles: StoreProfile::ALL.to_vec(),
             nodes: 3,
             sync: false,
+            sync_count: None,
+            strict: false,
             faults: 12,
             beyond: false,
             mutation: None,
@@ -92,6 +97,20 @@ mod sweep {
                     }
                 }
                 "--sync" => a.sync = true,
+                "--sync-count" => {
+                    let n = num(val()?)? as usize;
+                    if !(1..=8).contains(&n) {
+                        return Err(format!(
+                            "--sync-count: {n} must be 1 to 8 (at least one standby, fewer than nodes)"
+                        ));
+                    }
+                    a.sync_count = Some(n);
+                    a.sync = true;
+                }
+                "--strict" => {
+                    a.strict = true;
+                    a.sync = true;
+                }
                 "--svg" => a.svg = Some(val()?),
                 "--beyond" => a.beyond = true,
                 "--vary" => a.vary = true,
@@ -106,7 +125,7 @@ mod sweep {
                     );
                 }
                 "--help" | "-h" => {
-                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N] [--timing fast|patroni] [--svg PATH (with --reproduce)] [--vary] [--jobs N]\n  --vary: nodes (3, 5, 7) and faults (12-40) drawn per seed\n  --timing patroni: Timing::default() (ttl 30 s, loop_wait 10 s) with 720 s of chaos unless --chaos-secs".into());
+                    return Err("usage: sim_sweep [--seed N] [--iterations N] [--reproduce SEED] [--profile etcd|zookeeper|consul|kubernetes] [--nodes 1-9] [--sync] [--sync-count N] [--strict] [--faults N] [--beyond] [--mutation NAME] [--chaos-secs N] [--timing fast|patroni] [--svg PATH (with --reproduce)] [--vary] [--jobs N]\n  --sync-count N: synchronous standbys (synchronous_node_count; implies --sync)\n  --strict: synchronous_mode_strict (implies --sync)\n  --vary: nodes (3, 5, 7) and faults (12-40) drawn per seed; with --sync also the standby count (1 to nodes - 1, unless --sync-count) and strict mode (1 seed in 4)\n  --timing patroni: Timing::default() (ttl 30 s, loop_wait 10 s) with 720 s of chaos unless --chaos-secs".into());
                 }
                 other => return Err(format!("unknown argument {other:?} (try --help)")),
             }
@@ -114,23 +133,40 @@ mod sweep {
         Ok(a)
     }
 
-    /// The node count and fault count for `seed`: the arguments', or with `--vary` drawn
-    /// from the seed (a fixed mix, so a replay with the printed values is exact).
-    fn size(a: &Args, seed: u64) -> (usize, usize) {
+    /// What `--vary` draws for one seed.
+    struct Size {
+        nodes: usize,
+        faults: usize,
+        sync_count: usize,
+        strict: bool,
+    }
+
+    /// The node, fault and standby counts and strict mode for `seed`: the arguments', or with
+    /// `--vary` drawn from the seed (a fixed mix, so a replay with the printed values is exact).
+    fn size(a: &Args, seed: u64) -> Size {
+        let fixed = Size { nodes: a.nodes, faults: a.faults, sync_count: a.sync_count.unwrap_or(1), strict: a.strict };
         if !a.vary {
-            return (a.nodes, a.faults);
+            return fixed;
         }
         let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^= z >> 31;
-        ([3, 5, 7][(z % 3) as usize], 12 + ((z >> 8) % 29) as usize)
+        let nodes = [3, 5, 7][(z % 3) as usize];
+        Size {
+            nodes,
+            faults: 12 + ((z >> 8) % 29) as usize,
+            sync_count: a.sync_count.unwrap_or(1 + ((z >> 16) % (nodes as u64 - 1)) as usize),
+            strict: a.strict || (z >> 24).is_multiple_of(4),
+        }
     }
 
     fn scenario(a: &Args, profile: StoreProfile, seed: u64) -> Scenario {
-        let (nodes, faults) = size(a, seed);
+        let Size { nodes, faults, sync_count, strict } = size(a, seed);
         let mut cfg = SimConfig::new(nodes);
         cfg.synchronous = a.sync;
+        cfg.sync_count = sync_count;
+        cfg.strict = a.sync && strict;
         cfg.mutation = a.mutation;
         let mut s = Scenario::with_config(cfg).profile(profile);
         if a.patroni_timing {

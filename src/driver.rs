@@ -52,7 +52,12 @@ pub trait Resource: Send + Sync + 'static {
     /// `running: false`.
     async fn status(&self) -> ResourceStatus;
 
-    /// Synchronous mode: acknowledge writes only after one of `names` has them.
+    /// Synchronous mode: acknowledge writes only after **every** one of `names` has them
+    /// (PostgreSQL: `synchronous_standby_names = 'N (a, b, ...)'` with N the number of
+    /// names); any member the sync key names may be promoted, so each must hold every
+    /// acknowledged write. `["*"]` ([`ANY_STANDBY`](crate::node::ANY_STANDBY), strict mode)
+    /// means "some standby": acknowledge nothing until one has it. An empty list: do not wait.
+    /// Report the standbys that have caught up in [`ResourceStatus::sync_confirmed`].
     async fn set_sync_standbys(&self, names: &[String]) -> Result<(), String> {
         let _ = names;
         Ok(())

@@ -86,6 +86,31 @@ fn synchronous_mode_elects_and_loses_no_acknowledged_write() {
     assert!(failovers > 20, "only {failovers} failovers in 160 synchronous runs");
 }
 
+/// Two and three synchronous standbys, and strict mode, under the same random faults: the
+/// leader keeps a sync key of confirmed standbys, each holding every acknowledged write, and in
+/// strict mode no write is acknowledged without a synchronous copy (I5).
+#[test]
+fn several_sync_standbys_and_strict_mode_lose_no_acknowledged_write() {
+    let mut failovers = 0;
+    let mut acked_strict = 0;
+    for profile in StoreProfile::ALL {
+        for seed in 0..24u64 {
+            let (nodes, count, strict) = [(3, 2, false), (5, 2, false), (5, 3, true), (3, 1, true)][seed as usize % 4];
+            let c = cfg(nodes, profile);
+            let r =
+                Scenario::with_config(c).sync_standbys(count, strict).seed(7000 + seed).random_faults(12, false).run();
+            r.assert_holds(&InvariantId::ALL);
+            assert_eq!(r.measured.lost_acked_writes, 0, "{r}");
+            failovers += r.measured.failovers.len();
+            if strict {
+                acked_strict += r.measured.acked_writes;
+            }
+        }
+    }
+    assert!(failovers > 10, "only {failovers} failovers in 96 runs");
+    assert!(acked_strict > 1000, "strict runs acknowledged only {acked_strict} writes: commits never completed");
+}
+
 /// Outside the envelope (long pauses, large drift, slow demotes) fencing, promotion rules,
 /// synchronous writes and epochs must still hold; overlap is only measured.
 #[test]
@@ -450,4 +475,50 @@ fn replay_command_names_every_option_of_a_drawn_run() {
     assert!(patroni.run().replay_command().expect("replays").contains("--timing patroni"));
     let hand_written = drawn.fault(Duration::from_secs(1), Fault::Crash { node: 0, down_for: Duration::from_secs(1) });
     assert_eq!(hand_written.run().replay_command(), None, "an added fault is not in the sweep's schedule");
+}
+
+/// Two synchronous standbys; n2's replication stalls, so writes it lacks are acknowledged only
+/// if the resource drops the count (waits for one standby instead of both). n1 crashes (the key
+/// shrinks to n2), then the leader: n2 is promoted without those writes.
+fn two_standbys_one_stalled(seed: u64) -> Scenario {
+    let s = Duration::from_secs;
+    let mut c = cfg(3, StoreProfile::Etcd);
+    // Slow writes keep the stalled standby within maximum_lag_on_failover.
+    c.write_interval = Duration::from_millis(200);
+    Scenario::with_config(c)
+        .sync_standbys(2, false)
+        .seed(seed)
+        .fault(s(8), Fault::ReplicationStall { node: 2, duration: s(25) })
+        .fault(s(9), Fault::Crash { node: 1, down_for: s(30) })
+        .fault(s(19), Fault::Crash { node: 0, down_for: s(10) })
+}
+
+#[test]
+fn a_resource_that_drops_the_sync_count_is_caught() {
+    let r = find(Mutation::AckOnAnyStandby, &[InvariantId::I5], 30, two_standbys_one_stalled);
+    // With the count kept, the same schedules lose no synchronously acknowledged write.
+    two_standbys_one_stalled(r.seed).run().assert_holds(&InvariantId::ALL);
+    for seed in 0..30 {
+        two_standbys_one_stalled(seed).run().assert_holds(&[InvariantId::I5]);
+    }
+}
+
+/// Strict mode with both replicas down for a while: the leader has no standby, and a resource
+/// that reads the wildcard as "no standby" acknowledges writes nobody else has.
+fn strict_without_standbys(seed: u64) -> Scenario {
+    let s = Duration::from_secs;
+    Scenario::with_config(cfg(3, StoreProfile::Etcd))
+        .sync_standbys(1, true)
+        .seed(seed)
+        .fault(s(8), Fault::Crash { node: 1, down_for: s(10) })
+        .fault(s(8), Fault::Crash { node: 2, down_for: s(10) })
+}
+
+#[test]
+fn strict_mode_acknowledging_without_a_standby_is_caught() {
+    let r = find(Mutation::StrictAsNone, &[InvariantId::I5], 10, strict_without_standbys);
+    assert!(r.violations.iter().any(|v| v.detail.contains("strict mode")), "{r}");
+    let fixed = strict_without_standbys(r.seed).run();
+    fixed.assert_holds(&InvariantId::ALL);
+    assert!(fixed.measured.acked_writes > 0, "commits resumed once the standbys were back: {fixed}");
 }

@@ -25,6 +25,7 @@ mod action;
 mod input;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,13 @@ pub enum WatchdogMode {
     Required,
 }
 
+/// The standby name that stands for "any standby" in [`Action::SetSyncStandbys`]
+/// (PostgreSQL's `synchronous_standby_names = '*'`): in strict synchronous mode with no
+/// eligible standby the leader asks for `["*"]`, and the resource must then acknowledge no
+/// write until a standby has it. It is never published in the sync key, so whoever acknowledges
+/// under it, only the leader stays promotable.
+pub const ANY_STANDBY: &str = "*";
+
 /// Static configuration of one member.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeConfig {
@@ -83,6 +91,16 @@ pub struct NodeConfig {
     pub watchdog: WatchdogMode,
     /// Synchronous mode (the `config` key can also switch it on).
     pub synchronous_mode: bool,
+    /// Synchronous mode: how many synchronous standbys the leader keeps (Patroni's
+    /// `synchronous_node_count`); fewer while fewer replicas are eligible. At least 1 by its
+    /// type. The resource must acknowledge a write only once every standby it was given has it.
+    pub synchronous_node_count: NonZeroUsize,
+    /// Synchronous mode: with no eligible standby, commits wait instead of running unprotected
+    /// (Patroni's `synchronous_mode_strict`): the leader then asks the resource for
+    /// [`ANY_STANDBY`], also as soon as its promotion is confirmed. The resource should start
+    /// a promotion in strict mode already waiting (the daemon's PostgreSQL resource writes
+    /// `*` before promoting), or writes in between go unprotected.
+    pub synchronous_mode_strict: bool,
     /// Failsafe mode (the `config` key can also switch it on).
     pub failsafe_mode: bool,
 }
@@ -99,6 +117,8 @@ impl NodeConfig {
             conn_url: None,
             watchdog: WatchdogMode::Off,
             synchronous_mode: false,
+            synchronous_node_count: NonZeroUsize::MIN,
+            synchronous_mode_strict: false,
             failsafe_mode: false,
         }
     }
@@ -672,10 +692,17 @@ impl Node {
             Ok(()) if self.held.is_some() => {
                 self.primary = Primary::Acting(epoch);
                 self.events.push_back(NodeEvent::Promoted { epoch });
-                // The same primary under a new epoch is no new timeline; a history entry would
-                // make every replica look a timeline behind.
+                // The same primary under a new epoch is no new timeline (a history entry would
+                // make every replica look a timeline behind) and keeps its standbys.
                 if self.promotion_reason != REACQUIRED {
                     self.record_history(epoch);
+                    if self.sync_on() && self.cfg.synchronous_mode_strict {
+                        // Strict: the sync key names only us, so there is no standby yet. Asked
+                        // only once promoted (a resource that failed to promote is no primary to
+                        // reconfigure); a strict resource starts its promotion waiting already.
+                        self.resource_standbys = self.standbys_request(Vec::new());
+                        self.actions.push_back(Action::SetSyncStandbys { names: self.resource_standbys.clone() });
+                    }
                 }
             }
             Ok(()) => self.demote(DemoteMode::ImmediateNoLock, "promoted after the lease was lost", false, now),
@@ -1186,57 +1213,54 @@ impl Node {
     }
 
     /// Synchronous mode, as the leader: keep the sync key a subset of the standbys the
-    /// resource confirms. Shrink the key before reconfiguring the resource; grow it only after
-    /// the resource confirms the new standby (Patroni's ordering).
+    /// resource waits for and has confirmed (Patroni's ordering). A standby leaves the key
+    /// before the resource stops waiting for it: once out of the key it can no longer be
+    /// promoted, so writes it lacks are safe to acknowledge. A standby joins the resource's
+    /// set first and the key only once the resource confirms it has caught up.
     fn maintain_sync_set(&mut self, view: &ClusterView) {
         let me = self.cfg.name.as_str();
         let published: Vec<String> = match view.sync.as_ref() {
             Some(s) if s.value.leader == me => s.value.sync_standby.clone(),
             _ => return, // written before promotion; wait for it to show up
         };
-        let candidates = || {
-            view.members
-                .iter()
-                .map(|m| &m.value)
-                .filter(|m| m.name != me && m.running && m.role == ResourceRole::Replica && !m.tags.nosync)
-        };
-        // Keep the standby we have while it stays eligible (Patroni does too): choosing the
-        // most advanced replica every cycle flipped between two streaming at nearly the same
-        // position, and every flip empties the sync key until the new one is confirmed, a
-        // window in which a leader crash leaves nobody promotable.
-        let current = published.first().or(self.resource_standbys.first());
-        let desired: Vec<String> = match current.filter(|c| candidates().any(|m| &m.name == *c)) {
-            Some(c) => vec![c.clone()],
-            None => candidates()
-                .max_by(|a, b| a.position.cmp(&b.position).then_with(|| b.name.cmp(&a.name)))
-                .map(|m| vec![m.name.clone()])
-                .unwrap_or_default(),
-        };
         let pending = self.queue.iter().any(|op| matches!(op, StoreOp::Write { key: ControlKey::Sync, .. }))
             || self.in_flight.as_ref().is_some_and(|f| matches!(f.op, StoreOp::Write { key: ControlKey::Sync, .. }));
         if pending {
             return;
         }
+        let desired = self.choose_sync_standbys(view, &published);
         let version = expect_for(view, ControlKey::Sync);
         if published.iter().any(|p| !desired.contains(p)) {
-            let rec = SyncRecord { leader: me.to_string(), sync_standby: Vec::new() };
+            // Shrink the key to the standbys we keep; the resource is reconfigured only once
+            // that write won (`AfterWrite::SetStandbys`).
+            let kept = published.iter().filter(|p| desired.contains(p)).cloned().collect();
+            let rec = SyncRecord { leader: me.to_string(), sync_standby: kept };
             self.queue.push_back(StoreOp::Write {
                 key: ControlKey::Sync,
                 expect: version,
                 value: rec.encode(),
-                then: AfterWrite::SetStandbys(desired),
+                then: AfterWrite::SetStandbys(self.standbys_request(desired)),
             });
             return;
         }
-        if self.resource_standbys != desired && published.is_empty() {
-            self.resource_standbys = desired.clone();
-            self.actions.push_back(Action::SetSyncStandbys { names: desired });
+        // Every published standby is desired: waiting for more (or for fewer unpublished
+        // ones) takes nothing from the key's promise.
+        let request = self.standbys_request(desired.clone());
+        if !same_members(&self.resource_standbys, &request) {
+            self.resource_standbys = request.clone();
+            self.actions.push_back(Action::SetSyncStandbys { names: request });
             return;
         }
-        let confirmed: Vec<String> =
-            desired.iter().filter(|d| self.resource.sync_confirmed.contains(d)).cloned().collect();
-        if !confirmed.is_empty() && confirmed != published {
-            let rec = SyncRecord { leader: me.to_string(), sync_standby: confirmed };
+        // Grow the key by the confirmed standbys. A published standby the resource stops
+        // confirming for a while stays: the resource still waits for it, so it still has every
+        // acknowledged write, and dropping it would only narrow who may be promoted.
+        let grown: Vec<String> = desired
+            .iter()
+            .filter(|d| published.contains(d) || self.resource.sync_confirmed.contains(d))
+            .cloned()
+            .collect();
+        if grown.len() > published.len() {
+            let rec = SyncRecord { leader: me.to_string(), sync_standby: grown };
             self.queue.push_back(StoreOp::Write {
                 key: ControlKey::Sync,
                 expect: version,
@@ -1244,6 +1268,41 @@ impl Node {
                 then: AfterWrite::Nothing,
             });
         }
+    }
+
+    /// The synchronous standbys the leader wants, at most `synchronous_node_count`: those it
+    /// has (published, then asked of the resource) while they stay eligible, then the most
+    /// advanced eligible replicas, ties by name. Eligible: another member, a running replica,
+    /// not tagged `nosync`. Keeping the ones it has matters (Patroni does too): choosing the
+    /// most advanced every cycle flipped between two replicas streaming at nearly the same
+    /// position, and every flip narrows the key until the new standby is confirmed, a window
+    /// in which a leader crash leaves nobody promotable.
+    fn choose_sync_standbys(&self, view: &ClusterView, published: &[String]) -> Vec<String> {
+        let me = self.cfg.name.as_str();
+        let count = self.cfg.synchronous_node_count.get();
+        let mut eligible: Vec<&MemberRecord> = view
+            .members
+            .iter()
+            .map(|m| &m.value)
+            .filter(|m| m.name != me && m.running && m.role == ResourceRole::Replica && !m.tags.nosync)
+            .collect();
+        let mut chosen: Vec<String> = Vec::with_capacity(count);
+        for name in published.iter().chain(&self.resource_standbys) {
+            if chosen.len() < count && !chosen.contains(name) && eligible.iter().any(|m| &m.name == name) {
+                chosen.push(name.clone());
+            }
+        }
+        eligible.retain(|m| !chosen.contains(&m.name));
+        eligible.sort_by(|a, b| b.position.cmp(&a.position).then_with(|| a.name.cmp(&b.name)));
+        let room = count - chosen.len();
+        chosen.extend(eligible.into_iter().take(room).map(|m| m.name.clone()));
+        chosen
+    }
+
+    /// What the resource is asked to wait for: `standbys`, or in strict mode with none,
+    /// [`ANY_STANDBY`] (commits wait rather than run unprotected).
+    fn standbys_request(&self, standbys: Vec<String>) -> Vec<String> {
+        if standbys.is_empty() && self.cfg.synchronous_mode_strict { vec![ANY_STANDBY.to_string()] } else { standbys }
     }
 
     fn after_write(&mut self, then: AfterWrite, won: bool, now: Instant) {
@@ -1695,6 +1754,13 @@ fn expect_for(view: &ClusterView, key: ControlKey) -> Expect {
         Some(v) => Expect::Version(v.clone()),
         None => Expect::Absent,
     }
+}
+
+/// Whether two standby lists name the same members, in any order (the resource waits for all
+/// of them, so the order carries no meaning; re-sending a reordered list would only restart the
+/// resource's confirmation).
+fn same_members(a: &[String], b: &[String]) -> bool {
+    a.len() == b.len() && a.iter().all(|x| b.contains(x))
 }
 
 fn cluster_timeline(view: &ClusterView) -> Option<u64> {

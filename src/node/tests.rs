@@ -920,3 +920,280 @@ fn a_winner_the_fresh_sync_key_does_not_name_gives_the_key_back() {
     assert!(released, "the key is given back");
     assert_eq!(n.status().last_refusal, Some(Reason::NotInSyncSet));
 }
+
+/// What a synchronous-mode leader did, in order: sync-key writes (applied by the scripted
+/// store) and the standby sets it asked of the resource.
+#[derive(Clone, Debug, PartialEq)]
+enum SyncStep {
+    Key(Vec<String>),
+    Resource(Vec<String>),
+}
+
+/// A leader in synchronous mode driven loop by loop against a scripted store that applies its
+/// sync-key writes, so each cycle loads what the last one wrote.
+struct SyncLeader {
+    n: Node,
+    record: LeaderRecord,
+    sync: Option<SyncRecord>,
+    sync_version: u64,
+    members: Vec<MemberRecord>,
+    confirmed: Vec<String>,
+    now: u64,
+    steps: Vec<SyncStep>,
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl SyncLeader {
+    /// Leader "a" with `count` synchronous standbys, promoted and acting.
+    fn new(count: usize, strict: bool) -> Self {
+        let mut cfg = NodeConfig::new("a", 0xabc);
+        cfg.timing = Timing::fast();
+        cfg.synchronous_mode = true;
+        cfg.synchronous_node_count = NonZeroUsize::new(count).unwrap();
+        cfg.synchronous_mode_strict = strict;
+        let mut n = Node::new(cfg, at(0)).unwrap();
+        let (id, record) = start_and_acquire(&mut n);
+        n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+        let mut l = SyncLeader {
+            n,
+            record,
+            sync: None,
+            sync_version: 1,
+            members: Vec::new(),
+            confirmed: Vec::new(),
+            now: 20,
+            steps: Vec::new(),
+        };
+        l.settle();
+        assert!(l.n.is_acting_leader(at(l.now)), "the leader did not promote: {:?}", l.steps);
+        assert_eq!(l.sync, Some(SyncRecord { leader: "a".into(), sync_standby: Vec::new() }));
+        l
+    }
+
+    fn replica(&mut self, name: &str, position: u64) {
+        let mut m = MemberRecord::new(name);
+        m.role = ResourceRole::Replica;
+        m.running = true;
+        m.position = Some(position);
+        self.members.retain(|x| x.name != name);
+        self.members.push(m);
+        self.members.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    fn member(&mut self, name: &str) -> &mut MemberRecord {
+        self.members.iter_mut().find(|m| m.name == name).expect("a known member")
+    }
+
+    fn view(&self) -> ClusterView {
+        let mut v = view_with(Some(leader_view("a", &self.record.token, 7)));
+        v.members = self.members.iter().map(|m| Versioned { value: m.clone(), version: Version::new(2) }).collect();
+        v.sync = self.sync.clone().map(|s| Versioned { value: s, version: Version::new(self.sync_version) });
+        v
+    }
+
+    /// Answers everything the node asks until it is quiet.
+    fn settle(&mut self) {
+        let now = at(self.now);
+        loop {
+            let actions = drain(&mut self.n);
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                match a {
+                    Action::Renew { id, .. } => {
+                        self.n.handle_renew(id, Ok(CasOutcome::Won(lease_from(&self.record, 7))), now)
+                    }
+                    Action::Load { id } => self.n.handle_load(id, Ok(self.view()), now),
+                    Action::WriteControl { id, key: ControlKey::Sync, value, .. } => {
+                        let rec = SyncRecord::decode("sync", &value).unwrap();
+                        self.steps.push(SyncStep::Key(rec.sync_standby.clone()));
+                        self.sync = Some(rec);
+                        self.sync_version += 1;
+                        self.n.handle_write(id, Ok(true), now);
+                    }
+                    Action::PublishMember { id, .. }
+                    | Action::WriteControl { id, .. }
+                    | Action::DeleteControl { id, .. } => self.n.handle_write(id, Ok(true), now),
+                    Action::Promote { .. } => self.n.handle_promoted(Ok(()), now),
+                    Action::SetSyncStandbys { names } => self.steps.push(SyncStep::Resource(names)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// One loop: the resource reports (primary, with the confirmed standbys), a watch says the
+    /// store changed (the test changes members between loops), then a cycle.
+    fn cycle(&mut self) {
+        self.now += 1000;
+        let status = ResourceStatus {
+            running: true,
+            role: ResourceRole::Primary,
+            position: Some(1000),
+            timeline: Some(1),
+            sync_confirmed: self.confirmed.clone(),
+        };
+        self.n.handle_resource_status(status, at(self.now));
+        self.n.handle_watch_event(WatchEvent::Changed, at(self.now));
+        self.n.handle_timeout(at(self.now));
+        self.settle();
+    }
+
+    fn cycles(&mut self, count: usize) {
+        for _ in 0..count {
+            self.cycle();
+        }
+    }
+
+    fn published(&self) -> Vec<String> {
+        self.sync.as_ref().map(|s| s.sync_standby.clone()).unwrap_or_default()
+    }
+
+    fn take_steps(&mut self) -> Vec<SyncStep> {
+        std::mem::take(&mut self.steps)
+    }
+}
+
+#[test]
+fn sync_count_two_fills_with_the_most_advanced_and_publishes_only_confirmed() {
+    let mut l = SyncLeader::new(2, false);
+    l.take_steps();
+    l.replica("b", 300);
+    l.replica("c", 500);
+    l.replica("d", 500);
+    l.replica("e", 900);
+    l.member("e").tags.nosync = true;
+    l.replica("f", 950);
+    l.member("f").running = false;
+    l.cycles(3);
+    // The two most advanced eligible replicas, ties by name; nothing published unconfirmed.
+    assert_eq!(l.take_steps(), [SyncStep::Resource(names(&["c", "d"]))]);
+    assert!(l.published().is_empty());
+    l.confirmed = names(&["d"]);
+    l.cycles(2);
+    assert_eq!(l.take_steps(), [SyncStep::Key(names(&["d"]))]);
+    l.confirmed = names(&["c", "d"]);
+    l.cycles(2);
+    // Grown, keeping the published one first.
+    assert_eq!(l.take_steps(), [SyncStep::Key(names(&["d", "c"]))]);
+}
+
+#[test]
+fn sync_count_two_keeps_its_standbys_while_they_stay_eligible() {
+    let mut l = SyncLeader::new(2, false);
+    l.replica("b", 300);
+    l.replica("c", 500);
+    l.replica("d", 400);
+    l.cycle();
+    l.confirmed = names(&["c", "d"]);
+    l.cycles(2);
+    assert_eq!(l.published(), ["c", "d"]);
+    l.take_steps();
+    // b overtakes both, and a standby is briefly unconfirmed (a slow reply): nothing moves.
+    l.member("b").position = Some(5000);
+    l.confirmed = names(&["c"]);
+    l.cycles(4);
+    assert_eq!(l.take_steps(), []);
+    assert_eq!(l.published(), ["c", "d"]);
+}
+
+#[test]
+fn sync_count_two_replaces_one_standby_without_dropping_the_other() {
+    let mut l = SyncLeader::new(2, false);
+    l.replica("b", 300);
+    l.replica("c", 500);
+    l.replica("d", 400);
+    l.cycle();
+    l.confirmed = names(&["c", "d"]);
+    l.cycles(2);
+    assert_eq!(l.published(), ["c", "d"]);
+    l.take_steps();
+    // d restarts: out of the key first, then the resource stops waiting for it and waits for
+    // b instead; b joins the key once confirmed. c stays published throughout.
+    l.member("d").running = false;
+    l.cycles(3);
+    assert_eq!(l.take_steps(), [SyncStep::Key(names(&["c"])), SyncStep::Resource(names(&["c", "b"]))]);
+    l.confirmed = names(&["c", "b"]);
+    l.cycles(2);
+    assert_eq!(l.take_steps(), [SyncStep::Key(names(&["c", "b"]))]);
+    // d comes back, more advanced than anyone: the set stays (sticky).
+    l.member("d").running = true;
+    l.member("d").position = Some(9000);
+    l.cycles(3);
+    assert_eq!(l.take_steps(), []);
+}
+
+#[test]
+fn sync_count_one_still_chooses_a_single_standby() {
+    let mut l = SyncLeader::new(1, false);
+    l.take_steps();
+    l.replica("b", 300);
+    l.replica("c", 500);
+    l.cycle();
+    assert_eq!(l.take_steps(), [SyncStep::Resource(names(&["c"]))]);
+    l.confirmed = names(&["c"]);
+    l.cycles(2);
+    assert_eq!(l.take_steps(), [SyncStep::Key(names(&["c"]))]);
+    l.member("c").role = ResourceRole::Unknown;
+    l.cycles(3);
+    assert_eq!(l.take_steps(), [SyncStep::Key(Vec::new()), SyncStep::Resource(names(&["b"]))]);
+    l.confirmed = names(&["b"]);
+    l.cycles(2);
+    assert_eq!(l.take_steps(), [SyncStep::Key(names(&["b"]))]);
+}
+
+#[test]
+fn strict_mode_asks_for_any_standby_when_none_is_eligible() {
+    let mut l = SyncLeader::new(1, true);
+    // From the promotion on: the wildcard follows the promote, before any standby exists.
+    let first = l.take_steps();
+    assert_eq!(first.last(), Some(&SyncStep::Resource(names(&[ANY_STANDBY]))), "{first:?}");
+    l.cycles(2);
+    assert_eq!(l.take_steps(), [], "the wildcard is asked once");
+    l.replica("b", 300);
+    l.cycle();
+    l.confirmed = names(&["b"]);
+    l.cycles(2);
+    assert_eq!(l.take_steps(), [SyncStep::Resource(names(&["b"])), SyncStep::Key(names(&["b"]))]);
+    l.member("b").running = false;
+    l.cycles(3);
+    assert_eq!(l.take_steps(), [SyncStep::Key(Vec::new()), SyncStep::Resource(names(&[ANY_STANDBY]))]);
+    assert!(l.published().is_empty(), "the wildcard is never published");
+}
+
+#[test]
+fn without_strict_mode_no_standby_means_an_empty_set() {
+    let mut l = SyncLeader::new(1, false);
+    let first = l.take_steps();
+    assert!(!first.iter().any(|s| matches!(s, SyncStep::Resource(_))), "{first:?}");
+    l.replica("b", 300);
+    l.cycle();
+    l.confirmed = names(&["b"]);
+    l.cycles(2);
+    l.take_steps();
+    l.member("b").running = false;
+    l.cycles(3);
+    assert_eq!(l.take_steps(), [SyncStep::Key(Vec::new()), SyncStep::Resource(Vec::new())]);
+}
+
+#[test]
+fn strict_mode_asks_for_any_standby_only_once_promoted() {
+    let mut cfg = NodeConfig::new("a", 0xabc);
+    cfg.timing = Timing::fast();
+    cfg.synchronous_mode = true;
+    cfg.synchronous_mode_strict = true;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    let actions = answer_writes(&mut n, at(20));
+    assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
+    assert!(!actions.iter().any(|a| matches!(a, Action::SetSyncStandbys { .. })), "{actions:?}");
+    // A failed promotion leaves a resource that is no primary: nothing to reconfigure.
+    n.handle_promoted(Err("pg_ctl promote failed".into()), at(30));
+    let after = drain(&mut n);
+    assert!(!after.iter().any(|a| matches!(a, Action::SetSyncStandbys { .. })), "{after:?}");
+}

@@ -35,11 +35,19 @@ pub enum Mutation {
     /// roster: a member whose registration expired (cut from the store, still running, maybe
     /// ahead) is never asked. Expected: I3.
     AskRegisteredOnly,
+    /// The resource acknowledges a write once any one of its synchronous standbys has it, as
+    /// `synchronous_standby_names = '1 (a, b)'` would where the leader asked for `2 (a, b)`:
+    /// the count is dropped, so a standby in the sync key may lack acknowledged writes.
+    /// Expected: I5, with `sync_count` 2 or more.
+    AckOnAnyStandby,
+    /// The resource reads the strict-mode wildcard (`*`) as "no standby" and acknowledges
+    /// writes at once. Expected: I5 in strict mode.
+    StrictAsNone,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 8] = [
+    pub const ALL: [Mutation; 10] = [
         Mutation::NoSafetyMargin,
         Mutation::NoFencing,
         Mutation::AckDemoteEarly,
@@ -48,6 +56,8 @@ impl Mutation {
         Mutation::ConfirmSyncEarly,
         Mutation::AdoptForeignKey,
         Mutation::AskRegisteredOnly,
+        Mutation::AckOnAnyStandby,
+        Mutation::StrictAsNone,
     ];
 }
 
@@ -91,6 +101,12 @@ pub struct SimConfig {
     pub timing: Timing,
     /// Synchronous replication mode.
     pub synchronous: bool,
+    /// Synchronous mode: how many synchronous standbys the leader keeps
+    /// (`synchronous_node_count`); 0 counts as 1.
+    pub sync_count: usize,
+    /// Synchronous mode: strict (`synchronous_mode_strict`); no write is acknowledged without
+    /// a synchronous copy.
+    pub strict: bool,
     /// Length of the chaos phase; faults start only within it.
     pub chaos: Duration,
     /// Length of the fault-free liveness phase after it (zero: no liveness check).
@@ -113,6 +129,8 @@ impl SimConfig {
             profile: StoreProfile::Etcd,
             timing,
             synchronous: false,
+            sync_count: 1,
+            strict: false,
             chaos: Duration::from_secs(120),
             liveness: Duration::ZERO,
             mutation: None,

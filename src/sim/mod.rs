@@ -114,6 +114,15 @@ impl Scenario {
         self
     }
 
+    /// Synchronous mode with `count` standbys (0 counts as 1); `strict`: no write is
+    /// acknowledged without a synchronous copy. Switches synchronous mode on.
+    pub fn sync_standbys(mut self, count: usize, strict: bool) -> Self {
+        self.config.synchronous = true;
+        self.config.sync_count = count.max(1);
+        self.config.strict = strict;
+        self
+    }
+
     /// Length of the chaos phase.
     pub fn chaos(mut self, chaos: Duration) -> Self {
         self.config.chaos = chaos;

@@ -166,7 +166,7 @@ impl Report {
             self.seed,
             c.profile,
             c.nodes,
-            if c.synchronous { " | sync" } else { "" },
+            sync_label(c),
             self.faults.len(),
             if self.violations.is_empty() {
                 "no violations".to_string()
@@ -198,10 +198,18 @@ impl Report {
             "cargo run --release --features sim --example sim_sweep -- --reproduce {} --profile {} --nodes {} --faults {count} --chaos-secs {chaos}",
             self.seed, c.profile, c.nodes
         );
-        for (on, flag) in [(c.synchronous, " --sync"), (beyond, " --beyond"), (patroni, " --timing patroni")] {
+        for (on, flag) in [
+            (c.synchronous, " --sync"),
+            (c.synchronous && c.strict, " --strict"),
+            (beyond, " --beyond"),
+            (patroni, " --timing patroni"),
+        ] {
             if on {
                 cmd.push_str(flag);
             }
+        }
+        if c.synchronous && c.sync_count > 1 {
+            cmd.push_str(&format!(" --sync-count {}", c.sync_count));
         }
         if let Some(m) = c.mutation {
             cmd.push_str(&format!(" --mutation {m:?}"));
@@ -210,16 +218,31 @@ impl Report {
     }
 }
 
+/// `" | sync"`, with the count when above 1 and `strict` when on; empty in asynchronous mode.
+fn sync_label(c: &SimConfig) -> String {
+    if !c.synchronous {
+        return String::new();
+    }
+    let mut s = String::from(" | sync");
+    if c.sync_count > 1 {
+        s.push_str(&format!(" x{}", c.sync_count));
+    }
+    if c.strict {
+        s.push_str(" strict");
+    }
+    s
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.config;
         writeln!(
             f,
-            "seed {} | profile {} | nodes {} | sync {} | ttl {:?} loop {:?} retry {:?} margin {:?} drift {} ppm | mutation {:?} | {} envelope",
+            "seed {} | profile {} | nodes {}{} | ttl {:?} loop {:?} retry {:?} margin {:?} drift {} ppm | mutation {:?} | {} envelope",
             self.seed,
             c.profile,
             c.nodes,
-            c.synchronous,
+            if c.synchronous { sync_label(c) } else { " | sync false".to_string() },
             c.timing.ttl,
             c.timing.loop_wait,
             c.timing.retry_timeout,

@@ -1,6 +1,7 @@
 //! [`World`]: the event queue, the nodes, the store and the network of one run.
 
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use super::resource::{Entry, FencedSink, Role, SimResource};
 use super::rng::SimRng;
 use crate::dcs::{CasOutcome, Lease, WatchEvent};
 use crate::error::DcsError;
-use crate::node::{Action, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
+use crate::node::{ANY_STANDBY, Action, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
 use crate::record::{ClusterView, DecodeCache, Epoch, LeaderView, ResourceRole, Version};
 use crate::rules::{PeerReply, PeerStatus};
 use crate::testkit::model::{MemoryModel, SessionId};
@@ -858,6 +859,8 @@ impl World {
         cfg.api_url = Some(format!("http://{}", self.slots[n].name));
         cfg.conn_url = Some(self.slots[n].name.clone());
         cfg.synchronous_mode = self.cfg.synchronous;
+        cfg.synchronous_node_count = NonZeroUsize::new(self.cfg.sync_count).unwrap_or(NonZeroUsize::MIN);
+        cfg.synchronous_mode_strict = self.cfg.strict;
         let node = Node::new(cfg, now_l).expect("simulated timing is valid");
         let session = self.model.open_session(self.cfg.profile.session_ttl(self.cfg.timing.ttl), at(self.now));
         self.sessions.push(session);
@@ -1250,7 +1253,13 @@ impl World {
                         self.slots[n].res.role = Role::Replica(idx);
                     }
                 }
-                ResOp::SetSync(names) => {
+                ResOp::SetSync(mut names) => {
+                    // `*` (strict mode) names no slot, so writes wait until the leader names a
+                    // standby: stricter than PostgreSQL, where any connected standby may then
+                    // acknowledge (the sync key does not name it, so nothing relies on it).
+                    if self.cfg.mutation == Some(Mutation::StrictAsNone) && names == [ANY_STANDBY] {
+                        names.clear();
+                    }
                     self.slots[n].res.sync_standbys = names;
                     if self.slots[n].res.sync_standbys.is_empty() {
                         // Nobody to wait for: waiting writes complete without a sync copy.
@@ -1372,14 +1381,23 @@ impl World {
             let res = &self.slots[n].res;
             changed |= before != (res.log.len(), res.log.last().copied(), res.max_epoch);
             let acked_before = self.acked.len();
-            // Synchronous acknowledgement: the standby now has these writes.
+            // Synchronous acknowledgement: a waiting write completes once every standby the
+            // primary waits for has it (`N (a, b, ...)` with N names); this one just copied.
             let source = &self.slots[src].res;
             if source.primary_epoch().is_some() && source.sync_standbys.iter().any(|s| *s == self.slots[n].name) {
-                let have = self.slots[n].res.log.len();
+                let any_one = self.cfg.mutation == Some(Mutation::AckOnAnyStandby);
+                let standbys: Vec<Option<usize>> = if any_one {
+                    vec![Some(n)]
+                } else {
+                    source.sync_standbys.iter().map(|s| self.index_of(s)).collect()
+                };
                 let pending = std::mem::take(&mut self.slots[src].res.pending_sync);
                 let mut keep = Vec::new();
                 for (idx, write_id) in pending {
-                    if idx < have && self.slots[n].res.log[idx].write_id == write_id {
+                    let has = |j: &Option<usize>| {
+                        j.is_some_and(|j| self.slots[j].res.log.get(idx).is_some_and(|e| e.write_id == write_id))
+                    };
+                    if standbys.iter().all(has) {
                         self.acked.push(Acked { write_id, at: self.now, sync: true, node: src });
                     } else {
                         keep.push((idx, write_id));

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -64,8 +65,9 @@ pub struct DaemonConfig {
     /// Synchronous mode: with no synchronous standby, commits wait rather than run
     /// unprotected (`synchronous_standby_names = '*'`).
     pub synchronous_mode_strict: bool,
-    /// Synchronous mode: how many synchronous standbys (Patroni's key; 1 today).
-    pub synchronous_node_count: u32,
+    /// Synchronous mode: how many synchronous standbys the leader keeps (Patroni's key, at
+    /// least 1; fewer while fewer replicas are eligible). Commits wait for all of them.
+    pub synchronous_node_count: NonZeroUsize,
     /// Keep the leader through a store outage while every member confirms it.
     pub failsafe_mode: bool,
     /// How replicas reach this member's resource (passed to their `follow` hook).
@@ -412,6 +414,8 @@ impl DaemonConfig {
         cfg.conn_url = self.conn_url.clone();
         cfg.watchdog = self.watchdog.mode;
         cfg.synchronous_mode = self.synchronous_mode;
+        cfg.synchronous_node_count = self.synchronous_node_count;
+        cfg.synchronous_mode_strict = self.synchronous_mode_strict;
         // The native resource publishes its own conn_url when none is configured.
         if cfg.conn_url.is_none()
             && let ResourceConfig::Postgres(pg) = &self.resource
@@ -627,15 +631,15 @@ impl RawConfig {
         if self.synchronous_mode_strict && !self.synchronous_mode {
             return Err(ConfigError::new("synchronous_mode_strict", "needs synchronous_mode = true"));
         }
-        let synchronous_node_count = self.synchronous_node_count.unwrap_or(1);
-        if synchronous_node_count != 1 {
-            // The node picks one synchronous standby (the most advanced replica); more would
-            // need the core to choose several.
-            return Err(ConfigError::new(
-                "synchronous_node_count",
-                format!("{synchronous_node_count}: only 1 is supported (the leader keeps one synchronous standby)"),
-            ));
-        }
+        let synchronous_node_count = usize::try_from(self.synchronous_node_count.unwrap_or(1))
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "synchronous_node_count",
+                    "0: must be at least 1 (how many synchronous standbys the leader keeps)",
+                )
+            })?;
         if let (Some(u), ResourceConfig::Postgres(_)) = (&self.conn_url, &resource) {
             return Err(ConfigError::new(
                 "conn_url",
@@ -854,6 +858,25 @@ mod tests {
     }
 
     #[test]
+    fn synchronous_node_count_reaches_the_node_and_zero_is_refused() {
+        if !Path::new("/usr/lib/postgresql/15/bin/pg_rewind").exists() {
+            eprintln!("skipped: PostgreSQL 15 is not installed (scripts/setup.sh)");
+            return;
+        }
+        let c = pg("synchronous_mode = true\nsynchronous_node_count = 2", "").unwrap();
+        assert_eq!(c.synchronous_node_count.get(), 2);
+        let node = c.node_config(1);
+        assert_eq!(node.synchronous_node_count.get(), 2);
+        assert!(node.synchronous_mode && !node.synchronous_mode_strict);
+        let e = pg("synchronous_mode = true\nsynchronous_node_count = 0", "").unwrap_err();
+        assert_eq!(e.key, "synchronous_node_count");
+        assert!(e.message.contains("at least 1"), "{e}");
+        // A negative count fails in the TOML parser, whose message quotes the line.
+        let e = pg("synchronous_mode = true\nsynchronous_node_count = -1", "").unwrap_err();
+        assert!(e.to_string().contains("synchronous_node_count"), "{e}");
+    }
+
+    #[test]
     fn postgresql_section_takes_patroni_names_and_defaults() {
         if !Path::new("/usr/lib/postgresql/15/bin/pg_rewind").exists() {
             eprintln!("skipped: PostgreSQL 15 is not installed (scripts/setup.sh)");
@@ -862,7 +885,8 @@ mod tests {
         let c = pg("synchronous_mode = true\nsynchronous_mode_strict = true", "").unwrap();
         let ResourceConfig::Postgres(p) = &c.resource else { panic!("postgresql resource") };
         assert!(c.synchronous_mode && c.synchronous_mode_strict);
-        assert_eq!(c.synchronous_node_count, 1);
+        assert_eq!(c.synchronous_node_count.get(), 1);
+        assert!(c.node_config(1).synchronous_mode_strict, "strict mode reaches the node");
         assert_eq!((p.port, p.connect_address.as_str()), (5433, "127.0.0.1:5433"));
         assert_eq!(p.superuser.username, "postgres");
         assert_eq!(p.replication.username, "repl");
@@ -873,7 +897,7 @@ mod tests {
 
         let key = |top: &str, section: &str| pg(top, section).unwrap_err().key;
         assert_eq!(key("synchronous_mode_strict = true", ""), "synchronous_mode_strict");
-        assert_eq!(key("synchronous_mode = true\nsynchronous_node_count = 2", ""), "synchronous_node_count");
+        assert_eq!(key("synchronous_mode = true\nsynchronous_node_count = 0", ""), "synchronous_node_count");
         assert_eq!(key("conn_url = \"x\"", ""), "conn_url");
         assert_eq!(key("", "[postgresql.parameters]\nport = 1"), "postgresql.parameters.port");
         assert_eq!(

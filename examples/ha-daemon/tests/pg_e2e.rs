@@ -71,6 +71,8 @@ fn kill_postmaster(data: &Path) {
 /// postmasters outlived the test).
 struct Cluster {
     sync: bool,
+    /// Synchronous mode: how many standbys a healthy sync key names.
+    sync_count: usize,
     members: Vec<Member>,
     _guards: Vec<PgGuard>,
     _store: Store,
@@ -97,6 +99,10 @@ impl Cluster {
 
     fn start_members(top: &str, extra: &str, nosync_third: bool) -> Cluster {
         let sync = top.contains("synchronous_mode = true");
+        let sync_count = top
+            .lines()
+            .find_map(|l| l.strip_prefix("synchronous_node_count = "))
+            .map_or(1, |n| n.trim().parse().expect("a count"));
         let store = Store::etcd();
         let Store::Etcd { endpoint, .. } = &store else { unreachable!() };
         let etcd_port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
@@ -144,7 +150,7 @@ impl Cluster {
                 proc: None,
             });
         }
-        let mut c = Cluster { sync, members, dir, _guards: guards, _store: store };
+        let mut c = Cluster { sync, sync_count, members, dir, _guards: guards, _store: store };
         // n1 bootstraps; the others join once it leads (so a nosync member never bootstraps).
         c.start_member(0);
         c.wait("n1 leads", |c| c.leader().filter(|&(i, _)| i == 0));
@@ -223,7 +229,7 @@ impl Cluster {
         let ls = self.status(l)?;
         let sync: Vec<String> =
             ls["sync_standby"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_string)).collect();
-        if self.sync && sync.len() != 1 {
+        if self.sync && sync.len() != self.sync_count {
             return None;
         }
         let replicas = (0..3)
@@ -499,6 +505,50 @@ fn synchronous_mode_loses_no_acknowledged_write() {
     }
     let acked = w.acked().len();
     eprintln!("==== {rounds} round(s), {acked} rows acknowledged, none lost");
+    assert!(acked > 0);
+}
+
+/// `synchronous_node_count = 2`: both replicas are synchronous standbys (the sync key names
+/// both; `synchronous_standby_names = '2 (...)'`, so a commit waits for both). A replica's crash
+/// takes it out of the key while the other stays, and commits go on; after kill -9 of the
+/// leader and a store cut, whichever standby is promoted has every acknowledged row.
+#[test]
+fn two_synchronous_standbys_lose_no_acknowledged_write() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !Path::new(PG_BIN).join("pg_rewind").exists() {
+        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
+        return;
+    }
+    let mut c = Cluster::start_with("synchronous_mode = true\nsynchronous_node_count = 2", "");
+    let (l, _) = c.wait_healthy();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let names = rt.block_on(async {
+        let client = writable(c.members[l].pg_port).await.expect("the primary answers");
+        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
+        client.query_one("show synchronous_standby_names", &[]).await.unwrap().get::<_, String>(0)
+    });
+    assert!(names.starts_with("2 ("), "a commit waits for both standbys: {names:?}");
+    let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
+    let w = Writer::start(ports);
+    w.wait_progress(&c, 20);
+
+    let (gone, kept) = ((l + 1) % 3, (l + 2) % 3);
+    eprintln!("---- kill -9 of replica {}", c.members[gone].name);
+    c.members[gone].proc.as_mut().unwrap().kill9();
+    kill_postmaster(&c.members[gone].data);
+    let kept_name = c.members[kept].name.clone();
+    c.wait("the sync key names only the other standby", |c| {
+        let s = c.status(l)?;
+        let key: Vec<&str> = s["sync_standby"].as_array()?.iter().filter_map(|v| v.as_str()).collect();
+        (key == [kept_name.as_str()]).then_some(())
+    });
+    w.wait_progress(&c, 20);
+    c.start_member(gone);
+    for f in [Fault::Kill, Fault::StoreCut] {
+        fault(&mut c, &w, f);
+    }
+    let acked = w.acked().len();
+    eprintln!("==== two synchronous standbys: {acked} rows acknowledged, none lost");
     assert!(acked > 0);
 }
 

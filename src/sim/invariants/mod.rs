@@ -159,6 +159,8 @@ pub struct Measured {
     pub stale_decisions: u64,
     /// Acknowledged writes missing from the final primary's log.
     pub lost_acked_writes: u64,
+    /// Writes acknowledged to clients (synchronously or not).
+    pub acked_writes: u64,
     /// Writes the fenced sink rejected.
     pub fenced_rejections: u64,
     /// Times a node's timer kept firing at one instant (a busy loop in a real driver).

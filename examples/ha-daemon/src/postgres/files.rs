@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use leasehold::node::ANY_STANDBY;
+
 use super::config::PostgresConfig;
 
 /// What this member runs as, for `postgresql.conf`.
@@ -40,11 +42,16 @@ pub fn slot_name(name: &str) -> String {
     s
 }
 
-/// `synchronous_standby_names` for `names`: `*` in strict mode without a standby, nothing
-/// without one otherwise.
+/// `synchronous_standby_names` for `names`: `N (a, b, ...)` with N the number of names, so a
+/// commit waits for every one of them (any may be promoted); `*` when the node asks for
+/// [`ANY_STANDBY`] (strict mode without a standby), and also for an empty list in strict mode
+/// (the setting a promotion starts with); nothing without a standby otherwise.
 pub fn sync_standby_names(names: &[String], strict: bool) -> Option<String> {
     if names.is_empty() {
-        return strict.then(|| "*".to_string());
+        return strict.then(|| ANY_STANDBY.to_string());
+    }
+    if names == [ANY_STANDBY] {
+        return Some(ANY_STANDBY.to_string());
     }
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{}\"", n.replace('"', "\"\""))).collect();
     Some(format!("{} ({})", names.len(), quoted.join(", ")))
@@ -197,6 +204,13 @@ mod tests {
         assert_eq!(sync_standby_names(&[], false), None);
         assert_eq!(sync_standby_names(&[], true).as_deref(), Some("*"));
         assert_eq!(sync_standby_names(&["n2".into()], true).as_deref(), Some("1 (\"n2\")"));
+        assert_eq!(
+            sync_standby_names(&["n2".into(), "n3".into()], false).as_deref(),
+            Some("2 (\"n2\", \"n3\")"),
+            "a commit waits for every standby the node named"
+        );
+        assert_eq!(sync_standby_names(&[ANY_STANDBY.into()], true).as_deref(), Some("*"));
+        assert_eq!(sync_standby_names(&[ANY_STANDBY.into()], false).as_deref(), Some("*"), "the node asked for it");
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   `pg_rewind` fails, logged at WARN with its reason, the old directory kept aside unless
 //!   `remove_data_directory_on_rewind_failure` is set.
 //! * **synchronous mode**: [`Resource::set_sync_standbys`] rewrites
-//!   `synchronous_standby_names` and reloads; a standby is reported as confirmed only when
+//!   `synchronous_standby_names` (`N (a, b, ...)` for the N standbys the node chose, so a
+//!   commit waits for all of them; `*` for the node's strict-mode wildcard) and reloads; a standby is reported as confirmed only when
 //!   `pg_stat_replication` shows it `sync` with a flushed position past the primary's position
 //!   taken after the change took effect, so everything acknowledged before is on it too.
 //!
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::driver::{DriverState, Resource};
-use leasehold::node::{DemoteMode, ResourceStatus};
+use leasehold::node::{ANY_STANDBY, DemoteMode, ResourceStatus};
 use leasehold::{Epoch, ResourceRole};
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -637,7 +638,9 @@ impl PgResource {
     async fn confirmed_sync(&self, primary_position: u64) -> Vec<String> {
         let names = {
             let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-            if s.names.is_empty() {
+            // The wildcard (strict mode, no standby) confirms nobody: the key keeps naming only
+            // the leader, whichever standby acknowledges under it.
+            if s.names.is_empty() || s.names == [ANY_STANDBY] {
                 return Vec::new();
             }
             if s.barrier.is_none() {
