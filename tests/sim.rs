@@ -295,6 +295,33 @@ fn issue_13_replays_hold_every_invariant() {
     }
 }
 
+/// The 1,000,000-schedule sweep's one finding was the envelope's bookkeeping: n0 was frozen
+/// for 537 ms across its deadline, woke, started its demote and was frozen again 11 ms later
+/// for 653 ms. Each pause fit the pause budget; together they did not, and the run was still
+/// counted inside the envelope, where I1' and I6 fail it. Such a run is outside: measured, not
+/// failed.
+#[test]
+fn two_pauses_before_a_demote_completes_count_as_one() {
+    let r = Replay {
+        profile: StoreProfile::ZooKeeper,
+        nodes: 5,
+        sync: true,
+        faults: 31,
+        seed: 232_286_858_507,
+        chaos_secs: 30,
+    };
+    let scenario = r.scenario();
+    let env = scenario.config.envelope();
+    let pauses: Vec<_> = scenario.faults.iter().filter(|f| matches!(f.fault, Fault::Pause { node: 0, .. })).collect();
+    assert!(
+        pauses.len() >= 2 && pauses.iter().all(|f| f.fault.within(&env, 1000, StoreProfile::ZooKeeper)),
+        "{pauses:?}"
+    );
+    let report = scenario.run();
+    assert!(!report.within_envelope, "{report}");
+    assert!(report.measured.outside_envelope_breaches > 0, "the pauses still breach: {report}");
+}
+
 /// Runs `replays` with `mutation` until one breaks an invariant of `expected`.
 fn find_among(mutation: Mutation, expected: &[InvariantId], replays: &[Replay]) -> Report {
     for r in replays {

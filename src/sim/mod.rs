@@ -50,7 +50,7 @@ use std::time::Duration;
 
 pub use clock::LocalClock;
 pub use config::{Envelope, Knobs, Mutation, SimConfig};
-pub use fault::{Direction, Fault, TimedFault, random_schedule, random_schedule_of};
+pub use fault::{Direction, Fault, TimedFault, random_schedule, random_schedule_of, schedule_within};
 pub use invariants::{InvariantId, Measured, Violation};
 pub use picture::{Mark, NodeState, Picture, RoleBar};
 pub use profile::StoreProfile;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::clock::LocalClock;
 use super::config::{Envelope, Knobs, Mutation, SimConfig};
-use super::fault::{Direction, Fault, TimedFault};
+use super::fault::{Direction, Fault, TimedFault, schedule_within};
 use super::invariants::{Checker, Decision, Happening};
 use super::picture::{NodeState, Picture, RoleBar};
 use super::profile::StoreProfile;
@@ -325,7 +325,7 @@ impl World {
         let env = cfg.envelope();
         faults.retain(|f| f.at < cfg.chaos && f.fault.node().is_none_or(|n| n < cfg.nodes));
         faults.sort_by_key(|f| f.at);
-        let within_envelope = faults.iter().all(|f| f.fault.within(&env, cfg.timing.max_drift_ppm, cfg.profile));
+        let within_envelope = schedule_within(&faults, &env, cfg.timing.max_drift_ppm, cfg.profile);
         let mut node_timing = cfg.timing.clone();
         match cfg.mutation {
             Some(Mutation::NoSafetyMargin) => {
