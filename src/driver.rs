@@ -39,6 +39,11 @@ pub trait Resource: Send + Sync + 'static {
     /// Start acting as primary. `epoch` is the fencing token: from now on the resource (or
     /// whatever it writes to) should reject writes carrying an older epoch. An error is a
     /// failed pre-promote: the node releases the key and backs off for a ttl.
+    ///
+    /// In failsafe mode it may also be called while the resource already acts as primary,
+    /// with a newer epoch: the key expired during a store outage and the same member took it
+    /// back. Adopt the epoch for fencing and keep everything else (writes, synchronous
+    /// standbys) as it is.
     async fn promote(&self, epoch: Epoch) -> Result<(), String>;
 
     /// Stop acting as primary. Must not return `Ok` before the resource has stopped accepting

@@ -475,7 +475,11 @@ impl Node {
             self.handle_failsafe_result(id, false, now);
         }
         if self.reacquire_until.is_some_and(|t| now >= t) {
-            self.lose_lease(now, DemoteMode::Offline, "could not take the leader key back before the failsafe belief ran out");
+            self.lose_lease(
+                now,
+                DemoteMode::Offline,
+                "could not take the leader key back before the failsafe belief ran out",
+            );
         }
         if self.renew_retry_at.is_some_and(|t| now >= t) {
             self.renew_retry_at = None;

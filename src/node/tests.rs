@@ -1197,3 +1197,177 @@ fn strict_mode_asks_for_any_standby_only_once_promoted() {
     let after = drain(&mut n);
     assert!(!after.iter().any(|a| matches!(a, Action::SetSyncStandbys { .. })), "{after:?}");
 }
+
+// === failsafe mode ===
+
+/// How the store answers in the failsafe tests, from a given time on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Store {
+    /// Every request fails before being applied.
+    Down,
+    /// Back; the leader key expired and nobody took it.
+    BackKeyGone,
+    /// Back; another member holds the key.
+    BackTakenBy(&'static str),
+    /// Back for reads and renewals (the key is gone), but every acquire fails.
+    BackAcquiresFail,
+}
+
+fn failsafe_view(store: Store) -> ClusterView {
+    let mut view = view_with(match store {
+        Store::BackTakenBy(m) => Some(leader_view(m, &format!("{m}/1-1"), 9)),
+        _ => None,
+    });
+    view.members = ["a", "b"].map(|m| Versioned { value: MemberRecord::new(m), version: Version::new(1) }).to_vec();
+    view
+}
+
+/// Answers every action the node emits from `from` to `until` as `store(now)` says, and
+/// confirms (or not) every failsafe check. Returns the actions with the time they came out.
+fn run_failsafe(
+    n: &mut Node,
+    from: Instant,
+    until: Instant,
+    store: impl Fn(Instant) -> Store,
+    confirm: bool,
+) -> Vec<(Instant, Action)> {
+    let mut seen = Vec::new();
+    let mut now = from;
+    // What the store holds once we win the key (epoch 7 before the outage, 8 after).
+    let mut ours: Option<Lease> = n.held.as_ref().map(|h| h.lease.clone());
+    while now < until {
+        n.handle_timeout(now);
+        while let Some(action) = n.poll_action() {
+            let state = store(now);
+            let unavailable = || DcsError::unavailable("store unreachable");
+            // The epoch-7 key expired during the outage; an epoch-8 key is the one we took back.
+            let mine = ours.as_ref().filter(|_| {
+                state == Store::BackKeyGone && (now < at(1_000) || ours.as_ref().is_some_and(|l| l.epoch == Epoch(8)))
+            });
+            let current = match state {
+                Store::BackTakenBy(_) => failsafe_view(state).leader,
+                _ => mine.map(|l| LeaderView { record: l.record.clone(), epoch: l.epoch, version: l.version.clone() }),
+            };
+            match &action {
+                Action::Load { id } => {
+                    let mut view = failsafe_view(state);
+                    view.leader = current;
+                    n.handle_load(*id, if state == Store::Down { Err(unavailable()) } else { Ok(view) }, now)
+                }
+                Action::Renew { id, lease } => {
+                    let answer = match state {
+                        Store::Down => Err(unavailable()),
+                        _ if mine.is_some_and(|l| l.epoch == lease.epoch) => Ok(CasOutcome::Won(lease.clone())),
+                        _ => Ok(CasOutcome::Lost(current)),
+                    };
+                    n.handle_renew(*id, answer, now)
+                }
+                Action::Acquire { id, record } => {
+                    let answer = match state {
+                        Store::Down | Store::BackAcquiresFail => Err(unavailable()),
+                        Store::BackKeyGone => {
+                            let lease = lease_from(record, if now < at(1_000) { 7 } else { 8 });
+                            ours = Some(lease.clone());
+                            Ok(CasOutcome::Won(lease))
+                        }
+                        Store::BackTakenBy(_) => Ok(CasOutcome::Lost(current)),
+                    };
+                    n.handle_acquire(*id, answer, now)
+                }
+                Action::Release { id, .. } => n.handle_release(*id, Ok(CasOutcome::Won(())), now),
+                Action::PublishMember { id, .. }
+                | Action::WriteControl { id, .. }
+                | Action::DeleteControl { id, .. } => {
+                    n.handle_write(*id, if state == Store::Down { Err(unavailable()) } else { Ok(true) }, now)
+                }
+                Action::FailsafeCheck { id, .. } => n.handle_failsafe_result(*id, confirm, now),
+                // Silent peers count as unreachable.
+                Action::ProbePeers { id, .. } => n.handle_peer_replies(*id, Vec::new(), now),
+                Action::Promote { .. } => n.handle_promoted(Ok(()), now),
+                Action::Demote { .. } => n.handle_demoted(Ok(()), now),
+                _ => {}
+            }
+            seen.push((now, action));
+        }
+        now = n.poll_timeout().map_or(until, |t| t.max(now + Duration::from_millis(1)));
+    }
+    seen
+}
+
+/// A failsafe leader "a" acting under epoch 7 at t = 50 ms, its peer "b" registered.
+fn failsafe_leader() -> Node {
+    let mut cfg = NodeConfig::new("a", 1);
+    cfg.timing = Timing::fast();
+    cfg.failsafe_mode = true;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    n.handle_resource_status(replica(), at(0));
+    let actions = run_failsafe(&mut n, at(0), at(40), |_| Store::BackKeyGone, true);
+    assert!(actions.iter().any(|(_, a)| *a == Action::Promote { epoch: Epoch(7) }), "{actions:?}");
+    n.handle_resource_status(ResourceStatus { role: ResourceRole::Primary, ..replica() }, at(40));
+    assert!(n.is_acting_leader(at(50)));
+    n
+}
+
+fn demotes(actions: &[(Instant, Action)]) -> Vec<&Action> {
+    actions.iter().map(|(_, a)| a).filter(|a| matches!(a, Action::Demote { .. })).collect()
+}
+
+/// The store is down from 1 s to 9 s: longer than the 5 s ttl, so the key expired.
+fn outage_then(back: Store) -> impl Fn(Instant) -> Store {
+    move |now| {
+        if now < at(1_000) {
+            Store::BackKeyGone
+        } else if now < at(9_000) {
+            Store::Down
+        } else {
+            back
+        }
+    }
+}
+
+#[test]
+fn a_confirmed_failsafe_leader_takes_its_expired_key_back_without_demoting() {
+    let mut n = failsafe_leader();
+    let actions = run_failsafe(&mut n, at(50), at(12_000), outage_then(Store::BackKeyGone), true);
+    assert!(demotes(&actions).is_empty(), "{actions:?}");
+    assert!(actions.iter().any(|(_, a)| matches!(a, Action::FailsafeCheck { .. })), "{actions:?}");
+    let reacquire = actions.iter().position(|(t, a)| *t >= at(9_000) && matches!(a, Action::Acquire { .. }));
+    let promote = actions.iter().position(|(_, a)| *a == Action::Promote { epoch: Epoch(8) });
+    assert!(reacquire.is_some_and(|r| promote.is_some_and(|p| r < p)), "acquire, then the new epoch: {actions:?}");
+    assert!(
+        !actions.iter().any(|(_, a)| matches!(a, Action::WriteControl { key: ControlKey::History, .. })),
+        "the same primary is no new timeline: {actions:?}"
+    );
+    assert!(n.is_acting_leader(at(12_000)));
+    assert_eq!(n.status().epoch, Some(Epoch(8)));
+}
+
+#[test]
+fn an_unconfirmed_failsafe_leader_demotes_when_renewals_run_out() {
+    let mut n = failsafe_leader();
+    let actions = run_failsafe(&mut n, at(50), at(12_000), outage_then(Store::BackKeyGone), false);
+    let demoted = demotes(&actions);
+    assert!(matches!(demoted.first(), Some(Action::Demote { mode: DemoteMode::Offline })), "{actions:?}");
+    let demoted_at = actions.iter().find(|(_, a)| matches!(a, Action::Demote { .. })).map(|(t, _)| *t);
+    assert!(demoted_at.is_some_and(|t| t < at(9_000)), "demoted during the outage: {demoted_at:?}");
+}
+
+#[test]
+fn a_failsafe_leader_finding_another_holder_demotes() {
+    let mut n = failsafe_leader();
+    let actions = run_failsafe(&mut n, at(50), at(12_000), outage_then(Store::BackTakenBy("b")), true);
+    assert!(!demotes(&actions).is_empty(), "{actions:?}");
+    assert!(!actions.iter().any(|(_, a)| *a == Action::Promote { epoch: Epoch(8) }), "{actions:?}");
+    assert!(!n.is_acting_leader(at(12_000)));
+}
+
+#[test]
+fn a_failsafe_leader_that_cannot_take_the_key_back_demotes_before_its_belief_ends() {
+    let mut n = failsafe_leader();
+    let actions = run_failsafe(&mut n, at(50), at(20_000), outage_then(Store::BackAcquiresFail), true);
+    assert!(actions.iter().any(|(t, a)| *t >= at(9_000) && matches!(a, Action::Acquire { .. })), "{actions:?}");
+    let demoted_at = actions.iter().find(|(_, a)| matches!(a, Action::Demote { .. })).map(|(t, _)| *t);
+    // The last confirmed belief ran at most ttl - margin past the outage's end.
+    assert!(demoted_at.is_some_and(|t| t > at(9_000) && t <= at(9_000) + Duration::from_secs(4)), "{actions:?}");
+    assert!(!n.is_acting_leader(at(20_000)));
+}

@@ -727,3 +727,65 @@ fn strict_mode_commits_wait_for_a_standby() {
     assert_eq!(n, 2);
     eprintln!("---- strict: the commit was acknowledged once {} streamed again", c.members[replicas[0]].name);
 }
+
+/// Failsafe mode (Patroni's `failsafe_mode`): every member loses the store for 2 x ttl while
+/// they still reach each other's REST API. The leader, confirmed by both replicas, keeps its
+/// primary (no demote, no restart, commits go on), takes its expired key back when the store
+/// returns under a new epoch, and nobody else is promoted.
+#[test]
+fn failsafe_leader_keeps_its_primary_through_a_store_outage() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !Path::new(PG_BIN).join("pg_rewind").exists() {
+        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
+        return;
+    }
+    let c = Cluster::start_members("synchronous_mode = true\nfailsafe_mode = true", "", true);
+    let (l, epoch) = c.wait_healthy();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = writable(c.members[l].pg_port).await.expect("the primary answers");
+        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
+    });
+    let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
+    let w = Writer::start(ports.clone());
+    let m = Monitor::start(ports);
+    w.wait_progress(&c, 20);
+    let postmaster = postmaster_pid(&c.members[l].data);
+    let logs_before: Vec<usize> = (0..3).map(|i| c.log(i).len()).collect();
+    eprintln!("---- store cut for every member; leader {} (epoch {epoch})", c.members[l].name);
+    for member in &c.members {
+        member.proxy.cut();
+    }
+    std::thread::sleep(Duration::from_secs(2 * TTL_SECS));
+    let during = w.acked().len();
+    std::thread::sleep(Duration::from_secs(1));
+    let committed_in_outage = w.acked().len() - during;
+    for member in &c.members {
+        member.proxy.heal();
+    }
+    let (l2, epoch2) = c.wait("the leader takes its key back", |c| c.leader().filter(|&(_, e)| e > epoch));
+    w.wait_progress(&c, 20);
+    let log_since = |i: usize| c.log(i)[logs_before[i]..].to_string();
+    let leader_log = log_since(l);
+    let acked = w.acked();
+    let lost = lost_on(c.members[l2].pg_port, &acked);
+    let (_, overlaps) = m.counts();
+    eprintln!(
+        "---- leader {} (epoch {epoch2}); {committed_in_outage} commits in the outage's last second; {} acknowledged, {} lost; {overlaps} samples with two writable",
+        c.members[l2].name,
+        acked.len(),
+        lost.len()
+    );
+    let promoted_elsewhere = (0..3).filter(|&i| i != l).any(|i| log_since(i).contains("promoting PostgreSQL"));
+    let demoted = leader_log.contains("stopping PostgreSQL");
+    let took_back = leader_log.contains("taking it back without demoting");
+    if l2 != l || demoted || !took_back || promoted_elsewhere || !lost.is_empty() || overlaps > 0 {
+        c.dump();
+    }
+    assert_eq!(l2, l, "the same member leads");
+    assert!(took_back, "the leader's log says it took its key back");
+    assert!(!demoted && !promoted_elsewhere, "no demote and no failover");
+    assert_eq!(postmaster_pid(&c.members[l].data), postmaster, "the primary was never restarted");
+    assert!(committed_in_outage > 0, "commits went on while the store was unreachable");
+    assert!(lost.is_empty() && overlaps == 0, "{} lost, {overlaps} samples with two writable", lost.len());
+}

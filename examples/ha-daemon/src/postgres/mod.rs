@@ -115,6 +115,9 @@ pub struct PgResource {
     state: Mutex<Option<watch::Receiver<DriverState>>>,
     rewinds: AtomicU64,
     reclones: AtomicU64,
+    /// The epoch this process promoted under, while it runs PostgreSQL as primary: a promote
+    /// with a newer one is the same primary taking its key back (failsafe), not a promotion.
+    acting_epoch: Mutex<Option<Epoch>>,
 }
 
 impl std::fmt::Debug for PgResource {
@@ -176,6 +179,7 @@ impl PgResource {
             slots_checked: tokio::sync::Mutex::new(None),
             state: Mutex::new(None),
             rewinds: AtomicU64::new(0),
+            acting_epoch: Mutex::new(None),
             reclones: AtomicU64::new(0),
         })
     }
@@ -729,6 +733,16 @@ fn rows(msgs: Vec<SimpleQueryMessage>) -> Vec<Vec<Option<String>>> {
 #[async_trait]
 impl Resource for PgResource {
     async fn promote(&self, epoch: Epoch) -> Result<(), String> {
+        let acting = *self.acting_epoch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = acting
+            && self.postmaster_running().await
+            && !self.reading().await?.in_recovery
+        {
+            // Reconfiguring would drop the synchronous standbys this primary runs with.
+            tracing::warn!(%old, new = %epoch, "already primary: adopting the new epoch (failsafe re-acquisition); writes and synchronous standbys unchanged");
+            *self.acting_epoch.lock().unwrap_or_else(|e| e.into_inner()) = Some(epoch);
+            return Ok(());
+        }
         tracing::info!(%epoch, "promoting PostgreSQL");
         *self.sync.lock().unwrap_or_else(|e| e.into_inner()) = SyncState::default();
         let primary = Role::Primary { sync: self.initial_sync() };
@@ -759,10 +773,12 @@ impl Resource for PgResource {
         }
         self.callback(self.cfg.callbacks.on_role_change.as_ref(), "on_role_change", "primary");
         tracing::info!(%epoch, "PostgreSQL runs as primary");
+        *self.acting_epoch.lock().unwrap_or_else(|e| e.into_inner()) = Some(epoch);
         Ok(())
     }
 
     async fn demote(&self, mode: DemoteMode) -> Result<(), String> {
+        *self.acting_epoch.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let fast = mode == DemoteMode::Graceful;
         tracing::info!(
             mode = crate::hooks::mode_name(mode),
