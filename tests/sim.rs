@@ -549,3 +549,46 @@ fn strict_mode_acknowledging_without_a_standby_is_caught() {
     fixed.assert_holds(&InvariantId::ALL);
     assert!(fixed.measured.acked_writes > 0, "commits resumed once the standbys were back: {fixed}");
 }
+
+/// Issue 15, election liveness: the leader's node is frozen for 20 s (beyond the envelope)
+/// while its resource keeps taking writes and streaming them to both replicas. Each
+/// candidate used to compare its own position, read as its loop began, with the other's
+/// fresh answer, see it ahead, and refuse (`PeerAhead`), so nobody was promoted until the
+/// frozen node woke. Read after the peers answered, a candidate's own position is the
+/// fresher one, and the key's holder is replaced while the old node is still frozen.
+///
+/// Returns, per seed, whether a replica was promoted while the leader's node was frozen.
+fn replaced_during_the_freeze(mutation: Option<Mutation>) -> Vec<bool> {
+    let (freeze_at, freeze) = (Duration::from_secs(10), Duration::from_secs(20));
+    (1..=5)
+        .map(|seed| {
+            let base = || {
+                let mut c = cfg(3, StoreProfile::Etcd);
+                c.pause_freezes_resource = false;
+                let s = Scenario::with_config(c).seed(seed);
+                if let Some(m) = mutation { s.mutation(m) } else { s }
+            };
+            let first = base().run().picture.promotions().first().map(|p| p.node).expect("a first leader");
+            let r = base().fault(freeze_at, Fault::Pause { node: first, duration: freeze }).run();
+            let promotions = r.picture.promotions();
+            assert!(
+                promotions.first().is_some_and(|p| p.node == first && p.at < freeze_at),
+                "n{first} leads when it is frozen:\n{r}"
+            );
+            assert!(r.violations.is_empty(), "{r}");
+            promotions.iter().any(|p| p.node != first && p.at > freeze_at && p.at < freeze_at + freeze)
+        })
+        .collect()
+}
+
+#[test]
+fn a_paused_leader_whose_primary_still_streams_is_replaced() {
+    assert_eq!(replaced_during_the_freeze(None), [true; 5]);
+}
+
+#[test]
+fn comparing_a_stale_own_position_with_fresh_peers_is_caught() {
+    let replaced = replaced_during_the_freeze(Some(Mutation::StaleOwnPosition));
+    eprintln!("replaced during the freeze, per seed: {replaced:?}");
+    assert!(replaced.iter().any(|r| !r), "every seed failed over, so the scenario cannot see the mutual refusal");
+}

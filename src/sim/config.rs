@@ -43,11 +43,17 @@ pub enum Mutation {
     /// The resource reads the strict-mode wildcard (`*`) as "no standby" and acknowledges
     /// writes at once. Expected: I5 in strict mode.
     StrictAsNone,
+    /// The driver decides an election on its own position as read at the start of the loop
+    /// (up to a loop old) against the peers' fresh answers, as before issue 15: while the old
+    /// primary still streams, every candidate sees the others ahead and none races. No
+    /// safety invariant breaks; the failover waits until the old primary stops writing
+    /// (`tests/sim.rs`, `a_paused_leader_whose_primary_still_streams_is_replaced`).
+    StaleOwnPosition,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 10] = [
+    pub const ALL: [Mutation; 11] = [
         Mutation::NoSafetyMargin,
         Mutation::NoFencing,
         Mutation::AckDemoteEarly,
@@ -58,6 +64,7 @@ impl Mutation {
         Mutation::AskRegisteredOnly,
         Mutation::AckOnAnyStandby,
         Mutation::StrictAsNone,
+        Mutation::StaleOwnPosition,
     ];
 }
 
@@ -117,6 +124,10 @@ pub struct SimConfig {
     pub write_interval: Duration,
     /// Keep a timeline of at most this many rows (0: none).
     pub timeline_rows: usize,
+    /// Whether a [`Fault::Pause`](super::Fault::Pause) freezes the resource with its node (a
+    /// frozen machine or container: the default) or the HA process alone (SIGSTOP of the
+    /// daemon: PostgreSQL keeps serving and streaming, and nothing in the node can stop it).
+    pub pause_freezes_resource: bool,
 }
 
 impl SimConfig {
@@ -136,6 +147,7 @@ impl SimConfig {
             mutation: None,
             write_interval: Duration::from_millis(50),
             timeline_rows: 400,
+            pause_freezes_resource: true,
         };
         cfg.liveness = cfg.liveness_bound() + 2 * cfg.timing.ttl;
         cfg

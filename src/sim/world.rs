@@ -185,7 +185,12 @@ pub(crate) struct Slot {
     demote_acked_early: bool,
     session: SessionId,
     pub paused: bool,
+    /// Whether a pause freezes the resource too ([`SimConfig::pause_freezes_resource`]).
+    pause_freezes_resource: bool,
     pause_gen: u64,
+    /// [`Mutation::StaleOwnPosition`]: positions read at timer ticks; the node is told the
+    /// newest one at least a loop old.
+    positions: VecDeque<(Nanos, u64)>,
     inbox: Vec<Ev>,
     timer_gen: u64,
     /// When the live `Timer` event (generation `timer_gen`) fires; `None`: none is queued.
@@ -226,10 +231,15 @@ pub(crate) struct Slot {
 impl Slot {
     /// Whether the resource accepts writes right now: it runs as primary on a live machine.
     pub fn acting(&self) -> Option<Epoch> {
-        if self.node.is_none() || self.paused {
+        if !self.serving() {
             return None;
         }
         self.res.primary_epoch()
+    }
+
+    /// Whether the resource runs right now: its machine is up and not frozen.
+    fn serving(&self) -> bool {
+        self.node.is_some() && !(self.paused && self.pause_freezes_resource)
     }
 
     pub fn local(&self, now: Nanos) -> Instant {
@@ -360,6 +370,8 @@ impl World {
                 demote_acked_early: false,
                 session,
                 paused: false,
+                pause_freezes_resource: cfg.pause_freezes_resource,
+                positions: VecDeque::new(),
                 pause_gen: 0,
                 inbox: Vec::new(),
                 timer_gen: 0,
@@ -737,6 +749,14 @@ impl World {
             Ev::Timer { n, generation } => {
                 if generation == self.slots[n].timer_gen && self.slots[n].node.is_some() {
                     self.slots[n].timer_at = None;
+                    if self.cfg.mutation == Some(Mutation::StaleOwnPosition) {
+                        let loop_ago = self.now.saturating_sub(self.cfg.timing.loop_wait.as_nanos() as Nanos);
+                        let slot = &mut self.slots[n];
+                        slot.positions.push_back((self.now, slot.res.position()));
+                        while slot.positions.get(1).is_some_and(|&(t, _)| t <= loop_ago) {
+                            slot.positions.pop_front();
+                        }
+                    }
                     let now = self.slots[n].local(self.now);
                     if let Some(node) = self.slots[n].node.as_mut() {
                         node.handle_timeout(now);
@@ -785,8 +805,17 @@ impl World {
                     self.settle(n);
                 }
             }
-            Ev::Probe { n, inc, id, replies } => {
+            Ev::Probe { n, inc, id, mut replies } => {
                 if inc == self.slots[n].inc {
+                    if self.cfg.mutation == Some(Mutation::StaleOwnPosition) {
+                        // The peers' answers as fresh as they come; our own position stays
+                        // as the loop began.
+                        replies = replies.iter().map(|r| self.probe_one(n, r.name())).collect();
+                    }
+                    // Our own status read after the peers answered, as the driver does: with
+                    // the old primary still streaming, ours is then the fresher, and one
+                    // candidate races (issue 15).
+                    self.feed_status(n);
                     let now = self.slots[n].local(self.now);
                     self.slots[n].last_probe = replies.clone();
                     if let Some(node) = self.slots[n].node.as_mut() {
@@ -1067,7 +1096,12 @@ impl World {
         if self.slots[n].node.is_none() {
             return;
         }
-        let status = self.status_of(n);
+        let mut status = self.status_of(n);
+        if self.cfg.mutation == Some(Mutation::StaleOwnPosition)
+            && let Some(&(_, p)) = self.slots[n].positions.front()
+        {
+            status.position = Some(p);
+        }
         if self.slots[n].status_sent.as_ref() == Some(&status) {
             return;
         }
@@ -1249,7 +1283,9 @@ impl World {
                 }
                 ResOp::Follow(leader) => {
                     let idx = leader.as_deref().and_then(|l| self.index_of(l));
-                    if self.slots[n].res.primary_epoch().is_none() {
+                    // No leader named: a standby streams on from whatever it streamed from,
+                    // as PostgreSQL does with its primary_conninfo unchanged.
+                    if self.slots[n].res.primary_epoch().is_none() && (idx.is_some() || leader.is_some()) {
                         self.slots[n].res.role = Role::Replica(idx);
                     }
                 }
@@ -1282,6 +1318,13 @@ impl World {
                 res.role = Role::Primary(epoch);
                 res.max_epoch = res.max_epoch.max(epoch);
                 res.pending_sync.clear();
+                if self.cfg.strict && res.sync_standbys.is_empty() && self.cfg.mutation != Some(Mutation::StrictAsNone)
+                {
+                    // A strict resource starts as primary already waiting for a standby (the
+                    // PostgreSQL resource writes `*` before it promotes): the node may never
+                    // get to ask, if a demote overtakes the promotion.
+                    res.sync_standbys = vec![ANY_STANDBY.to_string()];
+                }
                 self.happened.push(Happening::BecamePrimary { node: n, epoch });
                 if let Some(node) = self.slots[n].node.as_mut() {
                     node.handle_promoted(Ok(()), now);
@@ -1333,8 +1376,8 @@ impl World {
     fn replication_source(&self, n: usize) -> Option<usize> {
         let Role::Replica(Some(src)) = self.slots[n].res.role else { return None };
         let ok = src != n
-            && self.alive(n)
-            && self.alive(src)
+            && self.slots[n].serving()
+            && self.slots[src].serving()
             && self.slots[n].stall == 0
             && self.peer_ok(src, n)
             && self.peer_ok(n, src)
