@@ -264,8 +264,8 @@ pub struct Node {
     renew_failing_since: Option<Instant>,
     backoff_until: Option<Instant>,
     failsafe_leader_until: Option<Instant>,
-    /// Failsafe mode: every member confirmed us since our renewals began to fail.
-    failsafe_confirmed: bool,
+    /// Failsafe mode: when every member last confirmed us, since our renewals began to fail.
+    failsafe_confirmed: Option<Instant>,
     /// Failsafe mode: the key expired while the store was unreachable and nobody took it; we
     /// act until this instant (the belief the members' confirmation gave) while we take it
     /// back under a new epoch, without demoting.
@@ -317,7 +317,7 @@ impl Node {
             renew_failing_since: None,
             backoff_until: None,
             failsafe_leader_until: None,
-            failsafe_confirmed: false,
+            failsafe_confirmed: None,
             reacquire_until: None,
             watchdog,
             watchdog_armed: false,
@@ -664,7 +664,7 @@ impl Node {
             if let Some(h) = self.held.as_mut() {
                 h.acting_until = h.acting_until.max(from + self.cfg.timing.belief_for(self.cfg.timing.ttl));
             }
-            self.failsafe_confirmed = true;
+            self.failsafe_confirmed = Some(now);
             self.keepalive_watchdog();
             tracing::warn!(node = %self.cfg.name, "store unreachable; every member confirmed us (failsafe)");
         } else {
@@ -1016,7 +1016,7 @@ impl Node {
         let epoch = lease.epoch;
         let fresh = self.held.as_ref().is_none_or(|h| h.lease.epoch != epoch);
         self.pending_token = None;
-        self.failsafe_confirmed = false;
+        self.failsafe_confirmed = None;
         let reacquired = self.reacquire_until.take().is_some();
         if acting_until <= now {
             // The answer came too late to act on; keep the key and renew at once.
@@ -1373,7 +1373,7 @@ impl Node {
         self.renew_retry_at = None;
         self.renew_failing_since = None;
         self.failsafe_check = None;
-        self.failsafe_confirmed = false;
+        self.failsafe_confirmed = None;
         self.reacquire_until = None;
         self.promote_waits_for_sync = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
@@ -1491,7 +1491,7 @@ impl Node {
     /// not to race for a ttl after our ping, so nobody else can have promoted.
     fn may_reacquire(&self, now: Instant) -> bool {
         self.failsafe_on()
-            && self.failsafe_confirmed
+            && self.failsafe_confirmed.is_some()
             && !self.shutting_down
             && matches!(self.primary, Primary::Acting(_))
             && self.held.as_ref().is_some_and(|h| now < h.acting_until)
@@ -1504,7 +1504,7 @@ impl Node {
         self.renew_retry_at = None;
         self.renew_failing_since = None;
         self.failsafe_check = None;
-        self.failsafe_confirmed = false;
+        self.failsafe_confirmed = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
         let op = self.acquire_op();
         self.enqueue_front(op);
@@ -1534,19 +1534,29 @@ impl Node {
             self.renew_retry_at = Some(retry_at);
             return;
         }
-        if self.failsafe_on() && matches!(self.primary, Primary::Acting(_)) && self.failsafe_check.is_none() {
-            let peers: Vec<MemberRecord> = self
-                .view
-                .as_ref()
-                .map(|v| v.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name).cloned().collect())
-                .unwrap_or_default();
-            let id = self.next_request_id();
-            // The check must finish while we may still act.
-            let deadline = acting_until.min(now + self.cfg.timing.retry_timeout);
-            self.failsafe_check = Some((id, deadline));
-            self.actions.push_back(Action::FailsafeCheck { id, peers, epoch });
-            self.renew_retry_at = Some(retry_at);
-            return;
+        if self.failsafe_on() && matches!(self.primary, Primary::Acting(_)) {
+            // Once confirmed, ask again once per loop (Patroni's cadence), not on every renewal
+            // retry: the confirmed belief runs ttl - margin - retry_timeout, more than a loop.
+            let cadence = self.cfg.timing.loop_wait.min(self.cfg.timing.ttl / 4);
+            let recheck_due = self.failsafe_confirmed.is_none_or(|at| now >= at + cadence);
+            if self.failsafe_check.is_none() && recheck_due {
+                let peers: Vec<MemberRecord> = self
+                    .view
+                    .as_ref()
+                    .map(|v| v.members.iter().map(|m| &m.value).filter(|m| m.name != self.cfg.name).cloned().collect())
+                    .unwrap_or_default();
+                let id = self.next_request_id();
+                // The check must finish while we may still act.
+                let deadline = acting_until.min(now + self.cfg.timing.retry_timeout);
+                self.failsafe_check = Some((id, deadline));
+                self.actions.push_back(Action::FailsafeCheck { id, peers, epoch });
+            }
+            // A check in flight has its own deadline; a confirmed belief is bounded by
+            // `acting_until` like any other.
+            if self.failsafe_check.is_some() || self.failsafe_confirmed.is_some() {
+                self.renew_retry_at = Some(retry_at);
+                return;
+            }
         }
         self.lose_lease(now, DemoteMode::Offline, "cannot renew the leader key within retry_timeout");
     }

@@ -1330,7 +1330,9 @@ fn a_confirmed_failsafe_leader_takes_its_expired_key_back_without_demoting() {
     let mut n = failsafe_leader();
     let actions = run_failsafe(&mut n, at(50), at(12_000), outage_then(Store::BackKeyGone), true);
     assert!(demotes(&actions).is_empty(), "{actions:?}");
-    assert!(actions.iter().any(|(_, a)| matches!(a, Action::FailsafeCheck { .. })), "{actions:?}");
+    // Confirmed again once per loop through the 8 s outage, not on every renewal retry.
+    let checks = actions.iter().filter(|(_, a)| matches!(a, Action::FailsafeCheck { .. })).count();
+    assert!((4..=10).contains(&checks), "{checks} checks: {actions:?}");
     let reacquire = actions.iter().position(|(t, a)| *t >= at(9_000) && matches!(a, Action::Acquire { .. }));
     let promote = actions.iter().position(|(_, a)| *a == Action::Promote { epoch: Epoch(8) });
     assert!(reacquire.is_some_and(|r| promote.is_some_and(|p| r < p)), "acquire, then the new epoch: {actions:?}");
