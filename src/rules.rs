@@ -275,14 +275,26 @@ fn running_primary<'a>(f: &'a ElectionFacts<'_>) -> Option<&'a str> {
 
 /// A named candidate is healthy when it answered, may be promoted and is not lagging.
 fn candidate_is_healthy(f: &ElectionFacts<'_>, candidate: &str) -> bool {
-    reachable(f).any(|p| {
-        p.name == candidate
-            && p.running
-            && p.may_be_promoted()
-            && match (f.leader_position, p.position) {
-                (Some(l), Some(pos)) => l.saturating_sub(pos) <= f.maximum_lag_on_failover,
-                (Some(_), None) => false,
-                (None, _) => true,
-            }
-    })
+    reachable(f).any(|p| p.name == candidate && can_take_over(p, f.leader_position, f.maximum_lag_on_failover, None))
+}
+
+/// Whether `peer` can take over from a leader at `leader_position`: it runs, may be promoted,
+/// and lags by at most `max_lag` (an unknown position of its own fails when the leader's is
+/// known). With `sync_set` (synchronous mode) it must also be in the sync key; `Some(None)`,
+/// no sync key, qualifies nobody. One rule for a switchover's candidate (checked by the
+/// leader) and for the candidate of a manual failover (checked by the others).
+pub fn can_take_over(
+    peer: &PeerStatus,
+    leader_position: Option<u64>,
+    max_lag: u64,
+    sync_set: Option<Option<&SyncRecord>>,
+) -> bool {
+    peer.running
+        && peer.may_be_promoted()
+        && sync_set.is_none_or(|s| s.is_some_and(|s| s.contains(&peer.name)))
+        && match (leader_position, peer.position) {
+            (Some(l), Some(pos)) => l.saturating_sub(pos) <= max_lag,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
 }

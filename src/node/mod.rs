@@ -1194,17 +1194,11 @@ impl Node {
         let Some(f) = &view.failover else { return };
         let leader_pos = self.resource.position;
         let sync = view.sync.as_ref().map(|s| &s.value);
+        let sync_set = self.sync_on().then_some(sync);
         let healthy = replies.iter().any(|r| match r {
             PeerReply::Reachable(p) => {
                 candidate.as_deref().is_none_or(|c| c == p.name)
-                    && p.running
-                    && p.may_be_promoted()
-                    && (!self.sync_on() || sync.is_some_and(|s| s.contains(&p.name)))
-                    && match (leader_pos, p.position) {
-                        (Some(l), Some(pp)) => l.saturating_sub(pp) <= self.max_lag(),
-                        (Some(_), None) => false,
-                        (None, _) => true,
-                    }
+                    && crate::rules::can_take_over(p, leader_pos, self.max_lag(), sync_set)
             }
             PeerReply::Unreachable { .. } => false,
         });
