@@ -4,10 +4,11 @@
 //! Run: `cargo bench --bench core`.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use leasehold::node::{Action, Node, NodeConfig};
+use leasehold::node::{Action, Input, Node, NodeConfig};
 use leasehold::rules::{ElectionFacts, evaluate};
 use leasehold::{
     CasOutcome, ClusterView, Epoch, Instant, LeaderRecord, LeaderView, MemberRecord, PeerReply, PeerStatus,
@@ -49,16 +50,16 @@ fn follower_step(c: &mut Criterion) {
     let mut cfg = NodeConfig::new("n1", 1);
     cfg.timing = Timing::fast();
     let mut node = Node::new(cfg, at(0)).unwrap();
-    let v = view(5, "n0");
+    let v = Arc::new(view(5, "n0"));
     let mut now = 0;
     c.bench_function("node_step/follower_load_5_members", |b| {
         b.iter(|| {
             now += 1000;
-            node.handle_timeout(at(now));
+            node.handle(Input::Timeout, at(now));
             while let Some(a) = node.poll_action() {
                 match a {
-                    Action::Load { id } => node.handle_load(id, Ok(black_box(v.clone())), at(now)),
-                    Action::PublishMember { id, .. } => node.handle_write(id, Ok(true), at(now)),
+                    Action::Load { id } => node.handle(Input::Loaded { id, result: Ok(black_box(v.clone())) }, at(now)),
+                    Action::PublishMember { id, .. } => node.handle(Input::Written { id, result: Ok(true) }, at(now)),
                     _ => {}
                 }
             }
@@ -71,12 +72,14 @@ fn leader_step(c: &mut Criterion) {
     let mut cfg = NodeConfig::new("n0", 1);
     cfg.timing = Timing::fast();
     let mut node = Node::new(cfg, at(0)).unwrap();
-    node.handle_timeout(at(0));
+    node.handle(Input::Timeout, at(0));
     let mut token = String::new();
     let mut lease = None;
     while let Some(a) = node.poll_action() {
         match a {
-            Action::Load { id } => node.handle_load(id, Ok(ClusterView::default()), at(1)),
+            Action::Load { id } => {
+                node.handle(Input::Loaded { id, result: Ok(Arc::new(ClusterView::default())) }, at(1))
+            }
             Action::Acquire { id, record } => {
                 token = record.token.clone();
                 let l = leasehold::Lease {
@@ -86,30 +89,33 @@ fn leader_step(c: &mut Criterion) {
                     valid_for: Duration::from_secs(5),
                 };
                 lease = Some(l.clone());
-                node.handle_acquire(id, Ok(CasOutcome::Won(l)), at(2));
+                node.handle(Input::Acquired { id, result: Ok(CasOutcome::Won(l)) }, at(2));
             }
             Action::PublishMember { id, .. } | Action::WriteControl { id, .. } | Action::DeleteControl { id, .. } => {
-                node.handle_write(id, Ok(true), at(2))
+                node.handle(Input::Written { id, result: Ok(true) }, at(2))
             }
             _ => {}
         }
     }
-    node.handle_promoted(Ok(()), at(3));
+    node.handle(Input::Promoted(Ok(())), at(3));
     let lease = lease.expect("acquired");
     let mut v = view(5, "n0");
     v.leader.as_mut().unwrap().record.token = token;
+    let v = Arc::new(v);
     let mut now = 3;
     c.bench_function("node_step/leader_renew_and_load_5_members", |b| {
         b.iter(|| {
             now += 1000;
-            node.handle_timeout(at(now));
+            node.handle(Input::Timeout, at(now));
             while let Some(a) = node.poll_action() {
                 match a {
-                    Action::Renew { id, .. } => node.handle_renew(id, Ok(CasOutcome::Won(lease.clone())), at(now)),
-                    Action::Load { id } => node.handle_load(id, Ok(black_box(v.clone())), at(now)),
+                    Action::Renew { id, .. } => {
+                        node.handle(Input::Renewed { id, result: Ok(CasOutcome::Won(lease.clone())) }, at(now))
+                    }
+                    Action::Load { id } => node.handle(Input::Loaded { id, result: Ok(black_box(v.clone())) }, at(now)),
                     Action::PublishMember { id, .. }
                     | Action::WriteControl { id, .. }
-                    | Action::DeleteControl { id, .. } => node.handle_write(id, Ok(true), at(now)),
+                    | Action::DeleteControl { id, .. } => node.handle(Input::Written { id, result: Ok(true) }, at(now)),
                     _ => {}
                 }
             }

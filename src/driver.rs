@@ -26,7 +26,9 @@ use tokio::task::JoinHandle;
 use crate::config::TimingError;
 use crate::dcs::{CasOutcome, Dcs, WatchEvent};
 use crate::error::DcsError;
-use crate::node::{Action, AdminError, AdminRequest, DemoteMode, Node, NodeConfig, NodeEvent, NodeRole, NodeStatus};
+use crate::node::{
+    Action, AdminError, AdminRequest, DemoteMode, Input, Node, NodeConfig, NodeEvent, NodeRole, NodeStatus,
+};
 use crate::node::{RequestId, ResourceStatus};
 use crate::record::{ClusterView, Epoch, MemberRecord};
 use crate::rules::{PeerReply, PeerStatus};
@@ -247,22 +249,6 @@ enum Command {
     Shutdown,
 }
 
-enum Done {
-    Load(RequestId, Box<Result<ClusterView, DcsError>>),
-    Acquire(RequestId, Result<CasOutcome<crate::dcs::Lease, Option<crate::record::LeaderView>>, DcsError>),
-    Renew(RequestId, Result<CasOutcome<crate::dcs::Lease, Option<crate::record::LeaderView>>, DcsError>, Duration),
-    Release(RequestId, Result<CasOutcome<(), Option<crate::record::LeaderView>>, DcsError>),
-    Write(RequestId, Result<bool, DcsError>),
-    Watch(WatchEvent),
-    Peers(RequestId, Vec<PeerReply>),
-    Failsafe(RequestId, bool),
-    Promoted(Result<(), String>),
-    Demoted(Result<(), String>),
-    WatchdogFailed,
-    FollowFailed,
-    Status(ResourceStatus),
-}
-
 enum ResourceCmd {
     Arm(Duration),
     KeepAlive,
@@ -361,9 +347,9 @@ pub fn spawn(
     });
     let (events, _) = broadcast::channel(256);
     let (commands, command_rx) = mpsc::channel(16);
-    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let (inputs_tx, inputs_rx) = mpsc::unbounded_channel();
     let (res_tx, res_rx) = mpsc::unbounded_channel();
-    let worker = tokio::spawn(resource_worker(resource.clone(), watchdog, res_rx, done_tx.clone()));
+    let worker = tokio::spawn(resource_worker(resource.clone(), watchdog, res_rx, inputs_tx.clone()));
     let driver = Driver {
         node,
         base,
@@ -372,8 +358,9 @@ pub fn spawn(
         probe,
         state: state_tx,
         events: events.clone(),
-        done_tx,
-        done_rx,
+        inputs_tx,
+        inputs_rx,
+        renew_sent: None,
         res_tx,
         watch_task: None,
         admin_waiters: Vec::new(),
@@ -393,8 +380,10 @@ struct Driver {
     probe: Arc<dyn PeerProbe>,
     state: watch::Sender<DriverState>,
     events: broadcast::Sender<NodeEvent>,
-    done_tx: mpsc::UnboundedSender<Done>,
-    done_rx: mpsc::UnboundedReceiver<Done>,
+    inputs_tx: mpsc::UnboundedSender<Input>,
+    inputs_rx: mpsc::UnboundedReceiver<Input>,
+    /// The renewal in flight and when it was sent, for the renew latency metric.
+    renew_sent: Option<(RequestId, tokio::time::Instant)>,
     res_tx: mpsc::UnboundedSender<ResourceCmd>,
     watch_task: Option<JoinHandle<()>>,
     admin_waiters: Vec<(RequestId, oneshot::Sender<Result<bool, AdminError>>)>,
@@ -417,7 +406,7 @@ impl Driver {
         let mut commands_open = true;
         loop {
             let now = self.now();
-            self.node.handle_timeout(now);
+            self.node.handle(Input::Timeout, now);
             self.dispatch(now);
             self.publish(now);
             if self.node.is_stopped() {
@@ -432,7 +421,7 @@ impl Driver {
             };
             tokio::select! {
                 biased;
-                Some(done) = self.done_rx.recv() => self.apply(done),
+                Some(input) = self.inputs_rx.recv() => self.apply(input),
                 cmd = commands.recv(), if commands_open => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => commands_open = false,
@@ -461,63 +450,40 @@ impl Driver {
             Command::FailsafePing(leader, reply) => {
                 let _ = reply.send(self.node.handle_failsafe_ping(&leader, now));
             }
-            Command::Shutdown => self.node.handle_shutdown(now),
+            Command::Shutdown => self.node.handle(Input::Shutdown, now),
         }
     }
 
-    fn apply(&mut self, done: Done) {
+    /// Counts what the metrics need, then hands the input to the node.
+    fn apply(&mut self, input: Input) {
         let now = self.now();
-        let n = &mut self.node;
-        match done {
-            Done::Load(id, r) => {
-                self.metrics.store_errors += u64::from(r.is_err());
-                n.handle_load(id, *r, now)
-            }
-            Done::Acquire(id, r) => {
-                self.metrics.store_errors += u64::from(r.is_err());
-                n.handle_acquire(id, r, now)
-            }
-            Done::Renew(id, r, took) => {
-                match &r {
-                    Ok(CasOutcome::Won(_)) => {
-                        self.metrics.renewals += 1;
-                        self.metrics.last_renew_latency = Some(took);
+        match &input {
+            Input::Loaded { result, .. } => self.metrics.store_errors += u64::from(result.is_err()),
+            Input::Acquired { result, .. } => self.metrics.store_errors += u64::from(result.is_err()),
+            Input::Written { result, .. } => self.metrics.store_errors += u64::from(result.is_err()),
+            Input::Renewed { id, result } => match result {
+                Ok(CasOutcome::Won(_)) => {
+                    self.metrics.renewals += 1;
+                    if let Some((_, sent)) = self.renew_sent.take_if(|(sent_id, _)| sent_id == id) {
+                        self.metrics.last_renew_latency = Some(sent.elapsed());
                     }
-                    Err(_) => self.metrics.store_errors += 1,
-                    Ok(CasOutcome::Lost(_)) => {}
                 }
-                n.handle_renew(id, r, now)
-            }
-            Done::Release(id, r) => n.handle_release(id, r, now),
-            Done::Write(id, r) => {
-                self.metrics.store_errors += u64::from(r.is_err());
-                n.handle_write(id, r, now)
-            }
-            Done::Watch(ev) => n.handle_watch_event(ev, now),
-            Done::Peers(id, replies) => n.handle_peer_replies(id, replies, now),
-            Done::Failsafe(id, ok) => n.handle_failsafe_result(id, ok, now),
-            Done::Promoted(r) => {
-                self.metrics.promotions += u64::from(r.is_ok());
-                n.handle_promoted(r, now)
-            }
-            Done::Demoted(r) => {
-                self.metrics.demotions += u64::from(r.is_ok());
-                n.handle_demoted(r, now)
-            }
-            Done::WatchdogFailed => n.handle_watchdog_failed(now),
-            Done::FollowFailed => n.handle_follow_failed(now),
-            Done::Status(s) => {
-                self.resource_status = s.clone();
-                n.handle_resource_status(s, now)
-            }
+                Err(_) => self.metrics.store_errors += 1,
+                Ok(CasOutcome::Lost(_)) => {}
+            },
+            Input::Promoted(r) => self.metrics.promotions += u64::from(r.is_ok()),
+            Input::Demoted(r) => self.metrics.demotions += u64::from(r.is_ok()),
+            Input::ResourceStatus(status) => self.resource_status = status.clone(),
+            _ => {}
         }
+        self.node.handle(input, now);
     }
 
     fn poll_status(&self) {
         let resource = self.resource.clone();
-        let tx = self.done_tx.clone();
+        let tx = self.inputs_tx.clone();
         tokio::spawn(async move {
-            let _ = tx.send(Done::Status(resource.status().await));
+            let _ = tx.send(Input::ResourceStatus(resource.status().await));
         });
     }
 
@@ -540,43 +506,49 @@ impl Driver {
     fn execute(&mut self, action: Action) {
         let timeout = self.node.config().timing.retry_timeout;
         let dcs = self.dcs.clone();
-        let tx = self.done_tx.clone();
+        let tx = self.inputs_tx.clone();
         // Store calls are bounded: no answer within retry_timeout is an unknown outcome.
         macro_rules! store {
             ($call:expr, $wrap:expr) => {{
                 tokio::spawn(async move {
-                    let started = tokio::time::Instant::now();
                     let r = match tokio::time::timeout(timeout, $call).await {
                         Ok(r) => r,
                         Err(_) => Err(DcsError::unknown(format!("no answer within {timeout:?}"))),
                     };
-                    let _ = tx.send($wrap(r, started.elapsed()));
+                    let _ = tx.send($wrap(r));
                 });
             }};
         }
         match action {
-            Action::Load { id } => store!(async move { dcs.load().await }, |r, _| Done::Load(id, Box::new(r))),
+            Action::Load { id } => {
+                store!(async move { dcs.load().await }, |r: Result<_, _>| Input::Loaded { id, result: r.map(Arc::new) })
+            }
             Action::Acquire { id, record } => {
-                store!(async move { dcs.acquire(&record).await }, |r, _| Done::Acquire(id, r))
+                store!(async move { dcs.acquire(&record).await }, |result| Input::Acquired { id, result })
             }
             Action::Renew { id, lease } => {
-                store!(async move { dcs.renew(&lease).await }, |r, took| Done::Renew(id, r, took))
+                self.renew_sent = Some((id, tokio::time::Instant::now()));
+                store!(async move { dcs.renew(&lease).await }, |result| Input::Renewed { id, result })
             }
             Action::Release { id, lease } => {
-                store!(async move { dcs.release(&lease).await }, |r, _| Done::Release(id, r))
+                store!(async move { dcs.release(&lease).await }, |result| Input::Released { id, result })
             }
             Action::PublishMember { id, record } => {
-                store!(async move { dcs.publish_member(&record).await.map(|()| true) }, |r, _| Done::Write(id, r))
-            }
-            Action::WriteControl { id, key, expect, value } => {
-                store!(async move { dcs.write_control(key, expect, &value).await.map(|o| o.is_won()) }, |r, _| {
-                    Done::Write(id, r)
+                store!(async move { dcs.publish_member(&record).await.map(|()| true) }, |result| Input::Written {
+                    id,
+                    result
                 })
             }
-            Action::DeleteControl { id, key, expect } => store!(
-                async move { dcs.delete_control(key, &expect).await.map(|o| o.is_won()) },
-                |r, _| Done::Write(id, r)
-            ),
+            Action::WriteControl { id, key, expect, value } => {
+                store!(async move { dcs.write_control(key, expect, &value).await.map(|o| o.is_won()) }, |result| {
+                    Input::Written { id, result }
+                })
+            }
+            Action::DeleteControl { id, key, expect } => {
+                store!(async move { dcs.delete_control(key, &expect).await.map(|o| o.is_won()) }, |result| {
+                    Input::Written { id, result }
+                })
+            }
             Action::Watch { after } => {
                 if let Some(t) = self.watch_task.take() {
                     t.abort();
@@ -586,7 +558,7 @@ impl Driver {
                         match dcs.watch(after.as_ref(), Duration::from_secs(30)).await {
                             Ok(WatchEvent::Timeout) => continue,
                             Ok(ev) => {
-                                let _ = tx.send(Done::Watch(ev));
+                                let _ = tx.send(Input::Watched(ev));
                                 return;
                             }
                             // The loop's timer is the backstop; back off and keep watching.
@@ -621,9 +593,9 @@ impl Driver {
                     // primary still streaming, two candidates each saw the other ahead and both
                     // refused (issue 15). Read last, ours is the fresher, and one of them races.
                     if let Ok(status) = tokio::time::timeout(status_budget, resource.status()).await {
-                        let _ = tx.send(Done::Status(status));
+                        let _ = tx.send(Input::ResourceStatus(status));
                     }
-                    let _ = tx.send(Done::Peers(id, replies));
+                    let _ = tx.send(Input::PeersAnswered { id, replies });
                 });
             }
             Action::FailsafeCheck { id, peers, epoch } => {
@@ -638,7 +610,7 @@ impl Driver {
                         }
                     }))
                     .await;
-                    let _ = tx.send(Done::Failsafe(id, answers.iter().all(|ok| *ok)));
+                    let _ = tx.send(Input::FailsafeAnswered { id, all_confirmed: answers.iter().all(|ok| *ok) });
                 });
             }
             Action::ArmWatchdog { timeout } => self.resource_cmd(ResourceCmd::Arm(timeout)),
@@ -659,14 +631,17 @@ impl Driver {
         let status = self.node.status();
         let lease_remaining = status.lease_deadline.map(|d| d.saturating_since(now));
         let acting = self.node.is_acting_leader(now);
-        let view = self.node.view().map(|v| Arc::new(v.clone()));
+        let view = self.node.shared_view();
         let changed = {
             let cur = self.state.borrow();
             cur.status != status
                 || cur.acting != acting
                 || cur.metrics != self.metrics
                 || cur.resource != self.resource_status
-                || cur.view.as_deref() != view.as_deref()
+                || !match (&cur.view, &view) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                }
         };
         if changed || status.role == NodeRole::Leader {
             let _ = self.state.send(DriverState {
@@ -685,14 +660,14 @@ async fn resource_worker(
     resource: Arc<dyn Resource>,
     mut watchdog: Box<dyn Watchdog>,
     mut rx: mpsc::UnboundedReceiver<ResourceCmd>,
-    tx: mpsc::UnboundedSender<Done>,
+    tx: mpsc::UnboundedSender<Input>,
 ) {
     while let Some(cmd) = rx.recv().await {
         match cmd {
             ResourceCmd::Arm(timeout) => {
                 if let Err(e) = watchdog.arm(timeout) {
                     tracing::error!(error = %e, "cannot arm the watchdog");
-                    let _ = tx.send(Done::WatchdogFailed);
+                    let _ = tx.send(Input::WatchdogFailed);
                 }
             }
             ResourceCmd::KeepAlive => {
@@ -709,18 +684,18 @@ async fn resource_worker(
             // member (and the node's own rules) do not see the old role for a polling interval.
             ResourceCmd::Promote(epoch) => {
                 let r = resource.promote(epoch).await;
-                let _ = tx.send(Done::Promoted(r));
-                let _ = tx.send(Done::Status(resource.status().await));
+                let _ = tx.send(Input::Promoted(r));
+                let _ = tx.send(Input::ResourceStatus(resource.status().await));
             }
             ResourceCmd::Demote(mode) => {
                 let r = resource.demote(mode).await;
-                let _ = tx.send(Done::Demoted(r));
-                let _ = tx.send(Done::Status(resource.status().await));
+                let _ = tx.send(Input::Demoted(r));
+                let _ = tx.send(Input::ResourceStatus(resource.status().await));
             }
             ResourceCmd::Follow(leader, url) => {
                 if let Err(e) = resource.follow(leader.as_deref(), url.as_deref()).await {
                     tracing::warn!(error = %e, "follow failed; asking again at the next read");
-                    let _ = tx.send(Done::FollowFailed);
+                    let _ = tx.send(Input::FollowFailed);
                 }
             }
             ResourceCmd::SetSync(names) => {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
-use leasehold::node::{Action, Node, NodeConfig, ResourceStatus};
+use leasehold::node::{Action, Input, Node, NodeConfig, ResourceStatus};
 use leasehold::testkit::model::MemoryModel;
 use leasehold::{DcsError, Instant, ResourceRole, Timing};
 use libfuzzer_sys::fuzz_target;
@@ -33,7 +33,7 @@ fuzz_target!(|steps: Vec<Step>| {
         match step {
             Step::Advance(ms) => {
                 now += Duration::from_millis(u64::from(ms));
-                node.handle_timeout(now);
+                node.handle(Input::Timeout, now);
             }
             Step::AnswerNext { fail } => {
                 if pending.is_empty() {
@@ -47,15 +47,15 @@ fuzz_target!(|steps: Vec<Step>| {
                 });
                 leasehold::testkit::model::answer(&mut model, session, "s", &mut node, a, err, now);
             }
-            Step::Promoted(ok) => node.handle_promoted(if ok { Ok(()) } else { Err("fuzz".into()) }, now),
-            Step::Demoted(ok) => node.handle_demoted(if ok { Ok(()) } else { Err("fuzz".into()) }, now),
-            Step::Status { primary, pos } => node.handle_resource_status(
-                ResourceStatus {
+            Step::Promoted(ok) => node.handle(Input::Promoted(if ok { Ok(()) } else { Err("fuzz".into()) }), now),
+            Step::Demoted(ok) => node.handle(Input::Demoted(if ok { Ok(()) } else { Err("fuzz".into()) }), now),
+            Step::Status { primary, pos } => node.handle(
+                Input::ResourceStatus(ResourceStatus {
                     running: true,
                     role: if primary { ResourceRole::Primary } else { ResourceRole::Replica },
                     position: Some(u64::from(pos)),
                     ..ResourceStatus::default()
-                },
+                }),
                 now,
             ),
             Step::Crash => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::dcs::{Expect, Lease};
 use crate::record::{ControlKey, Epoch, LeaderRecord, MemberRecord, Version};
 
-/// Correlates an [`Action`] with the `handle_*` call that answers it. Answers carrying an
+/// Correlates an [`Action`] with the [`Input`](crate::node::Input) that answers it. Answers carrying an
 /// id the node no longer waits for (late, duplicated, from before a restart) are ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
@@ -29,40 +29,40 @@ pub enum DemoteMode {
 /// order they were emitted.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Call [`Dcs::load`](crate::Dcs::load); answer with [`Node::handle_load`](crate::node::Node::handle_load).
+    /// Call [`Dcs::load`](crate::Dcs::load); answer with [`Input::Loaded`](crate::node::Input::Loaded).
     Load {
         /// Request id.
         id: RequestId,
     },
-    /// Call [`Dcs::acquire`](crate::Dcs::acquire); answer with `handle_acquire`.
+    /// Call [`Dcs::acquire`](crate::Dcs::acquire); answer with `Input::Acquired`.
     Acquire {
         /// Request id.
         id: RequestId,
         /// The record to write.
         record: LeaderRecord,
     },
-    /// Call [`Dcs::renew`](crate::Dcs::renew); answer with `handle_renew`.
+    /// Call [`Dcs::renew`](crate::Dcs::renew); answer with `Input::Renewed`.
     Renew {
         /// Request id.
         id: RequestId,
         /// The lease to renew.
         lease: Lease,
     },
-    /// Call [`Dcs::release`](crate::Dcs::release); answer with `handle_release`.
+    /// Call [`Dcs::release`](crate::Dcs::release); answer with `Input::Released`.
     Release {
         /// Request id.
         id: RequestId,
         /// The lease to release.
         lease: Lease,
     },
-    /// Call [`Dcs::publish_member`](crate::Dcs::publish_member); answer with `handle_write`.
+    /// Call [`Dcs::publish_member`](crate::Dcs::publish_member); answer with `Input::Written`.
     PublishMember {
         /// Request id.
         id: RequestId,
         /// Our member record.
         record: MemberRecord,
     },
-    /// Call [`Dcs::write_control`](crate::Dcs::write_control); answer with `handle_write`.
+    /// Call [`Dcs::write_control`](crate::Dcs::write_control); answer with `Input::Written`.
     WriteControl {
         /// Request id.
         id: RequestId,
@@ -73,7 +73,7 @@ pub enum Action {
         /// The encoded record.
         value: Vec<u8>,
     },
-    /// Call [`Dcs::delete_control`](crate::Dcs::delete_control); answer with `handle_write`.
+    /// Call [`Dcs::delete_control`](crate::Dcs::delete_control); answer with `Input::Written`.
     DeleteControl {
         /// Request id.
         id: RequestId,
@@ -83,13 +83,13 @@ pub enum Action {
         expect: Version,
     },
     /// (Re)start waiting for changes after `after`, replacing any earlier watch; report with
-    /// `handle_watch_event`. Only a hint: the node's own timer is the backstop.
+    /// `Input::Watched`. Only a hint: the node's own timer is the backstop.
     Watch {
         /// Revision of the last loaded view.
         after: Option<Version>,
     },
     /// Ask every listed peer for its status (GET `/status` on its API); answer with
-    /// `handle_peer_replies`, marking silent peers unreachable.
+    /// `Input::PeersAnswered`, marking silent peers unreachable.
     ProbePeers {
         /// Request id.
         id: RequestId,
@@ -97,7 +97,7 @@ pub enum Action {
         peers: Vec<MemberRecord>,
     },
     /// Failsafe mode, store unreachable: ask every listed member to confirm us as leader;
-    /// answer with `handle_failsafe_result`.
+    /// answer with `Input::FailsafeAnswered`.
     FailsafeCheck {
         /// Request id.
         id: RequestId,
@@ -107,7 +107,7 @@ pub enum Action {
         epoch: Epoch,
     },
     /// Arm the watchdog so the machine resets if not kept alive within `timeout`. A failure
-    /// to arm is reported with `handle_watchdog_failed`.
+    /// to arm is reported with `Input::WatchdogFailed`.
     ArmWatchdog {
         /// Reset deadline.
         timeout: Duration,
@@ -116,12 +116,12 @@ pub enum Action {
     KeepAliveWatchdog,
     /// Disarm the watchdog.
     DisarmWatchdog,
-    /// Make the resource primary under `epoch`; answer with `handle_promoted`.
+    /// Make the resource primary under `epoch`; answer with `Input::Promoted`.
     Promote {
         /// The fencing token: the resource must reject writes from older epochs.
         epoch: Epoch,
     },
-    /// Stop acting as primary; answer with `handle_demoted`.
+    /// Stop acting as primary; answer with `Input::Demoted`.
     Demote {
         /// How.
         mode: DemoteMode,

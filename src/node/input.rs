@@ -1,10 +1,15 @@
-//! Inputs that are not store answers: the local resource, admin requests, events out.
+//! What goes into the node ([`Input`], the resource's status, admin requests) and the events
+//! that come out.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::action::{DemoteMode, RequestId};
-use crate::record::{Epoch, ResourceRole};
-use crate::rules::Reason;
+use crate::dcs::{CasOutcome, Lease, WatchEvent};
+use crate::error::DcsError;
+use crate::record::{ClusterView, Epoch, LeaderView, ResourceRole};
+use crate::rules::{PeerReply, Reason};
 
 /// What the local resource reports about itself (the `status` hook).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,4 +116,89 @@ pub enum NodeEvent {
     },
     /// The store reported a fatal error; the node stopped.
     Fatal(String),
+}
+
+/// One input to the [`Node`](super::Node): the answer to an [`Action`](super::Action) it
+/// emitted, or something that happened. Give it to [`Node::handle`](super::Node::handle) with
+/// the current time; then drain [`poll_action`](super::Node::poll_action) and
+/// [`poll_event`](super::Node::poll_event), and re-read
+/// [`poll_timeout`](super::Node::poll_timeout). An answer whose id the node no longer waits
+/// for (late, or already timed out) is ignored.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input {
+    /// The time set by `poll_timeout` came (an early wake-up is harmless: the node checks
+    /// every deadline against `now`).
+    Timeout,
+    /// The answer to [`Action::Load`](super::Action::Load). A shared view is kept as it is,
+    /// never changed.
+    Loaded {
+        /// The request's id.
+        id: RequestId,
+        /// The view, or why there is none.
+        result: Result<Arc<ClusterView>, DcsError>,
+    },
+    /// The answer to [`Action::Acquire`](super::Action::Acquire).
+    Acquired {
+        /// The request's id.
+        id: RequestId,
+        /// The lease won, or the holder that beat us.
+        result: Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>,
+    },
+    /// The answer to [`Action::Renew`](super::Action::Renew).
+    Renewed {
+        /// The request's id.
+        id: RequestId,
+        /// The lease extended, or the key's current holder (`None`: the key is gone).
+        result: Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>,
+    },
+    /// The answer to [`Action::Release`](super::Action::Release).
+    Released {
+        /// The request's id.
+        id: RequestId,
+        /// Released, or someone else holds the key.
+        result: Result<CasOutcome<(), Option<LeaderView>>, DcsError>,
+    },
+    /// The answer to [`Action::PublishMember`](super::Action::PublishMember),
+    /// [`Action::WriteControl`](super::Action::WriteControl) or
+    /// [`Action::DeleteControl`](super::Action::DeleteControl): `Ok(true)` for a write that
+    /// won, `Ok(false)` for a lost condition.
+    Written {
+        /// The request's id.
+        id: RequestId,
+        /// Won, lost, or why it failed.
+        result: Result<bool, DcsError>,
+    },
+    /// The watch started by [`Action::Watch`](super::Action::Watch) reported.
+    Watched(WatchEvent),
+    /// The answer to [`Action::ProbePeers`](super::Action::ProbePeers), one reply per peer
+    /// asked (silent peers as unreachable).
+    PeersAnswered {
+        /// The request's id.
+        id: RequestId,
+        /// One reply per peer.
+        replies: Vec<PeerReply>,
+    },
+    /// The answer to [`Action::FailsafeCheck`](super::Action::FailsafeCheck).
+    FailsafeAnswered {
+        /// The request's id.
+        id: RequestId,
+        /// Every listed member accepted us as leader.
+        all_confirmed: bool,
+    },
+    /// The answer to [`Action::Promote`](super::Action::Promote). An error is a failed
+    /// pre-promote: the node releases the key and backs off for a ttl.
+    Promoted(Result<(), String>),
+    /// The answer to [`Action::Demote`](super::Action::Demote). An error is retried.
+    Demoted(Result<(), String>),
+    /// The resource could not follow the leader named by the last
+    /// [`Action::Follow`](super::Action::Follow); the next read of the cluster asks again.
+    FollowFailed,
+    /// The watchdog could not be armed.
+    WatchdogFailed,
+    /// The resource's latest status: after every resource action, and at least once a loop.
+    ResourceStatus(ResourceStatus),
+    /// Stop cleanly: a leader demotes gracefully and releases the key once the resource
+    /// confirms; anyone else stops at once.
+    Shutdown,
 }

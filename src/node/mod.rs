@@ -2,10 +2,10 @@
 //!
 //! ```text
 //!   timer, store answers, watch events,        +--------+        store requests, watchdog,
-//!   resource status, peer replies, admin  ---> |  Node  | --->   promote(epoch) / demote(mode),
-//!   requests: handle_*(.., now)                +--------+        follow: poll_action()
+//!   resource answers and status, peer      ---> |  Node  | --->   promote(epoch) / demote(mode),
+//!   replies: handle(Input, now)                +--------+        follow: poll_action()
 //!                                                  |
-//!                                            poll_timeout(): when to call handle_timeout(now)
+//!                                 poll_timeout(): when to call handle(Input::Timeout, now)
 //! ```
 //!
 //! [`Node`] reads no clock and does no I/O: every input carries `now`, every output is an
@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use action::{Action, DemoteMode, RequestId};
-pub use input::{AdminError, AdminRequest, NodeEvent, ResourceStatus};
+pub use input::{AdminError, AdminRequest, Input, NodeEvent, ResourceStatus};
 
 use crate::config::Timing;
 use crate::dcs::{CasOutcome, Expect, Lease};
@@ -224,6 +224,20 @@ struct Probe {
 }
 
 /// The HA state machine of one member in one scope. See the [module docs](self).
+///
+/// # Calling contract
+///
+/// * Inputs: [`handle`](Node::handle) with an [`Input`] and the current time, for every
+///   answer to an [`Action`] and every timer; [`handle_admin`](Node::handle_admin) and
+///   [`handle_failsafe_ping`](Node::handle_failsafe_ping) answer at once.
+/// * After each input: drain [`poll_action`](Node::poll_action) (carry every action out, in
+///   order, and answer it with its [`Input`] later) and [`poll_event`](Node::poll_event), then
+///   re-read [`poll_timeout`](Node::poll_timeout) and wake the node then with
+///   [`Input::Timeout`].
+/// * Queries that change nothing: [`status`](Node::status),
+///   [`is_acting_leader`](Node::is_acting_leader), [`view`](Node::view),
+///   [`config`](Node::config), [`is_stopped`](Node::is_stopped).
+/// * `now` never goes backwards between calls.
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
@@ -345,7 +359,8 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// When to call [`Node::handle_timeout`] next. `None` only after a fatal error.
+    /// When to call [`handle`](Node::handle) with [`Input::Timeout`] next. `None` only after a
+    /// fatal error.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.stopped {
             return None;
@@ -407,7 +422,12 @@ impl Node {
         self.view.as_deref()
     }
 
-    /// Whether the node has stopped (after [`Node::handle_shutdown`] completed, or a fatal
+    /// The last cluster view, shared: no copy is made (the node never changes a view it took).
+    pub fn shared_view(&self) -> Option<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    /// Whether the node has stopped (after [`Input::Shutdown`] completed, or a fatal
     /// error). A stopped node emits nothing more.
     pub fn is_stopped(&self) -> bool {
         self.stopped
@@ -415,7 +435,7 @@ impl Node {
 
     /// Clean shutdown: a leader demotes gracefully and releases the key once the resource
     /// confirms (rule 4); anyone else stops at once. No new cycles start.
-    pub fn handle_shutdown(&mut self, now: Instant) {
+    fn handle_shutdown(&mut self, now: Instant) {
         if self.stopped || self.shutting_down {
             return;
         }
@@ -437,8 +457,33 @@ impl Node {
 
     // === inputs ===
 
+    /// The one entry point for inputs: store answers, resource answers, timers, watch events.
+    /// After it, drain [`poll_action`](Self::poll_action) and [`poll_event`](Self::poll_event)
+    /// and re-read [`poll_timeout`](Self::poll_timeout). Requests that answer at once have
+    /// methods of their own: [`handle_admin`](Self::handle_admin) and
+    /// [`handle_failsafe_ping`](Self::handle_failsafe_ping).
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Timeout => self.handle_timeout(now),
+            Input::Loaded { id, result } => self.handle_load_shared(id, result, now),
+            Input::Acquired { id, result } => self.handle_acquire(id, result, now),
+            Input::Renewed { id, result } => self.handle_renew(id, result, now),
+            Input::Released { id, result } => self.handle_release(id, result, now),
+            Input::Written { id, result } => self.handle_write(id, result, now),
+            Input::Watched(event) => self.handle_watch_event(event, now),
+            Input::PeersAnswered { id, replies } => self.handle_peer_replies(id, replies, now),
+            Input::FailsafeAnswered { id, all_confirmed } => self.handle_failsafe_result(id, all_confirmed, now),
+            Input::Promoted(result) => self.handle_promoted(result, now),
+            Input::Demoted(result) => self.handle_demoted(result, now),
+            Input::FollowFailed => self.handle_follow_failed(now),
+            Input::WatchdogFailed => self.handle_watchdog_failed(now),
+            Input::ResourceStatus(status) => self.handle_resource_status(status, now),
+            Input::Shutdown => self.handle_shutdown(now),
+        }
+    }
+
     /// Timers: the loop, the lease belief, request deadlines.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    fn handle_timeout(&mut self, now: Instant) {
         if self.stopped {
             return;
         }
@@ -494,13 +539,14 @@ impl Node {
     }
 
     /// The answer to [`Action::Load`].
-    pub fn handle_load(&mut self, id: RequestId, result: Result<ClusterView, DcsError>, now: Instant) {
+    #[cfg(test)]
+    fn handle_load(&mut self, id: RequestId, result: Result<ClusterView, DcsError>, now: Instant) {
         self.handle_load_shared(id, result.map(Arc::new), now);
     }
 
     /// [`handle_load`](Self::handle_load) for a view shared with other owners: the node
     /// keeps the `Arc` and never changes the view.
-    pub fn handle_load_shared(&mut self, id: RequestId, result: Result<Arc<ClusterView>, DcsError>, now: Instant) {
+    fn handle_load_shared(&mut self, id: RequestId, result: Result<Arc<ClusterView>, DcsError>, now: Instant) {
         let Some(_) = self.take_in_flight(id) else { return };
         match result {
             Ok(view) => {
@@ -513,7 +559,7 @@ impl Node {
     }
 
     /// The answer to [`Action::Acquire`].
-    pub fn handle_acquire(
+    fn handle_acquire(
         &mut self,
         id: RequestId,
         result: Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>,
@@ -537,7 +583,7 @@ impl Node {
     }
 
     /// The answer to [`Action::Renew`].
-    pub fn handle_renew(
+    fn handle_renew(
         &mut self,
         id: RequestId,
         result: Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>,
@@ -566,7 +612,7 @@ impl Node {
     }
 
     /// The answer to [`Action::Release`].
-    pub fn handle_release(
+    fn handle_release(
         &mut self,
         id: RequestId,
         result: Result<CasOutcome<(), Option<LeaderView>>, DcsError>,
@@ -591,7 +637,7 @@ impl Node {
 
     /// The answer to [`Action::PublishMember`], [`Action::WriteControl`] and
     /// [`Action::DeleteControl`]. `won` is `Ok(true)` for `Won`, `Ok(false)` for `Lost`.
-    pub fn handle_write(&mut self, id: RequestId, result: Result<bool, DcsError>, now: Instant) {
+    fn handle_write(&mut self, id: RequestId, result: Result<bool, DcsError>, now: Instant) {
         let Some(f) = self.take_in_flight(id) else { return };
         match (f.op, result) {
             (StoreOp::Publish(record), Ok(_)) => self.published = Some(record),
@@ -603,7 +649,7 @@ impl Node {
     }
 
     /// A watch fired: start a cycle soon (at most once per `retry` interval).
-    pub fn handle_watch_event(&mut self, event: crate::dcs::WatchEvent, now: Instant) {
+    fn handle_watch_event(&mut self, event: crate::dcs::WatchEvent, now: Instant) {
         match event {
             crate::dcs::WatchEvent::Timeout => {}
             crate::dcs::WatchEvent::Changed | crate::dcs::WatchEvent::Resync => {
@@ -623,7 +669,7 @@ impl Node {
     }
 
     /// The latest status of the local resource.
-    pub fn handle_resource_status(&mut self, status: ResourceStatus, now: Instant) {
+    fn handle_resource_status(&mut self, status: ResourceStatus, now: Instant) {
         let was_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
         let first = !std::mem::replace(&mut self.resource_known, true);
         self.resource = status;
@@ -643,7 +689,7 @@ impl Node {
     }
 
     /// The answer to [`Action::ProbePeers`].
-    pub fn handle_peer_replies(&mut self, id: RequestId, replies: Vec<PeerReply>, now: Instant) {
+    fn handle_peer_replies(&mut self, id: RequestId, replies: Vec<PeerReply>, now: Instant) {
         let Some(probe) = self.probe.take_if(|p| p.id == id) else { return };
         match probe.purpose {
             ProbePurpose::Election => self.decide_election(&replies, now),
@@ -654,7 +700,7 @@ impl Node {
 
     /// The answer to [`Action::FailsafeCheck`]: `all_confirmed` only if every listed member
     /// accepted us as leader.
-    pub fn handle_failsafe_result(&mut self, id: RequestId, all_confirmed: bool, now: Instant) {
+    fn handle_failsafe_result(&mut self, id: RequestId, all_confirmed: bool, now: Instant) {
         let Some((_, _)) = self.failsafe_check.take_if(|(i, _)| *i == id) else { return };
         let Some(sent_at) = self.renew_failing_since else { return };
         if all_confirmed && self.held.is_some() {
@@ -690,7 +736,7 @@ impl Node {
 
     /// The answer to [`Action::Promote`]. An error is a failed pre-promote: the key is
     /// released and the node backs off for a ttl.
-    pub fn handle_promoted(&mut self, result: Result<(), String>, now: Instant) {
+    fn handle_promoted(&mut self, result: Result<(), String>, now: Instant) {
         let Primary::Promoting(epoch) = self.primary else { return };
         match result {
             Ok(()) if self.held.is_some() => {
@@ -720,7 +766,7 @@ impl Node {
     }
 
     /// The answer to [`Action::Demote`].
-    pub fn handle_demoted(&mut self, result: Result<(), String>, now: Instant) {
+    fn handle_demoted(&mut self, result: Result<(), String>, now: Instant) {
         let Primary::Demoting { release } = self.primary else { return };
         if let Err(why) = result {
             tracing::error!(node = %self.cfg.name, %why, "demote failed; retrying immediately");
@@ -749,7 +795,7 @@ impl Node {
 
     /// The resource could not follow the leader named by the last [`Action::Follow`] (for
     /// example the leader was still initialising). The next read of the cluster asks again.
-    pub fn handle_follow_failed(&mut self, _now: Instant) {
+    fn handle_follow_failed(&mut self, _now: Instant) {
         self.followed = None;
     }
 
@@ -765,7 +811,7 @@ impl Node {
     }
 
     /// The watchdog could not be armed.
-    pub fn handle_watchdog_failed(&mut self, now: Instant) {
+    fn handle_watchdog_failed(&mut self, now: Instant) {
         self.watchdog = WatchdogHealth::Failed;
         self.watchdog_armed = false;
         if self.cfg.watchdog == WatchdogMode::Required && self.held.is_some() {

@@ -16,7 +16,7 @@ use super::resource::{Entry, FencedSink, Role, SimResource};
 use super::rng::SimRng;
 use crate::dcs::{CasOutcome, Lease, WatchEvent};
 use crate::error::DcsError;
-use crate::node::{ANY_STANDBY, Action, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
+use crate::node::{ANY_STANDBY, Action, Input, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
 use crate::record::{ClusterView, DecodeCache, Epoch, LeaderView, ResourceRole, Version};
 use crate::rules::{PeerReply, PeerStatus};
 use crate::testkit::model::{MemoryModel, SessionId};
@@ -43,11 +43,10 @@ enum Req {
 
 #[derive(Debug)]
 enum Reply {
-    Load(RequestId, Box<Result<Arc<ClusterView>, DcsError>>, Option<(u64, u64)>),
-    Acquire(RequestId, Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>),
-    Renew(RequestId, Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>),
-    Release(RequestId, Result<CasOutcome<(), Option<LeaderView>>, DcsError>),
-    Write(RequestId, Result<bool, DcsError>),
+    /// The answer to a node's request, as the node takes it. A load carries what a Kubernetes
+    /// observer saw of the leader key (epoch, renewals) for the observed-time rule.
+    Node(Input, Option<(u64, u64)>),
+    /// The session keep-alive's answer (a new session if the old one was gone).
     Keepalive(Option<SessionId>),
 }
 
@@ -759,7 +758,7 @@ impl World {
                     }
                     let now = self.slots[n].local(self.now);
                     if let Some(node) = self.slots[n].node.as_mut() {
-                        node.handle_timeout(now);
+                        node.handle(Input::Timeout, now);
                     }
                     self.settle(n);
                 }
@@ -800,7 +799,7 @@ impl World {
                 if inc == self.slots[n].inc {
                     let now = self.slots[n].local(self.now);
                     if let Some(node) = self.slots[n].node.as_mut() {
-                        node.handle_watch_event(WatchEvent::Changed, now);
+                        node.handle(Input::Watched(WatchEvent::Changed), now);
                     }
                     self.settle(n);
                 }
@@ -819,7 +818,7 @@ impl World {
                     let now = self.slots[n].local(self.now);
                     self.slots[n].last_probe = replies.clone();
                     if let Some(node) = self.slots[n].node.as_mut() {
-                        node.handle_peer_replies(id, replies, now);
+                        node.handle(Input::PeersAnswered { id, replies }, now);
                     }
                     self.settle(n);
                 }
@@ -828,7 +827,7 @@ impl World {
                 if inc == self.slots[n].inc {
                     let now = self.slots[n].local(self.now);
                     if let Some(node) = self.slots[n].node.as_mut() {
-                        node.handle_failsafe_result(id, ok, now);
+                        node.handle(Input::FailsafeAnswered { id, all_confirmed: ok }, now);
                     }
                     self.settle(n);
                 }
@@ -1108,7 +1107,7 @@ impl World {
         let now = self.slots[n].local(self.now);
         self.slots[n].status_sent = Some(status.clone());
         if let Some(node) = self.slots[n].node.as_mut() {
-            node.handle_resource_status(status, now);
+            node.handle(Input::ResourceStatus(status), now);
         }
     }
 
@@ -1274,7 +1273,7 @@ impl World {
                         self.slots[n].demote_acked_early = true;
                         let now = self.slots[n].local(self.now);
                         if let Some(node) = self.slots[n].node.as_mut() {
-                            node.handle_demoted(Ok(()), now);
+                            node.handle(Input::Demoted(Ok(())), now);
                         }
                     }
                     self.slots[n].res_busy = Some(op);
@@ -1327,7 +1326,7 @@ impl World {
                 }
                 self.happened.push(Happening::BecamePrimary { node: n, epoch });
                 if let Some(node) = self.slots[n].node.as_mut() {
-                    node.handle_promoted(Ok(()), now);
+                    node.handle(Input::Promoted(Ok(())), now);
                 }
             }
             ResOp::Demote => {
@@ -1341,7 +1340,7 @@ impl World {
                 if !std::mem::take(&mut self.slots[n].demote_acked_early)
                     && let Some(node) = self.slots[n].node.as_mut()
                 {
-                    node.handle_demoted(Ok(()), now);
+                    node.handle(Input::Demoted(Ok(())), now);
                 }
             }
             _ => {}
@@ -1487,7 +1486,8 @@ impl World {
             Lease { record: record.clone(), epoch, version: Version::new(epoch.0), valid_for: self.cfg.timing.ttl };
         let inc = self.slots[n].inc;
         let d = self.cfg.timing.retry_timeout / 2;
-        self.after(d, Ev::Reply { n, inc, reply: Box::new(Reply::Acquire(*id, Ok(CasOutcome::Won(lease)))) });
+        let won = Input::Acquired { id: *id, result: Ok(CasOutcome::Won(lease)) };
+        self.after(d, Ev::Reply { n, inc, reply: Box::new(Reply::Node(won, None)) });
     }
 
     fn reply(&mut self, n: usize, reply: Reply) {
@@ -1529,10 +1529,11 @@ impl World {
         self.store_changed();
         if roll >= reject && roll < lost {
             // Applied, reply lost: the client sees a timeout, or an explicit unknown outcome.
-            if let Some(Reply::Acquire(id, Ok(CasOutcome::Won(lease)))) = &reply
+            if let Some(Reply::Node(Input::Acquired { id, result: Ok(CasOutcome::Won(lease)) }, _)) = &reply
                 && self.cfg.mutation == Some(Mutation::UnknownAsWon)
             {
-                self.reply(n, Reply::Acquire(*id, Ok(CasOutcome::Won(lease.clone()))));
+                let won = Input::Acquired { id: *id, result: Ok(CasOutcome::Won(lease.clone())) };
+                self.reply(n, Reply::Node(won, None));
             } else if self.rng.chance(500_000)
                 && let Some(r) = reply.as_ref().and_then(reply_id)
                 && let Some(r) = rejected_id(r, DcsError::unknown("reply lost"))
@@ -1578,11 +1579,11 @@ impl World {
             Action::Load { id } => {
                 let view = self.load_view(now);
                 let key = view.leader.as_ref().map(|l| (l.epoch.0, self.k8s_renews));
-                Reply::Load(id, Box::new(Ok(view)), key)
+                Reply::Node(Input::Loaded { id, result: Ok(view) }, key)
             }
             Action::Acquire { id, record } => {
                 if self.now < self.lock_delay_until {
-                    return Some(Reply::Acquire(id, Ok(CasOutcome::Lost(None))));
+                    return Some(Reply::Node(Input::Acquired { id, result: Ok(CasOutcome::Lost(None)) }, None));
                 }
                 if self.cfg.profile == StoreProfile::Kubernetes
                     && let Some(current) = self.load_leader(now)
@@ -1612,7 +1613,7 @@ impl World {
                     self.k8s_renews += 1;
                     self.consul_lazy(session, now);
                 }
-                Reply::Acquire(id, result)
+                Reply::Node(Input::Acquired { id, result }, None)
             }
             Action::Renew { id, lease } => {
                 let result = self.model.renew(SCOPE, session, &lease, now);
@@ -1627,23 +1628,26 @@ impl World {
                             + ns(crate::time::shrink_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
                     }
                 }
-                Reply::Renew(id, result)
+                Reply::Node(Input::Renewed { id, result }, None)
             }
             Action::Release { id, lease } => {
                 let result = self.model.release(SCOPE, &lease, now);
                 if result.is_won() {
                     self.just_released = true;
                 }
-                Reply::Release(id, Ok(result))
+                Reply::Node(Input::Released { id, result: Ok(result) }, None)
             }
             Action::PublishMember { id, record } => {
-                Reply::Write(id, self.model.publish_member(SCOPE, session, &record, now).map(|()| true))
+                let result = self.model.publish_member(SCOPE, session, &record, now).map(|()| true);
+                Reply::Node(Input::Written { id, result }, None)
             }
             Action::WriteControl { id, key, expect, value } => {
-                Reply::Write(id, Ok(self.model.write_control(SCOPE, key, &expect, &value, now).is_won()))
+                let won = self.model.write_control(SCOPE, key, &expect, &value, now).is_won();
+                Reply::Node(Input::Written { id, result: Ok(won) }, None)
             }
             Action::DeleteControl { id, key, expect } => {
-                Reply::Write(id, Ok(self.model.delete_control(SCOPE, key, &expect, now).is_won()))
+                let won = self.model.delete_control(SCOPE, key, &expect, now).is_won();
+                Reply::Node(Input::Written { id, result: Ok(won) }, None)
             }
             _ => return None,
         })
@@ -1753,10 +1757,19 @@ impl World {
     fn deliver(&mut self, n: usize, reply: Reply) {
         let now = self.slots[n].local(self.now);
         let ttl = self.cfg.timing.ttl;
-        match reply {
-            Reply::Load(id, result, key) => {
-                let mut result = *result;
-                if let Ok(view) = &mut result {
+        let (mut input, key) = match reply {
+            Reply::Node(input, key) => (input, key),
+            Reply::Keepalive(new) => {
+                if let Some(s) = new {
+                    self.slots[n].session = s;
+                }
+                return;
+            }
+        };
+        // The simulator's own bookkeeping, before the node sees the answer.
+        match &mut input {
+            Input::Loaded { id, result } => {
+                if let Ok(view) = result {
                     self.adopt_foreign_key(n, view);
                     if let Some(l) = &view.leader {
                         self.slots[n].seen_epoch = self.slots[n].seen_epoch.max(l.epoch);
@@ -1766,53 +1779,34 @@ impl World {
                     }
                 }
                 self.slots[n].sent.remove(&id.0);
-                let delivered = result.as_ref().ok().cloned();
-                if let Some(node) = self.slots[n].node.as_mut() {
-                    node.handle_load_shared(id, result, now);
-                }
-                self.note_shown_members(n, delivered);
             }
-            Reply::Acquire(id, result) => {
-                if result.is_ok() {
-                    self.slots[n].unanswered_acquire = None;
-                }
-                let won = result.as_ref().ok().and_then(|r| match r {
-                    CasOutcome::Won(l) => Some((l.epoch, l.valid_for)),
-                    CasOutcome::Lost(_) => None,
-                });
-                if let Some(node) = self.slots[n].node.as_mut() {
-                    node.handle_acquire(id, result, now);
-                }
-                self.note_belief(n, id, won);
-            }
-            Reply::Renew(id, result) => {
-                let won = result.as_ref().ok().and_then(|r| match r {
-                    CasOutcome::Won(l) => Some((l.epoch, l.valid_for)),
-                    CasOutcome::Lost(_) => None,
-                });
-                if let Some(node) = self.slots[n].node.as_mut() {
-                    node.handle_renew(id, result, now);
-                }
-                self.note_belief(n, id, won);
-            }
-            Reply::Release(id, result) => {
+            Input::Acquired { result: Ok(_), .. } => self.slots[n].unanswered_acquire = None,
+            Input::Released { id, .. } | Input::Written { id, .. } => {
                 self.slots[n].sent.remove(&id.0);
-                if let Some(node) = self.slots[n].node.as_mut() {
-                    node.handle_release(id, result, now);
-                }
             }
-            Reply::Write(id, result) => {
-                self.slots[n].sent.remove(&id.0);
-                if let Some(node) = self.slots[n].node.as_mut() {
-                    node.handle_write(id, result, now);
-                }
-            }
-            Reply::Keepalive(new) => {
-                if let Some(s) = new {
-                    self.slots[n].session = s;
-                }
-            }
+            _ => {}
         }
+        let belief = match &input {
+            Input::Acquired { id, result } | Input::Renewed { id, result } => Some((
+                *id,
+                result.as_ref().ok().and_then(|r| match r {
+                    CasOutcome::Won(l) => Some((l.epoch, l.valid_for)),
+                    CasOutcome::Lost(_) => None,
+                }),
+            )),
+            _ => None,
+        };
+        let delivered = match &input {
+            Input::Loaded { result: Ok(view), .. } => Some(view.clone()),
+            _ => None,
+        };
+        if let Some(node) = self.slots[n].node.as_mut() {
+            node.handle(input, now);
+        }
+        if let Some((id, won)) = belief {
+            self.note_belief(n, id, won);
+        }
+        self.note_shown_members(n, delivered);
     }
 
     /// Records the members a delivered view showed registered to node `n`, if the node took
@@ -1927,7 +1921,7 @@ impl World {
                     let now = self.slots[node].local(self.now);
                     self.slots[node].restart_after = Some(down_for);
                     if let Some(x) = self.slots[node].node.as_mut() {
-                        x.handle_shutdown(now);
+                        x.handle(Input::Shutdown, now);
                     }
                     let inc = self.slots[node].inc;
                     let limit = 3 * self.cfg.timing.retry_timeout;
@@ -2075,23 +2069,24 @@ impl World {
 
 fn reply_id(r: &Reply) -> Option<(u8, RequestId)> {
     match r {
-        Reply::Load(id, ..) => Some((0, *id)),
-        Reply::Acquire(id, _) => Some((1, *id)),
-        Reply::Renew(id, _) => Some((2, *id)),
-        Reply::Release(id, _) => Some((3, *id)),
-        Reply::Write(id, _) => Some((4, *id)),
-        Reply::Keepalive(_) => None,
+        Reply::Node(Input::Loaded { id, .. }, _) => Some((0, *id)),
+        Reply::Node(Input::Acquired { id, .. }, _) => Some((1, *id)),
+        Reply::Node(Input::Renewed { id, .. }, _) => Some((2, *id)),
+        Reply::Node(Input::Released { id, .. }, _) => Some((3, *id)),
+        Reply::Node(Input::Written { id, .. }, _) => Some((4, *id)),
+        Reply::Node(..) | Reply::Keepalive(_) => None,
     }
 }
 
 fn rejected_id((kind, id): (u8, RequestId), e: DcsError) -> Option<Reply> {
-    Some(match kind {
-        0 => Reply::Load(id, Box::new(Err(e)), None),
-        1 => Reply::Acquire(id, Err(e)),
-        2 => Reply::Renew(id, Err(e)),
-        3 => Reply::Release(id, Err(e)),
-        _ => Reply::Write(id, Err(e)),
-    })
+    let input = match kind {
+        0 => Input::Loaded { id, result: Err(e) },
+        1 => Input::Acquired { id, result: Err(e) },
+        2 => Input::Renewed { id, result: Err(e) },
+        3 => Input::Released { id, result: Err(e) },
+        _ => Input::Written { id, result: Err(e) },
+    };
+    Some(Reply::Node(input, None))
 }
 
 fn rejected(req: &Req, e: DcsError) -> Option<Reply> {

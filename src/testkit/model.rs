@@ -11,11 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dcs::{CasOutcome, Expect, Lease, WatchEvent};
 use crate::error::DcsError;
-use crate::node::{Action, Node};
+use crate::node::{Action, Input, Node};
 use crate::record::{
     ClusterView, ControlKey, DecodeCache, Epoch, Key, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView,
     Record, Version,
@@ -453,23 +454,23 @@ pub fn answer(
     match action {
         Action::Load { id } => {
             let result = if apply { Ok(model.load(scope, now)) } else { Err(not_applied()) };
-            node.handle_load(id, reply(error, result), now);
+            node.handle(Input::Loaded { id, result: reply(error, result).map(Arc::new) }, now);
         }
         Action::Acquire { id, record } => {
             let result = if apply { model.acquire(scope, session, &record, now) } else { Err(not_applied()) };
-            node.handle_acquire(id, reply(error, result), now);
+            node.handle(Input::Acquired { id, result: reply(error, result) }, now);
         }
         Action::Renew { id, lease } => {
             let result = if apply { model.renew(scope, session, &lease, now) } else { Err(not_applied()) };
-            node.handle_renew(id, reply(error, result), now);
+            node.handle(Input::Renewed { id, result: reply(error, result) }, now);
         }
         Action::Release { id, lease } => {
             let result = if apply { Ok(model.release(scope, &lease, now)) } else { Err(not_applied()) };
-            node.handle_release(id, reply(error, result), now);
+            node.handle(Input::Released { id, result: reply(error, result) }, now);
         }
         Action::PublishMember { id, record } => {
             let result = if apply { model.publish_member(scope, session, &record, now) } else { Err(not_applied()) };
-            node.handle_write(id, reply(error, result.map(|()| true)), now);
+            node.handle(Input::Written { id, result: reply(error, result.map(|()| true)) }, now);
         }
         Action::WriteControl { id, key, expect, value } => {
             let result = if apply {
@@ -477,12 +478,12 @@ pub fn answer(
             } else {
                 Err(not_applied())
             };
-            node.handle_write(id, reply(error, result), now);
+            node.handle(Input::Written { id, result: reply(error, result) }, now);
         }
         Action::DeleteControl { id, key, expect } => {
             let result =
                 if apply { Ok(model.delete_control(scope, key, &expect, now).is_won()) } else { Err(not_applied()) };
-            node.handle_write(id, reply(error, result), now);
+            node.handle(Input::Written { id, result: reply(error, result) }, now);
         }
         _ => {}
     }
@@ -728,10 +729,10 @@ mod tests {
         let session = model.open_session(cfg_ttl(), now);
         let mut lose = lose_first_acquire;
         for _ in 0..200 {
-            node.handle_timeout(now);
+            node.handle(Input::Timeout, now);
             while let Some(action) = node.poll_action() {
                 match action {
-                    Action::Promote { .. } => node.handle_promoted(Ok(()), now),
+                    Action::Promote { .. } => node.handle(Input::Promoted(Ok(())), now),
                     Action::Acquire { .. } if lose => {
                         lose = false;
                         answer(&mut model, session, "s", &mut node, action, Some(DcsError::unknown("lost")), now);
