@@ -544,7 +544,7 @@ impl Node {
         self.handle_load_shared(id, result.map(Arc::new), now);
     }
 
-    /// [`handle_load`](Self::handle_load) for a view shared with other owners: the node
+    /// The answer to a load, for a view shared with other owners: the node
     /// keeps the `Arc` and never changes the view.
     fn handle_load_shared(&mut self, id: RequestId, result: Result<Arc<ClusterView>, DcsError>, now: Instant) {
         let Some(_) = self.take_in_flight(id) else { return };
