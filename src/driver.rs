@@ -19,7 +19,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -30,186 +29,13 @@ use crate::node::{
     Action, AdminError, AdminRequest, DemoteMode, Input, Node, NodeConfig, NodeEvent, NodeRole, NodeStatus,
 };
 use crate::node::{RequestId, ResourceStatus};
-use crate::record::{ClusterView, Epoch, MemberRecord};
-use crate::rules::{PeerReply, PeerStatus};
+use crate::record::{ClusterView, Epoch};
+use crate::rules::PeerReply;
 use crate::time::Instant;
 
-/// The thing being made highly available (a database, a scheduler...). Calls are made one at
-/// a time, in order.
-#[async_trait]
-pub trait Resource: Send + Sync + 'static {
-    /// Start acting as primary. `epoch` is the fencing token: from now on the resource (or
-    /// whatever it writes to) should reject writes carrying an older epoch. An error is a
-    /// failed pre-promote: the node releases the key and backs off for a ttl.
-    ///
-    /// In failsafe mode it may also be called while the resource already acts as primary,
-    /// with a newer epoch: the key expired during a store outage and the same member took it
-    /// back. Adopt the epoch for fencing and keep everything else (writes, synchronous
-    /// standbys) as it is.
-    async fn promote(&self, epoch: Epoch) -> Result<(), String>;
-
-    /// Stop acting as primary. Must not return `Ok` before the resource has stopped accepting
-    /// writes; the key is released only after that (DESIGN.md rule 4).
-    async fn demote(&self, mode: DemoteMode) -> Result<(), String>;
-
-    /// Replicate from `leader` (reachable at `conn_url`), or wait when `None`.
-    async fn follow(&self, leader: Option<&str>, conn_url: Option<&str>) -> Result<(), String>;
-
-    /// Current state. Must answer quickly; a resource that cannot tell reports
-    /// `running: false`.
-    async fn status(&self) -> ResourceStatus;
-
-    /// Synchronous mode: acknowledge writes only after **every** one of `names` has them
-    /// (PostgreSQL: `synchronous_standby_names = 'N (a, b, ...)'` with N the number of
-    /// names); any member the sync key names may be promoted, so each must hold every
-    /// acknowledged write. `["*"]` ([`ANY_STANDBY`](crate::node::ANY_STANDBY), strict mode)
-    /// means "some standby": acknowledge nothing until one has it. An empty list: do not wait.
-    /// Report the standbys that have caught up in [`ResourceStatus::sync_confirmed`].
-    async fn set_sync_standbys(&self, names: &[String]) -> Result<(), String> {
-        let _ = names;
-        Ok(())
-    }
-}
-
-/// Asks peers about themselves (their REST API's `/status`).
-#[async_trait]
-pub trait PeerProbe: Send + Sync + 'static {
-    /// `peer`'s status, or `None` if it did not answer within the probe's own timeout
-    /// (keep it short: Patroni uses 2 s).
-    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus>;
-
-    /// Failsafe mode: ask `peer` to accept `leader` (with `epoch`) while the store is
-    /// unreachable. `true` only if it explicitly accepted.
-    async fn failsafe_confirm(&self, peer: &MemberRecord, leader: &str, epoch: Epoch) -> bool {
-        let _ = (peer, leader, epoch);
-        false
-    }
-}
-
-/// A probe for setups without peers' APIs: every peer is reported from its member record
-/// only if `trust_records` is set, else as unreachable (the rules then ignore it).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RecordProbe {
-    /// Use the peer's own member record as its status.
-    pub trust_records: bool,
-}
-
-#[async_trait]
-impl PeerProbe for RecordProbe {
-    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
-        self.trust_records.then(|| PeerStatus {
-            name: peer.name.clone(),
-            role: peer.role,
-            running: peer.running,
-            position: peer.position,
-            timeline: peer.timeline,
-            tags: peer.tags.clone(),
-            watchdog_failed: peer.watchdog_failed,
-        })
-    }
-}
-
-/// A hardware or software watchdog that resets the machine unless kept alive.
-pub trait Watchdog: Send + 'static {
-    /// Arm with a reset deadline of `timeout`. Fails if the device cannot do it.
-    fn arm(&mut self, timeout: Duration) -> std::io::Result<()>;
-    /// Restart the countdown.
-    fn keepalive(&mut self) -> std::io::Result<()>;
-    /// Disarm cleanly.
-    fn disarm(&mut self) -> std::io::Result<()>;
-}
-
-/// No watchdog.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoWatchdog;
-
-impl Watchdog for NoWatchdog {
-    fn arm(&mut self, _: Duration) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn keepalive(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn disarm(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-pub use linux_watchdog::LinuxWatchdog;
-
-mod linux_watchdog {
-    use std::fs::{File, OpenOptions};
-    use std::io::Write;
-    use std::path::PathBuf;
-    use std::time::Duration;
-
-    /// `/dev/watchdog` (Linux watchdog API): armed by opening the device, timeout set with
-    /// `WDIOC_SETTIMEOUT`, kept alive by writes, disarmed with the magic `V` before close.
-    #[derive(Debug)]
-    pub struct LinuxWatchdog {
-        path: PathBuf,
-        file: Option<File>,
-    }
-
-    impl LinuxWatchdog {
-        /// A watchdog on `path` (usually `/dev/watchdog`); nothing is opened until armed.
-        pub fn new(path: impl Into<PathBuf>) -> Self {
-            LinuxWatchdog { path: path.into(), file: None }
-        }
-    }
-
-    #[cfg(target_os = "linux")]
-    #[allow(unsafe_code)]
-    fn set_timeout(file: &File, secs: i32) -> std::io::Result<i32> {
-        use std::os::fd::AsRawFd;
-        // _IOWR('W', 6, int)
-        const WDIOC_SETTIMEOUT: libc::c_ulong = 0xC004_5706;
-        let mut value: libc::c_int = secs;
-        // SAFETY: the fd is open for the lifetime of `file`, and the ioctl reads and writes
-        // exactly one c_int through the pointer, which lives on this stack frame.
-        let rc = unsafe { libc::ioctl(file.as_raw_fd(), WDIOC_SETTIMEOUT as _, &mut value) };
-        if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(value) }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn set_timeout(_: &File, _: i32) -> std::io::Result<i32> {
-        Err(std::io::Error::other("watchdog devices are only supported on Linux"))
-    }
-
-    impl super::Watchdog for LinuxWatchdog {
-        fn arm(&mut self, timeout: Duration) -> std::io::Result<()> {
-            if self.file.is_some() {
-                return Ok(());
-            }
-            let file = OpenOptions::new().write(true).open(&self.path)?;
-            let wanted = timeout.as_secs().max(1) as i32;
-            let got = set_timeout(&file, wanted)?;
-            self.file = Some(file);
-            if got > wanted {
-                // The device cannot fire early enough to protect the lease.
-                let _ = super::Watchdog::disarm(self);
-                return Err(std::io::Error::other(format!(
-                    "watchdog timeout is {got}s but the lease needs {wanted}s or less"
-                )));
-            }
-            Ok(())
-        }
-
-        fn keepalive(&mut self) -> std::io::Result<()> {
-            match &mut self.file {
-                Some(f) => f.write_all(b"1"),
-                None => Ok(()),
-            }
-        }
-
-        fn disarm(&mut self) -> std::io::Result<()> {
-            match self.file.take() {
-                Some(mut f) => f.write_all(b"V"),
-                None => Ok(()),
-            }
-        }
-    }
-}
+pub use crate::probe::{PeerProbe, RecordProbe};
+pub use crate::resource::Resource;
+pub use crate::watchdog::{LinuxWatchdog, NoWatchdog, Watchdog};
 
 /// Counters for metrics endpoints.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -4,8 +4,11 @@
 //!
 //! * [`dcs::Dcs`]: the one boundary to a store; each backend crate implements it
 //!   (`leasehold-etcd`, `leasehold-zookeeper`, `leasehold-consul`, `leasehold-kube`).
-//! * [`node::Node`]: the sans-IO HA state machine; [`rules`]: who may race for the key.
-//! * `driver` (feature `tokio`): runs a `Node` against a `Dcs` and your `Resource`.
+//! * [`node::Node`]: the sans-IO HA state machine (one [`node::Input`] in, [`node::Action`]s
+//!   out); [`rules`]: who may race for the key.
+//! * `driver` (feature `tokio`): runs a `Node` against a `Dcs` and your `Resource`
+//!   (`resource`), asking peers through a `PeerProbe` (`probe`), with a `Watchdog`
+//!   (`watchdog`); the main types are re-exported here.
 //! * `testkit` (feature `testkit`): the reference store and the conformance suite;
 //!   `sim` (feature `sim`): the deterministic simulator.
 //!
@@ -26,16 +29,31 @@ pub mod time;
 
 #[cfg(feature = "tokio")]
 pub mod driver;
+#[cfg(feature = "tokio")]
+pub mod probe;
+#[cfg(feature = "tokio")]
+pub mod resource;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+#[cfg(feature = "tokio")]
+pub mod watchdog;
 
 pub use config::{Timing, TimingError};
 pub use dcs::{CasOutcome, Dcs, Expect, Lease, StoreBounds, WatchEvent};
+#[cfg(feature = "tokio")]
+pub use driver::{DriverHandle, DriverState, spawn};
 pub use error::{DcsError, DecodeError, NextStep};
+pub use node::{Action, DemoteMode, Input, Node, NodeConfig, NodeEvent, ResourceStatus, WatchdogMode};
+#[cfg(feature = "tokio")]
+pub use probe::{PeerProbe, RecordProbe};
 pub use record::{
     ClusterView, ConfigRecord, ControlKey, DecodeCache, Epoch, FailoverRecord, HistoryEntry, HistoryRecord,
     InitializeRecord, Key, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record, ResourceRole,
     StatusRecord, SyncRecord, Tags, Version, Versioned,
 };
+#[cfg(feature = "tokio")]
+pub use resource::Resource;
 pub use rules::{ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
 pub use time::{Clock, Instant};
+#[cfg(feature = "tokio")]
+pub use watchdog::{LinuxWatchdog, NoWatchdog, Watchdog};
