@@ -31,14 +31,6 @@ pub struct RecordProbe {
 #[async_trait]
 impl PeerProbe for RecordProbe {
     async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
-        self.trust_records.then(|| PeerStatus {
-            name: peer.name.clone(),
-            role: peer.role,
-            running: peer.running,
-            position: peer.position,
-            timeline: peer.timeline,
-            tags: peer.tags.clone(),
-            watchdog_failed: peer.watchdog_failed,
-        })
+        self.trust_records.then(|| PeerStatus::from(peer))
     }
 }

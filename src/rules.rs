@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{FailoverRecord, ResourceRole, SyncRecord, Tags};
+use crate::record::{FailoverRecord, MemberRecord, ResourceRole, SyncRecord, Tags};
 
 /// What a member reports about itself, over its REST API (`GET /status`) or from its record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +56,21 @@ impl PeerReply {
         match self {
             PeerReply::Reachable(s) => &s.name,
             PeerReply::Unreachable { name } => name,
+        }
+    }
+}
+
+impl From<&MemberRecord> for PeerStatus {
+    /// What a member's registration says about it: the same fields, one shape.
+    fn from(m: &MemberRecord) -> Self {
+        PeerStatus {
+            name: m.name.clone(),
+            role: m.role,
+            running: m.running,
+            position: m.position,
+            timeline: m.timeline,
+            tags: m.tags.clone(),
+            watchdog_failed: m.watchdog_failed,
         }
     }
 }

@@ -1757,16 +1757,9 @@ impl Node {
         }
     }
 
+    /// Our status as peers see it: built from our registration, so the two cannot drift.
     fn my_status(&self) -> PeerStatus {
-        PeerStatus {
-            name: self.cfg.name.clone(),
-            role: self.resource.role,
-            running: self.resource.running,
-            position: self.resource.position,
-            timeline: self.resource.timeline,
-            tags: self.cfg.tags.clone(),
-            watchdog_failed: self.watchdog == WatchdogHealth::Failed,
-        }
+        PeerStatus::from(&self.my_record())
     }
 
     fn config_record(&self) -> Option<&ConfigRecord> {
