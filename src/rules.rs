@@ -193,6 +193,35 @@ pub enum Reason {
     },
 }
 
+impl std::fmt::Display for Reason {
+    /// For operators: plain words, "unknown" for a position nobody reported.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reason::Lagging { lag: u64::MAX, max } => {
+                write!(f, "lagging: own position unknown (limit {max} bytes behind the leader)")
+            }
+            Reason::Lagging { lag, max } => write!(f, "lagging: {lag} bytes behind the leader (limit {max})"),
+            Reason::PeerAhead { peer, peer_position, my_position } => {
+                write!(f, "{peer} is further ahead ({peer_position} against our {my_position})")
+            }
+            Reason::OldPrimaryRunning { peer } => write!(f, "the old primary {peer} still runs"),
+            Reason::NoFailoverTag => f.write_str("tagged nofailover (or failover_priority 0)"),
+            Reason::LowerPriority { peer, peer_priority, my_priority } => write!(
+                f,
+                "{peer} is as far ahead and has a higher failover_priority ({peer_priority} against our {my_priority})"
+            ),
+            Reason::NotInSyncSet => f.write_str("synchronous mode: not in the sync key"),
+            Reason::WatchdogNotWorking => f.write_str("the required watchdog does not work"),
+            Reason::Paused => f.write_str("the cluster is paused"),
+            Reason::PrePromoteBackoff => f.write_str("backing off for a ttl after a failed promote"),
+            Reason::ManualFailoverToOther { candidate } => write!(f, "a manual failover names {candidate}"),
+            Reason::TimelineBehind { mine, cluster } => {
+                write!(f, "our timeline {mine} is behind the cluster's {cluster}")
+            }
+        }
+    }
+}
+
 /// Decides whether this member may race for the leader key. Pure: same facts, same verdict.
 pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
     use Verdict::Ineligible as No;
@@ -312,4 +341,21 @@ pub fn can_take_over(
             (Some(_), None) => false,
             (None, _) => true,
         }
+}
+
+#[cfg(test)]
+mod display_tests {
+    use super::Reason;
+
+    #[test]
+    fn reasons_read_as_words_without_sentinels_or_debug_formats() {
+        let unknown = Reason::Lagging { lag: u64::MAX, max: 1 << 20 }.to_string();
+        assert!(unknown.contains("unknown") && !unknown.contains(&u64::MAX.to_string()), "{unknown}");
+        let ahead = Reason::PeerAhead { peer: "n2".into(), peer_position: 200, my_position: 100 }.to_string();
+        assert_eq!(ahead, "n2 is further ahead (200 against our 100)");
+        for r in [Reason::NotInSyncSet, Reason::Paused, Reason::ManualFailoverToOther { candidate: "n3".into() }] {
+            let s = r.to_string();
+            assert!(!s.contains('{') && !s.contains('"') && !s.contains("Some("), "{s}");
+        }
+    }
 }

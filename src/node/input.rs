@@ -58,16 +58,16 @@ pub enum AdminError {
     #[error("the cluster state is not known yet; retry in a moment")]
     NotReady,
     /// A switchover must be sent to the leader.
-    #[error("this member is not the leader; send the switchover to {leader:?}")]
+    #[error("this member is not the leader; send the switchover to {}", leader.as_deref().unwrap_or("the leader (none is known now)"))]
     NotLeader {
         /// The leader, if known.
         leader: Option<String>,
     },
     /// The candidate is not a registered member.
-    #[error("{0:?} is not a registered member of this cluster")]
+    #[error("{0} is not a registered member of this cluster")]
     UnknownMember(String),
     /// The candidate may not be promoted.
-    #[error("{0:?} is tagged nofailover or has failover_priority 0")]
+    #[error("{0} is tagged nofailover or has failover_priority 0")]
     CandidateIneligible(String),
     /// A switchover or failover is already pending.
     #[error("a switchover or failover is already pending")]

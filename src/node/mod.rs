@@ -1049,7 +1049,7 @@ impl Node {
             }
             Verdict::Ineligible(reason) => {
                 if self.last_refusal.as_ref() != Some(&reason) {
-                    tracing::info!(node = %self.cfg.name, ?reason, "not racing for the free leader key");
+                    tracing::info!(node = %self.cfg.name, %reason, "not racing for the free leader key");
                     self.events.push_back(NodeEvent::NotEligible(reason.clone()));
                 }
                 self.last_refusal = Some(reason);

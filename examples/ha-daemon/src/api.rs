@@ -172,7 +172,7 @@ fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
             _ => None,
         },
         paused: s.status.paused,
-        last_refusal: s.status.last_refusal.as_ref().map(|r| format!("{r:?}")),
+        last_refusal: s.status.last_refusal.as_ref().map(ToString::to_string),
         api_url: cfg.restapi.connect_url.clone(),
         conn_url: cfg.node_config(0).conn_url,
         sync_standby: s
@@ -406,47 +406,128 @@ async fn admin(st: &ApiState, headers: &HeaderMap, request: AdminRequest) -> Res
 
 /// Body of `POST /switchover` and `POST /failover`.
 #[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct CandidateBody {
     /// The member that should take over.
     #[serde(default)]
     pub candidate: Option<String>,
+    /// Patroni's field: the leader the request is meant for. When given it must be this
+    /// cluster's leader, so a request aimed at a leader that has since changed acts on nothing.
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
-async fn switchover(State(st): Shared, headers: HeaderMap, body: Option<Json<CandidateBody>>) -> Response {
-    let candidate = body.and_then(|b| b.0.candidate);
-    admin(&st, &headers, AdminRequest::Switchover { candidate }).await
+/// A 400 naming the shape the endpoint expects; nothing is acted on.
+fn bad_body(expected: &str, why: impl std::fmt::Display) -> Response {
+    let msg = format!("the body must be {expected}: {why}");
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": msg}))).into_response()
 }
 
-async fn failover(State(st): Shared, headers: HeaderMap, body: Option<Json<CandidateBody>>) -> Response {
-    let Some(candidate) = body.and_then(|b| b.0.candidate) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(serde_json::json!({"error": "failover needs {\"candidate\": <member>}"})),
-        )
-            .into_response();
-    };
-    admin(&st, &headers, AdminRequest::Failover { candidate }).await
+/// Parses an admin body strictly: empty (where allowed) or exactly the expected JSON object.
+/// Anything else (`[]`, `garbage`, unknown fields, wrong types) is refused.
+fn parse_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    empty_ok: bool,
+    expected: &str,
+) -> Result<T, Box<Response>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return if empty_ok { Ok(T::default()) } else { Err(Box::new(bad_body(expected, "it is empty"))) };
+    }
+    // Objects only: serde would also read a struct from an array (`[]` is every field's
+    // default), which once turned a garbage body into a switchover.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| Box::new(bad_body(expected, e)))?;
+    if !value.is_object() {
+        return Err(Box::new(bad_body(expected, "it is not a JSON object")));
+    }
+    serde_json::from_value(value).map_err(|e| Box::new(bad_body(expected, e)))
 }
 
-async fn pause(State(st): Shared, headers: HeaderMap) -> Response {
-    admin(&st, &headers, AdminRequest::Pause).await
-}
+const CANDIDATE_SHAPE: &str =
+    "empty or a JSON object {\"candidate\": \"<member>\", \"leader\": \"<member>\"} (both optional)";
 
-async fn resume(State(st): Shared, headers: HeaderMap) -> Response {
-    admin(&st, &headers, AdminRequest::Resume).await
-}
-
-/// Body of `POST /failsafe`.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct FailsafeBody {
-    /// The leader asking to be confirmed.
-    pub leader: String,
-}
-
-async fn failsafe(State(st): Shared, headers: HeaderMap, Json(body): Json<FailsafeBody>) -> Response {
+async fn switchover(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Err(r) = authorize(&st, &headers) {
         return *r;
     }
+    let b: CandidateBody = match parse_body(&body, true, CANDIDATE_SHAPE) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    if let Err(r) = check_leader_field(&st, b.leader.as_deref()).await {
+        return *r;
+    }
+    admin(&st, &headers, AdminRequest::Switchover { candidate: b.candidate }).await
+}
+
+async fn failover(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return *r;
+    }
+    let shape = "a JSON object {\"candidate\": \"<member>\"}";
+    let b: CandidateBody = match parse_body(&body, false, shape) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let Some(candidate) = b.candidate else { return bad_body(shape, "\"candidate\" is missing") };
+    if let Err(r) = check_leader_field(&st, b.leader.as_deref()).await {
+        return *r;
+    }
+    admin(&st, &headers, AdminRequest::Failover { candidate }).await
+}
+
+/// A request naming a `leader` that is not the current one is refused (409), as Patroni does.
+async fn check_leader_field(st: &ApiState, leader: Option<&str>) -> Result<(), Box<Response>> {
+    let Some(named) = leader else { return Ok(()) };
+    let current = st.fresh_state().await.and_then(|s| s.status.leader.clone());
+    if current.as_deref() == Some(named) {
+        return Ok(());
+    }
+    let msg = format!("{named:?} is not the leader (the leader is {})", current.as_deref().unwrap_or("unknown"));
+    Err(Box::new((StatusCode::CONFLICT, Json(serde_json::json!({"error": msg, "leader": current}))).into_response()))
+}
+
+/// `/pause` and `/resume` take no arguments: an empty body or `{}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoArguments {}
+
+async fn pause(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    no_arguments_then(&st, &headers, &body, AdminRequest::Pause).await
+}
+
+async fn resume(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    no_arguments_then(&st, &headers, &body, AdminRequest::Resume).await
+}
+
+async fn no_arguments_then(st: &ApiState, headers: &HeaderMap, body: &[u8], request: AdminRequest) -> Response {
+    if let Err(r) = authorize(st, headers) {
+        return *r;
+    }
+    if let Err(r) = parse_body::<NoArguments>(body, true, "empty or {}") {
+        return *r;
+    }
+    admin(st, headers, request).await
+}
+
+/// Body of `POST /failsafe`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailsafeBody {
+    /// The leader asking to be confirmed.
+    pub leader: String,
+    /// The leader's epoch (informational).
+    #[serde(default)]
+    pub epoch: Option<u64>,
+}
+
+async fn failsafe(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return *r;
+    }
+    let body: FailsafeBody = match parse_body(&body, false, "a JSON object {\"leader\": \"<member>\"}") {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
     let guard = st.driver.read().await;
     let Some(driver) = guard.as_ref() else { return unavailable() };
     if driver.failsafe_ping(&body.leader).await {

@@ -152,10 +152,10 @@ impl Ctl {
         if let Some(f) = &view.failover {
             let _ = writeln!(
                 out,
-                "pending: {} (leader {:?}, candidate {:?})",
+                "pending: {} (from {}, to {})",
                 if f.value.leader.is_some() { "switchover" } else { "failover" },
-                f.value.leader,
-                f.value.candidate
+                f.value.leader.as_deref().unwrap_or("no leader"),
+                f.value.candidate.as_deref().unwrap_or("the best member")
             );
         }
         out
@@ -286,7 +286,7 @@ impl Ctl {
         let mut urls: Vec<String> = view.leader.iter().filter_map(|l| l.record.api_url.clone()).collect();
         urls.extend(view.members.iter().filter_map(|m| m.value.api_url.clone()));
         urls.dedup();
-        match self.post(&urls, path, Value::Null).await {
+        match self.post(&urls, path, serde_json::json!({})).await {
             Some((code, body)) => Self::report(code, &body)?,
             None => {
                 let mut cfg = view.config.as_ref().map(|c| c.value.clone()).unwrap_or_default();

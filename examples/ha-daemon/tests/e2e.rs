@@ -162,6 +162,32 @@ fn rest_codes_and_tokens() {
     assert!(body.contains(&c.members[l].name), "{body}");
     let (code, body) = http("POST", &format!("{leader}/failover"), Some(TOKEN), Some("{\"candidate\": \"nobody\"}"));
     assert_eq!(code, 400, "{body}");
+    // The token is checked before the body; a body of the wrong shape is a 400 naming the
+    // expected shape and is never acted on (issue 18: `[]` once performed a switchover).
+    for path in ["/switchover", "/failover", "/pause", "/resume", "/failsafe"] {
+        assert_eq!(http("POST", &format!("{leader}{path}"), None, Some("garbage")).0, 401, "{path}");
+    }
+    for (path, body) in [
+        ("/switchover", "[]"),
+        ("/switchover", "garbage"),
+        ("/switchover", "{\"candidate\": 3}"),
+        ("/switchover", "{\"candiate\": \"n1\"}"),
+        ("/failover", "[]"),
+        ("/failover", ""),
+        ("/pause", "garbage"),
+        ("/pause", "[]"),
+        ("/resume", "{\"now\": true}"),
+        ("/failsafe", "[]"),
+    ] {
+        let (code, answer) = http("POST", &format!("{leader}{path}"), Some(TOKEN), Some(body));
+        assert_eq!(code, 400, "{path} with {body:?}: {answer}");
+        assert!(answer.contains("the body must be"), "{path} with {body:?}: {answer}");
+    }
+    // A request meant for another leader acts on nothing.
+    let other = &c.members[(l + 1) % c.members.len()].name;
+    let (code, answer) =
+        http("POST", &format!("{leader}/switchover"), Some(TOKEN), Some(&format!("{{\"leader\": \"{other}\"}}")));
+    assert_eq!(code, 409, "{answer}");
     // Nothing changed.
     assert_eq!(c.leader(), Some((l, epoch)));
 }
