@@ -396,11 +396,11 @@ impl DaemonConfig {
             text.parse().map_err(|e: toml::de::Error| ConfigError::new("file", e.to_string()))?;
         let applied = apply_env(&mut table, env)?;
         let raw: RawConfig = if applied.is_empty() {
-            toml::from_str(text).map_err(|e| parse_error(e, &[]))?
+            toml::from_str(text).map_err(|e| parse_error(e, text, &[]))?
         } else {
             // Re-render the merged document so the error points at the key, as in a file.
             let merged = toml::to_string(&table).map_err(|e| ConfigError::new("file", e.to_string()))?;
-            toml::from_str(&merged).map_err(|e| parse_error(e, &applied))?
+            toml::from_str(&merged).map_err(|e| parse_error(e, &merged, &applied))?
         };
         raw.validate(base)
     }
@@ -427,13 +427,46 @@ impl DaemonConfig {
     }
 }
 
-fn parse_error(e: toml::de::Error, applied: &[String]) -> ConfigError {
-    let key = e.message().split('`').nth(1).filter(|_| e.message().starts_with("unknown field"));
+fn parse_error(e: toml::de::Error, text: &str, applied: &[String]) -> ConfigError {
+    let unknown = e.message().split('`').nth(1).filter(|_| e.message().starts_with("unknown field"));
+    let key = match (unknown, e.span()) {
+        (Some(field), Some(span)) => Some(key_path(text, span.start, Some(field))),
+        (Some(field), None) => Some(field.to_string()),
+        // A wrong type or value: the key on the line the error points at.
+        (None, Some(span)) => Some(key_path(text, span.start, None)),
+        (None, None) => None,
+    };
     let mut message = e.to_string().trim_end().to_string();
     if !applied.is_empty() {
         message.push_str(&format!("\n(after environment overrides from {})", applied.join(", ")));
     }
-    ConfigError::new(key.unwrap_or("file"), message)
+    ConfigError::new(key.filter(|k| !k.is_empty()).unwrap_or_else(|| "file".to_string()), message)
+}
+
+/// The dotted key at byte `at` of `text` (`postgresql.listen`): the `[table]` header above it
+/// and the key on its line, or `field` when the error names one.
+fn key_path(text: &str, at: usize, field: Option<&str>) -> String {
+    let before = &text[..at.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let on_line = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let key = match (field, on_line, line.trim().starts_with('[')) {
+        (Some(f), _, _) => Some(f.to_string()),
+        (None, Some(k), false) => Some(k),
+        _ => None,
+    };
+    match (table, key) {
+        (Some(t), Some(k)) if !t.is_empty() => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, Some(k)) => k,
+        _ => String::new(),
+    }
 }
 
 /// Applies `LEASEHOLD_<KEY>` variables: `__` separates nesting levels, names are
@@ -707,6 +740,9 @@ fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, Confi
     Ok(hooks)
 }
 
+/// The shortest lease etcd grants with its default election timeout (1000 ms).
+const ETCD_MIN_TTL: Duration = Duration::from_secs(2);
+
 fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigError> {
     let kind = store.kind();
     if !crate::store::built_in(kind) {
@@ -724,6 +760,17 @@ fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigErro
                 check_url("etcd.endpoints", e, &["http://", "https://"])?;
             }
             check_prefix("etcd.prefix", &s.prefix)?;
+            // etcd raises a lease's TTL to its minimum (1.5 x the election timeout, 2 s at the
+            // default 1000 ms): the leader key would outlive the ttl every member plans with.
+            if timing.ttl < ETCD_MIN_TTL {
+                return Err(ConfigError::new(
+                    "ttl",
+                    format!(
+                        "{:?} is below etcd's minimum lease TTL of {ETCD_MIN_TTL:?} (with its default election timeout); etcd would grant a longer lease than every member plans with",
+                        timing.ttl
+                    ),
+                ));
+            }
             if s.username.is_some() != s.password.is_some() {
                 return Err(ConfigError::new("etcd.password", "username and password must be set together"));
             }
@@ -957,6 +1004,28 @@ mod tests {
         assert!(e.message.contains("loop_wait + 2 * retry_timeout <= ttl"), "{e}");
         let e = parse(&base("ttl = \"ten\"")).unwrap_err();
         assert!(e.to_string().contains("ttl") && e.message.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn a_ttl_etcd_cannot_grant_is_refused() {
+        let e = parse(&base(
+            "ttl = \"1500ms\"\nloop_wait = \"100ms\"\nretry_timeout = \"200ms\"\nsafety_margin = \"300ms\"",
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "ttl", "{e}");
+        assert!(e.message.contains("etcd's minimum lease TTL"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let e = parse(&base("ttl = \"ten\"")).unwrap_err();
+        assert_eq!(e.key, "ttl", "{e}");
+        let e = parse(&base("failsafe_mode = \"yes\"")).unwrap_err();
+        assert_eq!(e.key, "failsafe_mode", "{e}");
+        let e = parse(&base("[tags]\nfailover_priority = \"high\"")).unwrap_err();
+        assert_eq!(e.key, "tags.failover_priority", "{e}");
+        let e = parse(&base("").replace("endpoints = [\"http://127.0.0.1:2379\"]", "endpoints = 7")).unwrap_err();
+        assert_eq!(e.key, "etcd.endpoints", "{e}");
     }
 
     #[test]
