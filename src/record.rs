@@ -688,11 +688,31 @@ fn decode_versioned<T: Record + Clone + Send + Sync + 'static>(
     decode_or_report::<T>(entry, problems, cache).map(|value| Versioned { value, version: entry.version.clone() })
 }
 
+/// What a record of `kind` that does not decode means for the cluster, for the log.
+pub fn garbage_consequence(kind: &str) -> &'static str {
+    match kind {
+        "leader" => {
+            "read as no leader, but no member can take the key while it exists: elections are blocked until it expires or an operator deletes it"
+        }
+        "member" => "the member is left out of elections and the roster",
+        "failover" => "read as no pending switchover; the next request replaces it",
+        "sync" => "read as no synchronous standby: only the leader may be promoted until the leader rewrites it",
+        "history" => "read as no history; the next promotion rewrites it",
+        "status" => "read as no leader position: lag checks use members' own reports until the leader rewrites it",
+        "config" => "read as no dynamic configuration: each member's own file applies",
+        "initialize" => "read as an uninitialised cluster marker",
+        _ => "treated as absent",
+    }
+}
+
 fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
     entry: &RawEntry,
     problems: &mut Vec<DecodeError>,
     cache: Option<&mut DecodeCache>,
 ) -> Option<T> {
+    // Garbage is logged when first seen (a cache hit is the same bytes seen before), not on
+    // every load.
+    let mut fresh = true;
     let decoded = match cache {
         None => T::decode(&entry.key, &entry.bytes),
         Some(cache) => {
@@ -702,7 +722,10 @@ fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
                 c.decoded.downcast_ref::<Result<T, DecodeError>>()
             });
             match hit {
-                Some(decoded) => decoded.clone(),
+                Some(decoded) => {
+                    fresh = false;
+                    decoded.clone()
+                }
                 None => {
                     let decoded = T::decode(&entry.key, &entry.bytes);
                     let cached =
@@ -716,7 +739,10 @@ fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
     match decoded {
         Ok(v) => Some(v),
         Err(e) => {
-            tracing::warn!(key = %entry.key, kind = T::KIND, reason = %e.reason, "garbage in the store, treated as absent");
+            if fresh {
+                let consequence = garbage_consequence(T::KIND);
+                tracing::warn!(key = %entry.key, kind = T::KIND, reason = %e.reason, consequence, "garbage in the store");
+            }
             problems.push(e);
             None
         }

@@ -710,9 +710,12 @@ impl Node {
             if let Some(h) = self.held.as_mut() {
                 h.acting_until = h.acting_until.max(from + self.cfg.timing.belief_for(self.cfg.timing.ttl));
             }
-            self.failsafe_confirmed = Some(now);
+            if self.failsafe_confirmed.replace(now).is_none() {
+                tracing::warn!(node = %self.cfg.name, "store unreachable; every member confirmed us (failsafe): staying leader");
+            } else {
+                tracing::debug!(node = %self.cfg.name, "store still unreachable; every member confirmed us again");
+            }
             self.keepalive_watchdog();
-            tracing::warn!(node = %self.cfg.name, "store unreachable; every member confirmed us (failsafe)");
         } else {
             self.lose_lease(now, DemoteMode::Offline, "store unreachable and failsafe not confirmed by every member");
         }

@@ -94,7 +94,7 @@ fn leader_view(kv: Option<KeyValue>) -> Option<LeaderView> {
             Some(LeaderView { record, epoch: Epoch(kv.create_revision().unsigned_abs()), version: entry.version })
         }
         Err(e) => {
-            tracing::warn!(key = %entry.key, reason = %e.reason, "garbage in the leader key, treated as absent");
+            tracing::warn!(key = %entry.key, reason = %e.reason, consequence = leasehold::record::garbage_consequence("leader"), "garbage in the leader key");
             None
         }
     }

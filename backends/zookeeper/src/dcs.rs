@@ -97,7 +97,7 @@ fn leader_view(path: &str, data: &[u8], stat: &zk::Stat) -> Option<LeaderView> {
     match LeaderRecord::decode(path, data) {
         Ok(record) => Some(LeaderView { record, epoch: epoch_of(stat), version: zxid_version(stat.mzxid) }),
         Err(e) => {
-            tracing::warn!(%path, reason = %e.reason, "garbage in the leader znode, treated as absent");
+            tracing::warn!(%path, reason = %e.reason, consequence = leasehold::record::garbage_consequence("leader"), "garbage in the leader znode");
             None
         }
     }
