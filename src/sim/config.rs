@@ -128,6 +128,12 @@ pub struct SimConfig {
     /// frozen machine or container: the default) or the HA process alone (SIGSTOP of the
     /// daemon: PostgreSQL keeps serving and streaming, and nothing in the node can stop it).
     pub pause_freezes_resource: bool,
+    /// Whether a standby told that there is no leader keeps streaming from its upstream (as
+    /// PostgreSQL does: `primary_conninfo` unchanged) or stops (the default). Off by default:
+    /// the simulated replica copies any log it reaches, divergent or not, where PostgreSQL
+    /// would stop at a timeline fork, so streaming on from a deposed primary overstates what
+    /// a real standby receives.
+    pub standbys_stream_without_leader: bool,
 }
 
 impl SimConfig {
@@ -148,6 +154,7 @@ impl SimConfig {
             write_interval: Duration::from_millis(50),
             timeline_rows: 400,
             pause_freezes_resource: true,
+            standbys_stream_without_leader: false,
         };
         cfg.liveness = cfg.liveness_bound() + 2 * cfg.timing.ttl;
         cfg

@@ -28,9 +28,10 @@ impl World {
                 }
                 ResOp::Follow(leader) => {
                     let idx = leader.as_deref().and_then(|l| self.index_of(l));
-                    // No leader named: a standby streams on from whatever it streamed from,
-                    // as PostgreSQL does with its primary_conninfo unchanged.
-                    if self.slots[n].res.primary_epoch().is_none() && (idx.is_some() || leader.is_some()) {
+                    // No leader named: a PostgreSQL standby streams on from whatever it
+                    // streamed from (primary_conninfo unchanged), if the run models that.
+                    let keep_streaming = self.cfg.standbys_stream_without_leader && leader.is_none();
+                    if self.slots[n].res.primary_epoch().is_none() && !keep_streaming {
                         self.slots[n].res.role = Role::Replica(idx);
                     }
                 }
