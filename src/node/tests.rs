@@ -1082,8 +1082,9 @@ fn sync_count_two_fills_with_the_most_advanced_and_publishes_only_confirmed() {
     assert_eq!(l.take_steps(), [SyncStep::Key(names(&["d", "c"]))]);
 }
 
-#[test]
-fn sync_count_two_keeps_its_standbys_while_they_stay_eligible() {
+/// A leader with `synchronous_node_count = 2` and replicas b (300), c (500) and d (400):
+/// c and d, the most advanced, are confirmed and published.
+fn two_of_three_standbys_published() -> SyncLeader {
     let mut l = SyncLeader::new(2, false);
     l.replica("b", 300);
     l.replica("c", 500);
@@ -1093,6 +1094,12 @@ fn sync_count_two_keeps_its_standbys_while_they_stay_eligible() {
     l.cycles(2);
     assert_eq!(l.published(), ["c", "d"]);
     l.take_steps();
+    l
+}
+
+#[test]
+fn sync_count_two_keeps_its_standbys_while_they_stay_eligible() {
+    let mut l = two_of_three_standbys_published();
     // b overtakes both, and a standby is briefly unconfirmed (a slow reply): nothing moves.
     l.member("b").position = Some(5000);
     l.confirmed = names(&["c"]);
@@ -1103,15 +1110,7 @@ fn sync_count_two_keeps_its_standbys_while_they_stay_eligible() {
 
 #[test]
 fn sync_count_two_replaces_one_standby_without_dropping_the_other() {
-    let mut l = SyncLeader::new(2, false);
-    l.replica("b", 300);
-    l.replica("c", 500);
-    l.replica("d", 400);
-    l.cycle();
-    l.confirmed = names(&["c", "d"]);
-    l.cycles(2);
-    assert_eq!(l.published(), ["c", "d"]);
-    l.take_steps();
+    let mut l = two_of_three_standbys_published();
     // d restarts: out of the key first, then the resource stops waiting for it and waits for
     // b instead; b joins the key once confirmed. c stays published throughout.
     l.member("d").running = false;

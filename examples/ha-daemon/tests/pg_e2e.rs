@@ -66,6 +66,25 @@ fn kill_postmaster(data: &Path) {
     }
 }
 
+/// One cluster at a time, and only where PostgreSQL 15 is installed (saying so otherwise).
+fn postgres_turn() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !Path::new(PG_BIN).join("pg_rewind").exists() {
+        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
+        return None;
+    }
+    Some(serial)
+}
+
+/// The writer's table, created on the primary at `port`.
+fn create_acked_table(port: u16) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = writable(port).await.expect("the primary answers");
+        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
+    });
+}
+
 /// Fields drop in order: daemons, then postmasters (their guards read `postmaster.pid`), then
 /// the store, and the directory last (dropped first, it took the pid files with it and the
 /// postmasters outlived the test).
@@ -472,19 +491,11 @@ fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
 
 #[test]
 fn synchronous_mode_loses_no_acknowledged_write() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new(PG_BIN).join("pg_rewind").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
-        return;
-    }
+    let Some(_serial) = postgres_turn() else { return };
     let rounds: usize = std::env::var("PG_E2E_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let mut c = Cluster::start_sync_with_nosync_third();
     let (l, _) = c.wait_healthy();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let client = writable(c.members[l].pg_port).await.expect("the primary answers");
-        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
-    });
+    create_acked_table(c.members[l].pg_port);
     let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
     let w = Writer::start(ports.clone());
     let m = Monitor::start(ports);
@@ -514,11 +525,7 @@ fn synchronous_mode_loses_no_acknowledged_write() {
 /// leader and a store cut, whichever standby is promoted has every acknowledged row.
 #[test]
 fn two_synchronous_standbys_lose_no_acknowledged_write() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new(PG_BIN).join("pg_rewind").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
-        return;
-    }
+    let Some(_serial) = postgres_turn() else { return };
     let mut c = Cluster::start_with("synchronous_mode = true\nsynchronous_node_count = 2", "");
     let (l, _) = c.wait_healthy();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -616,18 +623,10 @@ impl Drop for Monitor {
 /// demotes before its lease ends, so no sample ever sees two instances accepting writes.
 #[test]
 fn asynchronous_mode_store_cut_never_two_writable_primaries() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new(PG_BIN).join("pg_rewind").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
-        return;
-    }
+    let Some(_serial) = postgres_turn() else { return };
     let mut c = Cluster::start(false, "");
     let (l, _) = c.wait_healthy();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let client = writable(c.members[l].pg_port).await.expect("the primary answers");
-        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
-    });
+    create_acked_table(c.members[l].pg_port);
     let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
     let w = Writer::start(ports.clone());
     let m = Monitor::start(ports);
@@ -644,18 +643,10 @@ fn asynchronous_mode_store_cut_never_two_writable_primaries() {
 /// with the reason, and the old data directory is kept aside.
 #[test]
 fn reclone_only_when_rewind_cannot_be_used() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new(PG_BIN).join("pg_rewind").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
-        return;
-    }
+    let Some(_serial) = postgres_turn() else { return };
     let mut c = Cluster::start(false, "use_pg_rewind = false");
     let (l, _) = c.wait_healthy();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let client = writable(c.members[l].pg_port).await.expect("the primary answers");
-        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
-    });
+    create_acked_table(c.members[l].pg_port);
     let w = Writer::start(c.members.iter().map(|m| m.pg_port).collect());
     fault_then(&mut c, &w, Fault::Kill, Rejoin::Reclone);
     let log = c.log(l);
@@ -674,11 +665,7 @@ fn reclone_only_when_rewind_cannot_be_used() {
 /// acknowledged unprotected, and completes once a standby is back.
 #[test]
 fn strict_mode_commits_wait_for_a_standby() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new(PG_BIN).join("pg_rewind").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
-        return;
-    }
+    let Some(_serial) = postgres_turn() else { return };
     let mut c = Cluster::start_with("synchronous_mode = true\nsynchronous_mode_strict = true", "");
     let (l, _) = c.wait_healthy();
     let port = c.members[l].pg_port;
@@ -734,18 +721,10 @@ fn strict_mode_commits_wait_for_a_standby() {
 /// returns under a new epoch, and nobody else is promoted.
 #[test]
 fn failsafe_leader_keeps_its_primary_through_a_store_outage() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new(PG_BIN).join("pg_rewind").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
-        return;
-    }
+    let Some(_serial) = postgres_turn() else { return };
     let c = Cluster::start_members("synchronous_mode = true\nfailsafe_mode = true", "", true);
     let (l, epoch) = c.wait_healthy();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let client = writable(c.members[l].pg_port).await.expect("the primary answers");
-        client.batch_execute("create table acked(n bigint primary key)").await.expect("table created");
-    });
+    create_acked_table(c.members[l].pg_port);
     let ports: Vec<u16> = c.members.iter().map(|m| m.pg_port).collect();
     let w = Writer::start(ports.clone());
     let m = Monitor::start(ports);
