@@ -44,6 +44,8 @@ pub struct ApiState {
     pub last_progress: Mutex<tokio::time::Instant>,
     /// Leader changes seen since start.
     pub leader_changes: AtomicU64,
+    /// The last leader seen, for counting changes of holder.
+    pub last_leader: std::sync::Mutex<Option<String>>,
     /// Asked afresh by `/status`: the driver's copy of the resource status can be up to a
     /// second old, and a peer deciding a leader race must not see a demoted primary as
     /// still running.
@@ -66,6 +68,7 @@ impl ApiState {
             driver: RwLock::new(Some(driver)),
             last_progress: Mutex::new(now),
             leader_changes: AtomicU64::new(0),
+            last_leader: std::sync::Mutex::new(None),
             resource,
         })
     }
@@ -331,7 +334,7 @@ async fn metrics(State(st): Shared) -> Response {
     metric(
         "leasehold_failovers_total",
         "counter",
-        "Leader changes observed by this member since it started.",
+        "Changes of leader (one member to another) seen by this member since it started; the leader found at start-up is not one.",
         st.leader_changes.load(Ordering::Relaxed).to_string(),
     );
     metric("leasehold_paused", "gauge", "1 while the cluster is paused.", u8::from(s.status.paused).to_string());

@@ -130,6 +130,15 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
     Ok(code)
 }
 
+/// Whether `new` is a change of leader for the failover counter: another member than the
+/// last one seen. The first leader seen at start-up and the leaderless gap in between are not.
+fn is_leader_change(last: &mut Option<String>, new: Option<&str>) -> bool {
+    let Some(new) = new else { return false };
+    let changed = last.as_deref().is_some_and(|l| l != new);
+    *last = Some(new.to_string());
+    changed
+}
+
 fn log_event(state: &ApiState, ev: &NodeEvent) {
     match ev {
         NodeEvent::Acquired { epoch } => tracing::info!(%epoch, "acquired the leader key"),
@@ -137,11 +146,29 @@ fn log_event(state: &ApiState, ev: &NodeEvent) {
         NodeEvent::Demoting { mode, why } => tracing::warn!(mode = mode_name(*mode), why, "demoting"),
         NodeEvent::Demoted => tracing::info!("demoted"),
         NodeEvent::LeaderChanged { leader } => {
-            state.leader_changes.fetch_add(1, Ordering::Relaxed);
+            let mut last = state.last_leader.lock().unwrap_or_else(|e| e.into_inner());
+            if is_leader_change(&mut last, leader.as_deref()) {
+                state.leader_changes.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::info!(leader = leader.as_deref().unwrap_or("none"), "leader changed")
         }
-        NodeEvent::NotEligible(reason) => tracing::info!(?reason, "not racing for the free leader key"),
+        NodeEvent::NotEligible(reason) => tracing::info!(%reason, "not racing for the free leader key"),
         NodeEvent::Fatal(e) => tracing::error!(error = %e, "fatal store error"),
         other => tracing::debug!(event = ?other, "event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_leader_change;
+
+    #[test]
+    fn the_failover_counter_counts_changes_of_holder_only() {
+        let mut last = None;
+        let seen: Vec<bool> = [Some("n1"), None, Some("n1"), None, Some("n2"), Some("n2"), Some("n3")]
+            .into_iter()
+            .map(|l| is_leader_change(&mut last, l))
+            .collect();
+        assert_eq!(seen, [false, false, false, false, true, false, true]);
     }
 }
