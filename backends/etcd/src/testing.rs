@@ -37,6 +37,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::options::EtcdOptions;
 
+mod pki;
+
+pub use pki::{Pki, make_pki};
+
 /// How long to wait for members to become healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);
 /// Attempts at starting a fresh cluster (a picked port may be taken meanwhile).

@@ -2,58 +2,10 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::{init_tracing, leader};
 use leasehold::{CasOutcome, Dcs, DcsError};
-use leasehold_etcd::testing::{EtcdConfig, EtcdServer, ServerTls};
+use leasehold_etcd::testing::{EtcdConfig, EtcdServer, ServerTls, make_pki};
 use leasehold_etcd::{EtcdClient, EtcdOptions};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
-
-struct Pki {
-    ca: std::path::PathBuf,
-    server_cert: std::path::PathBuf,
-    server_key: std::path::PathBuf,
-    client_cert: std::path::PathBuf,
-    client_key: std::path::PathBuf,
-}
-
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
-fn make_pki(dir: &Path) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "leasehold test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA cert");
-
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
-        let mut params = CertificateParams::new(names).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &ca).expect("leaf cert");
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_pem, server_key_pem) =
-        leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "etcd");
-    let (client_pem, client_key_pem) = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "leasehold");
-
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write PEM");
-        path
-    };
-    Pki {
-        ca: write("ca.pem", &ca.pem()),
-        server_cert: write("server.pem", &server_pem),
-        server_key: write("server-key.pem", &server_key_pem),
-        client_cert: write("client.pem", &client_pem),
-        client_key: write("client-key.pem", &client_key_pem),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_client_certificates_and_a_throwaway_ca() {

@@ -168,6 +168,16 @@ pub struct EtcdSection {
     /// Password for authentication.
     #[serde(default)]
     pub password: Option<String>,
+    /// PEM CA certificate of the etcd servers; required with `https://` endpoints (no system
+    /// trust store is built in). Patroni's `cacert`.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate, for servers started with `--client-cert-auth`; needs `key`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// `[zookeeper]`
@@ -760,6 +770,24 @@ fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigErro
                 check_url("etcd.endpoints", e, &["http://", "https://"])?;
             }
             check_prefix("etcd.prefix", &s.prefix)?;
+            // The client's own rules (TLS files with https:// endpoints, cert with key),
+            // refused here rather than at connect.
+            #[cfg(feature = "etcd")]
+            crate::store::etcd_options(s, timing).validate().map_err(|e| {
+                let key = match e.field {
+                    "ca_file" => "etcd.cacert".to_string(),
+                    "cert_file" => "etcd.cert".to_string(),
+                    "key_file" => "etcd.key".to_string(),
+                    "user" => "etcd.username".to_string(),
+                    "ttl" => "ttl".to_string(),
+                    "request_timeout" | "dial_timeout" => "retry_timeout".to_string(),
+                    field => format!("etcd.{field}"),
+                };
+                ConfigError::new(
+                    key,
+                    e.message.replace("ca_file", "cacert").replace("cert_file", "cert").replace("key_file", "key"),
+                )
+            })?;
             // etcd raises a lease's TTL to its minimum (1.5 x the election timeout, 2 s at the
             // default 1000 ms): the leader key would outlive the ttl every member plans with.
             if timing.ttl < ETCD_MIN_TTL {
@@ -1004,6 +1032,31 @@ mod tests {
         assert!(e.message.contains("loop_wait + 2 * retry_timeout <= ttl"), "{e}");
         let e = parse(&base("ttl = \"ten\"")).unwrap_err();
         assert!(e.to_string().contains("ttl") && e.message.contains("duration"), "{e}");
+    }
+
+    #[test]
+    fn etcd_tls_files_are_checked_by_check_config() {
+        let https = |extra: &str| {
+            parse(&base("").replace(
+                "endpoints = [\"http://127.0.0.1:2379\"]",
+                &format!("endpoints = [\"https://127.0.0.1:2379\"]\n{extra}"),
+            ))
+        };
+        let e = https("").unwrap_err();
+        assert_eq!(e.key, "etcd.cacert", "{e}");
+        assert!(e.message.contains("required with https://"), "{e}");
+        let e = https("cacert = \"/ca.pem\"\ncert = \"/c.pem\"").unwrap_err();
+        assert_eq!(e.key, "etcd.key", "{e}");
+        let c = https("cacert = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"").unwrap();
+        let StoreConfig::Etcd(s) = &c.store else { panic!("an etcd section") };
+        assert_eq!(s.cacert.as_deref(), Some(Path::new("/ca.pem")));
+        // TLS files with plain http:// endpoints are a mistake, named at the endpoints.
+        let plain = parse(&base("").replace(
+            "endpoints = [\"http://127.0.0.1:2379\"]",
+            "endpoints = [\"http://127.0.0.1:2379\"]\ncacert = \"/ca.pem\"",
+        ))
+        .unwrap_err();
+        assert_eq!(plain.key, "etcd.endpoints", "{plain}");
     }
 
     #[test]

@@ -7,6 +7,25 @@ use leasehold::{Dcs, Timing};
 
 use crate::config::StoreConfig;
 
+/// The etcd client's options for `[etcd]`; `--check-config` validates the same value the
+/// daemon connects with.
+#[cfg(feature = "etcd")]
+pub(crate) fn etcd_options(s: &crate::config::EtcdSection, timing: &Timing) -> leasehold_etcd::EtcdOptions {
+    leasehold_etcd::EtcdOptions {
+        endpoints: s.endpoints.0.clone(),
+        prefix: s.prefix.clone(),
+        user: s.username.clone(),
+        password: s.password.clone(),
+        ca_file: s.cacert.clone(),
+        cert_file: s.cert.clone(),
+        key_file: s.key.clone(),
+        ttl: whole_secs(timing.ttl),
+        request_timeout: timing.retry_timeout,
+        dial_timeout: timing.retry_timeout,
+        ..leasehold_etcd::EtcdOptions::default()
+    }
+}
+
 /// The Consul client options a `[consul]` section and the timing give; `--check-config`
 /// validates the same value the daemon connects with.
 #[cfg(feature = "consul")]
@@ -72,18 +91,8 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
     let (dcs, client): (Arc<dyn Dcs>, Client) = match store {
         #[cfg(feature = "etcd")]
         StoreConfig::Etcd(s) => {
-            use leasehold_etcd::{EtcdClient, EtcdOptions};
-            let options = EtcdOptions {
-                endpoints: s.endpoints.0.clone(),
-                prefix: s.prefix.clone(),
-                user: s.username.clone(),
-                password: s.password.clone(),
-                ttl: whole_secs(timing.ttl),
-                request_timeout: timing.retry_timeout,
-                dial_timeout: timing.retry_timeout,
-                ..EtcdOptions::default()
-            };
-            let client = EtcdClient::connect(options).await?;
+            use leasehold_etcd::EtcdClient;
+            let client = EtcdClient::connect(etcd_options(s, timing)).await?;
             if client.ttl() != whole_secs(timing.ttl) {
                 tracing::warn!(asked = ?timing.ttl, got = ?client.ttl(), "etcd granted a different lease TTL");
             }

@@ -47,6 +47,13 @@ fn crash_failover_on_etcd() {
     crash_failover(Store::etcd());
 }
 
+/// The same over TLS: etcd with a throwaway CA requiring client certificates; the members
+/// and `ctl` connect with `[etcd] cacert / cert / key`.
+#[test]
+fn crash_failover_on_etcd_with_tls() {
+    crash_failover(Store::etcd_tls());
+}
+
 #[test]
 fn crash_failover_on_zookeeper() {
     crash_failover(Store::zookeeper());

@@ -116,6 +116,14 @@ pub enum Store {
         endpoint: String,
         _rt: tokio::runtime::Runtime,
     },
+    /// etcd serving clients over TLS and requiring client certificates, from a throwaway CA.
+    EtcdTls {
+        _server: leasehold_etcd::testing::EtcdServer,
+        endpoint: String,
+        pki: leasehold_etcd::testing::Pki,
+        _dir: tempfile::TempDir,
+        _rt: tokio::runtime::Runtime,
+    },
     Zookeeper {
         server: leasehold_zookeeper::testing::ZkServer,
         _rt: tokio::runtime::Runtime,
@@ -168,6 +176,25 @@ impl Store {
         let server = rt.block_on(leasehold_etcd::testing::EtcdServer::start()).expect("etcd starts");
         let endpoint = server.endpoint();
         Store::Etcd { _server: server, endpoint, _rt: rt }
+    }
+
+    /// A single etcd with TLS and client-certificate authentication.
+    pub fn etcd_tls() -> Store {
+        use leasehold_etcd::testing::{EtcdConfig, EtcdServer, ServerTls, make_pki};
+        let dir = tempfile::Builder::new().prefix("leasehold-ha-pki-").tempdir().unwrap();
+        let pki = make_pki(dir.path());
+        let tls = ServerTls {
+            cert_file: pki.server_cert.clone(),
+            key_file: pki.server_key.clone(),
+            ca_file: pki.ca.clone(),
+            client_cert_auth: true,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let server = rt
+            .block_on(EtcdServer::start_with(EtcdConfig { tls: Some(tls), ..EtcdConfig::new(1) }))
+            .expect("etcd with TLS starts");
+        let endpoint = server.endpoint();
+        Store::EtcdTls { _server: server, endpoint, pki, _dir: dir, _rt: rt }
     }
 
     /// A standalone ZooKeeper (the backend's test harness).
@@ -237,6 +264,12 @@ impl Store {
                 format!("[kubernetes]\nnamespace = \"{KUBE_NAMESPACE}\"\nkubeconfig = \"{}\"\n", kubeconfig.display())
             }
             Store::Etcd { endpoint, .. } => format!("[etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"/e2e\"\n"),
+            Store::EtcdTls { endpoint, pki, .. } => format!(
+                "[etcd]\nendpoints = [\"{endpoint}\"]\nprefix = \"/e2e\"\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                pki.ca.display(),
+                pki.client_cert.display(),
+                pki.client_key.display()
+            ),
             Store::Zookeeper { server, .. } => {
                 let hosts: Vec<String> = server.connect_string().split(',').map(|h| format!("\"{h}\"")).collect();
                 format!("[zookeeper]\nhosts = [{}]\nprefix = \"/e2e\"\n", hosts.join(", "))
