@@ -192,6 +192,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/primary", get(primary))
+        // Patroni's names, so HAProxy and monitoring configurations carry over unchanged.
+        .route("/patroni", get(status))
+        .route("/master", get(primary))
+        .route("/read-write", get(primary))
+        .route("/read-only", get(read_only))
+        .route("/history", get(history))
         .route("/leader", get(leader))
         .route("/replica", get(replica))
         .route("/health", get(health))
@@ -226,6 +232,31 @@ async fn status(State(st): Shared) -> Response {
 
 async fn primary(State(st): Shared) -> Response {
     check(&st, |s, _| s.acting && s.resource.running && s.resource.role == ResourceRole::Primary).await
+}
+
+/// Patroni's `/read-only`: 200 on any running member that can serve reads (the primary or a
+/// replica), 503 otherwise.
+async fn read_only(State(st): Shared) -> Response {
+    check(&st, |s, _| s.resource.running && s.resource.role != ResourceRole::Unknown).await
+}
+
+/// Patroni's `/history`: the cluster's timeline history, as `[[timeline, position, reason,
+/// timestamp-or-null, leader]]`.
+async fn history(State(st): Shared) -> Response {
+    let Some(s) = st.fresh_state().await else { return unavailable() };
+    let entries: Vec<serde_json::Value> = s
+        .view
+        .as_ref()
+        .and_then(|v| v.history.as_ref())
+        .map(|h| {
+            h.value
+                .0
+                .iter()
+                .map(|e| serde_json::json!([e.timeline, e.position, e.reason, serde_json::Value::Null, e.leader]))
+                .collect()
+        })
+        .unwrap_or_default();
+    (StatusCode::OK, Json(entries)).into_response()
 }
 
 async fn leader(State(st): Shared) -> Response {

@@ -146,6 +146,18 @@ fn rest_codes_and_tokens() {
     assert_eq!(http("GET", &format!("{replica}/replica?lag=16MB"), None, None).0, 200);
     assert_eq!(http("GET", &format!("{replica}/replica?lag=lots"), None, None).0, 400);
     assert_eq!(http("GET", &format!("{leader}/replica"), None, None).0, 503);
+    // Patroni's endpoint names answer as Patroni's do.
+    for path in ["/master", "/read-write"] {
+        assert_eq!(http("GET", &format!("{leader}{path}"), None, None).0, 200, "{path}");
+        assert_eq!(http("GET", &format!("{replica}{path}"), None, None).0, 503, "{path}");
+    }
+    for url in [&leader, &replica] {
+        assert_eq!(http("GET", &format!("{url}/read-only"), None, None).0, 200);
+        assert_eq!(http("GET", &format!("{url}/patroni"), None, None).0, 200);
+    }
+    let (code, history) = http("GET", &format!("{leader}/history"), None, None);
+    assert_eq!(code, 200, "{history}");
+    assert!(history.starts_with("[[1,") && history.contains("bootstrap"), "{history}");
     for path in ["/health", "/liveness", "/readiness", "/status"] {
         assert_eq!(http("GET", &format!("{replica}{path}"), None, None).0, 200, "{path}");
         assert_eq!(http("HEAD", &format!("{leader}{path}"), None, None).0, 200, "{path}");
