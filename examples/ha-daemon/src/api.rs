@@ -490,6 +490,11 @@ async fn switchover(State(st): Shared, headers: HeaderMap, body: axum::body::Byt
     if let Err(r) = check_leader_field(&st, b.leader.as_deref()).await {
         return *r;
     }
+    if let Some(c) = b.candidate.as_deref()
+        && let Err(r) = check_candidate_health(&st, c).await
+    {
+        return *r;
+    }
     admin(&st, &headers, AdminRequest::Switchover { candidate: b.candidate }).await
 }
 
@@ -506,7 +511,33 @@ async fn failover(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes
     if let Err(r) = check_leader_field(&st, b.leader.as_deref()).await {
         return *r;
     }
+    if let Err(r) = check_candidate_health(&st, &candidate).await {
+        return *r;
+    }
     admin(&st, &headers, AdminRequest::Failover { candidate }).await
+}
+
+/// A named candidate is asked about itself before anything is written (Patroni does the
+/// same): one that does not answer, does not run, or may not be promoted is refused at once
+/// with 412 and the reason, instead of a 202 the leader would later drop. An unregistered
+/// name is left to the node (400).
+async fn check_candidate_health(st: &ApiState, candidate: &str) -> Result<(), Box<Response>> {
+    use leasehold::driver::PeerProbe;
+    let Some(s) = st.fresh_state().await else { return Err(Box::new(unavailable())) };
+    let Some(member) = s.view.as_ref().and_then(|v| v.member(candidate)).cloned() else { return Ok(()) };
+    let refuse = |why: String| {
+        let msg = format!("{candidate} cannot take over: {why}");
+        Box::new((StatusCode::PRECONDITION_FAILED, Json(serde_json::json!({"error": msg}))).into_response())
+    };
+    let probe = crate::probe::HttpProbe::new(Duration::from_secs(2), None).map_err(|e| refuse(e.to_string()))?;
+    match probe.probe(&member).await {
+        None => Err(refuse("it does not answer at its REST API".into())),
+        Some(p) if !p.running => Err(refuse("its resource is not running".into())),
+        Some(p) if !p.may_be_promoted() => {
+            Err(refuse("it is tagged nofailover or its required watchdog failed".into()))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// A request naming a `leader` that is not the current one is refused (409), as Patroni does.

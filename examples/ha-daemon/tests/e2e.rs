@@ -130,7 +130,7 @@ fn frozen_leader_demotes_on_resume() {
 /// Status codes for load balancers, HEAD, metrics, and tokens on the write endpoints.
 #[test]
 fn rest_codes_and_tokens() {
-    let c = Cluster::start(store(), 3);
+    let mut c = Cluster::start(store(), 3);
     let (l, epoch) = c.wait_leader(LIMIT, |_, _| true);
     let r = (l + 1) % 3;
     c.wait_for("replica running", LIMIT, |c| {
@@ -207,6 +207,14 @@ fn rest_codes_and_tokens() {
     let (code, answer) =
         http("POST", &format!("{leader}/switchover"), Some(TOKEN), Some(&format!("{{\"leader\": \"{other}\"}}")));
     assert_eq!(code, 409, "{answer}");
+    // A switchover to a member whose daemon died a moment ago (still registered) is refused
+    // at once with the reason, not accepted and then dropped by the leader.
+    let dead = (l + 2) % 3;
+    c.members[dead].proc.as_mut().unwrap().kill9();
+    let body = format!("{{\"candidate\": \"{}\"}}", c.members[dead].name);
+    let (code, answer) = http("POST", &format!("{}/switchover", c.members[l].api), Some(TOKEN), Some(&body));
+    assert_eq!(code, 412, "{answer}");
+    assert!(answer.contains("does not answer"), "{answer}");
     // Nothing changed.
     assert_eq!(c.leader(), Some((l, epoch)));
 }
