@@ -198,6 +198,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/read-write", get(primary))
         .route("/read-only", get(read_only))
         .route("/history", get(history))
+        .route("/cluster", get(cluster))
+        .route("/config", get(dynamic_config))
         .route("/leader", get(leader))
         .route("/replica", get(replica))
         .route("/health", get(health))
@@ -257,6 +259,45 @@ async fn history(State(st): Shared) -> Response {
         })
         .unwrap_or_default();
     (StatusCode::OK, Json(entries)).into_response()
+}
+
+/// Patroni's `/cluster`: every registered member with its role, state, timeline and lag.
+async fn cluster(State(st): Shared) -> Response {
+    let Some(s) = st.fresh_state().await else { return unavailable() };
+    let Some(view) = s.view.as_ref() else { return unavailable() };
+    let leader = view.leader.as_ref().map(|l| l.record.member.as_str());
+    let leader_position = view.status.as_ref().map(|st| st.value.position);
+    let members: Vec<serde_json::Value> = view
+        .members
+        .iter()
+        .map(|m| {
+            let m = &m.value;
+            let role = if Some(m.name.as_str()) == leader { "leader" } else { "replica" };
+            let lag = match (leader_position, m.position) {
+                _ if Some(m.name.as_str()) == leader => serde_json::json!(0),
+                (Some(l), Some(p)) => serde_json::json!(l.saturating_sub(p)),
+                _ => serde_json::json!("unknown"),
+            };
+            serde_json::json!({
+                "name": m.name,
+                "role": role,
+                "state": if m.running { "running" } else { "stopped" },
+                "api_url": m.api_url,
+                "conn_url": m.conn_url,
+                "timeline": m.timeline,
+                "lag": lag,
+                "tags": m.tags,
+            })
+        })
+        .collect();
+    (StatusCode::OK, Json(serde_json::json!({"scope": st.config.scope, "members": members}))).into_response()
+}
+
+/// Patroni's `/config`: the dynamic configuration in the store (`{}` when there is none).
+async fn dynamic_config(State(st): Shared) -> Response {
+    let Some(s) = st.fresh_state().await else { return unavailable() };
+    let config = s.view.as_ref().and_then(|v| v.config.as_ref()).map(|c| c.value.clone()).unwrap_or_default();
+    (StatusCode::OK, Json(config)).into_response()
 }
 
 async fn leader(State(st): Shared) -> Response {

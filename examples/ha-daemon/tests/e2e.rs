@@ -155,6 +155,20 @@ fn rest_codes_and_tokens() {
         assert_eq!(http("GET", &format!("{url}/read-only"), None, None).0, 200);
         assert_eq!(http("GET", &format!("{url}/patroni"), None, None).0, 200);
     }
+    let (code, cluster) = http("GET", &format!("{replica}/cluster"), None, None);
+    assert_eq!(code, 200, "{cluster}");
+    let cluster: serde_json::Value = serde_json::from_str(&cluster).expect("JSON");
+    let roles: Vec<(String, String)> = cluster["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap_or("").to_string(), m["role"].as_str().unwrap_or("").to_string()))
+        .collect();
+    assert_eq!(roles.len(), 3, "{roles:?}");
+    assert!(roles.contains(&(c.members[l].name.clone(), "leader".to_string())), "{roles:?}");
+    let (code, config) = http("GET", &format!("{leader}/config"), None, None);
+    assert_eq!(code, 200, "{config}");
+    assert!(config.contains("\"pause\":false"), "{config}");
     let (code, history) = http("GET", &format!("{leader}/history"), None, None);
     assert_eq!(code, 200, "{history}");
     assert!(history.starts_with("[[1,") && history.contains("bootstrap"), "{history}");
