@@ -17,7 +17,11 @@ use crate::store;
 #[derive(Debug, Clone, Subcommand)]
 pub enum CtlCommand {
     /// A table of members: role, state, lag, epoch and the lease's remaining time.
-    List,
+    List {
+        /// `pretty` (a table) or `json`.
+        #[arg(long, value_enum, default_value_t = Format::Pretty)]
+        format: Format,
+    },
     /// The leader steps down gracefully, to `--candidate` or the best member.
     Switchover {
         /// The member that should take over.
@@ -41,7 +45,20 @@ pub enum CtlCommand {
     /// Leave maintenance mode.
     Resume,
     /// The promotion history.
-    History,
+    History {
+        /// `pretty` (a table) or `json`.
+        #[arg(long, value_enum, default_value_t = Format::Pretty)]
+        format: Format,
+    },
+}
+
+/// How `list` and `history` print.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    Pretty,
+    /// One JSON document, for scripts.
+    Json,
 }
 
 struct Ctl {
@@ -58,14 +75,25 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()?;
     let ctl = Ctl { config, dcs: store.dcs.clone(), http };
     let code = match command {
-        CtlCommand::List => {
+        CtlCommand::List { format } => {
             let view = ctl.load().await?;
-            print!("{}", ctl.table(&view).await);
+            let rows = ctl.rows(&view).await;
+            match format {
+                Format::Pretty => print!("{}", ctl.table(&view, &rows)),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&ctl.list_json(&view, &rows))?),
+            }
             0
         }
-        CtlCommand::History => {
+        CtlCommand::History { format } => {
             let view = ctl.load().await?;
-            print!("{}", history_table(&view));
+            match format {
+                Format::Pretty => print!("{}", history_table(&view)),
+                Format::Json => {
+                    let entries: Vec<leasehold::HistoryEntry> =
+                        view.history.iter().flat_map(|h| h.value.0.iter().cloned()).collect();
+                    println!("{}", serde_json::to_string_pretty(&entries)?)
+                }
+            }
             0
         }
         CtlCommand::Switchover { candidate, wait } => ctl.switchover(candidate, Duration::from_secs(wait)).await?,
@@ -87,9 +115,55 @@ impl Ctl {
         r.json().await.ok()
     }
 
-    async fn table(&self, view: &ClusterView) -> String {
+    /// One row per registered member, its own API asked for the fresher view of itself.
+    async fn rows(&self, view: &ClusterView) -> Vec<MemberRow> {
         let leader = view.leader.as_ref();
         let leader_pos = view.status.as_ref().map(|s| s.value.position);
+        let statuses = futures::future::join_all(view.members.iter().map(|m| async move {
+            match &m.value.api_url {
+                Some(u) => self.peer_status(u).await,
+                None => None,
+            }
+        }))
+        .await;
+        view.members
+            .iter()
+            .map(|m| &m.value)
+            .zip(statuses)
+            .map(|(m, st)| {
+                let is_leader = leader.is_some_and(|l| l.record.member == m.name);
+                // The member's own API is fresher than its record in the store.
+                let role = if is_leader {
+                    "leader".to_string()
+                } else {
+                    role_name(st.as_ref().map_or(m.role, |s| s.role)).to_string()
+                };
+                let state = match &st {
+                    Some(s) => s.state.clone(),
+                    None if m.running => "running?".into(),
+                    None => "stopped?".into(),
+                };
+                let position = st.as_ref().and_then(|s| s.position).or(m.position);
+                let lag = match (is_leader, leader_pos, position) {
+                    (true, _, _) => Some(0),
+                    (false, Some(l), Some(p)) => Some(l.saturating_sub(p)),
+                    _ => None,
+                };
+                MemberRow {
+                    name: m.name.clone(),
+                    role,
+                    state,
+                    lag,
+                    epoch: leader.filter(|_| is_leader).map(|l| l.epoch.0),
+                    lease_left_ms: st.as_ref().and_then(|s| s.lease_remaining_ms),
+                    api_url: m.api_url.clone(),
+                }
+            })
+            .collect()
+    }
+
+    fn table(&self, view: &ClusterView, rows: &[MemberRow]) -> String {
+        let leader = view.leader.as_ref();
         let paused = view.config.as_ref().is_some_and(|c| c.value.pause);
         let mut out = String::new();
         let _ = writeln!(
@@ -106,47 +180,22 @@ impl Ctl {
             "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  api",
             "member", "role", "state", "lag", "epoch", "lease left"
         );
-        let statuses = futures::future::join_all(view.members.iter().map(|m| async move {
-            match &m.value.api_url {
-                Some(u) => self.peer_status(u).await,
-                None => None,
-            }
-        }))
-        .await;
-        for (m, st) in view.members.iter().map(|m| &m.value).zip(statuses) {
-            let is_leader = leader.is_some_and(|l| l.record.member == m.name);
-            // The member's own API is fresher than its record in the store.
-            let role = if is_leader {
-                "leader".to_string()
-            } else {
-                format!("{:?}", st.as_ref().map_or(m.role, |s| s.role)).to_lowercase()
+        for r in rows {
+            let lag = match (r.role.as_str(), r.lag) {
+                ("leader", _) => "-".to_string(),
+                (_, Some(l)) => l.to_string(),
+                (_, None) => "unknown".into(),
             };
-            let state = match &st {
-                Some(s) => s.state.clone(),
-                None if m.running => "running?".into(),
-                None => "stopped?".into(),
-            };
-            let position = st.as_ref().and_then(|s| s.position).or(m.position);
-            let lag = match (is_leader, leader_pos, position) {
-                (true, _, _) => "-".to_string(),
-                (false, Some(l), Some(p)) => l.saturating_sub(p).to_string(),
-                _ => "unknown".into(),
-            };
-            let epoch = if is_leader { leader.map(|l| l.epoch.to_string()).unwrap_or_default() } else { "-".into() };
-            let lease = st
-                .as_ref()
-                .and_then(|s| s.lease_remaining_ms)
-                .map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0));
             let _ = writeln!(
                 out,
                 "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  {}",
-                m.name,
-                role,
-                state,
+                r.name,
+                r.role,
+                r.state,
                 lag,
-                epoch,
-                lease,
-                m.api_url.as_deref().unwrap_or("-")
+                r.epoch.map_or("-".to_string(), |e| e.to_string()),
+                r.lease_left_ms.map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                r.api_url.as_deref().unwrap_or("-")
             );
         }
         if let Some(f) = &view.failover {
@@ -159,6 +208,23 @@ impl Ctl {
             );
         }
         out
+    }
+
+    fn list_json(&self, view: &ClusterView, rows: &[MemberRow]) -> Value {
+        let leader = view.leader.as_ref();
+        serde_json::json!({
+            "scope": self.config.scope,
+            "store": self.config.store.kind(),
+            "leader": leader.map(|l| l.record.member.clone()),
+            "epoch": leader.map(|l| l.epoch.0),
+            "paused": view.config.as_ref().is_some_and(|c| c.value.pause),
+            "members": rows,
+            "pending": view.failover.as_ref().map(|f| serde_json::json!({
+                "kind": if f.value.leader.is_some() { "switchover" } else { "failover" },
+                "from": f.value.leader,
+                "to": f.value.candidate,
+            })),
+        })
     }
 
     /// POSTs `path` to the first API among `urls` that answers; `None` if none did.
@@ -333,6 +399,26 @@ impl Ctl {
         }
         println!("no new leader within {wait:?}");
         Ok(2)
+    }
+}
+
+/// One member as `list` shows it (`lag`: bytes behind the leader; `null` when unknown).
+#[derive(Debug, serde::Serialize)]
+struct MemberRow {
+    name: String,
+    role: String,
+    state: String,
+    lag: Option<u64>,
+    epoch: Option<u64>,
+    lease_left_ms: Option<u64>,
+    api_url: Option<String>,
+}
+
+fn role_name(role: leasehold::ResourceRole) -> &'static str {
+    match role {
+        leasehold::ResourceRole::Primary => "primary",
+        leasehold::ResourceRole::Replica => "replica",
+        leasehold::ResourceRole::Unknown => "unknown",
     }
 }
 

@@ -40,6 +40,18 @@ fn crash_failover(store: Store) {
     assert!(out.contains(&format!("leader: {}", c.members[second].name)), "{out}");
     assert!(out.contains(&format!("epoch: {epoch2}")), "{out}");
     assert!(!out.contains(&format!("\n{} ", c.members[first].name)) || out.contains("stopped?"), "{out}");
+
+    // The same for scripts.
+    let json = c.ctl(second, &["list", "--format", "json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("ctl list --format json prints JSON");
+    assert_eq!(doc["leader"], c.members[second].name.as_str(), "{doc}");
+    assert_eq!(doc["epoch"], epoch2, "{doc}");
+    let rows = doc["members"].as_array().expect("members");
+    assert!(rows.iter().any(|r| r["name"] == c.members[second].name.as_str() && r["role"] == "leader"), "{doc}");
+    let history = c.ctl(second, &["history", "--format", "json"]);
+    let entries: serde_json::Value = serde_json::from_slice(&history.stdout).expect("history JSON");
+    assert!(entries.as_array().is_some_and(|e| !e.is_empty()), "{entries}");
 }
 
 #[test]
