@@ -44,6 +44,12 @@ pub enum CtlCommand {
     Pause,
     /// Leave maintenance mode.
     Resume,
+    /// The connection URL of the leader's resource, or of `--member` (patronictl's `dsn`).
+    Dsn {
+        /// A member other than the leader.
+        #[arg(long)]
+        member: Option<String>,
+    },
     /// The promotion history.
     History {
         /// `pretty` (a table) or `json`.
@@ -81,6 +87,27 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
             match format {
                 Format::Pretty => print!("{}", ctl.table(&view, &rows)),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&ctl.list_json(&view, &rows))?),
+            }
+            0
+        }
+        CtlCommand::Dsn { member } => {
+            let view = ctl.load().await?;
+            let name = match member.or_else(|| view.leader.as_ref().map(|l| l.record.member.clone())) {
+                Some(n) => n,
+                None => bail!("there is no leader; name a member with --member"),
+            };
+            let url = view
+                .leader
+                .as_ref()
+                .filter(|l| l.record.member == name)
+                .and_then(|l| l.record.conn_url.clone())
+                .or_else(|| view.member(&name).and_then(|m| m.conn_url.clone()));
+            match url {
+                Some(u) => println!("{u}"),
+                None if view.member(&name).is_none() => {
+                    bail!("{name} is not a registered member of {}", ctl.config.scope)
+                }
+                None => bail!("{name} publishes no connection URL"),
             }
             0
         }

@@ -41,6 +41,10 @@ fn crash_failover(store: Store) {
     assert!(out.contains(&format!("epoch: {epoch2}")), "{out}");
     assert!(!out.contains(&format!("\n{} ", c.members[first].name)) || out.contains("stopped?"), "{out}");
 
+    let dsn = c.ctl(second, &["dsn"]);
+    assert_eq!(text(&dsn).trim(), format!("file://{}", c.members[second].name), "the leader's conn_url");
+    let nobody = c.ctl(second, &["dsn", "--member", "nobody"]);
+    assert!(!nobody.status.success() && text(&nobody).contains("not a registered member"), "{}", text(&nobody));
     // The same for scripts.
     let json = c.ctl(second, &["list", "--format", "json"]);
     assert!(json.status.success(), "{}", text(&json));
