@@ -26,11 +26,15 @@ pub mod time;
 
 #[cfg(feature = "tokio")]
 pub mod driver;
+#[cfg(feature = "tokio")]
+pub mod election;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use config::{Timing, TimingError};
 pub use dcs::{CasOutcome, Dcs, Expect, Lease, StoreBounds, WatchEvent};
+#[cfg(feature = "tokio")]
+pub use election::{Election, ElectionError, Leader, Leadership};
 pub use error::{DcsError, DecodeError, NextStep};
 pub use record::{
     ClusterView, ConfigRecord, ControlKey, DecodeCache, Epoch, FailoverRecord, HistoryEntry, HistoryRecord,
