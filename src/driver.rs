@@ -93,6 +93,8 @@ pub struct DriverHandle {
     events: broadcast::Sender<NodeEvent>,
     commands: mpsc::Sender<Command>,
     task: JoinHandle<()>,
+    /// The tokio instant the node's [`Instant::ZERO`] stands for.
+    origin: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for Command {
@@ -105,6 +107,13 @@ impl DriverHandle {
     /// The latest published state.
     pub fn state(&self) -> DriverState {
         self.state.borrow().clone()
+    }
+
+    /// The tokio instant that a node [`Instant`] of this driver stands for: the node counts
+    /// time from the moment the driver was spawned, so a
+    /// [`NodeStatus::lease_deadline`] becomes a timer deadline with this.
+    pub fn tokio_instant(&self, at: Instant) -> tokio::time::Instant {
+        self.origin + at.since_origin()
     }
 
     /// A receiver that sees every state change.
@@ -195,7 +204,7 @@ pub fn spawn(
         worker,
     };
     let task = tokio::spawn(driver.run(command_rx));
-    Ok(DriverHandle { state: state_rx, events, commands, task })
+    Ok(DriverHandle { state: state_rx, events, commands, task, origin: base })
 }
 
 struct Driver {

@@ -1518,6 +1518,13 @@ impl Node {
             }
             StoreOp::Renew => self.renew_failed(e, now),
             StoreOp::Write { then: AfterWrite::Admin(_) | AfterWrite::PromoteAfterSync, .. } => {}
+            // As in `handle_release`: the key expires by itself, so a shutdown ends with its
+            // release whatever the answer, also when none came within retry_timeout.
+            StoreOp::Release(_) if self.shutting_down => {
+                tracing::info!(node = %self.cfg.name, error = %e, "release failed while shutting down; the key will expire");
+                self.stopped = true;
+                self.queue.clear();
+            }
             StoreOp::Load => {
                 tracing::info!(node = %self.cfg.name, error = %e, "load failed");
                 // Retry soon; a leader keeps renewing regardless.

@@ -28,6 +28,7 @@
 
 mod clock;
 pub mod conformance;
+pub mod election;
 mod fault;
 mod memory;
 pub mod model;

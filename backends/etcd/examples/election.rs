@@ -1,0 +1,40 @@
+//! Leader election on etcd with the election handle: campaign, act under the epoch until the
+//! term is lost, resign.
+//!
+//! `cargo run -p leasehold-etcd --example election -- http://127.0.0.1:2379 member-1`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold::{Election, Timing};
+use leasehold_etcd::{EtcdClient, EtcdOptions};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let endpoint = args.next().unwrap_or_else(|| "http://127.0.0.1:2379".into());
+    let member = args.next().unwrap_or_else(|| format!("member-{}", std::process::id()));
+
+    // --- the election part ---
+    let ttl = Duration::from_secs(10);
+    let store = EtcdClient::connect(EtcdOptions { endpoints: vec![endpoint], ttl, ..EtcdOptions::default() }).await?;
+    let timing =
+        Timing { ttl, loop_wait: Duration::from_secs(2), retry_timeout: Duration::from_secs(3), ..Timing::default() };
+    let election = Election::new(Arc::new(store.scope("my-service")), member, timing)?;
+
+    let leadership = election.campaign().await?;
+    println!("leading under epoch {}", leadership.epoch());
+    tokio::select! {
+        () = leadership.lost() => println!("lost leadership"),
+        () = do_leader_work(leadership.epoch()) => election.resign().await,
+    }
+    // --- end of the election part ---
+    store.stop();
+    Ok(())
+}
+
+/// Whatever only the leader may do; pass the epoch to what you write to, so it can fence.
+async fn do_leader_work(epoch: leasehold::Epoch) {
+    println!("working as leader under epoch {epoch}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+}
