@@ -222,19 +222,22 @@ impl Resource for PodRoleLabel {
         {
             let mut state = self.state.lock().await;
             state.want = Some(Role::Follower);
-            let until = tokio::time::Instant::now() + DEMOTE_LABEL_BOUND;
-            loop {
-                match self.apply(&mut state).await {
-                    Ok(()) => break,
-                    Err(e) if tokio::time::Instant::now() >= until => {
-                        tracing::error!(error = %e, "could not take the leader label off this pod; demoting anyway (the next leader clears it)");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "taking the leader label off this pod; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+            let attempts = async {
+                loop {
+                    match self.apply(&mut state).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "taking the leader label off this pod; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                     }
                 }
+            };
+            if tokio::time::timeout(DEMOTE_LABEL_BOUND, attempts).await.is_err() {
+                tracing::error!(
+                    bound = ?DEMOTE_LABEL_BOUND,
+                    "could not take the leader label off this pod; demoting anyway (the next leader clears it)"
+                );
             }
         }
         self.inner.demote(mode).await

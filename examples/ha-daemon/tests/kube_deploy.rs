@@ -7,6 +7,9 @@
 //! the file resource. A sampler lists the pods the primary Service selects all along.
 //!
 //! Waits use deadlines; assertions are on states and orders, never on elapsed time.
+// Tests read the clock for their deadlines and run a sampler thread; the workspace bans
+// both only to keep the library's core pure.
+#![allow(clippy::disallowed_methods)]
 
 mod common;
 
@@ -159,9 +162,22 @@ impl Api {
         let mut cmd = Command::new("curl");
         // Not curl's own user agent: this 1.19 build crashes pretty-printing JSON, which
         // the server does for user agents starting with "curl" (notes/kubernetes.md).
-        cmd.args(["-sS", "-A", "leasehold-test", "-m", "10", "-X", method, "-o", "-", "-w", "\n%{http_code}", "--cacert"])
-            .arg(&self.ca)
-            .args(["-H", &format!("Authorization: Bearer {token}")]);
+        cmd.args([
+            "-sS",
+            "-A",
+            "leasehold-test",
+            "-m",
+            "10",
+            "-X",
+            method,
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+        ])
+        .arg(&self.ca)
+        .args(["-H", &format!("Authorization: Bearer {token}")]);
         if let Some(b) = body {
             cmd.args(["-H", &format!("Content-Type: {content}"), "-d", &b.to_string()]);
         }
@@ -169,9 +185,9 @@ impl Api {
         let all = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = all.rsplit_once('\n').unwrap_or(("", "0"));
         let code = code.trim().parse().unwrap_or(0);
-        let parsed = serde_json::from_str(body).unwrap_or_else(|_| {
-            json!({"raw": body, "curl": String::from_utf8_lossy(&out.stderr), "exit": out.status.code()})
-        });
+        let parsed = serde_json::from_str(body).unwrap_or_else(
+            |_| json!({"raw": body, "curl": String::from_utf8_lossy(&out.stderr), "exit": out.status.code()}),
+        );
         (code, parsed)
     }
 
@@ -224,6 +240,9 @@ fn plain(text: &str) -> String {
     }
     out
 }
+
+/// (samples taken, most pods selected at once, every sample with more than one).
+type Samples = (usize, usize, Vec<BTreeSet<String>>);
 
 struct Member {
     pod: String,
@@ -439,7 +458,7 @@ fn manifests_labels_and_rbac_on_real_kube_apiserver() {
     let replica_selector = find(&objects, "Service", "pg-replicas")["spec"]["selector"].clone();
     assert_eq!(primary_selector["role"], "primary", "the primary Service selects the role label");
     let stop = Arc::new(AtomicBool::new(false));
-    let seen: Arc<Mutex<(usize, usize, Vec<BTreeSet<String>>)>> = Arc::new(Mutex::new((0, 0, Vec::new())));
+    let seen: Arc<Mutex<Samples>> = Arc::new(Mutex::new((0, 0, Vec::new())));
     let sampler = {
         let (stop, seen, selector) = (stop.clone(), seen.clone(), primary_selector.clone());
         let (api, admin, ns) = (Api { url: api.url.clone(), ca: api.ca.clone() }, admin.clone(), ns.clone());
