@@ -935,6 +935,35 @@ mod tests {
         assert!(consul(20).is_ok(), "{:?}", consul(20).err());
     }
 
+    /// The pod role label keys take Patroni's names and defaults, and bad values name the key.
+    #[test]
+    fn kubernetes_role_label_keys() {
+        let kube = |extra: &str| {
+            let text = format!(
+                "scope = \"demo\"\nname = \"n1\"\n[hooks]\ndir = {:?}\n[kubernetes]\n{extra}\n",
+                hooks_dir().display().to_string()
+            );
+            parse(&text)
+        };
+        let StoreConfig::Kubernetes(s) = kube("").unwrap().store else { panic!("kubernetes section") };
+        assert_eq!(
+            (s.pod_name, s.role_label.as_str(), s.leader_label_value.as_str(), s.follower_label_value.as_str()),
+            (None, "role", "primary", "replica")
+        );
+        assert_eq!(s.scope_label, "cluster-name");
+        let StoreConfig::Kubernetes(s) = kube("leader_label_value = \"master\"\npod_name = \"pg-0\"").unwrap().store
+        else {
+            panic!("kubernetes section")
+        };
+        assert_eq!((s.leader_label_value.as_str(), s.pod_name.as_deref()), ("master", Some("pg-0")));
+        let key = |extra: &str| kube(extra).unwrap_err().key;
+        assert_eq!(key("role_label = \"bad key!\""), "kubernetes.role_label");
+        assert_eq!(key("scope_label = \"/x\""), "kubernetes.scope_label");
+        assert_eq!(key("leader_label_value = \"-primary\""), "kubernetes.leader_label_value");
+        assert_eq!(key("follower_label_value = \"primary\""), "kubernetes.follower_label_value");
+        assert_eq!(key("pod_name = \"Pg_0\""), "kubernetes.pod_name");
+    }
+
     #[test]
     fn synchronous_mode_needs_the_postgresql_resource() {
         let e = parse(&base("synchronous_mode = true")).unwrap_err();

@@ -272,3 +272,70 @@ impl Resource for PodRoleLabel {
         self.inner.set_sync_standbys(names).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Records the calls it gets.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    #[async_trait]
+    impl Resource for Recorder {
+        async fn promote(&self, epoch: Epoch) -> Result<(), String> {
+            self.0.lock().unwrap().push(format!("promote {epoch}"));
+            Ok(())
+        }
+        async fn demote(&self, _mode: DemoteMode) -> Result<(), String> {
+            self.0.lock().unwrap().push("demote".into());
+            Ok(())
+        }
+        async fn follow(&self, _leader: Option<&str>, _conn_url: Option<&str>) -> Result<(), String> {
+            self.0.lock().unwrap().push("follow".into());
+            Ok(())
+        }
+        async fn status(&self) -> ResourceStatus {
+            ResourceStatus::default()
+        }
+    }
+
+    /// An API server that never answers: a port that accepts connections and stays silent.
+    fn silent_api() -> (std::net::TcpListener, Api<Pod>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        leasehold_kube::install_default_crypto_provider();
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (listener, Api::namespaced(client, "db"))
+    }
+
+    fn settings() -> PodLabelSettings {
+        PodLabelSettings {
+            pod: "pg-0".into(),
+            namespace: "db".into(),
+            scope: "pg".into(),
+            role_label: "role".into(),
+            leader_value: "primary".into(),
+            follower_value: "replica".into(),
+            scope_label: "cluster-name".into(),
+            request_timeout: Duration::from_millis(300),
+        }
+    }
+
+    /// A label patch that never succeeds neither keeps the demote from running nor fails
+    /// it: the inner demote runs once the bound is spent, and its result is returned.
+    #[tokio::test]
+    async fn an_unreachable_api_does_not_block_the_demote() {
+        let (_listener, pods) = silent_api();
+        let inner = Arc::new(Recorder::default());
+        let labelled = PodRoleLabel::new(inner.clone(), pods, settings());
+        assert_eq!(labelled.demote(DemoteMode::Graceful).await, Ok(()));
+        assert_eq!(*inner.0.lock().unwrap(), vec!["demote".to_string()]);
+        // A promote goes through too; the label is left for the status poll to retry.
+        assert_eq!(labelled.promote(Epoch(7)).await, Ok(()));
+        assert_eq!(inner.0.lock().unwrap().len(), 2);
+        let state = labelled.state.lock().await;
+        assert_eq!((state.want, state.applied), (Some(Role::Leader), None));
+    }
+}

@@ -554,3 +554,40 @@ fn manifests_labels_and_rbac_on_real_kube_apiserver() {
     drop(members);
     drop(store);
 }
+
+/// Where `kubectl` is installed, its kustomize renders exactly the objects the real-server
+/// test creates from its own reading of the kustomization (same kinds, names, namespaces,
+/// subjects and image), so that test exercises what `kubectl apply -k` would send.
+#[test]
+fn kubectl_kustomize_renders_what_the_test_creates() {
+    let out = match Command::new("kubectl").arg("kustomize").arg(deploy_dir()).output() {
+        Ok(out) if out.status.success() => out,
+        Ok(out) => panic!("kubectl kustomize deploy/kubernetes failed: {}", text(&out)),
+        Err(_) => {
+            announce(
+                "kube deploy: no kubectl on PATH: the kustomize rendering is not compared (the test's own rendering is used)",
+            );
+            return;
+        }
+    };
+    let rendered: Vec<Value> = serde_yaml_ng::Deserializer::from_slice(&out.stdout)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("kustomize output is YAML"))
+        .collect();
+    let (_, ours) = render();
+    let key = |o: &Value| {
+        (
+            o["kind"].as_str().unwrap_or("").to_string(),
+            o["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            o["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let theirs: BTreeSet<_> = rendered.iter().map(key).collect();
+    let mine: BTreeSet<_> = ours.iter().map(key).collect();
+    assert_eq!(theirs, mine, "kustomize and the test disagree on the objects");
+    for kind_name in [("StatefulSet", "pg"), ("RoleBinding", "leasehold")] {
+        let a = find(&rendered, kind_name.0, kind_name.1);
+        let b = find(&ours, kind_name.0, kind_name.1);
+        assert_eq!(a["spec"]["template"]["spec"]["containers"], b["spec"]["template"]["spec"]["containers"]);
+        assert_eq!(a["subjects"], b["subjects"]);
+    }
+}
