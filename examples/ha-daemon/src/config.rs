@@ -242,6 +242,38 @@ pub struct KubernetesSection {
     /// Extra labels on every object.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// The pod whose role label this daemon keeps current (default: `$POD_NAME`; with
+    /// neither, no pod is labelled).
+    #[serde(default)]
+    pub pod_name: Option<String>,
+    /// The pod label that carries the role (Patroni's `role_label`, default `role`).
+    #[serde(default = "default_role_label")]
+    pub role_label: String,
+    /// Its value on the leader's pod (Patroni's `leader_label_value`, default `primary`;
+    /// `master` for selectors written for Patroni before 4.0).
+    #[serde(default = "default_leader_label_value")]
+    pub leader_label_value: String,
+    /// Its value on every other member's pod (Patroni's `follower_label_value`, default `replica`).
+    #[serde(default = "default_follower_label_value")]
+    pub follower_label_value: String,
+    /// The pod label naming the cluster, with the scope as its value (Patroni's
+    /// `scope_label`, default `cluster-name`): a new leader lists the pods with it and the
+    /// leader value, to take the label off a crashed leader's pod before labelling its own.
+    #[serde(default = "default_scope_label")]
+    pub scope_label: String,
+}
+
+fn default_role_label() -> String {
+    "role".into()
+}
+fn default_leader_label_value() -> String {
+    "primary".into()
+}
+fn default_follower_label_value() -> String {
+    "replica".into()
+}
+fn default_scope_label() -> String {
+    "cluster-name".into()
 }
 
 fn default_prefix() -> String {
@@ -840,9 +872,73 @@ fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigErro
             #[cfg(not(feature = "consul"))]
             let _ = (s, timing);
         }
-        StoreConfig::Kubernetes(_) => {}
+        StoreConfig::Kubernetes(s) => {
+            for (key, value) in [("kubernetes.role_label", &s.role_label), ("kubernetes.scope_label", &s.scope_label)] {
+                check_label_key(key, value)?;
+            }
+            for (key, value) in [
+                ("kubernetes.leader_label_value", &s.leader_label_value),
+                ("kubernetes.follower_label_value", &s.follower_label_value),
+            ] {
+                check_label_value(key, value)?;
+            }
+            if s.leader_label_value == s.follower_label_value {
+                return Err(ConfigError::new(
+                    "kubernetes.follower_label_value",
+                    format!("{:?} must differ from leader_label_value", s.follower_label_value),
+                ));
+            }
+            if let Some(pod) = &s.pod_name
+                && (pod.is_empty()
+                    || pod.len() > 253
+                    || !pod.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'))
+            {
+                return Err(ConfigError::new(
+                    "kubernetes.pod_name",
+                    format!("{pod:?} must be a pod name: lowercase letters, digits, '-' and '.'"),
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// A label value: at most 63 letters, digits, `-`, `_` and `.`, starting and ending with a
+/// letter or digit (Kubernetes' rule).
+fn check_label_value(key: &str, value: &str) -> Result<(), ConfigError> {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && edge(value.chars().next())
+        && edge(value.chars().last())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!(
+                "{value:?} must be a label value: at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"
+            ),
+        ))
+    }
+}
+
+/// A label key: an optional DNS prefix and `/`, then a name with the rule of a value.
+fn check_label_key(key: &str, value: &str) -> Result<(), ConfigError> {
+    let name = match value.rsplit_once('/') {
+        Some((prefix, name)) => {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !ok {
+                return Err(ConfigError::new(key, format!("{value:?}: the prefix must be a DNS subdomain")));
+            }
+            name
+        }
+        None => value,
+    };
+    check_label_value(key, name)
 }
 
 fn check_prefix(key: &str, prefix: &str) -> Result<(), ConfigError> {
@@ -912,6 +1008,35 @@ mod tests {
         assert_eq!(e.key, "ttl", "{e}");
         assert!(e.message.contains("10"), "the message names Consul's floor: {e}");
         assert!(consul(20).is_ok(), "{:?}", consul(20).err());
+    }
+
+    /// The pod role label keys take Patroni's names and defaults, and bad values name the key.
+    #[test]
+    fn kubernetes_role_label_keys() {
+        let kube = |extra: &str| {
+            let text = format!(
+                "scope = \"demo\"\nname = \"n1\"\n[hooks]\ndir = {:?}\n[kubernetes]\n{extra}\n",
+                hooks_dir().display().to_string()
+            );
+            parse(&text)
+        };
+        let StoreConfig::Kubernetes(s) = kube("").unwrap().store else { panic!("kubernetes section") };
+        assert_eq!(
+            (s.pod_name, s.role_label.as_str(), s.leader_label_value.as_str(), s.follower_label_value.as_str()),
+            (None, "role", "primary", "replica")
+        );
+        assert_eq!(s.scope_label, "cluster-name");
+        let StoreConfig::Kubernetes(s) = kube("leader_label_value = \"master\"\npod_name = \"pg-0\"").unwrap().store
+        else {
+            panic!("kubernetes section")
+        };
+        assert_eq!((s.leader_label_value.as_str(), s.pod_name.as_deref()), ("master", Some("pg-0")));
+        let key = |extra: &str| kube(extra).unwrap_err().key;
+        assert_eq!(key("role_label = \"bad key!\""), "kubernetes.role_label");
+        assert_eq!(key("scope_label = \"/x\""), "kubernetes.scope_label");
+        assert_eq!(key("leader_label_value = \"-primary\""), "kubernetes.leader_label_value");
+        assert_eq!(key("follower_label_value = \"primary\""), "kubernetes.follower_label_value");
+        assert_eq!(key("pod_name = \"Pg_0\""), "kubernetes.pod_name");
     }
 
     #[test]

@@ -52,6 +52,32 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
             (pg.clone(), Some(pg))
         }
     };
+    // On Kubernetes, the daemon's own pod carries the role label the primary Service selects.
+    #[cfg(feature = "kubernetes")]
+    let resource: Arc<dyn Resource> = match &config.store {
+        crate::config::StoreConfig::Kubernetes(section) => {
+            match crate::pod_role::PodRoleLabel::wrap(
+                resource.clone(),
+                section,
+                &config.scope,
+                config.timing.retry_timeout,
+            )
+            .await
+            .context("the pod role label")?
+            {
+                Some(labelled) => {
+                    let s = labelled.settings();
+                    tracing::info!(pod = %s.pod, namespace = %s.namespace, label = %s.role_label, "keeping the pod's role label current");
+                    Arc::new(labelled)
+                }
+                None => {
+                    tracing::info!("no pod to label (kubernetes.pod_name and POD_NAME unset)");
+                    resource
+                }
+            }
+        }
+        _ => resource,
+    };
     // Patroni's 2 s, but at most half of retry_timeout: the node drops an election probe whose
     // answers (and our own fresh status, read after them) arrive past retry_timeout, so a
     // silent peer (a frozen daemon) that eats the whole window would stall every election.

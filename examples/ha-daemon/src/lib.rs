@@ -6,6 +6,7 @@
 //! * [`api`]: the REST API (status, load-balancer checks, metrics, admin verbs);
 //! * [`probe`]: peers probed over that API for the healthy-enough rules;
 //! * [`ctl`]: operator commands that read the store and act through the leader's API;
+//! * [`pod_role`]: on Kubernetes, the role label of the daemon's own pod;
 //! * [`daemon`]: `leasehold-ha run`.
 //!
 //! See the README for the configuration format and a walkthrough.
@@ -15,6 +16,8 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod hooks;
+#[cfg(feature = "kubernetes")]
+pub mod pod_role;
 pub mod postgres;
 pub mod probe;
 pub mod store;
