@@ -1372,3 +1372,22 @@ fn a_failsafe_leader_that_cannot_take_the_key_back_demotes_before_its_belief_end
     assert!(demoted_at.is_some_and(|t| t > at(9_000) && t <= at(9_000) + Duration::from_secs(4)), "{actions:?}");
     assert!(!n.is_acting_leader(at(20_000)));
 }
+
+#[test]
+fn a_shutdown_whose_release_gets_no_answer_still_stops() {
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    answer_writes(&mut n, at(20));
+    n.handle_promoted(Ok(()), at(40));
+    answer_writes(&mut n, at(40));
+    n.handle(Input::Shutdown, at(100));
+    assert!(drain(&mut n).iter().any(|a| matches!(a, Action::Demote { .. })), "a leader demotes first");
+    n.handle(Input::Demoted(Ok(())), at(200));
+    let actions = answer_writes(&mut n, at(200));
+    assert!(actions.iter().any(|a| matches!(a, Action::Release { .. })), "{actions:?}");
+    // No answer: the store is unreachable. The node's own deadline (retry_timeout) ends it;
+    // the key expires by itself.
+    n.handle(Input::Timeout, at(200) + Timing::fast().retry_timeout + Duration::from_millis(1));
+    assert!(n.is_stopped(), "a shutdown must not wait forever for a release");
+}
