@@ -8,7 +8,7 @@
 //! * [`Election::observe`] follows who holds the key ([`Leader`]), for any member.
 //!
 //! There is no second implementation of the safety rules here. A campaign runs the
-//! [`driver`](crate::driver) with the sans-IO [`Node`](crate::node::Node), so the node alone
+//! [`driver`] with the sans-IO [`Node`](crate::node::Node), so the node alone
 //! decides when the key is held: belief bounded on the monotonic clock from when a renewal was
 //! sent, extended only by a won conditional write, re-read after an unknown outcome. The
 //! election plugs in a resource whose `promote` starts a term and whose `demote` fires the

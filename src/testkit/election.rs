@@ -1,4 +1,4 @@
-//! The behaviour suite of [`Election`](crate::Election), run on any store through a
+//! The behaviour suite of [`Election`], run on any store through a
 //! conformance [`Harness`]: a backend runs it with
 //! `run_election_suite(&harness).await` and asserts on the report.
 //!
