@@ -171,6 +171,12 @@ fn rest_codes_and_tokens() {
         assert_eq!(http("GET", &format!("{url}/read-only"), None, None).0, 200);
         assert_eq!(http("GET", &format!("{url}/patroni"), None, None).0, 200);
     }
+    // Every member registered (the third may still be starting).
+    c.wait_for("three registered members", LIMIT, |c| {
+        let (_, body) = http("GET", &format!("{}/cluster", c.members[r].api), None, None);
+        serde_json::from_str::<serde_json::Value>(&body)
+            .is_ok_and(|v| v["members"].as_array().is_some_and(|m| m.len() == 3))
+    });
     let (code, cluster) = http("GET", &format!("{replica}/cluster"), None, None);
     assert_eq!(code, 200, "{cluster}");
     let cluster: serde_json::Value = serde_json::from_str(&cluster).expect("JSON");
@@ -185,6 +191,10 @@ fn rest_codes_and_tokens() {
     let (code, config) = http("GET", &format!("{leader}/config"), None, None);
     assert_eq!(code, 200, "{config}");
     assert!(config.contains("\"pause\":false"), "{config}");
+    // The history key is written after the promotion and read at the leader's next load.
+    c.wait_for("the history key", LIMIT, |c| {
+        http("GET", &format!("{}/history", c.members[l].api), None, None).1.contains("bootstrap")
+    });
     let (code, history) = http("GET", &format!("{leader}/history"), None, None);
     assert_eq!(code, 200, "{history}");
     assert!(history.starts_with("[[1,") && history.contains("bootstrap"), "{history}");
