@@ -10,4 +10,4 @@ mod proxy;
 
 pub use binary::{Found, ServerBinary, find, shared_servers_dir};
 pub use process::{Guarded, free_port};
-pub use proxy::CutProxy;
+pub use proxy::{CutProxy, RequestLines};
