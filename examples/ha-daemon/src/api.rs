@@ -139,6 +139,10 @@ pub struct StatusDoc {
     /// automatically), when the key belongs to the current leader.
     #[serde(default)]
     pub sync_standby: Vec<String>,
+    /// Settings of the dynamic configuration this process applies only at its next start
+    /// (`ttl: 20 s (running with 30 s)`); empty when it runs with all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_restart: Vec<String>,
 }
 
 /// Lower-case name of a node role.
@@ -183,6 +187,11 @@ fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
             .as_ref()
             .and_then(|v| v.sync.as_ref().filter(|k| Some(&k.value.leader) == s.status.leader.as_ref()))
             .map(|k| k.value.sync_standby.clone())
+            .unwrap_or_default(),
+        pending_restart: s
+            .view
+            .as_ref()
+            .map(|v| crate::dynamic::read(&crate::dynamic::current(v).0).0.pending_restart(&cfg.timing))
             .unwrap_or_default(),
     }
 }

@@ -785,7 +785,8 @@ fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, Confi
 /// The shortest lease etcd grants with its default election timeout (1000 ms).
 const ETCD_MIN_TTL: Duration = Duration::from_secs(2);
 
-fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigError> {
+/// The store's rules on a timing (etcd's minimum lease, Consul's session floor, ...).
+pub(crate) fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigError> {
     let kind = store.kind();
     if !crate::store::built_in(kind) {
         return Err(ConfigError::new(

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::api::StatusDoc;
 use crate::config::DaemonConfig;
-use crate::store;
+use crate::{dynamic, store};
 
 /// The ctl commands.
 #[derive(Debug, Clone, Subcommand)]
@@ -49,6 +49,25 @@ pub enum CtlCommand {
         /// A member other than the leader.
         #[arg(long)]
         member: Option<String>,
+    },
+    /// The dynamic configuration in the store (the `config` key), as JSON.
+    ShowConfig,
+    /// Change the dynamic configuration: validated, shown as a diff, confirmed (or `--force`),
+    /// written with compare-and-set.
+    EditConfig {
+        /// `key=value`, e.g. `ttl=20` or `postgresql.parameters.work_mem=8MB`; `key=null` removes.
+        #[arg(short = 's', long = "set")]
+        set: Vec<String>,
+        /// A PostgreSQL parameter, `name=value`.
+        #[arg(short = 'p', long = "pg")]
+        pg: Vec<String>,
+        /// A JSON file (`-` for standard input) merged into the document first (a merge patch:
+        /// `null` removes a key).
+        #[arg(long)]
+        apply: Option<std::path::PathBuf>,
+        /// Write without asking.
+        #[arg(long)]
+        force: bool,
     },
     /// The promotion history.
     History {
@@ -125,6 +144,15 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
         }
         CtlCommand::Switchover { candidate, wait } => ctl.switchover(candidate, Duration::from_secs(wait)).await?,
         CtlCommand::Failover { candidate, wait } => ctl.failover(candidate, Duration::from_secs(wait)).await?,
+        CtlCommand::ShowConfig => {
+            let (doc, _, note) = dynamic::current(&ctl.load().await?);
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            0
+        }
+        CtlCommand::EditConfig { set, pg, apply, force } => ctl.edit_config(set, pg, apply, force).await?,
         CtlCommand::Pause => ctl.set_pause(true).await?,
         CtlCommand::Resume => ctl.set_pause(false).await?,
     };
@@ -184,6 +212,7 @@ impl Ctl {
                     epoch: leader.filter(|_| is_leader).map(|l| l.epoch.0),
                     lease_left_ms: st.as_ref().and_then(|s| s.lease_remaining_ms),
                     api_url: m.api_url.clone(),
+                    pending_restart: st.as_ref().map(|s| s.pending_restart.clone()).unwrap_or_default(),
                 }
             })
             .collect()
@@ -224,6 +253,9 @@ impl Ctl {
                 r.lease_left_ms.map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
                 r.api_url.as_deref().unwrap_or("-")
             );
+        }
+        for r in rows.iter().filter(|r| !r.pending_restart.is_empty()) {
+            let _ = writeln!(out, "pending restart: {} ({})", r.name, r.pending_restart.join(", "));
         }
         if let Some(f) = &view.failover {
             let _ = writeln!(
@@ -373,6 +405,59 @@ impl Ctl {
         self.wait_for_new_leader(&old, Some(&candidate), wait).await
     }
 
+    async fn edit_config(
+        &self,
+        set: Vec<String>,
+        pg: Vec<String>,
+        apply: Option<std::path::PathBuf>,
+        force: bool,
+    ) -> anyhow::Result<i32> {
+        let apply = match apply {
+            None => None,
+            Some(path) => {
+                let text = if path.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin()).context("cannot read the document from standard input")?
+                } else {
+                    std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?
+                };
+                Some(
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("{} is not a JSON document", path.display()))?,
+                )
+            }
+        };
+        let view = self.load().await?;
+        let (old, expect, note) = dynamic::current(&view);
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        let new = dynamic::Edit { apply, set, pg }.apply_to(&old)?;
+        dynamic::validate(&new, &self.config.timing, &self.config.store)?;
+        let changes = dynamic::Changes::between(&old, &new);
+        if changes.is_empty() {
+            println!("no changes");
+            return Ok(0);
+        }
+        print!("{changes}");
+        if !force {
+            print!("Apply these changes? [y/N] ");
+            std::io::Write::flush(&mut std::io::stdout())?;
+            let mut answer = String::new();
+            std::io::stdin().read_line(&mut answer)?;
+            if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                println!("not changed");
+                return Ok(1);
+            }
+        }
+        if !dynamic::write(self.dcs.as_ref(), expect, &new).await? {
+            bail!(
+                "the configuration changed in the store since it was read; nothing was written, run edit-config again"
+            );
+        }
+        println!("configuration changed");
+        Ok(0)
+    }
+
     async fn set_pause(&self, pause: bool) -> anyhow::Result<i32> {
         let view = self.load().await?;
         let path = if pause { "/pause" } else { "/resume" };
@@ -439,6 +524,9 @@ struct MemberRow {
     epoch: Option<u64>,
     lease_left_ms: Option<u64>,
     api_url: Option<String>,
+    /// Dynamic settings the member applies only at its next start (from its own API).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pending_restart: Vec<String>,
 }
 
 fn role_name(role: leasehold::ResourceRole) -> &'static str {

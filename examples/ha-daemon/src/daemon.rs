@@ -24,16 +24,66 @@ fn incarnation() -> u64 {
     (u64::from(std::process::id()) << 40) ^ (nanos as u64)
 }
 
+/// The timing the store's `config` key asks for, when it differs from the file's and is
+/// valid; a document that breaks a rule is logged, naming the key, and the file's timing used.
+async fn dynamic_timing(config: &DaemonConfig, store: &store::Store) -> Option<leasehold::Timing> {
+    let view = match store.dcs.load().await {
+        Ok(view) => view,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the dynamic configuration; starting with the file's timing");
+            return None;
+        }
+    };
+    let (doc, _, _) = crate::dynamic::current(&view);
+    let (dynamic, errors) = crate::dynamic::read(&doc);
+    for e in &errors {
+        tracing::error!(key = %e.key, "the dynamic configuration in the store: {}; the file's value is used", e.message);
+    }
+    let timing = dynamic.timing(&config.timing);
+    if timing == config.timing {
+        return None;
+    }
+    let checked = timing
+        .validate()
+        .map_err(|e| crate::config::ConfigError::new(e.field, e.message))
+        .and_then(|()| crate::config::validate_store(&config.store, &timing));
+    match checked {
+        Ok(()) => {
+            tracing::info!(
+                ttl = timing.ttl.as_secs(),
+                loop_wait = timing.loop_wait.as_secs(),
+                retry_timeout = timing.retry_timeout.as_secs(),
+                "running with the timing of the dynamic configuration (it overrides the file)"
+            );
+            Some(timing)
+        }
+        Err(e) => {
+            tracing::error!(key = %e.key, "the dynamic configuration's timing is refused: {}; running with the file's", e.message);
+            None
+        }
+    }
+}
+
 /// Runs the daemon until a signal or a fatal store error. Returns the process exit code.
-pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
-    let config = Arc::new(config);
+pub async fn run(mut config: DaemonConfig) -> anyhow::Result<i32> {
     // Bind first: a busy port is a configuration problem worth failing on before joining.
     let listener = tokio::net::TcpListener::bind(config.restapi.listen)
         .await
         .with_context(|| format!("config key `restapi.listen`: cannot listen on {}", config.restapi.listen))?;
-    let store = store::connect(&config.store, &config.scope, &config.timing)
+    let mut store = store::connect(&config.store, &config.scope, &config.timing)
         .await
         .with_context(|| format!("cannot connect to the {} store", config.store.kind()))?;
+    if let Some(timing) = dynamic_timing(&config, &store).await {
+        if timing.ttl != config.timing.ttl {
+            // The store's lease or session was made with the file's ttl: make it again.
+            store.close().await;
+            store = store::connect(&config.store, &config.scope, &timing)
+                .await
+                .with_context(|| format!("cannot connect to the {} store", config.store.kind()))?;
+        }
+        config.timing = timing;
+    }
+    let config = Arc::new(config);
     tracing::info!(scope = %config.scope, name = %config.name, store = config.store.kind(), api = %config.restapi.connect_url, "starting");
 
     let (resource, postgres): (Arc<dyn Resource>, Option<Arc<PgResource>>) = match &config.resource {

@@ -7,6 +7,7 @@
 //! * [`probe`]: peers probed over that API for the healthy-enough rules;
 //! * [`ctl`]: operator commands that read the store and act through the leader's API;
 //! * [`pod_role`]: on Kubernetes, the role label of the daemon's own pod;
+//! * [`dynamic`]: the dynamic configuration in the store's `config` key (`ctl edit-config`);
 //! * [`daemon`]: `leasehold-ha run`.
 //!
 //! See the README for the configuration format and a walkthrough.
@@ -15,6 +16,7 @@ pub mod api;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod dynamic;
 pub mod hooks;
 #[cfg(feature = "kubernetes")]
 pub mod pod_role;

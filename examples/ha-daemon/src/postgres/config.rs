@@ -21,6 +21,11 @@ const MANAGED: [&str; 9] = [
     "config_file",
 ];
 
+/// The resource writes `name` itself, so configuring it is an error.
+pub fn managed_parameter(name: &str) -> bool {
+    MANAGED.contains(&name)
+}
+
 /// A login: user name and password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Login {
