@@ -50,6 +50,9 @@ pub struct ApiState {
     /// second old, and a peer deciding a leader race must not see a demoted primary as
     /// still running.
     pub resource: Option<Arc<dyn Resource>>,
+    /// Resource settings (PostgreSQL parameters) that wait for a restart of the resource, as
+    /// `pending_restart` shows them beside the dynamic timing's.
+    pub resource_pending_restart: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -70,6 +73,7 @@ impl ApiState {
             leader_changes: AtomicU64::new(0),
             last_leader: std::sync::Mutex::new(None),
             resource,
+            resource_pending_restart: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -232,7 +236,14 @@ fn unavailable() -> Response {
 /// The status document with 200 if `ok`, else 503.
 async fn check(st: &ApiState, ok: impl FnOnce(&DriverState, &StatusDoc) -> bool) -> Response {
     let Some(s) = st.fresh_state().await else { return unavailable() };
-    let doc = status_doc(&st.config, &s);
+    let mut doc = status_doc(&st.config, &s);
+    doc.pending_restart.extend(
+        st.resource_pending_restart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| format!("postgresql.parameters.{p}")),
+    );
     let code = if ok(&s, &doc) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(doc)).into_response()
 }

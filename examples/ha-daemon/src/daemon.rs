@@ -144,6 +144,7 @@ pub async fn run(mut config: DaemonConfig) -> anyhow::Result<i32> {
     }
     let mut events = handle.subscribe();
     let mut states = handle.watch_state();
+    let state_watch = handle.watch_state();
     let state = ApiState::new(config.clone(), handle, Some(resource));
 
     // Progress tracking for /liveness, and leader-change counting for /metrics.
@@ -153,6 +154,34 @@ pub async fn run(mut config: DaemonConfig) -> anyhow::Result<i32> {
         while states.changed().await.is_ok() {
             *progress.last_progress.lock().await = tokio::time::Instant::now();
         }
+    });
+    // The dynamic configuration's PostgreSQL parameters, applied by a reload when they change.
+    let parameters_task = postgres.map(|pg| {
+        let (api, mut states) = (state.clone(), state_watch.clone());
+        #[allow(clippy::disallowed_methods)] // see above
+        tokio::spawn(async move {
+            let mut applied = None;
+            while states.changed().await.is_ok() {
+                let view = states.borrow_and_update().view.clone();
+                let Some(view) = view else { continue };
+                let wanted = crate::dynamic::read(&crate::dynamic::current(&view).0).0.parameters;
+                if applied.as_ref() != Some(&wanted) {
+                    match pg.apply_parameters(&wanted).await {
+                        Ok(None) => {} // no data directory yet
+                        Ok(Some(refused)) => {
+                            tracing::info!(parameters = wanted.len(), "applied the dynamic configuration's PostgreSQL parameters");
+                            for r in refused {
+                                tracing::error!("PostgreSQL refused a parameter of the dynamic configuration: {r}");
+                            }
+                            applied = Some(wanted);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot apply the dynamic configuration's PostgreSQL parameters; trying again next loop"),
+                    }
+                }
+                let pending = pg.pending_restart().await;
+                *api.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+            }
+        })
     });
     let counter = state.clone();
     #[allow(clippy::disallowed_methods)] // see above
@@ -201,6 +230,9 @@ pub async fn run(mut config: DaemonConfig) -> anyhow::Result<i32> {
     let _ = server.await;
     progress_task.abort();
     events_task.abort();
+    if let Some(t) = parameters_task {
+        t.abort();
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(code)

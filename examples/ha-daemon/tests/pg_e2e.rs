@@ -768,3 +768,38 @@ fn failsafe_leader_keeps_its_primary_through_a_store_outage() {
     assert!(committed_in_outage > 0, "commits went on while the store was unreachable");
     assert!(lost.is_empty() && overlaps == 0, "{} lost, {overlaps} samples with two writable", lost.len());
 }
+
+/// The dynamic configuration's PostgreSQL parameters (`ctl edit-config --pg`) reach every
+/// member's PostgreSQL by a reload, without a restart; one that PostgreSQL changes only by
+/// restarting is reported as pending on every member's `/status` and in `ctl list`.
+#[test]
+fn dynamic_parameters_are_reloaded_and_pending_restarts_reported() {
+    let Some(_serial) = postgres_turn() else { return };
+    let c = Cluster::start(false, "");
+    c.wait_healthy();
+    let ctl = |args: &[&str]| {
+        Command::new(common::bin()).arg("--config").arg(&c.members[0].config).arg("ctl").args(args).output().unwrap()
+    };
+    let out = ctl(&["edit-config", "--force", "--pg", "work_mem=7MB", "--pg", "max_connections=123"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let show = |port: u16, name: &str| -> Option<String> {
+        rt.block_on(async {
+            let client = connect(port).await?;
+            client.query_one(&format!("show {name}"), &[]).await.ok().map(|r| r.get::<_, String>(0))
+        })
+    };
+    c.wait("work_mem reloaded and max_connections pending on every member", |c| {
+        (0..3)
+            .all(|i| {
+                let pending = c.status(i).and_then(|s| s["pending_restart"].as_array().cloned()).unwrap_or_default();
+                show(c.members[i].pg_port, "work_mem").as_deref() == Some("7MB")
+                    && pending.iter().any(|p| p == "postgresql.parameters.max_connections")
+            })
+            .then_some(())
+    });
+    // Not restarted: the running value is still the file's default.
+    assert_eq!(show(c.members[0].pg_port, "max_connections").as_deref(), Some("100"));
+    let list = ctl(&["list"]);
+    assert!(common::text(&list).contains("pending restart:"), "{}", common::text(&list));
+}

@@ -83,6 +83,9 @@ pub fn postgresql_conf(cfg: &PostgresConfig, role: &Role<'_>) -> String {
     for (k, v) in &cfg.parameters {
         let _ = writeln!(s, "{k} = {}", conf_quote(v));
     }
+    // The dynamic configuration's parameters, after the file's so they win (the file gives
+    // bootstrap defaults), before the settings the resource manages (which they cannot name).
+    let _ = writeln!(s, "include_if_exists = {}", conf_quote(DYNAMIC_CONF));
     match role {
         Role::Primary { sync } => {
             let _ = writeln!(s, "synchronous_standby_names = {}", conf_quote(sync.as_deref().unwrap_or("")));
@@ -96,6 +99,18 @@ pub fn postgresql_conf(cfg: &PostgresConfig, role: &Role<'_>) -> String {
             }
             let _ = writeln!(s, "recovery_target_timeline = 'latest'");
         }
+    }
+    s
+}
+
+/// The file, in the data directory, holding the dynamic configuration's PostgreSQL parameters.
+pub const DYNAMIC_CONF: &str = "leasehold-dynamic.conf";
+
+/// The text of [`DYNAMIC_CONF`].
+pub fn dynamic_conf(parameters: &std::collections::BTreeMap<String, String>) -> String {
+    let mut s = String::from("# The store's dynamic configuration (ctl edit-config); rewritten when it changes.\n");
+    for (k, v) in parameters {
+        let _ = writeln!(s, "{k} = {}", conf_quote(v));
     }
     s
 }

@@ -672,6 +672,40 @@ impl PgResource {
         self.local_query("select pg_reload_conf()").await.map(|_| ())
     }
 
+    /// Applies the dynamic configuration's PostgreSQL parameters: writes them where
+    /// `postgresql.conf` includes them and reloads a running server. Returns the lines the
+    /// server refused (`pg_file_settings`), each with its reason; `None` when there is no data
+    /// directory yet to write to (ask again once there is).
+    pub async fn apply_parameters(
+        &self,
+        parameters: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Option<Vec<String>>, String> {
+        if !self.has_data() {
+            return Ok(None);
+        }
+        self.write_owned(&self.data().join(files::DYNAMIC_CONF), &files::dynamic_conf(parameters), 0o600)?;
+        if !self.postmaster_running().await {
+            return Ok(Some(Vec::new()));
+        }
+        self.reload().await?;
+        let refused =
+            self.local_query("select name, error from pg_file_settings where error is not null order by name").await?;
+        Ok(Some(joined(refused)))
+    }
+
+    /// Parameters the running server changes only by restarting (`pending_restart` in
+    /// `pg_settings`); empty when PostgreSQL is not running. A reload is applied
+    /// asynchronously, so a list read right after one may still be the old.
+    pub async fn pending_restart(&self) -> Vec<String> {
+        if !self.has_data() {
+            return Vec::new();
+        }
+        self.local_query("select name from pg_settings where pending_restart order by name")
+            .await
+            .map(joined)
+            .unwrap_or_default()
+    }
+
     /// The standby steps that follow a leader once the data directory is in place.
     async fn follow_leader(&self, host: &str, port: u16) -> Result<(), String> {
         let upstream = self.upstream(host, port);
@@ -839,4 +873,9 @@ impl Resource for PgResource {
         tracing::info!(synchronous_standby_names = value.as_deref().unwrap_or(""), "synchronous standbys set");
         Ok(())
     }
+}
+
+/// Each row's columns joined with `: `.
+fn joined(rows: Vec<Vec<Option<String>>>) -> Vec<String> {
+    rows.into_iter().map(|r| r.into_iter().map(Option::unwrap_or_default).collect::<Vec<_>>().join(": ")).collect()
 }
