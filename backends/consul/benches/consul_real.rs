@@ -1,7 +1,8 @@
 //! leasehold-consul against a real Consul 1.6.2 agent (`consul agent -dev` on this machine):
 //! latencies of each call, release handover and crash failover (the holder's client stops
-//! renewing, as kill -9; sessions expire somewhere between their TTL and twice it). Request
-//! counts are in the `consul_emulator` bench: the backend sends the same requests to any agent.
+//! renewing, as kill -9; sessions expire somewhere between their TTL and twice it), and what an
+//! idle client costs the agent: requests counted by a proxy between the client and the agent
+//! (Consul 1.6 keeps no per-request counters it could be asked for).
 //! Prints why and stops when no consul binary is found.
 //!
 //! `cargo bench -p leasehold-consul --bench consul_real`
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use leasehold::{CasOutcome, Dcs, LeaderRecord, MemberRecord};
 use leasehold_consul::ConsulClient;
 use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
+use leasehold_test_servers::{CutProxy, RequestLines};
 
 fn record(member: &str, token: &str) -> LeaderRecord {
     LeaderRecord { member: member.into(), token: token.into(), api_url: None, conn_url: None }
@@ -99,6 +101,49 @@ async fn failover(agent: &ConsulAgent, ttl: Duration, rounds: usize) {
     );
 }
 
+/// Requests per second an idle client sends for `scopes` scopes, each holding its leader key
+/// and a member key, over a window of two ttls; by endpoint (session ids and keys left out).
+async fn idle(agent: &ConsulAgent, scopes: usize, ttl: Duration) {
+    let port = agent.address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("agent port");
+    let proxy = CutProxy::start(port).expect("proxy");
+    let options = leasehold_consul::ConsulOptions { ttl, address: format!("http://127.0.0.1:{}", proxy.port()), ..agent.options() };
+    let client = ConsulClient::connect(options).await.expect("connect");
+    let handles: Vec<_> = (0..scopes).map(|i| client.scope(&format!("idle{scopes}-{}-{i}", ttl.as_secs()))).collect();
+    for h in &handles {
+        h.acquire(&record("m", "idle")).await.unwrap().won().expect("free");
+        h.publish_member(&MemberRecord::new("m")).await.unwrap();
+    }
+    let before = proxy.http_requests();
+    let started = Instant::now();
+    tokio::time::sleep(2 * ttl).await;
+    let counts = endpoints(&proxy.http_requests(), &before);
+    let secs = started.elapsed().as_secs_f64();
+    let view = handles[scopes - 1].load().await.expect("load");
+    assert!(view.leader.is_some() && view.member("m").is_some(), "keys survived the idle window");
+    let total: u64 = counts.values().sum();
+    println!(
+        "  {scopes:>5} scope(s), ttl {:>2}s (session TTL {:?}): {:.2} requests/s total, {:.4} per scope; {counts:?} in {secs:.1} s",
+        ttl.as_secs(),
+        ttl / 2,
+        total as f64 / secs,
+        total as f64 / secs / scopes as f64,
+    );
+    client.close().await.unwrap();
+}
+
+/// Requests by endpoint between two proxy readings, with ids and key names cut off.
+fn endpoints(after: &RequestLines, before: &RequestLines) -> RequestLines {
+    let mut out = RequestLines::new();
+    for (line, n) in after {
+        let n = n - before.get(line).copied().unwrap_or(0);
+        if n > 0 {
+            let endpoint = line.split('/').take(4).collect::<Vec<_>>().join("/");
+            *out.entry(endpoint).or_default() += n;
+        }
+    }
+    out
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -119,8 +164,12 @@ async fn main() {
     per_call(&lowered).await;
     println!("handover and crash failover:");
     failover(&lowered, Duration::from_secs(2), 5).await;
+    println!("idle (no calls; a leader key and a member key per scope; the session renewal only):");
+    idle(&lowered, 1, Duration::from_secs(3)).await;
+    idle(&lowered, 1000, Duration::from_secs(3)).await;
     drop(lowered);
     // Consul's default floor: the shortest ttl the library accepts against a stock agent.
     let stock = ConsulAgent::start(ConsulAgentConfig::default()).await.expect("consul starts");
     failover(&stock, Duration::from_secs(20), 2).await;
+    idle(&stock, 1, Duration::from_secs(30)).await;
 }

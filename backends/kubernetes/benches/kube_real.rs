@@ -229,5 +229,6 @@ fn main() {
         println!("\nidle background requests (member keep-alive: 3 PUTs per ttl per published member):");
         idle(&server, &mut audit, 1).await;
         idle(&server, &mut audit, 100).await;
+        idle(&server, &mut audit, 1000).await;
     });
 }
