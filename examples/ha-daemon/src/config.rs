@@ -78,6 +78,8 @@ pub struct DaemonConfig {
     pub resource: ResourceConfig,
     /// The consensus store.
     pub store: StoreConfig,
+    /// Logging: `[log] level`, changed at runtime by SIGHUP.
+    pub log_level: String,
 }
 
 /// The `[watchdog]` section.
@@ -337,6 +339,8 @@ struct RawConfig {
     tags: RawTags,
     #[serde(default)]
     watchdog: RawWatchdog,
+    #[serde(default)]
+    log: RawLog,
     #[serde(default)]
     restapi: RawRestApi,
     hooks: Option<RawHooks>,
@@ -742,8 +746,24 @@ impl RawConfig {
             restapi,
             resource,
             store,
+            log_level: validate_log_level(self.log.level)?,
         })
     }
+}
+
+/// `[log]`: what the daemon logs (to standard error; see the README for journald and files).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    /// A `tracing` filter: `info`, `debug`, `warn,leasehold=debug`, ...
+    level: Option<String>,
+}
+
+fn validate_log_level(level: Option<String>) -> Result<String, ConfigError> {
+    let level = level.unwrap_or_else(|| "info".into());
+    tracing_subscriber::EnvFilter::try_new(&level)
+        .map_err(|e| ConfigError::new("log.level", format!("{level:?} is not a log filter: {e}")))?;
+    Ok(level)
 }
 
 fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, ConfigError> {
@@ -962,6 +982,16 @@ mod tests {
             "scope = \"demo\"\nname = \"n1\"\n{extra}\n[hooks]\ndir = {:?}\n[etcd]\nendpoints = [\"http://127.0.0.1:2379\"]\n",
             hooks_dir().display().to_string()
         )
+    }
+
+    #[test]
+    fn log_level_is_a_filter_named_in_its_error() {
+        assert_eq!(parse(&base("")).unwrap().log_level, "info");
+        assert_eq!(parse(&base("[log]\nlevel = \"warn,leasehold=debug\"")).unwrap().log_level, "warn,leasehold=debug");
+        let e = parse(&base("[log]\nlevel = \"=== x\"")).unwrap_err();
+        assert_eq!(e.key, "log.level", "{e}");
+        let e = parse(&base("[log]\nfile = \"/var/log/x\"")).unwrap_err();
+        assert!(e.to_string().contains("file"), "unknown keys are refused: {e}");
     }
 
     fn parse(text: &str) -> Result<DaemonConfig, ConfigError> {

@@ -64,8 +64,20 @@ async fn dynamic_timing(config: &DaemonConfig, store: &store::Store) -> Option<l
     }
 }
 
+/// SIGHUP: re-reads the file and applies what can change while running (the log level). A
+/// file that no longer validates changes nothing; the error names the key.
+fn reload(path: &std::path::Path) {
+    match DaemonConfig::load(path) {
+        Ok(new) => match crate::logging::set_level(&new.log_level) {
+            Ok(what) => tracing::info!(level = %new.log_level, "SIGHUP: log level {what}"),
+            Err(e) => tracing::error!("SIGHUP: config key `log.level`: {e}"),
+        },
+        Err(e) => tracing::error!("SIGHUP: {}: {e}; nothing changed", path.display()),
+    }
+}
+
 /// Runs the daemon until a signal or a fatal store error. Returns the process exit code.
-pub async fn run(mut config: DaemonConfig) -> anyhow::Result<i32> {
+pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::Result<i32> {
     // Bind first: a busy port is a configuration problem worth failing on before joining.
     let listener = tokio::net::TcpListener::bind(config.restapi.listen)
         .await
@@ -210,8 +222,10 @@ pub async fn run(mut config: DaemonConfig) -> anyhow::Result<i32> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let code = loop {
         tokio::select! {
+            _ = hup.recv() => reload(&path),
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break 0; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break 0; }
             _ = tokio::time::sleep(Duration::from_millis(500)) => {

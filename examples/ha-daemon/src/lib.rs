@@ -8,6 +8,7 @@
 //! * [`ctl`]: operator commands that read the store and act through the leader's API;
 //! * [`pod_role`]: on Kubernetes, the role label of the daemon's own pod;
 //! * [`dynamic`]: the dynamic configuration in the store's `config` key (`ctl edit-config`);
+//! * [`logging`]: the logger, its level changed by SIGHUP;
 //! * [`daemon`]: `leasehold-ha run`.
 //!
 //! See the README for the configuration format and a walkthrough.
@@ -18,6 +19,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod dynamic;
 pub mod hooks;
+pub mod logging;
 #[cfg(feature = "kubernetes")]
 pub mod pod_role;
 pub mod postgres;

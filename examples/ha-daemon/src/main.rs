@@ -36,17 +36,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEHOLD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let is_ctl = matches!(cli.command, Command::Ctl { .. });
-    // ctl prints tables on stdout; only warnings go to stderr there.
-    let filter = if is_ctl && std::env::var_os("LEASEHOLD_LOG").is_none() {
-        tracing_subscriber::EnvFilter::new("warn")
-    } else {
-        filter
-    };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-
     let Some(path) = cli.config else {
         eprintln!("error: no configuration file: pass --config <file> or set LEASEHOLD_CONFIG");
         return ExitCode::from(2);
@@ -58,6 +47,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // ctl prints tables on stdout; only warnings go to stderr there.
+    let is_ctl = matches!(cli.command, Command::Ctl { .. });
+    leasehold_ha_daemon::logging::init(if is_ctl { "warn" } else { &config.log_level });
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -80,7 +72,7 @@ fn main() -> ExitCode {
             );
             Ok(0)
         }
-        Command::Run { check_config: false } => runtime.block_on(daemon::run(config)),
+        Command::Run { check_config: false } => runtime.block_on(daemon::run(config, path.clone())),
         Command::Ctl { command } => runtime.block_on(ctl::run(config, command)),
     };
     match result {
