@@ -25,6 +25,7 @@ mod action;
 mod input;
 mod known;
 mod state;
+mod timers;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroUsize;
@@ -45,6 +46,7 @@ use crate::rules::{self, ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, 
 use crate::time::Instant;
 use known::Known;
 use state::{Held, State};
+use timers::{Timer, Timers};
 
 /// How long, in ttls, a member absent from the store stays on the roster an election asks.
 /// Asking a member that is really gone costs at most one probe timeout per election; missing
@@ -191,7 +193,6 @@ struct InFlight {
     id: RequestId,
     op: StoreOp,
     sent_at: Instant,
-    deadline: Instant,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -204,7 +205,6 @@ enum ProbePurpose {
 struct Probe {
     id: RequestId,
     purpose: ProbePurpose,
-    deadline: Instant,
 }
 
 /// The HA state machine of one member in one scope. See the [module docs](self).
@@ -232,7 +232,8 @@ pub struct Node {
     queue: VecDeque<StoreOp>,
     in_flight: Option<InFlight>,
     probe: Option<Probe>,
-    failsafe_check: Option<(RequestId, Instant)>,
+    /// The failsafe check in flight (its deadline is [`Timer::FailsafeCheck`]).
+    failsafe_check: Option<RequestId>,
     /// The last view read; shared, so the node's own copies and a caller that hands the same
     /// view to several nodes (the simulator) clone no records.
     view: Option<Arc<ClusterView>>,
@@ -258,8 +259,8 @@ pub struct Node {
     roster: BTreeMap<String, (MemberRecord, Instant)>,
     resource_standbys: Vec<String>,
     cycle_start: Instant,
-    next_cycle: Instant,
-    renew_retry_at: Option<Instant>,
+    /// Every deadline the node waits on.
+    timers: Timers,
     renew_failing_since: Option<Instant>,
     backoff_until: Option<Instant>,
     failsafe_leader_until: Option<Instant>,
@@ -283,6 +284,8 @@ impl Node {
     pub fn new(cfg: NodeConfig, now: Instant) -> Result<Self, crate::config::TimingError> {
         cfg.timing.validate()?;
         let watchdog = if cfg.watchdog == WatchdogMode::Off { WatchdogHealth::Off } else { WatchdogHealth::Working };
+        let mut timers = Timers::default();
+        timers.set(Timer::Cycle, now);
         Ok(Node {
             cfg,
             next_id: 0,
@@ -306,8 +309,7 @@ impl Node {
             roster: BTreeMap::new(),
             resource_standbys: Vec::new(),
             cycle_start: now,
-            next_cycle: now,
-            renew_retry_at: None,
+            timers,
             renew_failing_since: None,
             backoff_until: None,
             failsafe_leader_until: None,
@@ -344,22 +346,25 @@ impl Node {
         if self.stopped {
             return None;
         }
-        let mut t = self.next_cycle;
-        let mut consider = |o: Option<Instant>| {
-            if let Some(x) = o {
-                t = t.min(x);
-            }
-        };
-        // The belief deadline matters only while acting: a held but not acting lease (an
-        // adopted key, a late answer) has a belief that already ended, and returning that
-        // past instant would make the driver spin until the renewal comes back.
-        consider(self.state.belief_deadline());
-        consider(self.in_flight.as_ref().map(|f| f.deadline));
-        consider(self.probe.as_ref().map(|p| p.deadline));
-        consider(self.failsafe_check.map(|(_, d)| d));
-        consider(self.state.reacquire_deadline());
-        consider(self.renew_retry_at);
-        Some(t)
+        debug_assert_eq!(self.timers.get(Timer::Belief), self.state.belief_deadline(), "belief timer out of step");
+        debug_assert_eq!(
+            self.timers.get(Timer::Reacquire),
+            self.state.reacquire_deadline(),
+            "reacquire timer out of step"
+        );
+        debug_assert_eq!(
+            self.timers.get(Timer::Request).is_some(),
+            self.in_flight.is_some(),
+            "request timer out of step"
+        );
+        debug_assert_eq!(self.timers.get(Timer::Probe).is_some(), self.probe.is_some(), "probe timer out of step");
+        debug_assert_eq!(
+            self.timers.get(Timer::FailsafeCheck).is_some(),
+            self.failsafe_check.is_some(),
+            "failsafe check timer out of step"
+        );
+        // The cycle timer is always armed, so a running node always has a next deadline.
+        self.timers.next()
     }
 
     /// A snapshot for status endpoints.
@@ -405,7 +410,7 @@ impl Node {
             return;
         }
         self.shutting_down = true;
-        self.probe = None;
+        self.end_probe();
         self.queue.retain(|op| matches!(op, StoreOp::Renew));
         match &mut self.state {
             State::Promoting { .. } | State::Leader { .. } | State::Reacquiring { .. } => {
@@ -463,7 +468,7 @@ impl Node {
                 self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
             } else if !self.queue.contains(&StoreOp::Renew)
                 && !self.is_in_flight(&StoreOp::Renew)
-                && self.renew_retry_at.is_none()
+                && self.timers.get(Timer::RenewRetry).is_none()
             {
                 // Not acting (an adopted key, or a won answer that came too late): no harm
                 // done, but only a won renewal may start acting again.
@@ -471,36 +476,34 @@ impl Node {
             }
         }
         if let Some(f) = &self.in_flight
-            && now >= f.deadline
+            && self.timers.is_due(Timer::Request, now)
         {
             let id = f.id;
             // No answer within retry_timeout: the outcome is unknown (rule 3).
             self.handle_store_error(id, DcsError::unknown("no answer within retry_timeout"), now);
         }
-        if let Some(p) = &self.probe
-            && now >= p.deadline
-        {
-            self.probe = None;
+        if self.timers.is_due(Timer::Probe, now) {
+            self.end_probe();
         }
-        if let Some((id, d)) = self.failsafe_check
-            && now >= d
+        if let Some(id) = self.failsafe_check
+            && self.timers.is_due(Timer::FailsafeCheck, now)
         {
             self.handle_failsafe_result(id, false, now);
         }
-        if self.state.reacquire_deadline().is_some_and(|t| now >= t) {
+        if self.timers.is_due(Timer::Reacquire, now) {
             self.lose_lease(
                 now,
                 DemoteMode::Offline,
                 "could not take the leader key back before the failsafe belief ran out",
             );
         }
-        if self.renew_retry_at.is_some_and(|t| now >= t) {
-            self.renew_retry_at = None;
+        if self.timers.is_due(Timer::RenewRetry, now) {
+            self.timers.clear(Timer::RenewRetry);
             if self.state.held().is_some() {
                 self.enqueue_front(StoreOp::Renew);
             }
         }
-        if now >= self.next_cycle {
+        if self.timers.is_due(Timer::Cycle, now) {
             self.start_cycle(now);
         }
         self.pump(now);
@@ -659,6 +662,7 @@ impl Node {
     /// The answer to [`Action::ProbePeers`].
     fn handle_peer_replies(&mut self, id: RequestId, replies: Vec<PeerReply>, now: Instant) {
         let Some(probe) = self.probe.take_if(|p| p.id == id) else { return };
+        self.timers.clear(Timer::Probe);
         match probe.purpose {
             ProbePurpose::Election => self.decide_election(&replies, now),
             ProbePurpose::Switchover { candidate } => self.decide_switchover(candidate, &replies, now),
@@ -669,7 +673,8 @@ impl Node {
     /// The answer to [`Action::FailsafeCheck`]: `all_confirmed` only if every listed member
     /// accepted us as leader.
     fn handle_failsafe_result(&mut self, id: RequestId, all_confirmed: bool, now: Instant) {
-        let Some((_, _)) = self.failsafe_check.take_if(|(i, _)| *i == id) else { return };
+        let Some(_) = self.failsafe_check.take_if(|i| *i == id) else { return };
+        self.timers.clear(Timer::FailsafeCheck);
         let Some(sent_at) = self.renew_failing_since else { return };
         if all_confirmed && self.state.held().is_some() {
             // Every member promised not to race for a ttl after our ping, which was sent no
@@ -844,7 +849,7 @@ impl Node {
 
     fn start_cycle(&mut self, now: Instant) {
         if self.shutting_down {
-            self.next_cycle = now + self.cfg.timing.loop_wait;
+            self.timers.set(Timer::Cycle, now + self.cfg.timing.loop_wait);
             if self.state.held().is_some()
                 && !self.queue.contains(&StoreOp::Renew)
                 && !self.is_in_flight(&StoreOp::Renew)
@@ -854,7 +859,7 @@ impl Node {
             return;
         }
         self.cycle_start = now;
-        self.next_cycle = now + self.cfg.timing.loop_wait;
+        self.timers.set(Timer::Cycle, now + self.cfg.timing.loop_wait);
         if self.state.held().is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
             // Renew first: only a won renewal extends leadership (rule 2).
             self.enqueue_front(StoreOp::Renew);
@@ -872,7 +877,7 @@ impl Node {
     }
 
     fn schedule_cycle(&mut self, now: Instant) {
-        self.next_cycle = self.next_cycle.min(now);
+        self.timers.set_no_later(Timer::Cycle, now);
     }
 
     fn on_view(&mut self, view: Arc<ClusterView>, now: Instant) {
@@ -981,10 +986,10 @@ impl Node {
         let Some(view) = &self.view else { return };
         let peers = self.election_peers(view);
         let id = self.next_request_id();
-        self.probe = Some(Probe { id, purpose: ProbePurpose::Election, deadline: now + self.cfg.timing.retry_timeout });
+        self.start_probe(id, ProbePurpose::Election, now);
         if peers.is_empty() {
             // Nobody to ask: decide at once.
-            self.probe = None;
+            self.end_probe();
             self.decide_election(&[], now);
         } else {
             self.actions.push_back(Action::ProbePeers { id, peers });
@@ -1037,7 +1042,7 @@ impl Node {
         if acting_until <= now {
             // The answer came too late to act on; keep the key and renew at once.
             self.hold(Held { lease, acting_until: now });
-            self.renew_retry_at = Some(now);
+            self.timers.set(Timer::RenewRetry, now);
             return;
         }
         self.hold(Held { lease, acting_until });
@@ -1204,11 +1209,7 @@ impl Node {
                 let peers: Vec<MemberRecord> =
                     view.members.iter().map(|m| &m.value).filter(|m| m.name != me).cloned().collect();
                 let id = self.next_request_id();
-                self.probe = Some(Probe {
-                    id,
-                    purpose: ProbePurpose::Switchover { candidate: req.candidate.clone() },
-                    deadline: now + self.cfg.timing.retry_timeout,
-                });
+                self.start_probe(id, ProbePurpose::Switchover { candidate: req.candidate.clone() }, now);
                 self.actions.push_back(Action::ProbePeers { id, peers });
             }
         }
@@ -1337,7 +1338,7 @@ impl Node {
                     // Act on the request now rather than a loop_wait later: a switchover sent to
                     // the leader is what an operator times.
                     self.view_stale = true;
-                    self.next_cycle = self.next_cycle.min(now);
+                    self.timers.set_no_later(Timer::Cycle, now);
                 }
             }
             AfterWrite::PromoteAfterSync => {
@@ -1408,9 +1409,9 @@ impl Node {
                 Then::KeepDemoting
             }
         };
-        self.renew_retry_at = None;
+        self.timers.clear(Timer::RenewRetry);
         self.renew_failing_since = None;
-        self.failsafe_check = None;
+        self.end_failsafe_check();
         self.failsafe_confirmed = None;
         self.promote_waits_for_sync = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
@@ -1534,7 +1535,7 @@ impl Node {
                 tracing::info!(node = %self.cfg.name, error = %e, "load failed");
                 // Retry soon; a leader keeps renewing regardless.
                 let retry = now + self.cfg.timing.loop_wait.min(Duration::from_secs(1));
-                self.next_cycle = self.next_cycle.min(retry);
+                self.timers.set_no_later(Timer::Cycle, retry);
             }
             _ => tracing::info!(node = %self.cfg.name, error = %e, "store request failed"),
         }
@@ -1561,9 +1562,9 @@ impl Node {
         tracing::warn!(node = %self.cfg.name, epoch = %h.lease.epoch, "the leader key expired while the store was unreachable and nobody took it; every member confirmed us (failsafe): taking it back without demoting");
         let until = h.acting_until;
         self.set_state(State::Reacquiring { epoch, until, adopted: None });
-        self.renew_retry_at = None;
+        self.timers.clear(Timer::RenewRetry);
         self.renew_failing_since = None;
-        self.failsafe_check = None;
+        self.end_failsafe_check();
         self.failsafe_confirmed = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
         let op = self.acquire_op();
@@ -1591,7 +1592,7 @@ impl Node {
         let retry_at = now + (self.cfg.timing.retry_timeout / 8).max(Duration::from_millis(50));
         if budget_left && retry_at < acting_until {
             tracing::info!(node = %self.cfg.name, error = %e, "renew failed; retrying");
-            self.renew_retry_at = Some(retry_at);
+            self.timers.set(Timer::RenewRetry, retry_at);
             return;
         }
         if self.failsafe_on() && self.state.acting_epoch().is_some() {
@@ -1608,13 +1609,14 @@ impl Node {
                 let id = self.next_request_id();
                 // The check must finish while we may still act.
                 let deadline = acting_until.min(now + self.cfg.timing.retry_timeout);
-                self.failsafe_check = Some((id, deadline));
+                self.failsafe_check = Some(id);
+                self.timers.set(Timer::FailsafeCheck, deadline);
                 self.actions.push_back(Action::FailsafeCheck { id, peers, epoch });
             }
             // A check in flight has its own deadline; a confirmed belief is bounded by
             // `acting_until` like any other.
             if self.failsafe_check.is_some() || self.failsafe_confirmed.is_some() {
-                self.renew_retry_at = Some(retry_at);
+                self.timers.set(Timer::RenewRetry, retry_at);
                 return;
             }
         }
@@ -1626,6 +1628,14 @@ impl Node {
     /// Every change of state goes through here.
     fn set_state(&mut self, state: State) {
         self.state = state;
+        self.arm_state_timers();
+    }
+
+    /// The belief and re-acquisition timers follow the state; this is the one place that
+    /// writes them.
+    fn arm_state_timers(&mut self) {
+        self.timers.set_or_clear(Timer::Belief, self.state.belief_deadline());
+        self.timers.set_or_clear(Timer::Reacquire, self.state.reacquire_deadline());
     }
 
     /// Holds `held` from a won acquire or renewal: a replica holds the key, a promoting or
@@ -1651,6 +1661,7 @@ impl Node {
             // would simply replace it.
             State::Holding(h) | State::Promoting { held: h, .. } | State::Leader { held: h, .. } => *h = held,
         }
+        self.arm_state_timers();
     }
 
     /// Failsafe: every member confirmed us, so the belief in the key we hold runs at least
@@ -1659,6 +1670,7 @@ impl Node {
         if let Some(h) = self.state.held_mut() {
             h.acting_until = h.acting_until.max(until);
         }
+        self.arm_state_timers();
     }
 
     // === plumbing ===
@@ -1702,7 +1714,26 @@ impl Node {
     }
 
     fn take_in_flight(&mut self, id: RequestId) -> Option<InFlight> {
-        self.in_flight.take_if(|f| f.id == id)
+        let taken = self.in_flight.take_if(|f| f.id == id);
+        if taken.is_some() {
+            self.timers.clear(Timer::Request);
+        }
+        taken
+    }
+
+    fn start_probe(&mut self, id: RequestId, purpose: ProbePurpose, now: Instant) {
+        self.probe = Some(Probe { id, purpose });
+        self.timers.set(Timer::Probe, now + self.cfg.timing.retry_timeout);
+    }
+
+    fn end_probe(&mut self) {
+        self.probe = None;
+        self.timers.clear(Timer::Probe);
+    }
+
+    fn end_failsafe_check(&mut self) {
+        self.failsafe_check = None;
+        self.timers.clear(Timer::FailsafeCheck);
     }
 
     /// Issues the next queued store request if none is in flight.
@@ -1732,7 +1763,8 @@ impl Node {
             }
             StoreOp::Delete { key, expect } => Action::DeleteControl { id, key: *key, expect: expect.clone() },
         };
-        self.in_flight = Some(InFlight { id, op, sent_at: now, deadline: now + self.cfg.timing.retry_timeout });
+        self.in_flight = Some(InFlight { id, op, sent_at: now });
+        self.timers.set(Timer::Request, now + self.cfg.timing.retry_timeout);
         self.actions.push_back(action);
     }
 
