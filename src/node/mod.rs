@@ -20,6 +20,11 @@
 //! 3. an acquire with an unknown outcome is followed by a re-read, and the node promotes only
 //!    after the read shows its own token *and* a renewal succeeds;
 //! 4. write key -> arm watchdog -> promote(epoch); demote -> confirmed -> release.
+//!
+//! Inside, the node's state is one enum (`state.rs`: follower, holding the key, promoting,
+//! leader, failsafe re-acquiring, demoting) whose variants own the key and its belief, and
+//! every deadline it waits on sits in one table (`timers.rs`), whose earliest entry is
+//! [`Node::poll_timeout`].
 
 mod action;
 mod input;
@@ -209,74 +214,121 @@ struct Probe {
 
 /// The HA state machine of one member in one scope. See the [module docs](self).
 ///
+/// # Methods
+///
+/// * Inputs (each takes `now`): [`handle`](Node::handle) with an [`Input`] for every answer
+///   to an [`Action`], every timer and every watch event, and [`Input::Shutdown`];
+///   [`handle_admin`](Node::handle_admin) and [`handle_failsafe_ping`](Node::handle_failsafe_ping)
+///   for requests that need an answer at once.
+/// * Outputs: [`poll_action`](Node::poll_action) (what the driver must do),
+///   [`poll_event`](Node::poll_event) (what happened, for logs and users) and
+///   [`poll_timeout`](Node::poll_timeout) (when to wake the node).
+/// * Queries, which change nothing: [`status`](Node::status),
+///   [`is_acting_leader`](Node::is_acting_leader), [`view`](Node::view),
+///   [`shared_view`](Node::shared_view), [`config`](Node::config),
+///   [`is_stopped`](Node::is_stopped).
+///
 /// # Calling contract
 ///
-/// * Inputs: [`handle`](Node::handle) with an [`Input`] and the current time, for every
-///   answer to an [`Action`] and every timer; [`handle_admin`](Node::handle_admin) and
-///   [`handle_failsafe_ping`](Node::handle_failsafe_ping) answer at once.
-/// * After each input: drain [`poll_action`](Node::poll_action) (carry every action out, in
-///   order, and answer it with its [`Input`] later) and [`poll_event`](Node::poll_event), then
-///   re-read [`poll_timeout`](Node::poll_timeout) and wake the node then with
-///   [`Input::Timeout`].
-/// * Queries that change nothing: [`status`](Node::status),
-///   [`is_acting_leader`](Node::is_acting_leader), [`view`](Node::view),
-///   [`config`](Node::config), [`is_stopped`](Node::is_stopped).
-/// * `now` never goes backwards between calls.
+/// * A new node does nothing until its first timeout, which [`poll_timeout`](Node::poll_timeout)
+///   puts at the `now` it was created with.
+/// * After every input: drain [`poll_action`](Node::poll_action) and carry each action out
+///   in order, answering it later with its [`Input`]; drain [`poll_event`](Node::poll_event);
+///   then re-read [`poll_timeout`](Node::poll_timeout), which any input may move earlier or
+///   later, and call `handle(Input::Timeout, now)` once it has passed. A store request, a
+///   probe or a failsafe check left unanswered fails at its deadline (a store request as an
+///   unknown outcome, rule 3).
+/// * Waking the node early is harmless; waking it late is not: the belief deadline is one of
+///   its timeouts, and a leader must have started demoting by then (rule 1).
+/// * `now` comes from one monotonic clock and never goes backwards between calls.
+/// * [`poll_timeout`](Node::poll_timeout) is `None` only once the node has stopped. A
+///   stopped node takes no new work, but still answers a demotion it asked for: keep
+///   draining actions until the resource has stepped down.
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
-    next_id: u64,
-    attempts: u64,
+
+    // The state and the deadlines it waits on.
+    /// Whether we hold the key and what the resource was asked to be, with what only that
+    /// state has.
+    state: State,
+    /// Every deadline the node waits on; [`poll_timeout`](Node::poll_timeout) is its
+    /// earliest.
+    timers: Timers,
+    /// When the current cycle started (renewal retries count from it).
+    cycle_start: Instant,
+    /// [`Input::Shutdown`] arrived: finish stepping down, then stop.
+    shutting_down: bool,
+    /// Stopped after a shutdown or a fatal error; no new store requests.
+    stopped: bool,
+
+    // Outputs and requests in flight.
     actions: VecDeque<Action>,
     events: VecDeque<NodeEvent>,
+    next_id: u64,
+    /// Store requests waiting for the one in flight; they go out one at a time.
     queue: VecDeque<StoreOp>,
+    /// The store request in flight (its deadline is [`Timer::Request`]).
     in_flight: Option<InFlight>,
+    /// The peer probe in flight (its deadline is [`Timer::Probe`]). Not part of the state: a
+    /// switchover probe outlives the demotion it may cause, and blocks an election until it
+    /// is answered or times out.
     probe: Option<Probe>,
     /// The failsafe check in flight (its deadline is [`Timer::FailsafeCheck`]).
     failsafe_check: Option<RequestId>,
+
+    // What the node knows of the cluster and of its resource.
     /// The last view read; shared, so the node's own copies and a caller that hands the same
     /// view to several nodes (the simulator) clone no records.
     view: Option<Arc<ClusterView>>,
     last_load: Option<Instant>,
-    /// The revision the last [`Action::Watch`] watches from; `Unknown` after a watch fired.
-    watched: Known<Option<Version>>,
-    resource: ResourceStatus,
-    /// A status report has arrived since start. Until then the resource may still run as a
-    /// primary from an earlier life, and following anyone would fail (or worse).
-    resource_known: bool,
-    /// Whether we hold the key and what the resource was asked to be, with what only that
-    /// state has.
-    state: State,
-    /// Token of an acquire in flight or whose outcome is unknown.
-    pending_token: Option<String>,
-    promote_waits_for_sync: Option<Epoch>,
-    /// The leader the resource was last told to follow; `Unknown` when it must be told again.
-    followed: Known<Option<String>>,
-    published: Option<MemberRecord>,
-    /// Every member seen registered in a loaded view within [`ROSTER_MEMORY_TTLS`] ttls, with
-    /// when it was last seen. An election asks these too: a member whose record expired
-    /// because it lost the store may still run, answer peers, and be ahead of us.
-    roster: BTreeMap<String, (MemberRecord, Instant)>,
-    resource_standbys: Vec<String>,
-    cycle_start: Instant,
-    /// Every deadline the node waits on.
-    timers: Timers,
-    renew_failing_since: Option<Instant>,
-    backoff_until: Option<Instant>,
-    failsafe_leader_until: Option<Instant>,
-    /// Failsafe mode: when every member last confirmed us, since our renewals began to fail.
-    failsafe_confirmed: Option<Instant>,
-    watchdog: WatchdogHealth,
-    watchdog_armed: bool,
-    last_refusal: Option<Reason>,
-    /// The leader last reported in [`NodeEvent::LeaderChanged`].
-    last_leader: Known<Option<String>>,
     /// A watch fired since the last load.
     view_stale: bool,
     /// The next load belongs to a regular cycle: publish our member record after it.
     regular_load: bool,
-    shutting_down: bool,
-    stopped: bool,
+    /// The revision the last [`Action::Watch`] watches from; `Unknown` after a watch fired.
+    watched: Known<Option<Version>>,
+    /// The leader last reported in [`NodeEvent::LeaderChanged`].
+    last_leader: Known<Option<String>>,
+    /// Every member seen registered in a loaded view within [`ROSTER_MEMORY_TTLS`] ttls, with
+    /// when it was last seen. An election asks these too: a member whose record expired
+    /// because it lost the store may still run, answer peers, and be ahead of us.
+    roster: BTreeMap<String, (MemberRecord, Instant)>,
+    /// Our member record as last written.
+    published: Option<MemberRecord>,
+    resource: ResourceStatus,
+    /// A status report has arrived since start. Until then the resource may still run as a
+    /// primary from an earlier life, and following anyone would fail (or worse).
+    resource_known: bool,
+    /// The leader the resource was last told to follow; `Unknown` when it must be told again.
+    followed: Known<Option<String>>,
+    watchdog: WatchdogHealth,
+    watchdog_armed: bool,
+
+    // Racing for the key. An acquire in flight is not a state of its own: its answer can
+    // arrive in any state (a node that found its resource primary demotes meanwhile).
+    /// Acquisitions tried so far; part of the next token.
+    attempts: u64,
+    /// Token of an acquire in flight or whose outcome is unknown.
+    pending_token: Option<String>,
+    /// The last reason we did not race for a free key.
+    last_refusal: Option<Reason>,
+    /// After a failed pre-promote: no racing before this instant.
+    backoff_until: Option<Instant>,
+    /// Failsafe mode: a leader whose store is unreachable pinged us; no racing before this
+    /// instant.
+    failsafe_leader_until: Option<Instant>,
+
+    // Keeping the key. These outlive the state that set them (see `lose_lease`, which clears
+    // them), so they are not part of it.
+    /// The epoch whose promotion waits for our write of the sync key.
+    promote_waits_for_sync: Option<Epoch>,
+    /// When renewals began to fail.
+    renew_failing_since: Option<Instant>,
+    /// Failsafe mode: when every member last confirmed us, since our renewals began to fail.
+    failsafe_confirmed: Option<Instant>,
+    /// Synchronous mode: the standbys the resource was last asked to wait for.
+    resource_standbys: Vec<String>,
 }
 
 impl Node {
@@ -325,10 +377,103 @@ impl Node {
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &NodeConfig {
-        &self.cfg
+    // === inputs ===
+
+    /// The one entry point for inputs: store answers, resource answers, timers, watch events.
+    /// After it, drain [`poll_action`](Self::poll_action) and [`poll_event`](Self::poll_event)
+    /// and re-read [`poll_timeout`](Self::poll_timeout). Requests that answer at once have
+    /// methods of their own: [`handle_admin`](Self::handle_admin) and
+    /// [`handle_failsafe_ping`](Self::handle_failsafe_ping).
+    pub fn handle(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Timeout => self.handle_timeout(now),
+            Input::Loaded { id, result } => self.handle_load_shared(id, result, now),
+            Input::Acquired { id, result } => self.handle_acquire(id, result, now),
+            Input::Renewed { id, result } => self.handle_renew(id, result, now),
+            Input::Released { id, result } => self.handle_release(id, result, now),
+            Input::Written { id, result } => self.handle_write(id, result, now),
+            Input::Watched(event) => self.handle_watch_event(event, now),
+            Input::PeersAnswered { id, replies } => self.handle_peer_replies(id, replies, now),
+            Input::FailsafeAnswered { id, all_confirmed } => self.handle_failsafe_result(id, all_confirmed, now),
+            Input::Promoted(result) => self.handle_promoted(result, now),
+            Input::Demoted(result) => self.handle_demoted(result, now),
+            Input::FollowFailed => self.handle_follow_failed(now),
+            Input::WatchdogFailed => self.handle_watchdog_failed(now),
+            Input::ResourceStatus(status) => self.handle_resource_status(status, now),
+            Input::Shutdown => self.handle_shutdown(now),
+        }
     }
+
+    /// An operator's request. Writes the matching control key; completion is reported as
+    /// [`NodeEvent::AdminDone`] with the returned id.
+    pub fn handle_admin(&mut self, request: AdminRequest, now: Instant) -> Result<RequestId, AdminError> {
+        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
+        let candidate = match &request {
+            AdminRequest::Switchover { .. } if self.state.held().is_none() => {
+                return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
+            }
+            AdminRequest::Switchover { candidate: Some(c) } | AdminRequest::Failover { candidate: c } => {
+                Some(c.clone())
+            }
+            _ => None,
+        };
+        if let Some(c) = candidate {
+            self.check_candidate_fresh(&c, now)?;
+        }
+        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
+        let (key, expect, value) = match request {
+            AdminRequest::Switchover { candidate } => {
+                if self.state.held().is_none() {
+                    return Err(AdminError::NotLeader {
+                        leader: view.leader.as_ref().map(|l| l.record.member.clone()),
+                    });
+                }
+                if view.failover.is_some() {
+                    return Err(AdminError::AlreadyPending);
+                }
+                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate };
+                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::Failover { candidate } => {
+                if view.failover.is_some() {
+                    return Err(AdminError::AlreadyPending);
+                }
+                let rec = FailoverRecord { leader: None, candidate: Some(candidate) };
+                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::Pause | AdminRequest::Resume => {
+                let pause = request == AdminRequest::Pause;
+                let mut cfg = view.config.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+                if cfg.pause == pause {
+                    return Err(AdminError::NoChange(if pause { "paused" } else { "running" }));
+                }
+                cfg.pause = pause;
+                (ControlKey::Config, expect_for(view, ControlKey::Config), cfg.encode())
+            }
+        };
+        let id = self.next_request_id();
+        self.queue.push_back(StoreOp::Write { key, expect, value, then: AfterWrite::Admin(id) });
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// Failsafe mode: the leader `leader` pinged us while its store is unreachable. Returns
+    /// whether we accept it; if so we do not race for the key for one ttl.
+    pub fn handle_failsafe_ping(&mut self, leader: &str, now: Instant) -> bool {
+        if !self.failsafe_on() || self.state.held().is_some() {
+            return false;
+        }
+        if let Some(v) = &self.view
+            && v.leader.as_ref().is_some_and(|l| l.record.member != leader)
+        {
+            return false;
+        }
+        self.failsafe_leader_until =
+            Some(now + crate::time::stretch_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
+        true
+    }
+
+    // === outputs ===
 
     /// The next action for the driver, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
@@ -340,32 +485,19 @@ impl Node {
         self.events.pop_front()
     }
 
-    /// When to call [`handle`](Node::handle) with [`Input::Timeout`] next. `None` only after a
-    /// fatal error.
+    /// When to call [`handle`](Node::handle) with [`Input::Timeout`] next: the earliest of
+    /// the next cycle, the belief deadline, and the deadlines of what is in flight. `None`
+    /// only once stopped.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.stopped {
             return None;
         }
-        debug_assert_eq!(self.timers.get(Timer::Belief), self.state.belief_deadline(), "belief timer out of step");
-        debug_assert_eq!(
-            self.timers.get(Timer::Reacquire),
-            self.state.reacquire_deadline(),
-            "reacquire timer out of step"
-        );
-        debug_assert_eq!(
-            self.timers.get(Timer::Request).is_some(),
-            self.in_flight.is_some(),
-            "request timer out of step"
-        );
-        debug_assert_eq!(self.timers.get(Timer::Probe).is_some(), self.probe.is_some(), "probe timer out of step");
-        debug_assert_eq!(
-            self.timers.get(Timer::FailsafeCheck).is_some(),
-            self.failsafe_check.is_some(),
-            "failsafe check timer out of step"
-        );
+        self.debug_assert_timers_in_step();
         // The cycle timer is always armed, so a running node always has a next deadline.
         self.timers.next()
     }
+
+    // === queries ===
 
     /// A snapshot for status endpoints.
     pub fn status(&self) -> NodeStatus {
@@ -397,11 +529,19 @@ impl Node {
         self.view.clone()
     }
 
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
     /// Whether the node has stopped (after [`Input::Shutdown`] completed, or a fatal
-    /// error). A stopped node emits nothing more.
+    /// error). A stopped node sends no more store requests and has no timeout; it still
+    /// sees a demotion it asked for through ([`Input::Demoted`]).
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
+
+    // === input handlers ===
 
     /// Clean shutdown: a leader demotes gracefully and releases the key once the resource
     /// confirms (rule 4); anyone else stops at once. No new cycles start.
@@ -426,33 +566,6 @@ impl Node {
             State::Follower => self.stopped = true,
         }
         self.pump(now);
-    }
-
-    // === inputs ===
-
-    /// The one entry point for inputs: store answers, resource answers, timers, watch events.
-    /// After it, drain [`poll_action`](Self::poll_action) and [`poll_event`](Self::poll_event)
-    /// and re-read [`poll_timeout`](Self::poll_timeout). Requests that answer at once have
-    /// methods of their own: [`handle_admin`](Self::handle_admin) and
-    /// [`handle_failsafe_ping`](Self::handle_failsafe_ping).
-    pub fn handle(&mut self, input: Input, now: Instant) {
-        match input {
-            Input::Timeout => self.handle_timeout(now),
-            Input::Loaded { id, result } => self.handle_load_shared(id, result, now),
-            Input::Acquired { id, result } => self.handle_acquire(id, result, now),
-            Input::Renewed { id, result } => self.handle_renew(id, result, now),
-            Input::Released { id, result } => self.handle_release(id, result, now),
-            Input::Written { id, result } => self.handle_write(id, result, now),
-            Input::Watched(event) => self.handle_watch_event(event, now),
-            Input::PeersAnswered { id, replies } => self.handle_peer_replies(id, replies, now),
-            Input::FailsafeAnswered { id, all_confirmed } => self.handle_failsafe_result(id, all_confirmed, now),
-            Input::Promoted(result) => self.handle_promoted(result, now),
-            Input::Demoted(result) => self.handle_demoted(result, now),
-            Input::FollowFailed => self.handle_follow_failed(now),
-            Input::WatchdogFailed => self.handle_watchdog_failed(now),
-            Input::ResourceStatus(status) => self.handle_resource_status(status, now),
-            Input::Shutdown => self.handle_shutdown(now),
-        }
     }
 
     /// Timers: the loop, the lease belief, request deadlines.
@@ -692,22 +805,6 @@ impl Node {
         }
     }
 
-    /// Failsafe mode: the leader `leader` pinged us while its store is unreachable. Returns
-    /// whether we accept it; if so we do not race for the key for one ttl.
-    pub fn handle_failsafe_ping(&mut self, leader: &str, now: Instant) -> bool {
-        if !self.failsafe_on() || self.state.held().is_some() {
-            return false;
-        }
-        if let Some(v) = &self.view
-            && v.leader.as_ref().is_some_and(|l| l.record.member != leader)
-        {
-            return false;
-        }
-        self.failsafe_leader_until =
-            Some(now + crate::time::stretch_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
-        true
-    }
-
     /// The answer to [`Action::Promote`]. An error is a failed pre-promote: the key is
     /// released and the node backs off for a ttl.
     fn handle_promoted(&mut self, result: Result<(), String>, now: Instant) {
@@ -790,59 +887,6 @@ impl Node {
             self.demote(DemoteMode::Immediate, "required watchdog cannot be armed", true, now);
         }
         self.pump(now);
-    }
-
-    /// An operator's request. Writes the matching control key; completion is reported as
-    /// [`NodeEvent::AdminDone`] with the returned id.
-    pub fn handle_admin(&mut self, request: AdminRequest, now: Instant) -> Result<RequestId, AdminError> {
-        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
-        let candidate = match &request {
-            AdminRequest::Switchover { .. } if self.state.held().is_none() => {
-                return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
-            }
-            AdminRequest::Switchover { candidate: Some(c) } | AdminRequest::Failover { candidate: c } => {
-                Some(c.clone())
-            }
-            _ => None,
-        };
-        if let Some(c) = candidate {
-            self.check_candidate_fresh(&c, now)?;
-        }
-        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
-        let (key, expect, value) = match request {
-            AdminRequest::Switchover { candidate } => {
-                if self.state.held().is_none() {
-                    return Err(AdminError::NotLeader {
-                        leader: view.leader.as_ref().map(|l| l.record.member.clone()),
-                    });
-                }
-                if view.failover.is_some() {
-                    return Err(AdminError::AlreadyPending);
-                }
-                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate };
-                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
-            }
-            AdminRequest::Failover { candidate } => {
-                if view.failover.is_some() {
-                    return Err(AdminError::AlreadyPending);
-                }
-                let rec = FailoverRecord { leader: None, candidate: Some(candidate) };
-                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
-            }
-            AdminRequest::Pause | AdminRequest::Resume => {
-                let pause = request == AdminRequest::Pause;
-                let mut cfg = view.config.as_ref().map(|c| c.value.clone()).unwrap_or_default();
-                if cfg.pause == pause {
-                    return Err(AdminError::NoChange(if pause { "paused" } else { "running" }));
-                }
-                cfg.pause = pause;
-                (ControlKey::Config, expect_for(view, ControlKey::Config), cfg.encode())
-            }
-        };
-        let id = self.next_request_id();
-        self.queue.push_back(StoreOp::Write { key, expect, value, then: AfterWrite::Admin(id) });
-        self.pump(now);
-        Ok(id)
     }
 
     // === the cycle ===
@@ -1662,6 +1706,19 @@ impl Node {
             State::Holding(h) | State::Promoting { held: h, .. } | State::Leader { held: h, .. } => *h = held,
         }
         self.arm_state_timers();
+    }
+
+    /// Each timer that mirrors something is armed exactly while that something exists.
+    fn debug_assert_timers_in_step(&self) {
+        debug_assert_eq!(self.timers.get(Timer::Belief), self.state.belief_deadline(), "belief timer");
+        debug_assert_eq!(self.timers.get(Timer::Reacquire), self.state.reacquire_deadline(), "reacquire timer");
+        debug_assert_eq!(self.timers.get(Timer::Request).is_some(), self.in_flight.is_some(), "request timer");
+        debug_assert_eq!(self.timers.get(Timer::Probe).is_some(), self.probe.is_some(), "probe timer");
+        debug_assert_eq!(
+            self.timers.get(Timer::FailsafeCheck).is_some(),
+            self.failsafe_check.is_some(),
+            "failsafe check timer"
+        );
     }
 
     /// Failsafe: every member confirmed us, so the belief in the key we hold runs at least
