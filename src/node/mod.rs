@@ -1669,7 +1669,8 @@ impl Node {
 
     // === state ===
 
-    /// Every change of state goes through here.
+    /// Every change of variant goes through here; a change inside one ends with
+    /// [`arm_state_timers`](Self::arm_state_timers).
     fn set_state(&mut self, state: State) {
         self.state = state;
         self.arm_state_timers();
@@ -1685,14 +1686,27 @@ impl Node {
     /// Holds `held` from a won acquire or renewal: a replica holds the key, a promoting or
     /// leading node renews it, a failsafe re-acquisition is over (the resource never
     /// stopped acting), a demoting node keeps it for the release.
+    // Inlined so that the caller builds the key in place (a leader's every renewal).
+    #[inline(always)]
     fn hold(&mut self, held: Held) {
-        let state = match std::mem::take(&mut self.state) {
-            State::Follower | State::Holding(_) => State::Holding(held),
-            State::Promoting { epoch, reason, .. } => State::Promoting { held, epoch, reason },
-            State::Leader { epoch, .. } | State::Reacquiring { epoch, .. } => State::Leader { held, epoch },
-            State::Demoting { release, .. } => State::Demoting { release, held: Some(held) },
+        // In place where the variant stays: a leader renews on every cycle, and moving the
+        // whole state out and back showed in the step benchmark.
+        let next = match &mut self.state {
+            State::Holding(h) | State::Promoting { held: h, .. } | State::Leader { held: h, .. } => {
+                *h = held;
+                None
+            }
+            State::Demoting { held: h, .. } => {
+                *h = Some(held);
+                None
+            }
+            State::Follower => Some(State::Holding(held)),
+            State::Reacquiring { epoch, .. } => Some(State::Leader { held, epoch: *epoch }),
         };
-        self.set_state(state);
+        match next {
+            Some(state) => self.set_state(state),
+            None => self.arm_state_timers(),
+        }
     }
 
     /// Adopts a key a read showed ours although we did not know we held it (an acquire whose
