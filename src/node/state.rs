@@ -133,3 +133,65 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::record::{LeaderRecord, Version};
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_origin(Duration::from_millis(ms))
+    }
+
+    fn held(until: u64) -> Held {
+        let record = LeaderRecord { member: "a".into(), token: "a/1-1".into(), api_url: None, conn_url: None };
+        let lease = Lease { record, epoch: Epoch(7), version: Version::new(1), valid_for: Duration::from_secs(5) };
+        Held { lease, acting_until: at(until) }
+    }
+
+    #[test]
+    fn role_belief_and_deadlines_per_state() {
+        let promoting = State::Promoting { held: held(100), epoch: Epoch(7), reason: "failover" };
+        let leader = State::Leader { held: held(100), epoch: Epoch(7) };
+        let reacquiring = State::Reacquiring { epoch: Epoch(7), until: at(300), adopted: Some(held(50)) };
+        let demoting = State::Demoting { release: true, held: Some(held(100)) };
+        let cases = [
+            (State::Follower, NodeRole::Replica, None, None, None),
+            (State::Holding(held(100)), NodeRole::Promoting, None, None, None),
+            (promoting, NodeRole::Promoting, Some(at(100)), None, None),
+            (leader, NodeRole::Leader, Some(at(100)), None, Some(Epoch(7))),
+            (reacquiring, NodeRole::Leader, None, Some(at(300)), Some(Epoch(7))),
+            (demoting, NodeRole::Demoting, None, None, None),
+        ];
+        for (state, role, belief_deadline, reacquire_deadline, acting) in cases {
+            assert_eq!(state.role(), role, "{state:?}");
+            assert_eq!(state.belief_deadline(), belief_deadline, "{state:?}");
+            assert_eq!(state.reacquire_deadline(), reacquire_deadline, "{state:?}");
+            assert_eq!(state.acting_epoch(), acting, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn a_reacquisition_acts_until_the_later_of_its_two_beliefs() {
+        let adopted_later = State::Reacquiring { epoch: Epoch(7), until: at(300), adopted: Some(held(400)) };
+        assert_eq!(adopted_later.belief(), Some(at(400)));
+        let none_adopted = State::Reacquiring { epoch: Epoch(7), until: at(300), adopted: None };
+        assert_eq!(none_adopted.belief(), Some(at(300)));
+        assert_eq!(State::Follower.belief(), None);
+    }
+
+    #[test]
+    fn taking_the_key_keeps_the_resource_part() {
+        let mut holding = State::Holding(held(100));
+        assert!(holding.take_held().is_some());
+        assert!(matches!(holding, State::Follower), "a holding node without its key is a follower");
+        let mut demoting = State::Demoting { release: true, held: Some(held(100)) };
+        assert!(demoting.take_held().is_some());
+        assert!(matches!(demoting, State::Demoting { release: true, held: None }));
+        let mut leader = State::Leader { held: held(100), epoch: Epoch(7) };
+        assert!(leader.take_held().is_none(), "a leader's key is not taken this way");
+        assert!(leader.held().is_some());
+    }
+}
