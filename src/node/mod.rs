@@ -20,9 +20,17 @@
 //! 3. an acquire with an unknown outcome is followed by a re-read, and the node promotes only
 //!    after the read shows its own token *and* a renewal succeeds;
 //! 4. write key -> arm watchdog -> promote(epoch); demote -> confirmed -> release.
+//!
+//! Inside, the node's state is one enum (`state.rs`: follower, holding the key, promoting,
+//! leader, failsafe re-acquiring, demoting) whose variants own the key and its belief, and
+//! every deadline it waits on sits in one table (`timers.rs`), whose earliest entry is
+//! [`Node::poll_timeout`].
 
 mod action;
 mod input;
+mod known;
+mod state;
+mod timers;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroUsize;
@@ -41,6 +49,9 @@ use crate::record::{
 };
 use crate::rules::{self, ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
 use crate::time::Instant;
+use known::Known;
+use state::{Held, State};
+use timers::{Timer, Timers};
 
 /// How long, in ttls, a member absent from the store stays on the roster an election asks.
 /// Asking a member that is really gone costs at most one probe timeout per election; missing
@@ -159,26 +170,6 @@ pub struct NodeStatus {
     pub last_load: Option<Instant>,
 }
 
-/// What the resource has been asked to be.
-#[derive(Clone, Debug, PartialEq)]
-enum Primary {
-    /// Not primary (replica, stopped or unknown).
-    No,
-    /// Asked to promote under this epoch.
-    Promoting(Epoch),
-    /// Confirmed primary under this epoch.
-    Acting(Epoch),
-    /// Asked to demote; release this lease once confirmed.
-    Demoting { release: bool },
-}
-
-#[derive(Clone, Debug)]
-struct Held {
-    lease: Lease,
-    /// The end of our belief: we must not act as leader at or after this instant.
-    acting_until: Instant,
-}
-
 #[derive(Clone, Debug, PartialEq)]
 enum StoreOp {
     Load,
@@ -207,7 +198,6 @@ struct InFlight {
     id: RequestId,
     op: StoreOp,
     sent_at: Instant,
-    deadline: Instant,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -220,80 +210,125 @@ enum ProbePurpose {
 struct Probe {
     id: RequestId,
     purpose: ProbePurpose,
-    deadline: Instant,
 }
 
 /// The HA state machine of one member in one scope. See the [module docs](self).
 ///
+/// # Methods
+///
+/// * Inputs (each takes `now`): [`handle`](Node::handle) with an [`Input`] for every answer
+///   to an [`Action`], every timer and every watch event, and [`Input::Shutdown`];
+///   [`handle_admin`](Node::handle_admin) and [`handle_failsafe_ping`](Node::handle_failsafe_ping)
+///   for requests that need an answer at once.
+/// * Outputs: [`poll_action`](Node::poll_action) (what the driver must do),
+///   [`poll_event`](Node::poll_event) (what happened, for logs and users) and
+///   [`poll_timeout`](Node::poll_timeout) (when to wake the node).
+/// * Queries, which change nothing: [`status`](Node::status),
+///   [`is_acting_leader`](Node::is_acting_leader), [`view`](Node::view),
+///   [`shared_view`](Node::shared_view), [`config`](Node::config),
+///   [`is_stopped`](Node::is_stopped).
+///
 /// # Calling contract
 ///
-/// * Inputs: [`handle`](Node::handle) with an [`Input`] and the current time, for every
-///   answer to an [`Action`] and every timer; [`handle_admin`](Node::handle_admin) and
-///   [`handle_failsafe_ping`](Node::handle_failsafe_ping) answer at once.
-/// * After each input: drain [`poll_action`](Node::poll_action) (carry every action out, in
-///   order, and answer it with its [`Input`] later) and [`poll_event`](Node::poll_event), then
-///   re-read [`poll_timeout`](Node::poll_timeout) and wake the node then with
-///   [`Input::Timeout`].
-/// * Queries that change nothing: [`status`](Node::status),
-///   [`is_acting_leader`](Node::is_acting_leader), [`view`](Node::view),
-///   [`config`](Node::config), [`is_stopped`](Node::is_stopped).
-/// * `now` never goes backwards between calls.
+/// * A new node does nothing until its first timeout, which [`poll_timeout`](Node::poll_timeout)
+///   puts at the `now` it was created with.
+/// * After every input: drain [`poll_action`](Node::poll_action) and carry each action out
+///   in order, answering it later with its [`Input`]; drain [`poll_event`](Node::poll_event);
+///   then re-read [`poll_timeout`](Node::poll_timeout), which any input may move earlier or
+///   later, and call `handle(Input::Timeout, now)` once it has passed. A store request, a
+///   probe or a failsafe check left unanswered fails at its deadline (a store request as an
+///   unknown outcome, rule 3).
+/// * Waking the node early is harmless; waking it late is not: the belief deadline is one of
+///   its timeouts, and a leader must have started demoting by then (rule 1).
+/// * `now` comes from one monotonic clock and never goes backwards between calls.
+/// * [`poll_timeout`](Node::poll_timeout) is `None` only once the node has stopped. A
+///   stopped node takes no new work, but still answers a demotion it asked for: keep
+///   draining actions until the resource has stepped down.
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
-    next_id: u64,
-    attempts: u64,
+
+    // The state and the deadlines it waits on.
+    /// Whether we hold the key and what the resource was asked to be, with what only that
+    /// state has.
+    state: State,
+    /// Every deadline the node waits on; [`poll_timeout`](Node::poll_timeout) is its
+    /// earliest.
+    timers: Timers,
+    /// When the current cycle started (renewal retries count from it).
+    cycle_start: Instant,
+    /// [`Input::Shutdown`] arrived: finish stepping down, then stop.
+    shutting_down: bool,
+    /// Stopped after a shutdown or a fatal error; no new store requests.
+    stopped: bool,
+
+    // Outputs and requests in flight.
     actions: VecDeque<Action>,
     events: VecDeque<NodeEvent>,
+    next_id: u64,
+    /// Store requests waiting for the one in flight; they go out one at a time.
     queue: VecDeque<StoreOp>,
+    /// The store request in flight (its deadline is [`Timer::Request`]).
     in_flight: Option<InFlight>,
+    /// The peer probe in flight (its deadline is [`Timer::Probe`]). Not part of the state: a
+    /// switchover probe outlives the demotion it may cause, and blocks an election until it
+    /// is answered or times out.
     probe: Option<Probe>,
-    failsafe_check: Option<(RequestId, Instant)>,
+    /// The failsafe check in flight (its deadline is [`Timer::FailsafeCheck`]).
+    failsafe_check: Option<RequestId>,
+
+    // What the node knows of the cluster and of its resource.
     /// The last view read; shared, so the node's own copies and a caller that hands the same
     /// view to several nodes (the simulator) clone no records.
     view: Option<Arc<ClusterView>>,
     last_load: Option<Instant>,
-    watched: Option<Option<Version>>,
-    resource: ResourceStatus,
-    /// A status report has arrived since start. Until then the resource may still run as a
-    /// primary from an earlier life, and following anyone would fail (or worse).
-    resource_known: bool,
-    held: Option<Held>,
-    /// Token of an acquire in flight or whose outcome is unknown.
-    pending_token: Option<String>,
-    primary: Primary,
-    promote_waits_for_sync: Option<Epoch>,
-    /// Why the current promotion happens, taken when it starts (the request is cleared meanwhile).
-    promotion_reason: &'static str,
-    followed: Option<Option<String>>,
-    published: Option<MemberRecord>,
-    /// Every member seen registered in a loaded view within [`ROSTER_MEMORY_TTLS`] ttls, with
-    /// when it was last seen. An election asks these too: a member whose record expired
-    /// because it lost the store may still run, answer peers, and be ahead of us.
-    roster: BTreeMap<String, (MemberRecord, Instant)>,
-    resource_standbys: Vec<String>,
-    cycle_start: Instant,
-    next_cycle: Instant,
-    renew_retry_at: Option<Instant>,
-    renew_failing_since: Option<Instant>,
-    backoff_until: Option<Instant>,
-    failsafe_leader_until: Option<Instant>,
-    /// Failsafe mode: when every member last confirmed us, since our renewals began to fail.
-    failsafe_confirmed: Option<Instant>,
-    /// Failsafe mode: the key expired while the store was unreachable and nobody took it; we
-    /// act until this instant (the belief the members' confirmation gave) while we take it
-    /// back under a new epoch, without demoting.
-    reacquire_until: Option<Instant>,
-    watchdog: WatchdogHealth,
-    watchdog_armed: bool,
-    last_refusal: Option<Reason>,
-    last_leader: Option<Option<String>>,
     /// A watch fired since the last load.
     view_stale: bool,
     /// The next load belongs to a regular cycle: publish our member record after it.
     regular_load: bool,
-    shutting_down: bool,
-    stopped: bool,
+    /// The revision the last [`Action::Watch`] watches from; `Unknown` after a watch fired.
+    watched: Known<Option<Version>>,
+    /// The leader last reported in [`NodeEvent::LeaderChanged`].
+    last_leader: Known<Option<String>>,
+    /// Every member seen registered in a loaded view within [`ROSTER_MEMORY_TTLS`] ttls, with
+    /// when it was last seen. An election asks these too: a member whose record expired
+    /// because it lost the store may still run, answer peers, and be ahead of us.
+    roster: BTreeMap<String, (MemberRecord, Instant)>,
+    /// Our member record as last written.
+    published: Option<MemberRecord>,
+    resource: ResourceStatus,
+    /// A status report has arrived since start. Until then the resource may still run as a
+    /// primary from an earlier life, and following anyone would fail (or worse).
+    resource_known: bool,
+    /// The leader the resource was last told to follow; `Unknown` when it must be told again.
+    followed: Known<Option<String>>,
+    watchdog: WatchdogHealth,
+    watchdog_armed: bool,
+
+    // Racing for the key. An acquire in flight is not a state of its own: its answer can
+    // arrive in any state (a node that found its resource primary demotes meanwhile).
+    /// Acquisitions tried so far; part of the next token.
+    attempts: u64,
+    /// Token of an acquire in flight or whose outcome is unknown.
+    pending_token: Option<String>,
+    /// The last reason we did not race for a free key.
+    last_refusal: Option<Reason>,
+    /// After a failed pre-promote: no racing before this instant.
+    backoff_until: Option<Instant>,
+    /// Failsafe mode: a leader whose store is unreachable pinged us; no racing before this
+    /// instant.
+    failsafe_leader_until: Option<Instant>,
+
+    // Keeping the key. These outlive the state that set them (see `lose_lease`, which clears
+    // them), so they are not part of it.
+    /// The epoch whose promotion waits for our write of the sync key.
+    promote_waits_for_sync: Option<Epoch>,
+    /// When renewals began to fail.
+    renew_failing_since: Option<Instant>,
+    /// Failsafe mode: when every member last confirmed us, since our renewals began to fail.
+    failsafe_confirmed: Option<Instant>,
+    /// Synchronous mode: the standbys the resource was last asked to wait for.
+    resource_standbys: Vec<String>,
 }
 
 impl Node {
@@ -301,6 +336,8 @@ impl Node {
     pub fn new(cfg: NodeConfig, now: Instant) -> Result<Self, crate::config::TimingError> {
         cfg.timing.validate()?;
         let watchdog = if cfg.watchdog == WatchdogMode::Off { WatchdogHealth::Off } else { WatchdogHealth::Working };
+        let mut timers = Timers::default();
+        timers.set(Timer::Cycle, now);
         Ok(Node {
             cfg,
             next_id: 0,
@@ -313,146 +350,31 @@ impl Node {
             failsafe_check: None,
             view: None,
             last_load: None,
-            watched: None,
+            watched: Known::Unknown,
             resource: ResourceStatus::default(),
             resource_known: false,
-            held: None,
+            state: State::Follower,
             pending_token: None,
-            primary: Primary::No,
             promote_waits_for_sync: None,
-            promotion_reason: "failover",
-            followed: None,
+            followed: Known::Unknown,
             published: None,
             roster: BTreeMap::new(),
             resource_standbys: Vec::new(),
             cycle_start: now,
-            next_cycle: now,
-            renew_retry_at: None,
+            timers,
             renew_failing_since: None,
             backoff_until: None,
             failsafe_leader_until: None,
             failsafe_confirmed: None,
-            reacquire_until: None,
             watchdog,
             watchdog_armed: false,
             last_refusal: None,
-            last_leader: None,
+            last_leader: Known::Unknown,
             view_stale: true,
             regular_load: false,
             shutting_down: false,
             stopped: false,
         })
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &NodeConfig {
-        &self.cfg
-    }
-
-    /// The next action for the driver, if any.
-    pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
-    }
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<NodeEvent> {
-        self.events.pop_front()
-    }
-
-    /// When to call [`handle`](Node::handle) with [`Input::Timeout`] next. `None` only after a
-    /// fatal error.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.stopped {
-            return None;
-        }
-        let mut t = self.next_cycle;
-        let mut consider = |o: Option<Instant>| {
-            if let Some(x) = o {
-                t = t.min(x);
-            }
-        };
-        // The belief deadline matters only while acting: a held but not acting lease (an
-        // adopted key, a late answer) has a belief that already ended, and returning that
-        // past instant would make the driver spin until the renewal comes back.
-        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) && self.reacquire_until.is_none() {
-            consider(self.held.as_ref().map(|h| h.acting_until));
-        }
-        consider(self.in_flight.as_ref().map(|f| f.deadline));
-        consider(self.probe.as_ref().map(|p| p.deadline));
-        consider(self.failsafe_check.map(|(_, d)| d));
-        consider(self.reacquire_until);
-        consider(self.renew_retry_at);
-        Some(t)
-    }
-
-    /// A snapshot for status endpoints.
-    pub fn status(&self) -> NodeStatus {
-        let role = if self.stopped {
-            NodeRole::Stopped
-        } else {
-            match (&self.primary, &self.held) {
-                (Primary::Demoting { .. }, _) => NodeRole::Demoting,
-                (Primary::Acting(_), Some(_)) => NodeRole::Leader,
-                (Primary::Acting(_), None) if self.reacquire_until.is_some() => NodeRole::Leader,
-                (Primary::Promoting(_), _) | (_, Some(_)) => NodeRole::Promoting,
-                (Primary::Acting(_), None) => NodeRole::Demoting,
-                (Primary::No, None) => NodeRole::Replica,
-            }
-        };
-        NodeStatus {
-            role,
-            epoch: self.held.as_ref().map(|h| h.lease.epoch),
-            lease_deadline: self.held.as_ref().map(|h| h.acting_until),
-            leader: self.view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.record.member.clone()),
-            paused: self.paused(),
-            last_refusal: self.last_refusal.clone(),
-            last_load: self.last_load,
-        }
-    }
-
-    /// Whether the resource may accept writes as primary right now: it is confirmed primary
-    /// and our belief of holding the key has not run out.
-    pub fn is_acting_leader(&self, now: Instant) -> bool {
-        let belief = self.held.as_ref().map(|h| h.acting_until).max(self.reacquire_until);
-        matches!(self.primary, Primary::Acting(_)) && belief.is_some_and(|until| now < until)
-    }
-
-    /// The last loaded view.
-    pub fn view(&self) -> Option<&ClusterView> {
-        self.view.as_deref()
-    }
-
-    /// The last cluster view, shared: no copy is made (the node never changes a view it took).
-    pub fn shared_view(&self) -> Option<Arc<ClusterView>> {
-        self.view.clone()
-    }
-
-    /// Whether the node has stopped (after [`Input::Shutdown`] completed, or a fatal
-    /// error). A stopped node emits nothing more.
-    pub fn is_stopped(&self) -> bool {
-        self.stopped
-    }
-
-    /// Clean shutdown: a leader demotes gracefully and releases the key once the resource
-    /// confirms (rule 4); anyone else stops at once. No new cycles start.
-    fn handle_shutdown(&mut self, now: Instant) {
-        if self.stopped || self.shutting_down {
-            return;
-        }
-        self.shutting_down = true;
-        self.probe = None;
-        self.queue.retain(|op| matches!(op, StoreOp::Renew));
-        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
-            self.demote(DemoteMode::Graceful, "shutting down", true, now);
-        } else if let Primary::Demoting { release } = &mut self.primary {
-            *release = self.held.is_some();
-        } else if let Some(h) = self.held.take() {
-            self.disarm_watchdog();
-            self.enqueue_front(StoreOp::Release(h.lease));
-        } else {
-            self.stopped = true;
-        }
-        self.pump(now);
     }
 
     // === inputs ===
@@ -482,20 +404,184 @@ impl Node {
         }
     }
 
+    /// An operator's request. Writes the matching control key; completion is reported as
+    /// [`NodeEvent::AdminDone`] with the returned id.
+    pub fn handle_admin(&mut self, request: AdminRequest, now: Instant) -> Result<RequestId, AdminError> {
+        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
+        let candidate = match &request {
+            AdminRequest::Switchover { .. } if self.state.held().is_none() => {
+                return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
+            }
+            AdminRequest::Switchover { candidate: Some(c) } | AdminRequest::Failover { candidate: c } => {
+                Some(c.clone())
+            }
+            _ => None,
+        };
+        if let Some(c) = candidate {
+            self.check_candidate_fresh(&c, now)?;
+        }
+        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
+        let (key, expect, value) = match request {
+            AdminRequest::Switchover { candidate } => {
+                if self.state.held().is_none() {
+                    return Err(AdminError::NotLeader {
+                        leader: view.leader.as_ref().map(|l| l.record.member.clone()),
+                    });
+                }
+                if view.failover.is_some() {
+                    return Err(AdminError::AlreadyPending);
+                }
+                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate };
+                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::Failover { candidate } => {
+                if view.failover.is_some() {
+                    return Err(AdminError::AlreadyPending);
+                }
+                let rec = FailoverRecord { leader: None, candidate: Some(candidate) };
+                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::Pause | AdminRequest::Resume => {
+                let pause = request == AdminRequest::Pause;
+                let mut cfg = view.config.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+                if cfg.pause == pause {
+                    return Err(AdminError::NoChange(if pause { "paused" } else { "running" }));
+                }
+                cfg.pause = pause;
+                (ControlKey::Config, expect_for(view, ControlKey::Config), cfg.encode())
+            }
+        };
+        let id = self.next_request_id();
+        self.queue.push_back(StoreOp::Write { key, expect, value, then: AfterWrite::Admin(id) });
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// Failsafe mode: the leader `leader` pinged us while its store is unreachable. Returns
+    /// whether we accept it; if so we do not race for the key for one ttl.
+    pub fn handle_failsafe_ping(&mut self, leader: &str, now: Instant) -> bool {
+        if !self.failsafe_on() || self.state.held().is_some() {
+            return false;
+        }
+        if let Some(v) = &self.view
+            && v.leader.as_ref().is_some_and(|l| l.record.member != leader)
+        {
+            return false;
+        }
+        self.failsafe_leader_until =
+            Some(now + crate::time::stretch_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
+        true
+    }
+
+    // === outputs ===
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`handle`](Node::handle) with [`Input::Timeout`] next: the earliest of
+    /// the next cycle, the belief deadline, and the deadlines of what is in flight. `None`
+    /// only once stopped.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.stopped {
+            return None;
+        }
+        self.debug_assert_timers_in_step();
+        // The cycle timer is always armed, so a running node always has a next deadline.
+        self.timers.next()
+    }
+
+    // === queries ===
+
+    /// A snapshot for status endpoints.
+    pub fn status(&self) -> NodeStatus {
+        let role = if self.stopped { NodeRole::Stopped } else { self.state.role() };
+        NodeStatus {
+            role,
+            epoch: self.state.held().map(|h| h.lease.epoch),
+            lease_deadline: self.state.held().map(|h| h.acting_until),
+            leader: self.view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.record.member.clone()),
+            paused: self.paused(),
+            last_refusal: self.last_refusal.clone(),
+            last_load: self.last_load,
+        }
+    }
+
+    /// Whether the resource may accept writes as primary right now: it is confirmed primary
+    /// and our belief of holding the key has not run out.
+    pub fn is_acting_leader(&self, now: Instant) -> bool {
+        self.state.acting_epoch().is_some() && self.state.belief().is_some_and(|until| now < until)
+    }
+
+    /// The last loaded view.
+    pub fn view(&self) -> Option<&ClusterView> {
+        self.view.as_deref()
+    }
+
+    /// The last cluster view, shared: no copy is made (the node never changes a view it took).
+    pub fn shared_view(&self) -> Option<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    /// Whether the node has stopped (after [`Input::Shutdown`] completed, or a fatal
+    /// error). A stopped node sends no more store requests and has no timeout; it still
+    /// sees a demotion it asked for through ([`Input::Demoted`]).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    // === input handlers ===
+
+    /// Clean shutdown: a leader demotes gracefully and releases the key once the resource
+    /// confirms (rule 4); anyone else stops at once. No new cycles start.
+    fn handle_shutdown(&mut self, now: Instant) {
+        if self.stopped || self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        self.end_probe();
+        self.queue.retain(|op| matches!(op, StoreOp::Renew));
+        match &mut self.state {
+            State::Promoting { .. } | State::Leader { .. } | State::Reacquiring { .. } => {
+                self.demote(DemoteMode::Graceful, "shutting down", true, now);
+            }
+            State::Demoting { release, held } => *release = held.is_some(),
+            State::Holding(_) => {
+                if let Some(h) = self.state.take_held() {
+                    self.disarm_watchdog();
+                    self.enqueue_front(StoreOp::Release(h.lease));
+                }
+            }
+            State::Follower => self.stopped = true,
+        }
+        self.pump(now);
+    }
+
     /// Timers: the loop, the lease belief, request deadlines.
     fn handle_timeout(&mut self, now: Instant) {
         if self.stopped {
             return;
         }
-        if let Some(h) = &self.held
+        if let Some(h) = self.state.held()
             && now >= h.acting_until
         {
-            if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) && self.reacquire_until.is_none() {
+            if matches!(self.state, State::Promoting { .. } | State::Leader { .. }) {
                 tracing::warn!(node = %self.cfg.name, "lease belief ran out without a successful renewal");
                 self.lose_lease(now, DemoteMode::Offline, "lease belief ran out");
             } else if !self.queue.contains(&StoreOp::Renew)
                 && !self.is_in_flight(&StoreOp::Renew)
-                && self.renew_retry_at.is_none()
+                && self.timers.get(Timer::RenewRetry).is_none()
             {
                 // Not acting (an adopted key, or a won answer that came too late): no harm
                 // done, but only a won renewal may start acting again.
@@ -503,36 +589,34 @@ impl Node {
             }
         }
         if let Some(f) = &self.in_flight
-            && now >= f.deadline
+            && self.timers.is_due(Timer::Request, now)
         {
             let id = f.id;
             // No answer within retry_timeout: the outcome is unknown (rule 3).
             self.handle_store_error(id, DcsError::unknown("no answer within retry_timeout"), now);
         }
-        if let Some(p) = &self.probe
-            && now >= p.deadline
-        {
-            self.probe = None;
+        if self.timers.is_due(Timer::Probe, now) {
+            self.end_probe();
         }
-        if let Some((id, d)) = self.failsafe_check
-            && now >= d
+        if let Some(id) = self.failsafe_check
+            && self.timers.is_due(Timer::FailsafeCheck, now)
         {
             self.handle_failsafe_result(id, false, now);
         }
-        if self.reacquire_until.is_some_and(|t| now >= t) {
+        if self.timers.is_due(Timer::Reacquire, now) {
             self.lose_lease(
                 now,
                 DemoteMode::Offline,
                 "could not take the leader key back before the failsafe belief ran out",
             );
         }
-        if self.renew_retry_at.is_some_and(|t| now >= t) {
-            self.renew_retry_at = None;
-            if self.held.is_some() {
+        if self.timers.is_due(Timer::RenewRetry, now) {
+            self.timers.clear(Timer::RenewRetry);
+            if self.state.held().is_some() {
                 self.enqueue_front(StoreOp::Renew);
             }
         }
-        if now >= self.next_cycle {
+        if self.timers.is_due(Timer::Cycle, now) {
             self.start_cycle(now);
         }
         self.pump(now);
@@ -570,7 +654,7 @@ impl Node {
             Ok(CasOutcome::Won(lease)) => self.take_lease(lease, f.sent_at, now),
             Ok(CasOutcome::Lost(current)) => {
                 self.pending_token = None;
-                if self.reacquire_until.is_some() {
+                if matches!(self.state, State::Reacquiring { .. }) {
                     self.lose_lease(now, DemoteMode::ImmediateNoLock, "another member took the leader key first");
                 }
                 if let Some(l) = current {
@@ -593,7 +677,7 @@ impl Node {
         match result {
             // A renewal of a lease we have since given up (handed to a release, or lost)
             // must not bring it back.
-            Ok(CasOutcome::Won(lease)) if self.held.as_ref().is_some_and(|h| h.lease.epoch == lease.epoch) => {
+            Ok(CasOutcome::Won(lease)) if self.state.held().is_some_and(|h| h.lease.epoch == lease.epoch) => {
                 self.renew_failing_since = None;
                 self.take_lease(lease, f.sent_at, now);
             }
@@ -653,12 +737,12 @@ impl Node {
         match event {
             crate::dcs::WatchEvent::Timeout => {}
             crate::dcs::WatchEvent::Changed | crate::dcs::WatchEvent::Resync => {
-                self.watched = None;
+                self.watched = Known::Unknown;
                 self.view_stale = true;
                 // A leader reads at its next regular cycle; everyone else reads at once so a
                 // vanished leader key starts an election without waiting for the timer. The
                 // read alone writes nothing, so events cannot feed back into more events.
-                if self.held.is_none() && !self.shutting_down && !self.stopped {
+                if self.state.held().is_none() && !self.shutting_down && !self.stopped {
                     if !self.queue.contains(&StoreOp::Load) && !self.is_in_flight(&StoreOp::Load) {
                         self.queue.push_back(StoreOp::Load);
                     }
@@ -676,10 +760,10 @@ impl Node {
         let is_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
         // A resource that reports primary without our say-so is demoted (Patroni: "demoting
         // self because I do not have the lock").
-        if is_primary && !was_primary && self.primary == Primary::No && self.held.is_none() && !self.paused() {
+        if is_primary && !was_primary && matches!(self.state, State::Follower) && !self.paused() {
             self.demote(DemoteMode::ImmediateNoLock, "resource is primary but we do not hold the key", false, now);
         } else if first
-            && self.primary == Primary::No
+            && self.state.is_replica()
             && let Some(view) = &self.view
         {
             // Following was held back until the resource was known (see `follow`).
@@ -691,6 +775,7 @@ impl Node {
     /// The answer to [`Action::ProbePeers`].
     fn handle_peer_replies(&mut self, id: RequestId, replies: Vec<PeerReply>, now: Instant) {
         let Some(probe) = self.probe.take_if(|p| p.id == id) else { return };
+        self.timers.clear(Timer::Probe);
         match probe.purpose {
             ProbePurpose::Election => self.decide_election(&replies, now),
             ProbePurpose::Switchover { candidate } => self.decide_switchover(candidate, &replies, now),
@@ -701,15 +786,14 @@ impl Node {
     /// The answer to [`Action::FailsafeCheck`]: `all_confirmed` only if every listed member
     /// accepted us as leader.
     fn handle_failsafe_result(&mut self, id: RequestId, all_confirmed: bool, now: Instant) {
-        let Some((_, _)) = self.failsafe_check.take_if(|(i, _)| *i == id) else { return };
+        let Some(_) = self.failsafe_check.take_if(|i| *i == id) else { return };
+        self.timers.clear(Timer::FailsafeCheck);
         let Some(sent_at) = self.renew_failing_since else { return };
-        if all_confirmed && self.held.is_some() {
+        if all_confirmed && self.state.held().is_some() {
             // Every member promised not to race for a ttl after our ping, which was sent no
             // earlier than `now - retry_timeout`: extend the belief from then.
             let from = now.saturating_sub(self.cfg.timing.retry_timeout).max(sent_at);
-            if let Some(h) = self.held.as_mut() {
-                h.acting_until = h.acting_until.max(from + self.cfg.timing.belief_for(self.cfg.timing.ttl));
-            }
+            self.extend_belief(from + self.cfg.timing.belief_for(self.cfg.timing.ttl));
             if self.failsafe_confirmed.replace(now).is_none() {
                 tracing::warn!(node = %self.cfg.name, "store unreachable; every member confirmed us (failsafe): staying leader");
             } else {
@@ -721,34 +805,20 @@ impl Node {
         }
     }
 
-    /// Failsafe mode: the leader `leader` pinged us while its store is unreachable. Returns
-    /// whether we accept it; if so we do not race for the key for one ttl.
-    pub fn handle_failsafe_ping(&mut self, leader: &str, now: Instant) -> bool {
-        if !self.failsafe_on() || self.held.is_some() {
-            return false;
-        }
-        if let Some(v) = &self.view
-            && v.leader.as_ref().is_some_and(|l| l.record.member != leader)
-        {
-            return false;
-        }
-        self.failsafe_leader_until =
-            Some(now + crate::time::stretch_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
-        true
-    }
-
     /// The answer to [`Action::Promote`]. An error is a failed pre-promote: the key is
     /// released and the node backs off for a ttl.
     fn handle_promoted(&mut self, result: Result<(), String>, now: Instant) {
-        let Primary::Promoting(epoch) = self.primary else { return };
+        let State::Promoting { epoch, reason, .. } = self.state else { return };
         match result {
-            Ok(()) if self.held.is_some() => {
-                self.primary = Primary::Acting(epoch);
+            Ok(()) => {
+                if let State::Promoting { held, .. } = std::mem::take(&mut self.state) {
+                    self.set_state(State::Leader { held, epoch });
+                }
                 self.events.push_back(NodeEvent::Promoted { epoch });
                 // The same primary under a new epoch is no new timeline (a history entry would
                 // make every replica look a timeline behind) and keeps its standbys.
-                if self.promotion_reason != REACQUIRED {
-                    self.record_history(epoch);
+                if reason != REACQUIRED {
+                    self.record_history(epoch, reason);
                     if self.sync_on() && self.cfg.synchronous_mode_strict {
                         // Strict: the sync key names only us, so there is no standby yet. Asked
                         // only once promoted (a resource that failed to promote is no primary to
@@ -758,7 +828,6 @@ impl Node {
                     }
                 }
             }
-            Ok(()) => self.demote(DemoteMode::ImmediateNoLock, "promoted after the lease was lost", false, now),
             Err(why) => {
                 tracing::warn!(node = %self.cfg.name, %why, "promote failed; releasing the key and backing off");
                 self.backoff_until = Some(now + self.cfg.timing.ttl);
@@ -770,28 +839,25 @@ impl Node {
 
     /// The answer to [`Action::Demote`].
     fn handle_demoted(&mut self, result: Result<(), String>, now: Instant) {
-        let Primary::Demoting { release } = self.primary else { return };
+        let State::Demoting { release, .. } = self.state else { return };
         if let Err(why) = result {
             tracing::error!(node = %self.cfg.name, %why, "demote failed; retrying immediately");
             self.actions.push_back(Action::Demote { mode: DemoteMode::Immediate });
             return;
         }
-        self.primary = Primary::No;
+        let held = self.state.take_held();
+        self.set_state(State::Follower);
         self.events.push_back(NodeEvent::Demoted);
         self.disarm_watchdog();
-        if release {
-            if let Some(h) = self.held.take() {
-                self.enqueue_front(StoreOp::Release(h.lease));
-            }
-        } else {
-            self.held = None;
+        if release && let Some(h) = held {
+            self.enqueue_front(StoreOp::Release(h.lease));
         }
         if self.shutting_down && !self.queue.iter().any(|op| matches!(op, StoreOp::Release(_))) {
             self.stopped = true;
             return;
         }
         let leader = self.view.as_ref().and_then(|v| v.leader.clone());
-        self.followed = None;
+        self.followed = Known::Unknown;
         self.follow(leader.as_ref(), now);
         self.pump(now);
     }
@@ -799,7 +865,7 @@ impl Node {
     /// The resource could not follow the leader named by the last [`Action::Follow`] (for
     /// example the leader was still initialising). The next read of the cluster asks again.
     fn handle_follow_failed(&mut self, _now: Instant) {
-        self.followed = None;
+        self.followed = Known::Unknown;
     }
 
     /// [`check_candidate`] on the current view; a member unknown to a view a watch marked stale
@@ -817,85 +883,35 @@ impl Node {
     fn handle_watchdog_failed(&mut self, now: Instant) {
         self.watchdog = WatchdogHealth::Failed;
         self.watchdog_armed = false;
-        if self.cfg.watchdog == WatchdogMode::Required && self.held.is_some() {
+        if self.cfg.watchdog == WatchdogMode::Required && self.state.held().is_some() {
             self.demote(DemoteMode::Immediate, "required watchdog cannot be armed", true, now);
         }
         self.pump(now);
-    }
-
-    /// An operator's request. Writes the matching control key; completion is reported as
-    /// [`NodeEvent::AdminDone`] with the returned id.
-    pub fn handle_admin(&mut self, request: AdminRequest, now: Instant) -> Result<RequestId, AdminError> {
-        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
-        let candidate = match &request {
-            AdminRequest::Switchover { .. } if self.held.is_none() => {
-                return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
-            }
-            AdminRequest::Switchover { candidate: Some(c) } | AdminRequest::Failover { candidate: c } => {
-                Some(c.clone())
-            }
-            _ => None,
-        };
-        if let Some(c) = candidate {
-            self.check_candidate_fresh(&c, now)?;
-        }
-        let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
-        let (key, expect, value) = match request {
-            AdminRequest::Switchover { candidate } => {
-                if self.held.is_none() {
-                    return Err(AdminError::NotLeader {
-                        leader: view.leader.as_ref().map(|l| l.record.member.clone()),
-                    });
-                }
-                if view.failover.is_some() {
-                    return Err(AdminError::AlreadyPending);
-                }
-                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate };
-                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
-            }
-            AdminRequest::Failover { candidate } => {
-                if view.failover.is_some() {
-                    return Err(AdminError::AlreadyPending);
-                }
-                let rec = FailoverRecord { leader: None, candidate: Some(candidate) };
-                (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
-            }
-            AdminRequest::Pause | AdminRequest::Resume => {
-                let pause = request == AdminRequest::Pause;
-                let mut cfg = view.config.as_ref().map(|c| c.value.clone()).unwrap_or_default();
-                if cfg.pause == pause {
-                    return Err(AdminError::NoChange(if pause { "paused" } else { "running" }));
-                }
-                cfg.pause = pause;
-                (ControlKey::Config, expect_for(view, ControlKey::Config), cfg.encode())
-            }
-        };
-        let id = self.next_request_id();
-        self.queue.push_back(StoreOp::Write { key, expect, value, then: AfterWrite::Admin(id) });
-        self.pump(now);
-        Ok(id)
     }
 
     // === the cycle ===
 
     fn start_cycle(&mut self, now: Instant) {
         if self.shutting_down {
-            self.next_cycle = now + self.cfg.timing.loop_wait;
-            if self.held.is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
+            self.timers.set(Timer::Cycle, now + self.cfg.timing.loop_wait);
+            if self.state.held().is_some()
+                && !self.queue.contains(&StoreOp::Renew)
+                && !self.is_in_flight(&StoreOp::Renew)
+            {
                 self.enqueue_front(StoreOp::Renew);
             }
             return;
         }
         self.cycle_start = now;
-        self.next_cycle = now + self.cfg.timing.loop_wait;
-        if self.held.is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
+        self.timers.set(Timer::Cycle, now + self.cfg.timing.loop_wait);
+        if self.state.held().is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
             // Renew first: only a won renewal extends leadership (rule 2).
             self.enqueue_front(StoreOp::Renew);
         }
         // A leader needs the view only for admin requests and the sync set: re-read when a
         // watch says something changed, or at least once per ttl as a backstop (rule 7).
         let view_old = self.last_load.is_none_or(|t| now >= t + self.cfg.timing.ttl / 2);
-        if (self.held.is_none() || self.view_stale || view_old)
+        if (self.state.held().is_none() || self.view_stale || view_old)
             && !self.queue.contains(&StoreOp::Load)
             && !self.is_in_flight(&StoreOp::Load)
         {
@@ -905,18 +921,18 @@ impl Node {
     }
 
     fn schedule_cycle(&mut self, now: Instant) {
-        self.next_cycle = self.next_cycle.min(now);
+        self.timers.set_no_later(Timer::Cycle, now);
     }
 
     fn on_view(&mut self, view: Arc<ClusterView>, now: Instant) {
         let leader = view.leader.clone();
         let leader_name = leader.as_ref().map(|l| l.record.member.clone());
-        if self.last_leader.as_ref() != Some(&leader_name) {
-            self.last_leader = Some(leader_name.clone());
+        if !self.last_leader.is(&leader_name) {
+            self.last_leader = Known::Value(leader_name.clone());
             self.events.push_back(NodeEvent::LeaderChanged { leader: leader_name });
         }
-        if self.watched.as_ref() != Some(&view.revision) {
-            self.watched = Some(view.revision.clone());
+        if !self.watched.is(&view.revision) {
+            self.watched = Known::Value(view.revision.clone());
             self.actions.push_back(Action::Watch { after: view.revision.clone() });
         }
         self.remember_members(&view, now);
@@ -926,7 +942,7 @@ impl Node {
             self.publish_member_if_changed();
         }
 
-        if let Some(h) = &self.held {
+        if let Some(h) = self.state.held() {
             let ours = leader.as_ref().is_some_and(|l| {
                 l.epoch == h.lease.epoch
                     && l.record.member == h.lease.record.member
@@ -953,7 +969,7 @@ impl Node {
         // A key this process wrote but no longer believes it holds (it demoted offline while
         // the store kept its session alive): nobody else can acquire it while it exists, so
         // abandoning it would leave the cluster leaderless for as long as we live.
-        let abandoned_own_key = self.primary == Primary::No
+        let abandoned_own_key = matches!(self.state, State::Follower)
             && !self.shutting_down
             && leader.as_ref().is_some_and(|l| self.is_this_incarnations(&l.record));
         if let Some(l) = &leader
@@ -968,7 +984,7 @@ impl Node {
                 version: l.version.clone(),
                 valid_for: Duration::ZERO,
             };
-            self.held = Some(Held { lease, acting_until: now });
+            self.adopt(Held { lease, acting_until: now });
             self.pending_token = None;
             self.enqueue_front(StoreOp::Renew);
             return;
@@ -976,7 +992,7 @@ impl Node {
         match leader {
             Some(l) => {
                 self.pending_token = None;
-                if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+                if self.state.is_promoting_or_acting() {
                     self.demote(DemoteMode::ImmediateNoLock, "another member holds the leader key", false, now);
                 }
                 self.follow(Some(&l), now);
@@ -986,7 +1002,7 @@ impl Node {
                     // Unknown outcome, and the key is free: the acquire did not happen.
                     self.pending_token = None;
                 }
-                if self.reacquire_until.is_some() {
+                if matches!(self.state, State::Reacquiring { .. }) {
                     // The previous attempt failed before reaching the store: try again.
                     if !self.in_flight_is_acquire() && !self.queue.iter().any(|op| matches!(op, StoreOp::Acquire(_))) {
                         let op = self.acquire_op();
@@ -994,7 +1010,7 @@ impl Node {
                     }
                     return;
                 }
-                if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+                if self.state.is_promoting_or_acting() {
                     self.demote(DemoteMode::Offline, "resource is primary but the key is free", false, now);
                     return;
                 }
@@ -1008,16 +1024,16 @@ impl Node {
     }
 
     fn start_election(&mut self, now: Instant) {
-        if self.probe.is_some() || self.primary != Primary::No || self.in_flight_is_acquire() {
+        if self.probe.is_some() || !self.state.is_replica() || self.in_flight_is_acquire() {
             return;
         }
         let Some(view) = &self.view else { return };
         let peers = self.election_peers(view);
         let id = self.next_request_id();
-        self.probe = Some(Probe { id, purpose: ProbePurpose::Election, deadline: now + self.cfg.timing.retry_timeout });
+        self.start_probe(id, ProbePurpose::Election, now);
         if peers.is_empty() {
             // Nobody to ask: decide at once.
-            self.probe = None;
+            self.end_probe();
             self.decide_election(&[], now);
         } else {
             self.actions.push_back(Action::ProbePeers { id, peers });
@@ -1026,7 +1042,7 @@ impl Node {
 
     fn decide_election(&mut self, replies: &[PeerReply], now: Instant) {
         let Some(view) = &self.view else { return };
-        if view.leader.is_some() || self.held.is_some() || self.primary != Primary::No {
+        if view.leader.is_some() || !matches!(self.state, State::Follower) {
             return;
         }
         let me = self.my_status();
@@ -1063,31 +1079,32 @@ impl Node {
     fn take_lease(&mut self, lease: Lease, sent_at: Instant, now: Instant) {
         let acting_until = sent_at + self.cfg.timing.belief_for(lease.valid_for);
         let epoch = lease.epoch;
-        let fresh = self.held.as_ref().is_none_or(|h| h.lease.epoch != epoch);
+        let fresh = self.state.held().is_none_or(|h| h.lease.epoch != epoch);
         self.pending_token = None;
         self.failsafe_confirmed = None;
-        let reacquired = self.reacquire_until.take().is_some();
+        let reacquired = matches!(self.state, State::Reacquiring { .. });
         if acting_until <= now {
             // The answer came too late to act on; keep the key and renew at once.
-            self.held = Some(Held { lease, acting_until: now });
-            self.renew_retry_at = Some(now);
+            self.hold(Held { lease, acting_until: now });
+            self.timers.set(Timer::RenewRetry, now);
             return;
         }
-        self.held = Some(Held { lease, acting_until });
+        self.hold(Held { lease, acting_until });
         if fresh {
             self.events.push_back(NodeEvent::Acquired { epoch });
         }
         self.keepalive_watchdog();
-        if self.primary == Primary::No {
+        if self.state.is_replica() {
             self.become_primary(epoch, now);
-        } else if let Primary::Acting(old) = self.primary
+        } else if let State::Leader { epoch: old, .. } = self.state
             && reacquired
             && old != epoch
         {
             // The resource never stopped: hand it the new epoch so that its fence follows.
             tracing::warn!(node = %self.cfg.name, old = %old, new = %epoch, "took the leader key back after the store outage (failsafe); the resource kept running as primary");
-            self.promotion_reason = REACQUIRED;
-            self.primary = Primary::Promoting(epoch);
+            if let State::Leader { held, .. } = std::mem::take(&mut self.state) {
+                self.set_state(State::Promoting { held, epoch, reason: REACQUIRED });
+            }
             self.actions.push_back(Action::Promote { epoch });
         }
     }
@@ -1130,7 +1147,7 @@ impl Node {
             {
                 tracing::warn!(node = %self.cfg.name, sync = ?s, "won the key but the sync key does not name us; releasing it");
                 self.last_refusal = Some(Reason::NotInSyncSet);
-                if let Some(h) = self.held.take() {
+                if let Some(h) = self.state.take_held() {
                     self.disarm_watchdog();
                     self.enqueue_front(StoreOp::Release(h.lease));
                 }
@@ -1154,18 +1171,27 @@ impl Node {
         self.promote(epoch, now);
     }
 
+    /// Asks the resource to promote under `epoch`, on the key we hold.
     fn promote(&mut self, epoch: Epoch, _now: Instant) {
-        self.primary = Primary::Promoting(epoch);
         let view = self.view.as_deref();
         // No history key at all (garbage in it has a version): the first leader recorded.
         let first = view.is_some_and(|v| v.control_version(ControlKey::History).is_none());
-        self.promotion_reason = match view.and_then(|v| v.failover.as_ref()) {
+        let reason = match view.and_then(|v| v.failover.as_ref()) {
             Some(f) if f.value.leader.is_some() => "switchover",
             Some(_) => "manual failover",
             None if first => "bootstrap",
             None => "failover",
         };
-        self.followed = None;
+        let held = match std::mem::take(&mut self.state) {
+            State::Holding(held) | State::Promoting { held, .. } | State::Leader { held, .. } => Some(held),
+            State::Reacquiring { adopted: held, .. } | State::Demoting { held, .. } => held,
+            State::Follower => None,
+        };
+        // Every caller holds the key (checked just before); without one there is nothing to
+        // promote on.
+        let Some(held) = held else { return };
+        self.set_state(State::Promoting { held, epoch, reason });
+        self.followed = Known::Unknown;
         self.resource_standbys.clear();
         self.actions.push_back(Action::Promote { epoch });
         // A new leader clears a satisfied or stale failover request.
@@ -1176,9 +1202,8 @@ impl Node {
 
     fn leader_duties(&mut self, now: Instant) {
         let Some(view) = self.view.clone() else { return };
-        if self.primary == Primary::No
+        if let State::Holding(h) = &self.state
             && self.promote_waits_for_sync.is_none()
-            && let Some(h) = &self.held
             && now < h.acting_until
         {
             let epoch = h.lease.epoch;
@@ -1186,7 +1211,7 @@ impl Node {
         }
         // Status: the leader's position and the roster, written only when they changed.
         if let Some(pos) = self.resource.position
-            && matches!(self.primary, Primary::Acting(_))
+            && self.state.acting_epoch().is_some()
         {
             let failsafe = self.failsafe_on().then(|| {
                 view.members
@@ -1213,7 +1238,7 @@ impl Node {
                 });
             }
         }
-        if self.sync_on() && matches!(self.primary, Primary::Acting(_)) {
+        if self.sync_on() && self.state.acting_epoch().is_some() {
             self.maintain_sync_set(&view);
         }
         if let Some(f) = &view.failover {
@@ -1224,15 +1249,11 @@ impl Node {
             if req.candidate.as_deref() == Some(me) || !aimed_at_me {
                 // Satisfied (we lead) or addressed to a former leader: clear it.
                 self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
-            } else if matches!(self.primary, Primary::Acting(_)) && self.probe.is_none() {
+            } else if self.state.acting_epoch().is_some() && self.probe.is_none() {
                 let peers: Vec<MemberRecord> =
                     view.members.iter().map(|m| &m.value).filter(|m| m.name != me).cloned().collect();
                 let id = self.next_request_id();
-                self.probe = Some(Probe {
-                    id,
-                    purpose: ProbePurpose::Switchover { candidate: req.candidate.clone() },
-                    deadline: now + self.cfg.timing.retry_timeout,
-                });
+                self.start_probe(id, ProbePurpose::Switchover { candidate: req.candidate.clone() }, now);
                 self.actions.push_back(Action::ProbePeers { id, peers });
             }
         }
@@ -1251,7 +1272,7 @@ impl Node {
             }
             PeerReply::Unreachable { .. } => false,
         });
-        if healthy && matches!(self.primary, Primary::Acting(_)) {
+        if healthy && self.state.acting_epoch().is_some() {
             self.demote(DemoteMode::Graceful, "switchover requested", true, now);
         } else {
             tracing::warn!(node = %self.cfg.name, ?candidate, "switchover refused: no healthy candidate");
@@ -1361,12 +1382,12 @@ impl Node {
                     // Act on the request now rather than a loop_wait later: a switchover sent to
                     // the leader is what an operator times.
                     self.view_stale = true;
-                    self.next_cycle = self.next_cycle.min(now);
+                    self.timers.set_no_later(Timer::Cycle, now);
                 }
             }
             AfterWrite::PromoteAfterSync => {
                 let epoch = self.promote_waits_for_sync.take();
-                match (won, epoch, &self.held) {
+                match (won, epoch, self.state.held()) {
                     (true, Some(e), Some(h)) if h.lease.epoch == e && now < h.acting_until => self.promote(e, now),
                     // Lost the CAS or the lease: re-read, and the next cycle decides again.
                     _ => self.view_stale = true,
@@ -1381,7 +1402,7 @@ impl Node {
         }
     }
 
-    fn record_history(&mut self, epoch: Epoch) {
+    fn record_history(&mut self, epoch: Epoch, reason: &'static str) {
         let Some(view) = &self.view else { return };
         let mut history = view.history.as_ref().map(|h| h.value.clone()).unwrap_or_default();
         let timeline = history.0.last().map_or(1, |e| e.timeline + 1);
@@ -1389,7 +1410,7 @@ impl Node {
         entries.push(HistoryEntry {
             timeline,
             position: self.resource.position.unwrap_or(0),
-            reason: self.promotion_reason.into(),
+            reason: reason.into(),
             leader: self.cfg.name.clone(),
             epoch,
         });
@@ -1409,21 +1430,39 @@ impl Node {
 
     // === stepping down ===
 
+    /// The key is lost (or its belief ran out): forget it, stop renewing it, and demote at
+    /// once without touching it (rule 4).
     fn lose_lease(&mut self, now: Instant, mode: DemoteMode, why: &'static str) {
-        if self.held.take().is_none() && !matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
-            return;
+        // What the resource does once the key is gone: nothing, demote, or go on demoting.
+        enum Then {
+            Disarm,
+            Demote,
+            KeepDemoting,
         }
-        self.renew_retry_at = None;
+        let then = match &mut self.state {
+            State::Follower | State::Demoting { held: None, .. } => return,
+            State::Holding(_) => {
+                self.set_state(State::Follower);
+                Then::Disarm
+            }
+            State::Promoting { .. } | State::Leader { .. } | State::Reacquiring { .. } => Then::Demote,
+            State::Demoting { release, held } => {
+                // Nothing is left to release.
+                *release = false;
+                *held = None;
+                Then::KeepDemoting
+            }
+        };
+        self.timers.clear(Timer::RenewRetry);
         self.renew_failing_since = None;
-        self.failsafe_check = None;
+        self.end_failsafe_check();
         self.failsafe_confirmed = None;
-        self.reacquire_until = None;
         self.promote_waits_for_sync = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
-        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_) | Primary::Demoting { .. }) {
-            self.demote(mode, why, false, now);
-        } else {
-            self.disarm_watchdog();
+        match then {
+            Then::Disarm => self.disarm_watchdog(),
+            Then::Demote => self.start_demote(mode, why, false, None),
+            Then::KeepDemoting => {}
         }
         self.schedule_cycle(now + self.cfg.timing.loop_wait.min(Duration::from_secs(1)));
     }
@@ -1431,14 +1470,24 @@ impl Node {
     /// Asks the resource to step down. With `release`, the key is released once the demotion
     /// is confirmed (rule 4: demote -> confirm -> release), and renewals continue meanwhile.
     fn demote(&mut self, mode: DemoteMode, why: &'static str, release: bool, _now: Instant) {
-        if let Primary::Demoting { release: r } = &mut self.primary {
-            // Already stepping down; a lost key cancels a pending release.
-            *r = *r && release && self.held.is_some();
-            return;
-        }
-        let release = release && self.held.is_some();
-        self.reacquire_until = None;
-        self.primary = Primary::Demoting { release };
+        let held = match std::mem::take(&mut self.state) {
+            State::Demoting { release: r, held } => {
+                // Already stepping down; a lost key cancels a pending release.
+                let release = r && release && held.is_some();
+                self.set_state(State::Demoting { release, held });
+                return;
+            }
+            State::Follower => None,
+            State::Holding(held) | State::Promoting { held, .. } | State::Leader { held, .. } => Some(held),
+            State::Reacquiring { adopted, .. } => adopted,
+        };
+        let release = release && held.is_some();
+        self.start_demote(mode, why, release, held);
+    }
+
+    /// Enters [`State::Demoting`] from any other state and asks the resource to demote.
+    fn start_demote(&mut self, mode: DemoteMode, why: &'static str, release: bool, held: Option<Held>) {
+        self.set_state(State::Demoting { release, held });
         self.events.push_back(NodeEvent::Demoting { mode, why });
         tracing::warn!(node = %self.cfg.name, ?mode, why, "demoting");
         self.actions.push_back(Action::Demote { mode });
@@ -1448,26 +1497,27 @@ impl Node {
         // A process restarted under a resource still running as primary (a former leader)
         // must demote before anything else: not follow until the first status report says
         // what the resource is.
-        if self.primary != Primary::No || !self.resource_known {
+        if !self.state.is_replica() || !self.resource_known {
             return;
         }
         // Never follow ourselves (a view loaded while we still held the key).
         let leader = leader.filter(|l| l.record.member != self.cfg.name);
         let name = leader.map(|l| l.record.member.clone());
-        if self.followed.as_ref() == Some(&name) {
+        if self.followed.is(&name) {
             return;
         }
         let conn_url = leader.and_then(|l| l.record.conn_url.clone());
-        self.followed = Some(name.clone());
+        self.followed = Known::Value(name.clone());
         self.actions.push_back(Action::Follow { leader: name, conn_url });
     }
 
     fn fatal(&mut self, e: DcsError, now: Instant) {
         tracing::error!(node = %self.cfg.name, error = %e, "fatal store error; stopping");
-        if matches!(self.primary, Primary::Promoting(_) | Primary::Acting(_)) {
+        if self.state.is_promoting_or_acting() {
             self.demote(DemoteMode::Offline, "fatal store error", false, now);
         }
-        self.held = None;
+        // Whatever the resource does, the key is no longer ours to renew or release.
+        self.state.take_held();
         self.stopped = true;
         self.queue.clear();
         self.events.push_back(NodeEvent::Fatal(e.to_string()));
@@ -1507,7 +1557,7 @@ impl Node {
             }
             StoreOp::Acquire(_) => {
                 self.pending_token = None;
-                if self.reacquire_until.is_some() {
+                if matches!(self.state, State::Reacquiring { .. }) {
                     // Retry from a fresh read soon; the belief deadline still bounds acting.
                     self.schedule_cycle(now + (self.cfg.timing.retry_timeout / 8).max(Duration::from_millis(50)));
                 }
@@ -1529,7 +1579,7 @@ impl Node {
                 tracing::info!(node = %self.cfg.name, error = %e, "load failed");
                 // Retry soon; a leader keeps renewing regardless.
                 let retry = now + self.cfg.timing.loop_wait.min(Duration::from_secs(1));
-                self.next_cycle = self.next_cycle.min(retry);
+                self.timers.set_no_later(Timer::Cycle, retry);
             }
             _ => tracing::info!(node = %self.cfg.name, error = %e, "store request failed"),
         }
@@ -1543,17 +1593,22 @@ impl Node {
         self.failsafe_on()
             && self.failsafe_confirmed.is_some()
             && !self.shutting_down
-            && matches!(self.primary, Primary::Acting(_))
-            && self.held.as_ref().is_some_and(|h| now < h.acting_until)
+            && self.state.acting_epoch().is_some()
+            && self.state.held().is_some_and(|h| now < h.acting_until)
     }
 
     fn reacquire(&mut self) {
-        let Some(h) = self.held.take() else { return };
+        let epoch = match &self.state {
+            State::Leader { epoch, .. } | State::Reacquiring { epoch, adopted: Some(_), .. } => *epoch,
+            _ => return,
+        };
+        let Some(h) = self.state.held() else { return };
         tracing::warn!(node = %self.cfg.name, epoch = %h.lease.epoch, "the leader key expired while the store was unreachable and nobody took it; every member confirmed us (failsafe): taking it back without demoting");
-        self.reacquire_until = Some(h.acting_until);
-        self.renew_retry_at = None;
+        let until = h.acting_until;
+        self.set_state(State::Reacquiring { epoch, until, adopted: None });
+        self.timers.clear(Timer::RenewRetry);
         self.renew_failing_since = None;
-        self.failsafe_check = None;
+        self.end_failsafe_check();
         self.failsafe_confirmed = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
         let op = self.acquire_op();
@@ -1576,15 +1631,15 @@ impl Node {
 
     fn renew_failed(&mut self, e: DcsError, now: Instant) {
         let since = *self.renew_failing_since.get_or_insert(self.cycle_start.min(now));
-        let Some((epoch, acting_until)) = self.held.as_ref().map(|h| (h.lease.epoch, h.acting_until)) else { return };
+        let Some((epoch, acting_until)) = self.state.held().map(|h| (h.lease.epoch, h.acting_until)) else { return };
         let budget_left = now < since + self.cfg.timing.retry_timeout;
         let retry_at = now + (self.cfg.timing.retry_timeout / 8).max(Duration::from_millis(50));
         if budget_left && retry_at < acting_until {
             tracing::info!(node = %self.cfg.name, error = %e, "renew failed; retrying");
-            self.renew_retry_at = Some(retry_at);
+            self.timers.set(Timer::RenewRetry, retry_at);
             return;
         }
-        if self.failsafe_on() && matches!(self.primary, Primary::Acting(_)) {
+        if self.failsafe_on() && self.state.acting_epoch().is_some() {
             // Once confirmed, ask again once per loop (Patroni's cadence), not on every renewal
             // retry: the confirmed belief runs ttl - margin - retry_timeout, more than a loop.
             let cadence = self.cfg.timing.loop_wait.min(self.cfg.timing.ttl / 4);
@@ -1598,17 +1653,95 @@ impl Node {
                 let id = self.next_request_id();
                 // The check must finish while we may still act.
                 let deadline = acting_until.min(now + self.cfg.timing.retry_timeout);
-                self.failsafe_check = Some((id, deadline));
+                self.failsafe_check = Some(id);
+                self.timers.set(Timer::FailsafeCheck, deadline);
                 self.actions.push_back(Action::FailsafeCheck { id, peers, epoch });
             }
             // A check in flight has its own deadline; a confirmed belief is bounded by
             // `acting_until` like any other.
             if self.failsafe_check.is_some() || self.failsafe_confirmed.is_some() {
-                self.renew_retry_at = Some(retry_at);
+                self.timers.set(Timer::RenewRetry, retry_at);
                 return;
             }
         }
         self.lose_lease(now, DemoteMode::Offline, "cannot renew the leader key within retry_timeout");
+    }
+
+    // === state ===
+
+    /// Every change of variant goes through here; a change inside one ends with
+    /// [`arm_state_timers`](Self::arm_state_timers).
+    fn set_state(&mut self, state: State) {
+        self.state = state;
+        self.arm_state_timers();
+    }
+
+    /// The belief and re-acquisition timers follow the state; this is the one place that
+    /// writes them.
+    fn arm_state_timers(&mut self) {
+        self.timers.set_or_clear(Timer::Belief, self.state.belief_deadline());
+        self.timers.set_or_clear(Timer::Reacquire, self.state.reacquire_deadline());
+    }
+
+    /// Holds `held` from a won acquire or renewal: a replica holds the key, a promoting or
+    /// leading node renews it, a failsafe re-acquisition is over (the resource never
+    /// stopped acting), a demoting node keeps it for the release.
+    // Inlined so that the caller builds the key in place (a leader's every renewal).
+    #[inline(always)]
+    fn hold(&mut self, held: Held) {
+        // In place where the variant stays: a leader renews on every cycle, and moving the
+        // whole state out and back showed in the step benchmark.
+        let next = match &mut self.state {
+            State::Holding(h) | State::Promoting { held: h, .. } | State::Leader { held: h, .. } => {
+                *h = held;
+                None
+            }
+            State::Demoting { held: h, .. } => {
+                *h = Some(held);
+                None
+            }
+            State::Follower => Some(State::Holding(held)),
+            State::Reacquiring { epoch, .. } => Some(State::Leader { held, epoch: *epoch }),
+        };
+        match next {
+            Some(state) => self.set_state(state),
+            None => self.arm_state_timers(),
+        }
+    }
+
+    /// Adopts a key a read showed ours although we did not know we held it (an acquire whose
+    /// answer was lost, a key this process dropped). It acts only once a renewal proves it.
+    fn adopt(&mut self, held: Held) {
+        match &mut self.state {
+            State::Follower => self.set_state(State::Holding(held)),
+            State::Reacquiring { adopted: h, .. } | State::Demoting { held: h, .. } => *h = Some(held),
+            // Only a node that holds no key adopts one; were it otherwise, the adopted key
+            // would simply replace it.
+            State::Holding(h) | State::Promoting { held: h, .. } | State::Leader { held: h, .. } => *h = held,
+        }
+        self.arm_state_timers();
+    }
+
+    /// Each timer that mirrors something is armed exactly while that something exists.
+    fn debug_assert_timers_in_step(&self) {
+        debug_assert_eq!(self.timers.get(Timer::Belief), self.state.belief_deadline(), "belief timer");
+        debug_assert_eq!(self.timers.get(Timer::Reacquire), self.state.reacquire_deadline(), "reacquire timer");
+        debug_assert_eq!(self.timers.get(Timer::Request).is_some(), self.in_flight.is_some(), "request timer");
+        debug_assert_eq!(self.timers.get(Timer::Probe).is_some(), self.probe.is_some(), "probe timer");
+        debug_assert_eq!(
+            self.timers.get(Timer::FailsafeCheck).is_some(),
+            self.failsafe_check.is_some(),
+            "failsafe check timer"
+        );
+    }
+
+    /// Failsafe: every member confirmed us, so the belief in the key we hold runs at least
+    /// until `until`.
+    fn extend_belief(&mut self, until: Instant) {
+        if let Some(h) = self.state.held_mut() {
+            h.acting_until = h.acting_until.max(until);
+        }
+        self.arm_state_timers();
     }
 
     // === plumbing ===
@@ -1652,7 +1785,26 @@ impl Node {
     }
 
     fn take_in_flight(&mut self, id: RequestId) -> Option<InFlight> {
-        self.in_flight.take_if(|f| f.id == id)
+        let taken = self.in_flight.take_if(|f| f.id == id);
+        if taken.is_some() {
+            self.timers.clear(Timer::Request);
+        }
+        taken
+    }
+
+    fn start_probe(&mut self, id: RequestId, purpose: ProbePurpose, now: Instant) {
+        self.probe = Some(Probe { id, purpose });
+        self.timers.set(Timer::Probe, now + self.cfg.timing.retry_timeout);
+    }
+
+    fn end_probe(&mut self) {
+        self.probe = None;
+        self.timers.clear(Timer::Probe);
+    }
+
+    fn end_failsafe_check(&mut self) {
+        self.failsafe_check = None;
+        self.timers.clear(Timer::FailsafeCheck);
     }
 
     /// Issues the next queued store request if none is in flight.
@@ -1665,7 +1817,7 @@ impl Node {
         let action = match &op {
             StoreOp::Load => Action::Load { id },
             StoreOp::Acquire(record) => Action::Acquire { id, record: record.clone() },
-            StoreOp::Renew => match &self.held {
+            StoreOp::Renew => match self.state.held() {
                 Some(h) => {
                     debug_assert_eq!(h.lease.record.member, self.cfg.name, "renewing another member's key");
                     Action::Renew { id, lease: h.lease.clone() }
@@ -1682,7 +1834,8 @@ impl Node {
             }
             StoreOp::Delete { key, expect } => Action::DeleteControl { id, key: *key, expect: expect.clone() },
         };
-        self.in_flight = Some(InFlight { id, op, sent_at: now, deadline: now + self.cfg.timing.retry_timeout });
+        self.in_flight = Some(InFlight { id, op, sent_at: now });
+        self.timers.set(Timer::Request, now + self.cfg.timing.retry_timeout);
         self.actions.push_back(action);
     }
 

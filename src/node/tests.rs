@@ -1233,7 +1233,7 @@ fn run_failsafe(
     let mut seen = Vec::new();
     let mut now = from;
     // What the store holds once we win the key (epoch 7 before the outage, 8 after).
-    let mut ours: Option<Lease> = n.held.as_ref().map(|h| h.lease.clone());
+    let mut ours: Option<Lease> = n.state.held().map(|h| h.lease.clone());
     while now < until {
         n.handle_timeout(now);
         while let Some(action) = n.poll_action() {
