@@ -1387,7 +1387,13 @@ impl Node {
             }
             AfterWrite::PromoteAfterSync => {
                 let epoch = self.promote_waits_for_sync.take();
-                match (won, epoch, self.state.held()) {
+                // Only from `Holding`: a node that began demoting meanwhile (a required
+                // watchdog failed, a shutdown) must not promote when the write lands.
+                let holding = match &self.state {
+                    State::Holding(h) => Some(h),
+                    _ => None,
+                };
+                match (won, epoch, holding) {
                     (true, Some(e), Some(h)) if h.lease.epoch == e && now < h.acting_until => self.promote(e, now),
                     // Lost the CAS or the lease: re-read, and the next cycle decides again.
                     _ => self.view_stale = true,

@@ -140,6 +140,36 @@ fn watchdog_is_armed_before_promote() {
     assert!(arm < promote, "{actions:?}");
 }
 
+/// Found by reading the state enum (helper note): a required watchdog that fails while the
+/// sync-key write before promotion is in flight starts a demotion; the write landing after
+/// that must not promote.
+#[test]
+fn a_watchdog_failure_during_the_sync_write_is_never_followed_by_a_promotion() {
+    let mut cfg = NodeConfig::new("a", 1);
+    cfg.timing = Timing::fast();
+    cfg.watchdog = WatchdogMode::Required;
+    cfg.synchronous_mode = true;
+    let mut n = Node::new(cfg, at(0)).unwrap();
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 3))), at(20));
+    let actions = drain(&mut n);
+    let write = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::WriteControl { id, key: ControlKey::Sync, .. } => Some(*id),
+            _ => None,
+        })
+        .expect("the sync key is written before promoting");
+    n.handle(Input::WatchdogFailed, at(30));
+    let during = drain(&mut n);
+    n.handle_write(write, Ok(true), at(40));
+    let after = drain(&mut n);
+    assert!(
+        !during.iter().chain(&after).any(|a| matches!(a, Action::Promote { .. })),
+        "promoted after the watchdog failed: {during:?} then {after:?}"
+    );
+}
+
 #[test]
 fn failed_renewals_demote_before_the_belief_runs_out() {
     let mut n = node("a");
