@@ -1636,8 +1636,10 @@ impl Node {
     }
 
     fn renew_failed(&mut self, e: DcsError, now: Instant) {
-        let since = *self.renew_failing_since.get_or_insert(self.cycle_start.min(now));
+        // Not holding (the key was released meanwhile): nothing to retry, and no failure
+        // clock to start, or a later term's first failed renewal would find its budget spent.
         let Some((epoch, acting_until)) = self.state.held().map(|h| (h.lease.epoch, h.acting_until)) else { return };
+        let since = *self.renew_failing_since.get_or_insert(self.cycle_start.min(now));
         let budget_left = now < since + self.cfg.timing.retry_timeout;
         let retry_at = now + (self.cfg.timing.retry_timeout / 8).max(Duration::from_millis(50));
         if budget_left && retry_at < acting_until {
