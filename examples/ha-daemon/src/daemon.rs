@@ -10,12 +10,17 @@ use leasehold::driver::{self, LinuxWatchdog, NoWatchdog, Resource, Watchdog};
 use leasehold::node::{NodeEvent, WatchdogMode};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, MemberActions};
 use crate::config::{DaemonConfig, ResourceConfig};
 use crate::hooks::{HookResource, mode_name};
+use crate::metrics::{MeteredDcs, MeteredResource, Metrics};
 use crate::postgres::PgResource;
 use crate::probe::HttpProbe;
 use crate::store;
+
+/// The resource as the driver sees it, the native PostgreSQL one when configured, and the
+/// operator actions it offers.
+type Resources = (Arc<dyn Resource>, Option<Arc<PgResource>>, Arc<dyn MemberActions>);
 
 /// A number that differs on every start, so two incarnations of a member are told apart.
 fn incarnation() -> u64 {
@@ -34,10 +39,16 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
     let store = store::connect(&config.store, &config.scope, &config.timing)
         .await
         .with_context(|| format!("cannot connect to the {} store", config.store.kind()))?;
+    // Every store request and resource action is timed for /metrics.
+    let metrics = Arc::new(Metrics::default());
+    let dcs: Arc<dyn leasehold::Dcs> = Arc::new(MeteredDcs::new(store.dcs.clone(), metrics.clone()));
     tracing::info!(scope = %config.scope, name = %config.name, store = config.store.kind(), api = %config.restapi.connect_url, "starting");
 
-    let (resource, postgres): (Arc<dyn Resource>, Option<Arc<PgResource>>) = match &config.resource {
-        ResourceConfig::Hooks(h) => (Arc::new(HookResource::new(h.clone(), &config.scope, &config.name)), None),
+    let (resource, postgres, actions): Resources = match &config.resource {
+        ResourceConfig::Hooks(h) => {
+            let hooks = Arc::new(HookResource::new(h.clone(), &config.scope, &config.name));
+            (hooks.clone(), None, hooks)
+        }
         ResourceConfig::Postgres(p) => {
             let pg = Arc::new(
                 PgResource::new(
@@ -49,7 +60,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
                 )
                 .map_err(anyhow::Error::msg)?,
             );
-            (pg.clone(), Some(pg))
+            (pg.clone(), Some(pg.clone()), pg)
         }
     };
     // On Kubernetes, the daemon's own pod carries the role label the primary Service selects.
@@ -82,19 +93,20 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
     // answers (and our own fresh status, read after them) arrive past retry_timeout, so a
     // silent peer (a frozen daemon) that eats the whole window would stall every election.
     let probe_timeout = Duration::from_secs(2).min(config.timing.retry_timeout / 2);
-    let probe = Arc::new(HttpProbe::new(probe_timeout, config.restapi.token.clone())?);
+    let probe = Arc::new(HttpProbe::new(probe_timeout, config.restapi.token.clone(), &config.peer_tls())?);
+    let resource: Arc<dyn Resource> = Arc::new(MeteredResource::new(resource, metrics.clone()));
     let watchdog: Box<dyn Watchdog> = match config.watchdog.mode {
         WatchdogMode::Off => Box::new(NoWatchdog),
         _ => Box::new(LinuxWatchdog::new(&config.watchdog.device)),
     };
-    let handle = driver::spawn(config.node_config(incarnation()), store.dcs.clone(), resource.clone(), probe, watchdog)
+    let handle = driver::spawn(config.node_config(incarnation()), dcs, resource.clone(), probe, watchdog)
         .map_err(|e| anyhow::anyhow!("config key `{}`: {}", e.field, e.message))?;
     if let Some(pg) = &postgres {
         pg.attach(handle.watch_state());
     }
     let mut events = handle.subscribe();
     let mut states = handle.watch_state();
-    let state = ApiState::new(config.clone(), handle, Some(resource));
+    let state = ApiState::new(config.clone(), handle, Some(resource), Some(actions), metrics);
 
     // Progress tracking for /liveness, and leader-change counting for /metrics.
     let progress = state.clone();
@@ -119,14 +131,15 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<i32> {
     });
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(state.clone());
+    let api_state = state.clone();
     #[allow(clippy::disallowed_methods)] // see above
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_stopped.await;
-            })
-            .await
+        let stopped = async move {
+            let _ = api_stopped.await;
+        };
+        if let Err(e) = api::serve(listener, api_state, stopped).await {
+            tracing::error!(error = %e, "the REST API stopped");
+        }
     });
 
     let mut term = signal(SignalKind::terminate())?;
