@@ -103,10 +103,12 @@ impl ServerTls {
         let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| ConfigError::new("restapi.certfile", e.to_string()))?;
-        let builder = match (self.verify_client, &self.cafile) {
-            (VerifyClient::None, _) => builder.with_no_client_auth(),
-            (mode, Some(ca)) => {
-                let roots = Arc::new(load_roots("restapi.cafile", ca)?);
+        // Read also without verify_client: peers verify each other's certificates against it.
+        let roots = self.cafile.as_deref().map(|ca| load_roots("restapi.cafile", ca)).transpose()?;
+        let builder = match (self.verify_client, &self.cafile, roots) {
+            (VerifyClient::None, _, _) => builder.with_no_client_auth(),
+            (mode, Some(ca), Some(roots)) => {
+                let roots = Arc::new(roots);
                 let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider());
                 let verifier = if mode == VerifyClient::Optional { verifier.allow_unauthenticated() } else { verifier };
                 let verifier = verifier
@@ -114,7 +116,7 @@ impl ServerTls {
                     .map_err(|e| ConfigError::new("restapi.cafile", format!("{}: {e}", ca.display())))?;
                 builder.with_client_cert_verifier(verifier)
             }
-            (_, None) => {
+            (_, _, _) => {
                 return Err(ConfigError::new(
                     "restapi.cafile",
                     "is required when restapi.verify_client is optional or required (client certificates are checked against it)",
