@@ -12,27 +12,58 @@
 //! | `GET /readiness` | we lead, or the resource runs and the view is fresh | 503 |
 //! | `GET /metrics` | Prometheus text | |
 //! | `POST /switchover`, `/failover`, `/pause`, `/resume`, `/failsafe` | `Authorization: Bearer <restapi.token>` | 401 bad token, 403 no token configured |
+//! | `POST /restart`, `/reload`, `/reinitialize` | the same token; the resource did it | 501 the resource cannot, 409 reinitialize on the leader, 500 it failed |
 //!
-//! Every GET also answers HEAD with the same status code and no body.
+//! Every GET also answers HEAD with the same status code and no body. With
+//! `restapi.certfile` the API is served over HTTPS ([`serve`]); with `verify_client =
+//! "optional"` the POST endpoints also need a client certificate (Patroni's rule), with
+//! `"required"` every connection does.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
 use axum::Json;
 use axum::Router;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::{IncomingStream, Listener};
 use leasehold::driver::{DriverHandle, DriverState, Resource};
 use leasehold::node::{AdminError, AdminRequest, NodeRole};
 use leasehold::{ResourceRole, Tags};
 use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::DaemonConfig;
+use crate::metrics::Metrics;
+use crate::tls::VerifyClient;
+
+/// What an operator can ask of a member's resource through the API (`ctl restart`, `reload`,
+/// `reinit`), beside what the driver asks of it. Implemented by the daemon's resources; the
+/// core [`Resource`] trait has no such verbs.
+#[async_trait]
+pub trait MemberActions: Send + Sync + 'static {
+    /// Restarts the resource in the role it has. `Err` says why it could not.
+    async fn restart(&self) -> Result<(), String>;
+    /// Makes the resource re-read its configuration.
+    async fn reload(&self) -> Result<(), String>;
+    /// A replica throws its data away and copies it anew from `leader` (reachable at
+    /// `conn_url`). Never called on the leader.
+    async fn reinitialize(&self, leader: &str, conn_url: Option<&str>) -> Result<(), String>;
+    /// Whether a changed setting waits for a restart; `None` when the resource cannot tell.
+    async fn pending_restart(&self) -> Option<bool> {
+        None
+    }
+}
 
 /// What the handlers share.
 pub struct ApiState {
@@ -53,6 +84,12 @@ pub struct ApiState {
     /// Resource settings (PostgreSQL parameters) that wait for a restart of the resource, as
     /// `pending_restart` shows them beside the dynamic timing's.
     pub resource_pending_restart: std::sync::Mutex<Vec<String>>,
+    /// Restart, reload and reinitialize of the resource, when it supports them.
+    pub actions: Option<Arc<dyn MemberActions>>,
+    /// Store and resource latency histograms, rendered by `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Serializes restart, reload and reinitialize: one operator action at a time.
+    pub action_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -63,7 +100,13 @@ impl std::fmt::Debug for ApiState {
 
 impl ApiState {
     /// State for `config` and a running driver.
-    pub fn new(config: Arc<DaemonConfig>, driver: DriverHandle, resource: Option<Arc<dyn Resource>>) -> Arc<Self> {
+    pub fn new(
+        config: Arc<DaemonConfig>,
+        driver: DriverHandle,
+        resource: Option<Arc<dyn Resource>>,
+        actions: Option<Arc<dyn MemberActions>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         #[allow(clippy::disallowed_methods)] // the API reports real time since the loop's last step
         let now = tokio::time::Instant::now();
         Arc::new(ApiState {
@@ -74,6 +117,9 @@ impl ApiState {
             last_leader: std::sync::Mutex::new(None),
             resource,
             resource_pending_restart: std::sync::Mutex::new(Vec::new()),
+            actions,
+            metrics,
+            action_lock: Mutex::new(()),
         })
     }
 
@@ -143,10 +189,14 @@ pub struct StatusDoc {
     /// automatically), when the key belongs to the current leader.
     #[serde(default)]
     pub sync_standby: Vec<String>,
-    /// Settings of the dynamic configuration this process applies only at its next start
-    /// (`ttl: 20 s (running with 30 s)`); empty when it runs with all of them.
+    /// A changed setting of the resource waits for a restart (`null`: the resource cannot tell).
+    #[serde(default)]
+    pub pending_restart: Option<bool>,
+    /// Settings waiting for a restart, by name: the dynamic configuration's timing, which this
+    /// process applies at its next start (`ttl: 20 s (running with 30 s)`), and PostgreSQL
+    /// parameters the server applies only on restart (`postgresql.parameters.max_connections`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pending_restart: Vec<String>,
+    pub pending_restart_settings: Vec<String>,
 }
 
 /// Lower-case name of a node role.
@@ -192,7 +242,8 @@ fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
             .and_then(|v| v.sync.as_ref().filter(|k| Some(&k.value.leader) == s.status.leader.as_ref()))
             .map(|k| k.value.sync_standby.clone())
             .unwrap_or_default(),
-        pending_restart: s
+        pending_restart: None,
+        pending_restart_settings: s
             .view
             .as_ref()
             .map(|v| crate::dynamic::read(&crate::dynamic::current(v).0).0.pending_restart(&cfg.timing))
@@ -224,7 +275,128 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/failsafe", post(failsafe))
+        .route("/restart", post(restart))
+        .route("/reload", post(reload))
+        .route("/reinitialize", post(reinitialize))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), client_cert_for_posts))
         .with_state(state)
+}
+
+/// What the API knows about a connection: whether the client presented a certificate that
+/// `restapi.cafile` verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// A verified client certificate was presented.
+    pub client_cert: bool,
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(_: IncomingStream<'_, TcpListener>) -> Self {
+        Peer { client_cert: false }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
+        // rustls keeps peer certificates only once its verifier accepted them.
+        Peer { client_cert: stream.io().get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()) }
+    }
+}
+
+/// `verify_client = "optional"`: the POST endpoints need a client certificate (Patroni's
+/// rule for its unsafe endpoints); GET and HEAD do not.
+async fn client_cert_for_posts(State(st): Shared, request: Request, next: Next) -> Response {
+    let optional = st.config.restapi.tls.as_ref().is_some_and(|t| t.verify_client == VerifyClient::Optional);
+    let has_cert = request.extensions().get::<ConnectInfo<Peer>>().is_some_and(|c| c.0.client_cert);
+    if optional && request.method() == Method::POST && !has_cert {
+        let msg = "a client certificate is required for POST endpoints (restapi.verify_client = optional)";
+        return (StatusCode::FORBIDDEN, Json(serde_json::json!({"error": msg}))).into_response();
+    }
+    next.run(request).await
+}
+
+/// A TCP listener that hands axum only connections whose TLS handshake finished. Handshakes
+/// run in their own tasks (bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or silent client does
+/// not hold up the others.
+pub struct TlsListener {
+    tcp: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    done_tx: tokio::sync::mpsc::Sender<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+    done_rx: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
+}
+
+/// How long a client may take to finish its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsListener {
+    /// Serves `config` on `tcp`.
+    pub fn new(tcp: TcpListener, config: Arc<rustls::ServerConfig>) -> Self {
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel(64);
+        TlsListener { tcp, acceptor: tokio_rustls::TlsAcceptor::from(config), done_tx, done_rx }
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            tokio::select! {
+                Some(done) = self.done_rx.recv() => return done,
+                accepted = self.tcp.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        let acceptor = self.acceptor.clone();
+                        let done = self.done_tx.clone();
+                        #[allow(clippy::disallowed_methods)] // the daemon owns its tasks
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => {
+                                    let _ = done.send((tls, addr)).await;
+                                }
+                                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "REST API: TLS handshake failed"),
+                                Err(_) => tracing::debug!(%addr, "REST API: TLS handshake timed out"),
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "REST API: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes: HTTPS when `restapi.certfile` is
+/// set, else HTTP.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls = state.config.restapi.tls.clone();
+    let app = router(state);
+    match tls {
+        None => {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+        Some(t) => {
+            let config = t.server_config().map_err(anyhow::Error::msg)?;
+            axum::serve(TlsListener::new(listener, config), app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+    }
+    Ok(())
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -233,23 +405,33 @@ fn unavailable() -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"error": "shutting down"}))).into_response()
 }
 
+/// Adds the PostgreSQL parameters waiting for a restart to the dynamic timing's, unless the
+/// resource has just said nothing waits (it was restarted since they were read).
+fn settings_pending_restart(st: &ApiState, doc: &mut StatusDoc) {
+    if doc.pending_restart == Some(false) {
+        return;
+    }
+    let parameters = st.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner());
+    doc.pending_restart_settings.extend(parameters.iter().map(|p| format!("postgresql.parameters.{p}")));
+}
+
 /// The status document with 200 if `ok`, else 503.
 async fn check(st: &ApiState, ok: impl FnOnce(&DriverState, &StatusDoc) -> bool) -> Response {
     let Some(s) = st.fresh_state().await else { return unavailable() };
     let mut doc = status_doc(&st.config, &s);
-    doc.pending_restart.extend(
-        st.resource_pending_restart
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|p| format!("postgresql.parameters.{p}")),
-    );
+    settings_pending_restart(st, &mut doc);
     let code = if ok(&s, &doc) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(doc)).into_response()
 }
 
 async fn status(State(st): Shared) -> Response {
-    check(&st, |_, _| true).await
+    let Some(s) = st.fresh_state().await else { return unavailable() };
+    let mut doc = status_doc(&st.config, &s);
+    if let Some(a) = &st.actions {
+        doc.pending_restart = a.pending_restart().await;
+    }
+    settings_pending_restart(&st, &mut doc);
+    (StatusCode::OK, Json(doc)).into_response()
 }
 
 async fn primary(State(st): Shared) -> Response {
@@ -441,6 +623,7 @@ async fn metrics(State(st): Shared) -> Response {
         let on = u8::from(s.status.role == role);
         let _ = writeln!(out, "leasehold_state{{{labels},state=\"{}\"}} {on}", state_name(role));
     }
+    st.metrics.render(&mut out, &labels);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -590,7 +773,8 @@ async fn check_candidate_health(st: &ApiState, candidate: &str) -> Result<(), Bo
         let msg = format!("{candidate} cannot take over: {why}");
         Box::new((StatusCode::PRECONDITION_FAILED, Json(serde_json::json!({"error": msg}))).into_response())
     };
-    let probe = crate::probe::HttpProbe::new(Duration::from_secs(2), None).map_err(|e| refuse(e.to_string()))?;
+    let probe = crate::probe::HttpProbe::new(Duration::from_secs(2), None, &st.config.peer_tls())
+        .map_err(|e| refuse(e.to_string()))?;
     match probe.probe(&member).await {
         None => Err(refuse("it does not answer at its REST API".into())),
         Some(p) if !p.running => Err(refuse("its resource is not running".into())),
@@ -660,6 +844,87 @@ async fn failsafe(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes
         (StatusCode::OK, "Accepted").into_response()
     } else {
         (StatusCode::CONFLICT, "Rejected").into_response()
+    }
+}
+
+/// Which operator action a POST asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Restart,
+    Reload,
+    Reinitialize,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Restart => "restart",
+            Action::Reload => "reload",
+            Action::Reinitialize => "reinitialize",
+        }
+    }
+}
+
+async fn restart(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    member_action(&st, &headers, &body, Action::Restart).await
+}
+
+async fn reload(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    member_action(&st, &headers, &body, Action::Reload).await
+}
+
+async fn reinitialize(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    member_action(&st, &headers, &body, Action::Reinitialize).await
+}
+
+/// Runs an operator action on the resource and answers once it is done: 200 done, 409
+/// reinitialize on the leader (or with no leader to copy from) or another action running,
+/// 501 the resource has no such action, 500 it failed (with its message).
+#[allow(clippy::disallowed_methods)] // the action's duration goes into /metrics
+async fn member_action(st: &ApiState, headers: &HeaderMap, body: &[u8], action: Action) -> Response {
+    let reply = |code: StatusCode, msg: String| (code, Json(serde_json::json!({"error": msg}))).into_response();
+    if let Err(r) = authorize(st, headers) {
+        return *r;
+    }
+    if let Err(r) = parse_body::<NoArguments>(body, true, "empty or {}") {
+        return *r;
+    }
+    let Some(actions) = st.actions.clone() else {
+        return reply(StatusCode::NOT_IMPLEMENTED, format!("this member's resource cannot {}", action.name()));
+    };
+    let Ok(_one_at_a_time) = st.action_lock.try_lock() else {
+        return reply(StatusCode::CONFLICT, "another restart, reload or reinitialize is running".into());
+    };
+    let started = std::time::Instant::now();
+    let result = match action {
+        Action::Restart => actions.restart().await,
+        Action::Reload => actions.reload().await,
+        Action::Reinitialize => {
+            let Some(s) = st.fresh_state().await else { return unavailable() };
+            let leader = s.view.as_ref().and_then(|v| v.leader.as_ref()).map(|l| l.record.clone());
+            match leader {
+                _ if s.acting || s.status.role == NodeRole::Leader => {
+                    return reply(
+                        StatusCode::CONFLICT,
+                        format!("{} is the leader: only a replica is reinitialized", st.config.name),
+                    );
+                }
+                Some(l) if l.member == st.config.name => {
+                    return reply(
+                        StatusCode::CONFLICT,
+                        format!("{} holds the leader key: only a replica is reinitialized", st.config.name),
+                    );
+                }
+                None => return reply(StatusCode::CONFLICT, "there is no leader to copy the data from".into()),
+                Some(l) => actions.reinitialize(&l.member, l.conn_url.as_deref()).await,
+            }
+        }
+    };
+    st.metrics.resource_action(action.name(), started.elapsed(), result.is_ok());
+    match result {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"done": action.name()}))).into_response(),
+        Err(e) if e.starts_with("this member has no ") => reply(StatusCode::NOT_IMPLEMENTED, e),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, format!("{} failed: {e}", action.name())),
     }
 }
 

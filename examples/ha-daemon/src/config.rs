@@ -74,6 +74,8 @@ pub struct DaemonConfig {
     pub conn_url: Option<String>,
     /// The REST API.
     pub restapi: RestApiConfig,
+    /// The `[ctl]` section: how `ctl` talks to members' APIs.
+    pub ctl: CtlConfig,
     /// The resource: hooks or the native PostgreSQL resource.
     pub resource: ResourceConfig,
     /// The consensus store.
@@ -100,6 +102,38 @@ pub struct RestApiConfig {
     pub connect_url: String,
     /// Bearer token required by the POST endpoints; without one they are refused.
     pub token: Option<String>,
+    /// HTTPS (`certfile` + `keyfile`, optional `cafile` and `verify_client`); `None`: HTTP.
+    pub tls: Option<crate::tls::ServerTls>,
+}
+
+/// The `[ctl]` section (Patroni's `ctl.cacert / certfile / keyfile`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CtlConfig {
+    /// CA and client certificate for `https://` member APIs, as configured in `[ctl]`.
+    pub tls: crate::tls::ClientTls,
+}
+
+impl DaemonConfig {
+    /// How this member's probes reach its peers: verified against `restapi.cafile`, and
+    /// presenting `restapi.certfile` when peers ask for client certificates.
+    pub fn peer_tls(&self) -> crate::tls::ClientTls {
+        let Some(t) = &self.restapi.tls else { return crate::tls::ClientTls::default() };
+        crate::tls::ClientTls {
+            cacert: t.cafile.clone(),
+            identity: (t.verify_client != crate::tls::VerifyClient::None)
+                .then(|| (t.certfile.clone(), t.keyfile.clone())),
+        }
+    }
+
+    /// How `ctl` reaches members: `ctl.cacert` (else `restapi.cafile`) and `ctl.certfile` /
+    /// `ctl.keyfile` (else the member's own certificate when its API verifies clients).
+    pub fn ctl_tls(&self) -> crate::tls::ClientTls {
+        let peer = self.peer_tls();
+        crate::tls::ClientTls {
+            cacert: self.ctl.tls.cacert.clone().or(peer.cacert),
+            identity: self.ctl.tls.identity.clone().or(peer.identity),
+        }
+    }
 }
 
 /// Which resource the daemon drives: exactly one of `[hooks]` and `[postgresql]`.
@@ -122,12 +156,26 @@ pub struct HooksConfig {
     pub follow: PathBuf,
     /// Prints JSON `{"running", "role", "position", "timeline"}`.
     pub status: PathBuf,
+    /// Optional hooks for the operator's `restart`, `reload` and `reinit`.
+    pub actions: Box<ActionHooks>,
     /// Upper bound for promote, demote and follow.
     pub timeout: Duration,
     /// Upper bound for status.
     pub status_timeout: Duration,
     /// Extra environment for every hook.
     pub env: BTreeMap<String, String>,
+}
+
+/// Optional hooks for operator actions (`ctl restart`, `reload`, `reinit`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActionHooks {
+    /// Restarts the resource in its current role (`POST /restart`).
+    pub restart: Option<PathBuf>,
+    /// Makes the resource re-read its configuration (`POST /reload`).
+    pub reload: Option<PathBuf>,
+    /// A replica throws its data away and copies it anew from the leader, with the leader's
+    /// name and conn url as arguments (`POST /reinitialize`).
+    pub reinit: Option<PathBuf>,
 }
 
 /// The store section that is present.
@@ -343,6 +391,8 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     restapi: RawRestApi,
+    #[serde(default)]
+    ctl: RawCtl,
     hooks: Option<RawHooks>,
     postgresql: Option<RawPostgres>,
     etcd: Option<EtcdSection>,
@@ -385,6 +435,66 @@ struct RawRestApi {
     listen: Option<String>,
     connect_url: Option<String>,
     token: Option<String>,
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
+    cafile: Option<PathBuf>,
+    verify_client: Option<crate::tls::VerifyClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCtl {
+    cacert: Option<PathBuf>,
+    certfile: Option<PathBuf>,
+    keyfile: Option<PathBuf>,
+}
+
+impl RawRestApi {
+    /// The TLS files, relative to `base`, checked (read, parsed, key fits certificate).
+    fn tls(&self, base: &Path) -> Result<Option<crate::tls::ServerTls>, ConfigError> {
+        let verify_client = self.verify_client.unwrap_or_default();
+        let (certfile, keyfile) = match (&self.certfile, &self.keyfile) {
+            (None, None) => {
+                for (key, set) in [
+                    ("restapi.cafile", self.cafile.is_some()),
+                    ("restapi.verify_client", verify_client != crate::tls::VerifyClient::None),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            key,
+                            "needs restapi.certfile and restapi.keyfile (the API serves HTTPS only with both)",
+                        ));
+                    }
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => return Err(ConfigError::new("restapi.keyfile", "is required with restapi.certfile")),
+            (None, Some(_)) => return Err(ConfigError::new("restapi.certfile", "is required with restapi.keyfile")),
+            (Some(c), Some(k)) => (base.join(c), base.join(k)),
+        };
+        let tls = crate::tls::ServerTls {
+            certfile,
+            keyfile,
+            cafile: self.cafile.as_ref().map(|c| base.join(c)),
+            verify_client,
+        };
+        tls.server_config()?;
+        Ok(Some(tls))
+    }
+}
+
+impl RawCtl {
+    fn validate(self, base: &Path) -> Result<CtlConfig, ConfigError> {
+        let identity = match (self.certfile, self.keyfile) {
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::new("ctl.keyfile", "is required with ctl.certfile")),
+            (None, Some(_)) => return Err(ConfigError::new("ctl.certfile", "is required with ctl.keyfile")),
+            (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+        };
+        let tls = crate::tls::ClientTls { cacert: self.cacert.map(|c| base.join(c)), identity };
+        tls.check("ctl.cacert", "ctl.certfile", "ctl.keyfile")?;
+        Ok(CtlConfig { tls })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -397,6 +507,9 @@ struct RawHooks {
     demote: Option<PathBuf>,
     follow: Option<PathBuf>,
     status: Option<PathBuf>,
+    restart: Option<PathBuf>,
+    reload: Option<PathBuf>,
+    reinit: Option<PathBuf>,
     #[serde(default, deserialize_with = "opt_duration")]
     timeout: Option<Duration>,
     #[serde(default, deserialize_with = "opt_duration")]
@@ -625,6 +738,7 @@ impl RawConfig {
             ));
         }
 
+        let tls = self.restapi.tls(base)?;
         let listen_text = self.restapi.listen.unwrap_or_else(|| "127.0.0.1:8008".into());
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             ConfigError::new(
@@ -632,9 +746,10 @@ impl RawConfig {
                 format!("{listen_text:?} must be an IP address and port, like 127.0.0.1:8008"),
             )
         })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let connect_url = match self.restapi.connect_url {
             Some(u) => {
-                check_url("restapi.connect_url", &u, &["http://", "https://"])?;
+                check_url("restapi.connect_url", &u, &[&format!("{scheme}://")])?;
                 u.trim_end_matches('/').to_string()
             }
             None if listen.ip().is_unspecified() => {
@@ -645,14 +760,15 @@ impl RawConfig {
                     ),
                 ));
             }
-            None => format!("http://{listen}"),
+            None => format!("{scheme}://{listen}"),
         };
         if let Some(t) = &self.restapi.token
             && (t.len() < 8 || t.chars().any(char::is_whitespace))
         {
             return Err(ConfigError::new("restapi.token", "must be at least 8 characters without whitespace"));
         }
-        let restapi = RestApiConfig { listen, connect_url, token: self.restapi.token };
+        let restapi = RestApiConfig { listen, connect_url, token: self.restapi.token, tls };
+        let ctl = self.ctl.validate(base)?;
 
         let resource = match (self.hooks, self.postgresql) {
             (Some(_), Some(_)) => {
@@ -744,6 +860,7 @@ impl RawConfig {
             failsafe_mode: self.failsafe_mode,
             conn_url: self.conn_url,
             restapi,
+            ctl,
             resource,
             store,
             log_level: validate_log_level(self.log.level)?,
@@ -764,6 +881,29 @@ fn validate_log_level(level: Option<String>) -> Result<String, ConfigError> {
     tracing_subscriber::EnvFilter::try_new(&level)
         .map_err(|e| ConfigError::new("log.level", format!("{level:?} is not a log filter: {e}")))?;
     Ok(level)
+}
+
+/// An optional hook: the explicit path must be executable; `<dir>/<key>` is used when it is.
+fn optional_hook(
+    dir: &Option<PathBuf>,
+    base: &Path,
+    key: &str,
+    explicit: Option<PathBuf>,
+) -> Result<Option<PathBuf>, ConfigError> {
+    match (explicit, dir) {
+        (Some(p), _) => {
+            let path = base.join(p);
+            if !is_executable(&path) {
+                return Err(ConfigError::new(
+                    format!("hooks.{key}"),
+                    format!("{} must be an executable file", path.display()),
+                ));
+            }
+            Ok(Some(path))
+        }
+        (None, Some(d)) => Ok(Some(d.join(key)).filter(|p| is_executable(p))),
+        (None, None) => Ok(None),
+    }
 }
 
 fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, ConfigError> {
@@ -789,6 +929,11 @@ fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, Confi
         demote: hook("demote", raw_hooks.demote)?,
         follow: hook("follow", raw_hooks.follow)?,
         status: hook("status", raw_hooks.status)?,
+        actions: Box::new(ActionHooks {
+            restart: optional_hook(&dir, base, "restart", raw_hooks.restart)?,
+            reload: optional_hook(&dir, base, "reload", raw_hooks.reload)?,
+            reinit: optional_hook(&dir, base, "reinit", raw_hooks.reinit)?,
+        }),
         timeout: raw_hooks.timeout.unwrap_or(Duration::from_secs(60)),
         status_timeout: raw_hooks.status_timeout.unwrap_or(Duration::from_secs(5)),
         env: raw_hooks.env,

@@ -1,5 +1,10 @@
 //! `leasehold-ha ctl`: reads the store directly (linearizable loads) and acts through the
 //! leader's REST API, falling back to writing the control keys itself when no API answers.
+//!
+//! Members' APIs are reached over HTTPS when they publish `https://` URLs, verified against
+//! `ctl.cacert` (else `restapi.cafile`), with `ctl.certfile` / `ctl.keyfile` as the client
+//! certificate. Verbs that act (`restart`, `reload`, `reinit`, `remove`) ask for confirmation
+//! on stdin unless `--force`, like patronictl.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -18,7 +23,7 @@ use crate::{dynamic, store};
 pub enum CtlCommand {
     /// A table of members: role, state, lag, epoch and the lease's remaining time.
     List {
-        /// `pretty` (a table) or `json`.
+        /// `pretty` (a table), `json` or `yaml`.
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
     },
@@ -71,25 +76,92 @@ pub enum CtlCommand {
     },
     /// The promotion history.
     History {
-        /// `pretty` (a table) or `json`.
+        /// `pretty` (a table), `json` or `yaml`.
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
     },
+    /// The leader and the replicas that follow it, as a tree.
+    Topology {
+        /// `pretty` (a tree), `json` or `yaml`.
+        #[arg(long, value_enum, default_value_t = Format::Pretty)]
+        format: Format,
+    },
+    /// Restart a member's resource in its current role (its `POST /restart`).
+    Restart {
+        /// The member.
+        member: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the restart, in seconds.
+        #[arg(long, default_value_t = 120)]
+        wait: u64,
+    },
+    /// Make a member's resource re-read its configuration (its `POST /reload`).
+    Reload {
+        /// The member.
+        member: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
+    /// A replica throws its data away and copies it anew from the leader (its `POST
+    /// /reinitialize`). Refused on the leader.
+    Reinit {
+        /// The replica.
+        member: String,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+        /// How long to wait for the copy, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        wait: u64,
+    },
+    /// Wipe the scope's keys from the store, after the scope's name is typed on stdin.
+    /// Refused while a member is registered (alive) unless `--force`.
+    Remove {
+        /// Also while members are alive (their leader and member keys go with their sessions).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
-/// How `list` and `history` print.
+/// How `list`, `history` and `topology` print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// A table for people.
     Pretty,
     /// One JSON document, for scripts.
     Json,
+    /// The same document as YAML.
+    Yaml,
+}
+
+/// Prints `doc` as JSON or YAML (`Pretty` is the caller's own rendering).
+fn print_doc(format: Format, doc: &impl serde::Serialize) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => print!("{}", serde_saphyr::to_string(doc).context("cannot render YAML")?),
+        _ => println!("{}", serde_json::to_string_pretty(doc)?),
+    }
+    Ok(())
+}
+
+/// Asks `question` on stdout and reads one line from stdin; `Ok` only when the answer is
+/// `expected` (an empty or closed stdin is a no).
+fn confirm(question: &str, expected: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    print!("{question} ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() == expected { Ok(()) } else { bail!("not confirmed (expected {expected:?}); nothing was done") }
 }
 
 struct Ctl {
     config: DaemonConfig,
     dcs: std::sync::Arc<dyn Dcs>,
     http: reqwest::Client,
+    tls: crate::tls::ClientTls,
 }
 
 /// Runs one ctl command; prints to stdout. Returns the process exit code.
@@ -97,15 +169,16 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
     let store = store::connect(&config.store, &config.scope, &config.timing)
         .await
         .with_context(|| format!("cannot connect to the {} store", config.store.kind()))?;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).no_proxy().build()?;
-    let ctl = Ctl { config, dcs: store.dcs.clone(), http };
+    let tls = config.ctl_tls();
+    let http = tls.http_client(Duration::from_secs(2))?;
+    let ctl = Ctl { config, dcs: store.dcs.clone(), http, tls };
     let code = match command {
         CtlCommand::List { format } => {
             let view = ctl.load().await?;
             let rows = ctl.rows(&view).await;
             match format {
                 Format::Pretty => print!("{}", ctl.table(&view, &rows)),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&ctl.list_json(&view, &rows))?),
+                _ => print_doc(format, &ctl.list_json(&view, &rows))?,
             }
             0
         }
@@ -134,14 +207,33 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
             let view = ctl.load().await?;
             match format {
                 Format::Pretty => print!("{}", history_table(&view)),
-                Format::Json => {
+                _ => {
                     let entries: Vec<leasehold::HistoryEntry> =
                         view.history.iter().flat_map(|h| h.value.0.iter().cloned()).collect();
-                    println!("{}", serde_json::to_string_pretty(&entries)?)
+                    print_doc(format, &entries)?
                 }
             }
             0
         }
+        CtlCommand::Topology { format } => {
+            let view = ctl.load().await?;
+            let rows = ctl.rows(&view).await;
+            match format {
+                Format::Pretty => print!("{}", ctl.topology_tree(&view, &rows)),
+                _ => print_doc(format, &ctl.topology_doc(&view, &rows))?,
+            }
+            0
+        }
+        CtlCommand::Restart { member, force, wait } => {
+            ctl.member_action(&member, "restart", "/restart", force, Duration::from_secs(wait)).await?
+        }
+        CtlCommand::Reload { member, force } => {
+            ctl.member_action(&member, "reload", "/reload", force, Duration::from_secs(60)).await?
+        }
+        CtlCommand::Reinit { member, force, wait } => {
+            ctl.member_action(&member, "reinit", "/reinitialize", force, Duration::from_secs(wait)).await?
+        }
+        CtlCommand::Remove { force } => ctl.remove(force).await?,
         CtlCommand::Switchover { candidate, wait } => ctl.switchover(candidate, Duration::from_secs(wait)).await?,
         CtlCommand::Failover { candidate, wait } => ctl.failover(candidate, Duration::from_secs(wait)).await?,
         CtlCommand::ShowConfig => {
@@ -211,8 +303,12 @@ impl Ctl {
                     lag,
                     epoch: leader.filter(|_| is_leader).map(|l| l.epoch.0),
                     lease_left_ms: st.as_ref().and_then(|s| s.lease_remaining_ms),
+                    pending_restart: st.as_ref().and_then(|s| s.pending_restart),
                     api_url: m.api_url.clone(),
-                    pending_restart: st.as_ref().map(|s| s.pending_restart.clone()).unwrap_or_default(),
+                    pending_restart_settings: st
+                        .as_ref()
+                        .map(|s| s.pending_restart_settings.clone())
+                        .unwrap_or_default(),
                 }
             })
             .collect()
@@ -233,8 +329,8 @@ impl Ctl {
         );
         let _ = writeln!(
             out,
-            "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  api",
-            "member", "role", "state", "lag", "epoch", "lease left"
+            "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11} {:>7}  api",
+            "member", "role", "state", "lag", "epoch", "lease left", "restart"
         );
         for r in rows {
             let lag = match (r.role.as_str(), r.lag) {
@@ -244,18 +340,19 @@ impl Ctl {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11}  {}",
+                "{:<12} {:<8} {:<10} {:>10} {:>6} {:>11} {:>7}  {}",
                 r.name,
                 r.role,
                 r.state,
                 lag,
                 r.epoch.map_or("-".to_string(), |e| e.to_string()),
                 r.lease_left_ms.map_or("-".to_string(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
+                if r.pending_restart == Some(true) { "*" } else { "" },
                 r.api_url.as_deref().unwrap_or("-")
             );
         }
-        for r in rows.iter().filter(|r| !r.pending_restart.is_empty()) {
-            let _ = writeln!(out, "pending restart: {} ({})", r.name, r.pending_restart.join(", "));
+        for r in rows.iter().filter(|r| !r.pending_restart_settings.is_empty()) {
+            let _ = writeln!(out, "pending restart: {} ({})", r.name, r.pending_restart_settings.join(", "));
         }
         if let Some(f) = &view.failover {
             let _ = writeln!(
@@ -484,6 +581,137 @@ impl Ctl {
         Ok(0)
     }
 
+    /// The leader at the root, the members that follow it below; members while there is no
+    /// leader are listed at the root as well.
+    fn topology_tree(&self, view: &ClusterView, rows: &[MemberRow]) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "cluster {} ({})", self.config.scope, self.config.store.kind());
+        let line = |r: &MemberRow| {
+            let lag = match r.lag {
+                _ if r.role == "leader" => String::new(),
+                Some(l) => format!(", lag {l}"),
+                None => ", lag unknown".into(),
+            };
+            let epoch = r.epoch.map(|e| format!(", epoch {e}")).unwrap_or_default();
+            let pending = if r.pending_restart == Some(true) { ", pending restart" } else { "" };
+            format!("{} ({}, {}{epoch}{lag}{pending})", r.name, r.role, r.state)
+        };
+        let leader = view.leader.as_ref().map(|l| l.record.member.as_str());
+        match rows.iter().find(|r| Some(r.name.as_str()) == leader) {
+            Some(root) => {
+                let _ = writeln!(out, "{}", line(root));
+                let replicas: Vec<&MemberRow> = rows.iter().filter(|r| r.name != root.name).collect();
+                for (i, r) in replicas.iter().enumerate() {
+                    let branch = if i + 1 == replicas.len() { "└──" } else { "├──" };
+                    let _ = writeln!(out, "{branch} {}", line(r));
+                }
+            }
+            None => {
+                let _ = writeln!(out, "(no leader)");
+                for r in rows {
+                    let _ = writeln!(out, "{}", line(r));
+                }
+            }
+        }
+        out
+    }
+
+    fn topology_doc(&self, view: &ClusterView, rows: &[MemberRow]) -> Value {
+        let leader = view.leader.as_ref().map(|l| l.record.member.as_str());
+        let root = rows.iter().find(|r| Some(r.name.as_str()) == leader);
+        let others: Vec<&MemberRow> = rows.iter().filter(|r| Some(r.name.as_str()) != leader).collect();
+        serde_json::json!({
+            "scope": self.config.scope,
+            "leader": root.map(|r| {
+                let mut node = serde_json::to_value(r).unwrap_or(Value::Null);
+                node["replicas"] = serde_json::to_value(&others).unwrap_or(Value::Null);
+                node
+            }),
+            // Without a leader nobody follows anyone: every member at the top.
+            "members": if root.is_none() { serde_json::to_value(&others).unwrap_or(Value::Null) } else { Value::Array(vec![]) },
+        })
+    }
+
+    /// `restart`, `reload` or `reinit` of `member` through its own API, after confirmation.
+    async fn member_action(
+        &self,
+        member: &str,
+        verb: &str,
+        path: &str,
+        force: bool,
+        wait: Duration,
+    ) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        if view.member(member).is_none() {
+            bail!("{member:?} is not a registered member of {}", self.config.scope);
+        }
+        if verb == "reinit" && view.leader.as_ref().is_some_and(|l| l.record.member == member) {
+            bail!("{member} is the leader: only a replica can be reinitialized (switch over first)");
+        }
+        let Some(api) = Self::api_of(&view, member) else { bail!("{member} publishes no REST API URL") };
+        if !force {
+            confirm(&format!("{verb} member {member} of {}? Type yes to confirm:", self.config.scope), "yes")?;
+        }
+        let client = self.tls.http_client(wait)?;
+        let mut req = client.post(format!("{api}{path}")).json(&serde_json::json!({}));
+        if let Some(t) = &self.config.restapi.token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.with_context(|| format!("{member}'s API at {api} did not answer"))?;
+        let code = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if (200..300).contains(&code) {
+            println!("{verb} of {member}: done");
+            Ok(0)
+        } else {
+            bail!(
+                "{verb} of {member} refused ({code}): {}",
+                body.get("error").and_then(Value::as_str).unwrap_or(&body.to_string())
+            )
+        }
+    }
+
+    /// Deletes every control key of the scope, after the scope's name is typed. Leader and
+    /// member keys are bound to their owners' leases: they go when those members stop.
+    async fn remove(&self, force: bool) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        let scope = &self.config.scope;
+        let alive: Vec<&str> = view.members.iter().map(|m| m.value.name.as_str()).collect();
+        if !alive.is_empty() && !force {
+            bail!("members {} are alive (registered in {scope}): stop them first, or pass --force", alive.join(", "));
+        }
+        if let Some(l) = &view.leader {
+            println!("warning: {} holds the leader key (epoch {})", l.record.member, l.epoch);
+        }
+        confirm(
+            &format!("Remove every key of cluster {scope} from the store? Type the cluster name to confirm:"),
+            scope,
+        )?;
+        let mut removed = 0;
+        for key in [
+            ControlKey::Failover,
+            ControlKey::Config,
+            ControlKey::Sync,
+            ControlKey::Status,
+            ControlKey::History,
+            ControlKey::Initialize,
+        ] {
+            let Some(version) = view.control_version(key).cloned() else { continue };
+            match self.dcs.delete_control(key, &version).await? {
+                leasehold::CasOutcome::Won(()) => removed += 1,
+                leasehold::CasOutcome::Lost(_) => bail!("{key:?} changed while removing (a member is writing); retry"),
+            }
+        }
+        println!("removed {removed} control keys of {scope}");
+        if !alive.is_empty() {
+            println!(
+                "the leader and member keys of {} stay until those members stop (they are bound to their sessions)",
+                alive.join(", ")
+            );
+        }
+        Ok(0)
+    }
+
     #[allow(clippy::disallowed_methods)] // an operator command reports how long the handover took
     async fn wait_for_new_leader(&self, old: &str, want: Option<&str>, wait: Duration) -> anyhow::Result<i32> {
         let started = tokio::time::Instant::now();
@@ -523,10 +751,12 @@ struct MemberRow {
     lag: Option<u64>,
     epoch: Option<u64>,
     lease_left_ms: Option<u64>,
+    /// The member's resource waits for a restart (`null`: it cannot tell).
+    pending_restart: Option<bool>,
     api_url: Option<String>,
-    /// Dynamic settings the member applies only at its next start (from its own API).
+    /// Settings waiting for a restart, by name (the dynamic timing, PostgreSQL parameters).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pending_restart: Vec<String>,
+    pending_restart_settings: Vec<String>,
 }
 
 fn role_name(role: leasehold::ResourceRole) -> &'static str {

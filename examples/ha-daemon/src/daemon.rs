@@ -10,12 +10,17 @@ use leasehold::driver::{self, LinuxWatchdog, NoWatchdog, Resource, Watchdog};
 use leasehold::node::{NodeEvent, WatchdogMode};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, MemberActions};
 use crate::config::{DaemonConfig, ResourceConfig};
 use crate::hooks::{HookResource, mode_name};
+use crate::metrics::{MeteredDcs, MeteredResource, Metrics};
 use crate::postgres::PgResource;
 use crate::probe::HttpProbe;
 use crate::store;
+
+/// The resource as the driver sees it, the native PostgreSQL one when configured, and the
+/// operator actions it offers.
+type Resources = (Arc<dyn Resource>, Option<Arc<PgResource>>, Arc<dyn MemberActions>);
 
 /// A number that differs on every start, so two incarnations of a member are told apart.
 fn incarnation() -> u64 {
@@ -96,10 +101,16 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
         config.timing = timing;
     }
     let config = Arc::new(config);
+    // Every store request and resource action is timed for /metrics.
+    let metrics = Arc::new(Metrics::default());
+    let dcs: Arc<dyn leasehold::Dcs> = Arc::new(MeteredDcs::new(store.dcs.clone(), metrics.clone()));
     tracing::info!(scope = %config.scope, name = %config.name, store = config.store.kind(), api = %config.restapi.connect_url, "starting");
 
-    let (resource, postgres): (Arc<dyn Resource>, Option<Arc<PgResource>>) = match &config.resource {
-        ResourceConfig::Hooks(h) => (Arc::new(HookResource::new(h.clone(), &config.scope, &config.name)), None),
+    let (resource, postgres, actions): Resources = match &config.resource {
+        ResourceConfig::Hooks(h) => {
+            let hooks = Arc::new(HookResource::new(h.clone(), &config.scope, &config.name));
+            (hooks.clone(), None, hooks)
+        }
         ResourceConfig::Postgres(p) => {
             let pg = Arc::new(
                 PgResource::new(
@@ -111,7 +122,7 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
                 )
                 .map_err(anyhow::Error::msg)?,
             );
-            (pg.clone(), Some(pg))
+            (pg.clone(), Some(pg.clone()), pg)
         }
     };
     // On Kubernetes, the daemon's own pod carries the role label the primary Service selects.
@@ -144,12 +155,13 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
     // answers (and our own fresh status, read after them) arrive past retry_timeout, so a
     // silent peer (a frozen daemon) that eats the whole window would stall every election.
     let probe_timeout = Duration::from_secs(2).min(config.timing.retry_timeout / 2);
-    let probe = Arc::new(HttpProbe::new(probe_timeout, config.restapi.token.clone())?);
+    let probe = Arc::new(HttpProbe::new(probe_timeout, config.restapi.token.clone(), &config.peer_tls())?);
+    let resource: Arc<dyn Resource> = Arc::new(MeteredResource::new(resource, metrics.clone()));
     let watchdog: Box<dyn Watchdog> = match config.watchdog.mode {
         WatchdogMode::Off => Box::new(NoWatchdog),
         _ => Box::new(LinuxWatchdog::new(&config.watchdog.device)),
     };
-    let handle = driver::spawn(config.node_config(incarnation()), store.dcs.clone(), resource.clone(), probe, watchdog)
+    let handle = driver::spawn(config.node_config(incarnation()), dcs, resource.clone(), probe, watchdog)
         .map_err(|e| anyhow::anyhow!("config key `{}`: {}", e.field, e.message))?;
     if let Some(pg) = &postgres {
         pg.attach(handle.watch_state());
@@ -157,7 +169,7 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
     let mut events = handle.subscribe();
     let mut states = handle.watch_state();
     let state_watch = handle.watch_state();
-    let state = ApiState::new(config.clone(), handle, Some(resource));
+    let state = ApiState::new(config.clone(), handle, Some(resource), Some(actions), metrics);
 
     // Progress tracking for /liveness, and leader-change counting for /metrics.
     let progress = state.clone();
@@ -177,7 +189,8 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
                 let view = states.borrow_and_update().view.clone();
                 let Some(view) = view else { continue };
                 let wanted = crate::dynamic::read(&crate::dynamic::current(&view).0).0.parameters;
-                if applied.as_ref() != Some(&wanted) {
+                let changed = applied.as_ref() != Some(&wanted);
+                if changed {
                     match pg.apply_parameters(&wanted).await {
                         Ok(None) => {} // no data directory yet
                         Ok(Some(refused)) => {
@@ -190,8 +203,12 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
                         Err(e) => tracing::warn!(error = %e, "cannot apply the dynamic configuration's PostgreSQL parameters; trying again next loop"),
                     }
                 }
-                let pending = pg.pending_restart().await;
-                *api.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+                // Read after a change, then while something waits (a restart clears it).
+                let waiting = !api.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+                if changed || waiting {
+                    let pending = pg.pending_restart_names().await;
+                    *api.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+                }
             }
         })
     });
@@ -210,14 +227,15 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
     });
 
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let app = api::router(state.clone());
+    let api_state = state.clone();
     #[allow(clippy::disallowed_methods)] // see above
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_stopped.await;
-            })
-            .await
+        let stopped = async move {
+            let _ = api_stopped.await;
+        };
+        if let Err(e) = api::serve(listener, api_state, stopped).await {
+            tracing::error!(error = %e, "the REST API stopped");
+        }
     });
 
     let mut term = signal(SignalKind::terminate())?;

@@ -7,6 +7,11 @@
 //! | `follow` | leader name, leader conn url (empty strings when there is no leader) | `LEASEHOLD_LEADER`, `LEASEHOLD_LEADER_CONN_URL` | exit 0 |
 //! | `status` | none | | exit 0 and one JSON object on stdout: `{"running", "role", "position", "timeline"}` |
 //!
+//! | `restart` (optional) | none | | exit 0 once the resource runs again in the same role |
+//! | `reload` (optional) | none | | exit 0 once the resource re-read its configuration |
+//! | `reinit` (optional) | leader name, leader conn url | `LEASEHOLD_LEADER`, `LEASEHOLD_LEADER_CONN_URL` | exit 0 once the replica's data is copied anew from the leader |
+//!
+//! A `status` hook may add `"pending_restart": true` when a setting waits for a restart.
 //! Every hook also gets `LEASEHOLD_SCOPE`, `LEASEHOLD_NAME` and the `[hooks.env]` table.
 //! A hook that runs past its timeout is killed and counts as failed.
 
@@ -44,6 +49,8 @@ struct StatusOutput {
     position: Option<u64>,
     #[serde(default)]
     timeline: Option<u64>,
+    #[serde(default)]
+    pending_restart: Option<bool>,
 }
 
 /// The word a demote hook receives for `mode`.
@@ -116,6 +123,39 @@ impl HookResource {
             sync_confirmed: Vec::new(),
         })
     }
+}
+
+#[async_trait]
+impl crate::api::MemberActions for HookResource {
+    async fn restart(&self) -> Result<(), String> {
+        let Some(hook) = &self.hooks.actions.restart else { return Err(no_hook("restart")) };
+        tracing::info!("running the restart hook");
+        self.run("restart", hook, &[], &[], self.hooks.timeout).await.map(drop)
+    }
+
+    async fn reload(&self) -> Result<(), String> {
+        let Some(hook) = &self.hooks.actions.reload else { return Err(no_hook("reload")) };
+        tracing::info!("running the reload hook");
+        self.run("reload", hook, &[], &[], self.hooks.timeout).await.map(drop)
+    }
+
+    async fn reinitialize(&self, leader: &str, conn_url: Option<&str>) -> Result<(), String> {
+        let Some(hook) = &self.hooks.actions.reinit else { return Err(no_hook("reinit")) };
+        let u = conn_url.unwrap_or("");
+        tracing::info!(leader, conn_url = u, "running the reinit hook");
+        let env = [("LEASEHOLD_LEADER", leader), ("LEASEHOLD_LEADER_CONN_URL", u)];
+        self.run("reinit", hook, &[leader, u], &env, self.hooks.timeout).await.map(drop)
+    }
+
+    async fn pending_restart(&self) -> Option<bool> {
+        let out = self.run("status", &self.hooks.status, &[], &[], self.hooks.status_timeout).await.ok()?;
+        let line = out.lines().rev().find(|l| !l.trim().is_empty())?;
+        serde_json::from_str::<StatusOutput>(line).ok()?.pending_restart
+    }
+}
+
+fn no_hook(name: &str) -> String {
+    format!("this member has no {name} hook (set hooks.{name}, or put an executable `{name}` in hooks.dir)")
 }
 
 #[async_trait]
@@ -199,6 +239,7 @@ mod tests {
             demote: script.clone(),
             follow: script.clone(),
             status: script.clone(),
+            actions: Box::default(),
             timeout: Duration::from_secs(10),
             status_timeout: Duration::from_secs(10),
             env: [("OUT".to_string(), out.display().to_string())].into(),

@@ -5,6 +5,8 @@
 //! * [`postgres`]: the native PostgreSQL resource (`[postgresql]`), rewind and synchronous mode;
 //! * [`api`]: the REST API (status, load-balancer checks, metrics, admin verbs);
 //! * [`probe`]: peers probed over that API for the healthy-enough rules;
+//! * [`tls`]: HTTPS for that API (server and clients), Patroni's `restapi.certfile` & co;
+//! * [`metrics`]: latency histograms of the store and the resource for `/metrics`;
 //! * [`ctl`]: operator commands that read the store and act through the leader's API;
 //! * [`pod_role`]: on Kubernetes, the role label of the daemon's own pod;
 //! * [`dynamic`]: the dynamic configuration in the store's `config` key (`ctl edit-config`);
@@ -20,8 +22,10 @@ pub mod daemon;
 pub mod dynamic;
 pub mod hooks;
 pub mod logging;
+pub mod metrics;
 #[cfg(feature = "kubernetes")]
 pub mod pod_role;
 pub mod postgres;
 pub mod probe;
 pub mod store;
+pub mod tls;

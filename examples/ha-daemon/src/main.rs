@@ -27,7 +27,8 @@ enum Command {
         #[arg(long)]
         check_config: bool,
     },
-    /// Operate the cluster: list, switchover, failover, pause, resume, history.
+    /// Operate the cluster: list, topology, switchover, failover, pause, resume, history,
+    /// restart, reload, reinit, remove.
     Ctl {
         #[command(subcommand)]
         command: CtlCommand,

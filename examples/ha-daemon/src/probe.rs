@@ -15,10 +15,10 @@ pub struct HttpProbe {
 
 impl HttpProbe {
     /// A probe whose requests give up after `timeout` (Patroni uses 2 s). `token` is sent to
-    /// peers' `/failsafe` endpoint.
-    pub fn new(timeout: Duration, token: Option<String>) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy().build()?;
-        Ok(HttpProbe { client, token })
+    /// peers' `/failsafe` endpoint. Peers whose API is `https://` are verified against
+    /// `tls.cacert`, and `tls.identity` is presented when they ask for a client certificate.
+    pub fn new(timeout: Duration, token: Option<String>, tls: &crate::tls::ClientTls) -> anyhow::Result<Self> {
+        Ok(HttpProbe { client: tls.http_client(timeout)?, token })
     }
 }
 

@@ -21,7 +21,7 @@ fn show_config(c: &Cluster) -> Value {
 
 fn pending(c: &Cluster, i: usize) -> Vec<String> {
     c.status(i)
-        .and_then(|s| s["pending_restart"].as_array().cloned())
+        .and_then(|s| s["pending_restart_settings"].as_array().cloned())
         .unwrap_or_default()
         .iter()
         .filter_map(|v| v.as_str().map(String::from))

@@ -792,7 +792,8 @@ fn dynamic_parameters_are_reloaded_and_pending_restarts_reported() {
     c.wait("work_mem reloaded and max_connections pending on every member", |c| {
         (0..3)
             .all(|i| {
-                let pending = c.status(i).and_then(|s| s["pending_restart"].as_array().cloned()).unwrap_or_default();
+                let pending =
+                    c.status(i).and_then(|s| s["pending_restart_settings"].as_array().cloned()).unwrap_or_default();
                 show(c.members[i].pg_port, "work_mem").as_deref() == Some("7MB")
                     && pending.iter().any(|p| p == "postgresql.parameters.max_connections")
             })

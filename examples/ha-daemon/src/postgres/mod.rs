@@ -118,6 +118,9 @@ pub struct PgResource {
     /// The epoch this process promoted under, while it runs PostgreSQL as primary: a promote
     /// with a newer one is the same primary taking its key back (failsafe), not a promotion.
     acting_epoch: Mutex<Option<Epoch>>,
+    /// Held by `follow` and by the operator's restart and reinitialize, so the driver does not
+    /// start PostgreSQL in the middle of a base backup.
+    operation: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PgResource {
@@ -181,6 +184,7 @@ impl PgResource {
             rewinds: AtomicU64::new(0),
             acting_epoch: Mutex::new(None),
             reclones: AtomicU64::new(0),
+            operation: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -696,7 +700,7 @@ impl PgResource {
     /// Parameters the running server changes only by restarting (`pending_restart` in
     /// `pg_settings`); empty when PostgreSQL is not running. A reload is applied
     /// asynchronously, so a list read right after one may still be the old.
-    pub async fn pending_restart(&self) -> Vec<String> {
+    pub async fn pending_restart_names(&self) -> Vec<String> {
         if !self.has_data() {
             return Vec::new();
         }
@@ -752,6 +756,55 @@ impl PgResource {
                 Ok(())
             }
         }
+    }
+}
+
+#[async_trait]
+impl crate::api::MemberActions for PgResource {
+    /// `pg_ctl restart -m fast`, in the role PostgreSQL has (a standby keeps `standby.signal`).
+    async fn restart(&self) -> Result<(), String> {
+        let _operation = self.operation.lock().await;
+        if !self.postmaster_running().await {
+            return Err("PostgreSQL is not running; the HA loop starts it".into());
+        }
+        *self.client.lock().await = None;
+        let log = self.log_file().display().to_string();
+        tracing::info!("restarting PostgreSQL (pg_ctl restart -m fast)");
+        self.pg_ctl(&["-m", "fast", "-l", &log, "restart"]).await.map(drop)
+    }
+
+    /// `pg_reload_conf()`.
+    async fn reload(&self) -> Result<(), String> {
+        tracing::info!("reloading PostgreSQL's configuration");
+        PgResource::reload(self).await
+    }
+
+    /// Stops PostgreSQL, removes the data directory and takes a new base backup from the
+    /// leader, then starts as its standby (Patroni's reinitialize).
+    async fn reinitialize(&self, leader: &str, conn_url: Option<&str>) -> Result<(), String> {
+        let url = conn_url.filter(|u| !u.is_empty()).ok_or_else(|| format!("leader {leader} publishes no conn_url"))?;
+        let (host, port) =
+            files::parse_conn_url(url).ok_or_else(|| format!("leader {leader}: conn_url {url:?} is not host:port"))?;
+        let _operation = self.operation.lock().await;
+        // The leader must answer as a primary before anything is thrown away.
+        self.leader_primary(&host, port).await?;
+        tracing::warn!(leader, "reinitializing: removing the data directory and cloning from the leader");
+        self.stop(true).await?;
+        let data = self.data().to_path_buf();
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| format!("cannot remove {}: {e}", data.display()))?;
+        }
+        self.clone_from(&host, port).await?;
+        self.reclones.fetch_add(1, Ordering::Relaxed);
+        let upstream = self.upstream(&host, port);
+        self.start(&Role::Standby { upstream: Some(&upstream), slot: self.slot() }).await
+    }
+
+    /// Whether a changed setting waits for a restart (`pg_settings.pending_restart`).
+    async fn pending_restart(&self) -> Option<bool> {
+        let rows = self.local_query("select count(*) from pg_settings where pending_restart").await.ok()?;
+        let n: u64 = rows.first()?.first()?.as_deref()?.parse().ok()?;
+        Some(n > 0)
     }
 }
 
@@ -839,6 +892,7 @@ impl Resource for PgResource {
         let (host, port) =
             files::parse_conn_url(url).ok_or_else(|| format!("leader {leader}: conn_url {url:?} is not host:port"))?;
         tracing::info!(leader, conn = %format!("{host}:{port}"), "following");
+        let _operation = self.operation.lock().await;
         self.follow_leader(&host, port).await
     }
 
