@@ -422,14 +422,15 @@ impl Ctl {
     async fn write_failover(&self, view: &ClusterView, rec: FailoverRecord) -> anyhow::Result<()> {
         let expect = match view.control_version(ControlKey::Failover) {
             Some(_) if view.failover.is_some() => {
-                bail!("a switchover or failover is already pending: {:?}", view.failover)
+                let pending = view.failover.as_ref().map(|f| describe_failover(&f.value)).unwrap_or_default();
+                bail!("a {pending} is already pending; wait for it or let it expire")
             }
             Some(v) => Expect::Version(v.clone()),
             None => Expect::Absent,
         };
         match self.dcs.write_control(ControlKey::Failover, expect, &rec.encode()).await? {
             leasehold::CasOutcome::Won(_) => {
-                println!("wrote the failover key directly: {rec:?}");
+                println!("wrote the failover key directly: {}", describe_failover(&rec));
                 Ok(())
             }
             leasehold::CasOutcome::Lost(_) => bail!("another writer changed the failover key; retry"),
@@ -699,7 +700,9 @@ impl Ctl {
             let Some(version) = view.control_version(key).cloned() else { continue };
             match self.dcs.delete_control(key, &version).await? {
                 leasehold::CasOutcome::Won(()) => removed += 1,
-                leasehold::CasOutcome::Lost(_) => bail!("{key:?} changed while removing (a member is writing); retry"),
+                leasehold::CasOutcome::Lost(_) => {
+                    bail!("the {} key changed while removing (a member is writing); retry", key.name())
+                }
             }
         }
         println!("removed {removed} control keys of {scope}");
@@ -774,4 +777,11 @@ fn history_table(view: &ClusterView) -> String {
         let _ = writeln!(out, "{:>8} {:>12} {:>6}  {:<12} {}", h.timeline, h.position, h.epoch.0, h.leader, h.reason);
     }
     out
+}
+
+/// `switchover from n1 to n2`, `failover to n2`: a failover request as an operator reads it.
+fn describe_failover(f: &FailoverRecord) -> String {
+    let kind = if f.leader.is_some() { "switchover" } else { "failover" };
+    let from = f.leader.as_deref().map(|l| format!(" from {l}")).unwrap_or_default();
+    format!("{kind}{from} to {}", f.candidate.as_deref().unwrap_or("the best member"))
 }
