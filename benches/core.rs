@@ -11,8 +11,8 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use leasehold::node::{Action, Input, Node, NodeConfig};
 use leasehold::rules::{ElectionFacts, evaluate};
 use leasehold::{
-    CasOutcome, ClusterView, Epoch, Instant, LeaderRecord, LeaderView, MemberRecord, PeerReply, PeerStatus,
-    ResourceRole, Tags, Timing, Version, Versioned, WatchdogHealth,
+    CasOutcome, ClusterView, Epoch, Instant, LeaderRecord, LeaderView, MemberRecord, PeerReply, ResourceRole, Tags,
+    Timing, Version, Versioned, WatchdogHealth,
 };
 
 fn at(ms: u64) -> Instant {
@@ -126,8 +126,10 @@ fn leader_step(c: &mut Criterion) {
 fn rules(c: &mut Criterion) {
     let mut group = c.benchmark_group("rules/evaluate");
     for n in [3usize, 5, 15, 100] {
-        let me = PeerStatus {
+        let me = MemberRecord {
             name: "me".into(),
+            api_url: None,
+            conn_url: None,
             role: ResourceRole::Replica,
             running: true,
             position: Some(5000),
@@ -138,7 +140,7 @@ fn rules(c: &mut Criterion) {
         // Every peer is reachable and behind us: the worst case, all of them are inspected.
         let peers: Vec<PeerReply> = (0..n - 1)
             .map(|i| {
-                PeerReply::Reachable(PeerStatus {
+                PeerReply::Reachable(MemberRecord {
                     name: format!("p{i}"),
                     position: Some(4000 + i as u64),
                     ..me.clone()

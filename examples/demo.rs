@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use leasehold::driver::{self, DriverHandle, NoWatchdog, PeerProbe, Resource};
 use leasehold::node::{AdminRequest, DemoteMode, NodeConfig, NodeEvent, ResourceStatus};
 use leasehold::testkit::{MemoryClient, MemoryStore, TokioClock};
-use leasehold::{Epoch, MemberRecord, PeerStatus, ResourceRole, Timing};
+use leasehold::{Epoch, MemberRecord, ResourceRole, Timing};
 use tokio::time::Instant;
 
 const SCOPE: &str = "demo";
@@ -116,14 +116,16 @@ struct DemoProbe {
 
 #[async_trait]
 impl PeerProbe for DemoProbe {
-    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
+    async fn probe(&self, peer: &MemberRecord) -> Option<MemberRecord> {
         let r = self.resources.get(&peer.name)?;
         if !r.alive.load(Ordering::SeqCst) {
             return None;
         }
         let s = r.status().await;
-        Some(PeerStatus {
+        Some(MemberRecord {
             name: peer.name.clone(),
+            api_url: None,
+            conn_url: None,
             role: s.role,
             running: s.running,
             position: s.position,

@@ -86,7 +86,7 @@ pub use record::{
 };
 #[cfg(feature = "tokio")]
 pub use resource::Resource;
-pub use rules::{ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
+pub use rules::{ElectionFacts, PeerReply, Reason, Verdict, WatchdogHealth};
 pub use time::{Clock, Instant};
 #[cfg(feature = "tokio")]
 pub use watchdog::{LinuxWatchdog, NoWatchdog, Watchdog};

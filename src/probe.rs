@@ -3,14 +3,13 @@
 use async_trait::async_trait;
 
 use crate::record::{Epoch, MemberRecord};
-use crate::rules::PeerStatus;
 
 /// Asks peers about themselves (their REST API's `/status`).
 #[async_trait]
 pub trait PeerProbe: Send + Sync + 'static {
     /// `peer`'s status, or `None` if it did not answer within the probe's own timeout
     /// (keep it short: Patroni uses 2 s).
-    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus>;
+    async fn probe(&self, peer: &MemberRecord) -> Option<MemberRecord>;
 
     /// Failsafe mode: ask `peer` to accept `leader` (with `epoch`) while the store is
     /// unreachable. `true` only if it explicitly accepted.
@@ -30,7 +29,7 @@ pub struct RecordProbe {
 
 #[async_trait]
 impl PeerProbe for RecordProbe {
-    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
-        self.trust_records.then(|| PeerStatus::from(peer))
+    async fn probe(&self, peer: &MemberRecord) -> Option<MemberRecord> {
+        self.trust_records.then(|| peer.clone())
     }
 }

@@ -252,6 +252,11 @@ pub struct MemberRecord {
 }
 
 impl MemberRecord {
+    /// Whether this member could itself be promoted (Patroni's `failover_limitation`).
+    pub fn may_be_promoted(&self) -> bool {
+        self.tags.allows_failover() && !self.watchdog_failed
+    }
+
     /// A minimal record for `name`.
     pub fn new(name: impl Into<String>) -> Self {
         MemberRecord {

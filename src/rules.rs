@@ -6,43 +6,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::record::{FailoverRecord, MemberRecord, ResourceRole, SyncRecord, Tags};
-
-/// What a member reports about itself, over its REST API (`GET /status`) or from its record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerStatus {
-    /// Member name.
-    pub name: String,
-    /// What its resource is doing.
-    pub role: ResourceRole,
-    /// Whether its resource is running.
-    pub running: bool,
-    /// Its replication position, if known.
-    #[serde(default)]
-    pub position: Option<u64>,
-    /// Its timeline, if known.
-    #[serde(default)]
-    pub timeline: Option<u64>,
-    /// Its election tags.
-    #[serde(default)]
-    pub tags: Tags,
-    /// It has a `required` watchdog that does not work.
-    #[serde(default)]
-    pub watchdog_failed: bool,
-}
-
-impl PeerStatus {
-    /// Whether this peer could itself be promoted (Patroni's `failover_limitation`).
-    pub fn may_be_promoted(&self) -> bool {
-        self.tags.allows_failover() && !self.watchdog_failed
-    }
-}
+use crate::record::{FailoverRecord, MemberRecord, ResourceRole, SyncRecord};
 
 /// One peer's answer to the health probe.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerReply {
-    /// The peer answered.
-    Reachable(PeerStatus),
+    /// The peer answered with its status: the shape of its member record, read fresh.
+    Reachable(MemberRecord),
     /// The peer did not answer in time; it is ignored, like Patroni does.
     Unreachable {
         /// Member name.
@@ -56,21 +26,6 @@ impl PeerReply {
         match self {
             PeerReply::Reachable(s) => &s.name,
             PeerReply::Unreachable { name } => name,
-        }
-    }
-}
-
-impl From<&MemberRecord> for PeerStatus {
-    /// What a member's registration says about it: the same fields, one shape.
-    fn from(m: &MemberRecord) -> Self {
-        PeerStatus {
-            name: m.name.clone(),
-            role: m.role,
-            running: m.running,
-            position: m.position,
-            timeline: m.timeline,
-            tags: m.tags.clone(),
-            watchdog_failed: m.watchdog_failed,
         }
     }
 }
@@ -92,7 +47,7 @@ pub enum WatchdogHealth {
 #[derive(Clone, Debug)]
 pub struct ElectionFacts<'a> {
     /// This member's own status.
-    pub me: &'a PeerStatus,
+    pub me: &'a MemberRecord,
     /// The leader's last published position (`status` key), if any.
     pub leader_position: Option<u64>,
     /// The cluster's current timeline (from `history`), if known.
@@ -306,7 +261,7 @@ pub fn evaluate(f: &ElectionFacts<'_>) -> Verdict {
     Verdict::Eligible
 }
 
-fn reachable<'a>(f: &'a ElectionFacts<'_>) -> impl Iterator<Item = &'a PeerStatus> {
+fn reachable<'a>(f: &'a ElectionFacts<'_>) -> impl Iterator<Item = &'a MemberRecord> {
     f.peers.iter().filter_map(|p| match p {
         PeerReply::Reachable(s) if s.name != f.me.name => Some(s),
         _ => None,
@@ -328,7 +283,7 @@ fn candidate_is_healthy(f: &ElectionFacts<'_>, candidate: &str) -> bool {
 /// no sync key, qualifies nobody. One rule for a switchover's candidate (checked by the
 /// leader) and for the candidate of a manual failover (checked by the others).
 pub fn can_take_over(
-    peer: &PeerStatus,
+    peer: &MemberRecord,
     leader_position: Option<u64>,
     max_lag: u64,
     sync_set: Option<Option<&SyncRecord>>,

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use leasehold::driver::{self, DriverHandle, NoWatchdog, PeerProbe, Resource};
 use leasehold::node::{AdminRequest, DemoteMode, NodeConfig, NodeEvent, ResourceStatus};
 use leasehold::testkit::{Fault, MemoryClient, MemoryDcs, MemoryStore, TokioClock};
-use leasehold::{Dcs, Epoch, MemberRecord, PeerStatus, ResourceRole, Timing};
+use leasehold::{Dcs, Epoch, MemberRecord, ResourceRole, Timing};
 use tokio::time::Instant;
 
 const SCOPE: &str = "driver";
@@ -58,11 +58,13 @@ struct FakeProbe {
 
 #[async_trait]
 impl PeerProbe for FakeProbe {
-    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
+    async fn probe(&self, peer: &MemberRecord) -> Option<MemberRecord> {
         let resource = self.alive.lock().unwrap().get(&peer.name)?.clone();
         let s = resource.status().await;
-        Some(PeerStatus {
+        Some(MemberRecord {
             name: peer.name.clone(),
+            api_url: None,
+            conn_url: None,
             role: s.role,
             running: s.running,
             position: s.position,

@@ -23,13 +23,13 @@ use std::fs;
 use std::path::Path;
 
 use leasehold::rules::{ElectionFacts, evaluate};
-use leasehold::{FailoverRecord, PeerReply, PeerStatus, ResourceRole, SyncRecord, Tags, Verdict, WatchdogHealth};
+use leasehold::{FailoverRecord, MemberRecord, PeerReply, ResourceRole, SyncRecord, Tags, Verdict, WatchdogHealth};
 
 #[derive(Default)]
 struct Case {
     title: String,
     line: usize,
-    me: Option<PeerStatus>,
+    me: Option<MemberRecord>,
     peers: Vec<PeerReply>,
     leader_position: Option<u64>,
     cluster_timeline: Option<u64>,
@@ -43,10 +43,12 @@ struct Case {
     expect: Vec<String>,
 }
 
-fn status(words: &[&str], file: &str, line: usize) -> PeerStatus {
+fn status(words: &[&str], file: &str, line: usize) -> MemberRecord {
     let name = words.first().unwrap_or_else(|| panic!("{file}:{line}: missing member name"));
-    let mut s = PeerStatus {
+    let mut s = MemberRecord {
         name: name.to_string(),
+        api_url: None,
+        conn_url: None,
         role: ResourceRole::Replica,
         running: true,
         position: None,

@@ -47,7 +47,7 @@ use crate::record::{
     ClusterView, ConfigRecord, ControlKey, Epoch, FailoverRecord, HistoryEntry, HistoryRecord, LeaderRecord,
     LeaderView, MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version,
 };
-use crate::rules::{self, ElectionFacts, PeerReply, PeerStatus, Reason, Verdict, WatchdogHealth};
+use crate::rules::{self, ElectionFacts, PeerReply, Reason, Verdict, WatchdogHealth};
 use crate::time::Instant;
 use known::Known;
 use state::{Held, State};
@@ -1045,7 +1045,7 @@ impl Node {
         if view.leader.is_some() || !matches!(self.state, State::Follower) {
             return;
         }
-        let me = self.my_status();
+        let me = self.my_record();
         let sync = view.sync.as_ref().map(|s| &s.value);
         let facts = ElectionFacts {
             me: &me,
@@ -1926,11 +1926,6 @@ impl Node {
             tags: self.cfg.tags.clone(),
             watchdog_failed: self.cfg.watchdog == WatchdogMode::Required && self.watchdog == WatchdogHealth::Failed,
         }
-    }
-
-    /// Our status as peers see it: built from our registration, so the two cannot drift.
-    fn my_status(&self) -> PeerStatus {
-        PeerStatus::from(&self.my_record())
     }
 
     fn config_record(&self) -> Option<&ConfigRecord> {

@@ -322,8 +322,10 @@ fn switchover_demotes_then_releases() {
     n.handle_load(load, Ok(view), at(1030));
     let actions = answer_writes(&mut n, at(1030));
     let probe = actions.iter().find_map(|a| if let Action::ProbePeers { id, .. } = a { Some(*id) } else { None });
-    let status = PeerStatus {
+    let status = MemberRecord {
         name: "b".into(),
+        api_url: None,
+        conn_url: None,
         role: ResourceRole::Replica,
         running: true,
         position: Some(100),

@@ -38,7 +38,7 @@ use axum::routing::{get, post};
 use axum::serve::{IncomingStream, Listener};
 use leasehold::driver::{DriverHandle, DriverState, Resource};
 use leasehold::node::{AdminError, AdminRequest, NodeRole};
-use leasehold::{ResourceRole, Tags};
+use leasehold::{MemberRecord, ResourceRole};
 use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, RwLock};
@@ -143,24 +143,14 @@ impl ApiState {
     }
 }
 
-/// The `/status` document. Its first fields are [`leasehold::PeerStatus`]'s, so a peer's
-/// probe decodes it directly.
+/// The `/status` document: the member's record as it would publish it now (read fresh, the
+/// one member shape the library uses everywhere, so a peer's probe decodes it directly), and
+/// the daemon's state beside it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusDoc {
-    /// Member name.
-    pub name: String,
-    /// What the resource does: `primary`, `replica` or `unknown`.
-    pub role: ResourceRole,
-    /// Whether the resource runs.
-    pub running: bool,
-    /// Replication position.
-    pub position: Option<u64>,
-    /// Timeline.
-    pub timeline: Option<u64>,
-    /// Election tags.
-    pub tags: Tags,
-    /// A required watchdog failed.
-    pub watchdog_failed: bool,
+    /// Name, role, running, position, timeline, tags, watchdog_failed, api_url, conn_url.
+    #[serde(flatten)]
+    pub member: MemberRecord,
     /// The HA state: `leader`, `promoting`, `demoting`, `replica` or `stopped`.
     pub state: String,
     /// Whether the resource may act as primary now (we hold a valid lease).
@@ -181,10 +171,6 @@ pub struct StatusDoc {
     pub paused: bool,
     /// Why we last declined to race for a free key.
     pub last_refusal: Option<String>,
-    /// Our API URL.
-    pub api_url: String,
-    /// Where replicas reach our resource.
-    pub conn_url: Option<String>,
     /// Synchronous mode: the sync key's standbys (only members there may be promoted
     /// automatically), when the key belongs to the current leader.
     #[serde(default)]
@@ -214,13 +200,17 @@ fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
     let leader_position = s.view.as_ref().and_then(|v| v.status.as_ref()).map(|st| st.value.position);
     let me = s.view.as_ref().and_then(|v| v.member(&cfg.name).cloned());
     StatusDoc {
-        name: cfg.name.clone(),
-        role: s.resource.role,
-        running: s.resource.running,
-        position: s.resource.position,
-        timeline: s.resource.timeline,
-        tags: cfg.tags.clone(),
-        watchdog_failed: me.is_some_and(|m| m.watchdog_failed),
+        member: MemberRecord {
+            name: cfg.name.clone(),
+            api_url: Some(cfg.restapi.connect_url.clone()),
+            conn_url: cfg.node_config(0).conn_url,
+            role: s.resource.role,
+            running: s.resource.running,
+            position: s.resource.position,
+            timeline: s.resource.timeline,
+            tags: cfg.tags.clone(),
+            watchdog_failed: me.is_some_and(|m| m.watchdog_failed),
+        },
         state: state_name(s.status.role).into(),
         acting: s.acting,
         scope: cfg.scope.clone(),
@@ -234,8 +224,6 @@ fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
         },
         paused: s.status.paused,
         last_refusal: s.status.last_refusal.as_ref().map(ToString::to_string),
-        api_url: cfg.restapi.connect_url.clone(),
-        conn_url: cfg.node_config(0).conn_url,
         sync_standby: s
             .view
             .as_ref()

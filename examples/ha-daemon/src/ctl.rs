@@ -283,14 +283,14 @@ impl Ctl {
                 let role = if is_leader {
                     "leader".to_string()
                 } else {
-                    role_name(st.as_ref().map_or(m.role, |s| s.role)).to_string()
+                    role_name(st.as_ref().map_or(m.role, |s| s.member.role)).to_string()
                 };
                 let state = match &st {
                     Some(s) => s.state.clone(),
                     None if m.running => "running?".into(),
                     None => "stopped?".into(),
                 };
-                let position = st.as_ref().and_then(|s| s.position).or(m.position);
+                let position = st.as_ref().and_then(|s| s.member.position).or(m.position);
                 let lag = match (is_leader, leader_pos, position) {
                     (true, _, _) => Some(0),
                     (false, Some(l), Some(p)) => Some(l.saturating_sub(p)),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::driver::PeerProbe;
-use leasehold::{Epoch, MemberRecord, PeerStatus};
+use leasehold::{Epoch, MemberRecord};
 
 /// Probes peers with one short HTTP request each; silence or garbage reads as unreachable.
 #[derive(Clone, Debug)]
@@ -24,10 +24,10 @@ impl HttpProbe {
 
 #[async_trait]
 impl PeerProbe for HttpProbe {
-    async fn probe(&self, peer: &MemberRecord) -> Option<PeerStatus> {
+    async fn probe(&self, peer: &MemberRecord) -> Option<MemberRecord> {
         let url = format!("{}/status", peer.api_url.as_deref()?.trim_end_matches('/'));
         let reply = self.client.get(&url).send().await.ok()?;
-        let status: PeerStatus = reply.json().await.ok()?;
+        let status: MemberRecord = reply.json().await.ok()?;
         // A different member answering at that address is not the peer.
         (status.name == peer.name).then_some(status)
     }

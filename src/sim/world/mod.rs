@@ -29,7 +29,7 @@ use crate::dcs::{CasOutcome, Lease, WatchEvent};
 use crate::error::DcsError;
 use crate::node::{ANY_STANDBY, Action, Input, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
 use crate::record::{ClusterView, DecodeCache, Epoch, LeaderView, ResourceRole, Version};
-use crate::rules::{PeerReply, PeerStatus};
+use crate::rules::PeerReply;
 use crate::testkit::model::{MemoryModel, SessionId};
 use crate::time::Instant;
 

@@ -33,8 +33,10 @@ impl World {
             return PeerReply::Unreachable { name: name.to_string() };
         }
         let s = self.status_of(j);
-        PeerReply::Reachable(PeerStatus {
+        PeerReply::Reachable(crate::record::MemberRecord {
             name: name.to_string(),
+            api_url: None,
+            conn_url: None,
             role: s.role,
             running: s.running,
             position: s.position,
