@@ -106,7 +106,11 @@ async fn failover(agent: &ConsulAgent, ttl: Duration, rounds: usize) {
 async fn idle(agent: &ConsulAgent, scopes: usize, ttl: Duration) {
     let port = agent.address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("agent port");
     let proxy = CutProxy::start(port).expect("proxy");
-    let options = leasehold_consul::ConsulOptions { ttl, address: format!("http://127.0.0.1:{}", proxy.port()), ..agent.options() };
+    let options = leasehold_consul::ConsulOptions {
+        ttl,
+        address: format!("http://127.0.0.1:{}", proxy.port()),
+        ..agent.options()
+    };
     let client = ConsulClient::connect(options).await.expect("connect");
     let handles: Vec<_> = (0..scopes).map(|i| client.scope(&format!("idle{scopes}-{}-{i}", ttl.as_secs()))).collect();
     for h in &handles {

@@ -134,8 +134,9 @@ async fn member(endpoint: String, name: String, s: Settings) {
         let mut cfg = NodeConfig::new(name.clone(), incarnation);
         cfg.timing = s.timing();
         let dcs = Arc::new(client.scope(&scope_name(i)));
-        let handle = driver::spawn(cfg, dcs, Arc::new(Stub::default()), Arc::new(RecordProbe::default()), Box::new(NoWatchdog))
-            .expect("valid timing");
+        let handle =
+            driver::spawn(cfg, dcs, Arc::new(Stub::default()), Arc::new(RecordProbe::default()), Box::new(NoWatchdog))
+                .expect("valid timing");
         handles.push(handle);
     }
     println!("ready");
@@ -253,7 +254,11 @@ async fn coordinator(s: Settings) {
     let secs = t.elapsed().as_secs_f64();
     let after = (messages(&server).await, pids.iter().map(|(_, p)| usage(*p)).collect::<Vec<_>>());
     let total: f64 = after.0.iter().map(|(m, n)| n - before.0.get(m).copied().unwrap_or(0.0)).sum();
-    println!("idle {secs:.0} s: {:.1} etcd requests/s in total, {:.3} per scope", total / secs, total / secs / s.scopes as f64);
+    println!(
+        "idle {secs:.0} s: {:.1} etcd requests/s in total, {:.3} per scope",
+        total / secs,
+        total / secs / s.scopes as f64
+    );
     for (method, n) in &after.0 {
         let d = n - before.0.get(method).copied().unwrap_or(0.0);
         if d > 0.0 {
@@ -293,7 +298,9 @@ async fn coordinator(s: Settings) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     times.sort();
-    let at = |q: f64| times.get(((times.len().max(1) - 1) as f64 * q).round() as usize).map_or(f64::NAN, Duration::as_secs_f64);
+    let at = |q: f64| {
+        times.get(((times.len().max(1) - 1) as f64 * q).round() as usize).map_or(f64::NAN, Duration::as_secs_f64)
+    };
     println!(
         "kill -9 of {victim} (led {count} scopes): every one re-led: {}; median {:.2} s, max {:.2} s after the kill (ttl {} s; poll every 0.2 s plus a read of every scope)",
         orphans.is_empty(),

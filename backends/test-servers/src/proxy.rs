@@ -161,7 +161,9 @@ fn forward(
     client.set_nonblocking(false)?;
     let server = TcpStream::connect(("127.0.0.1", upstream))?;
     conns.lock().unwrap_or_else(|e| e.into_inner()).extend([client.try_clone()?, server.try_clone()?]);
-    for (upstream_bound, mut from, mut to) in [(true, client.try_clone()?, server.try_clone()?), (false, server, client)] {
+    for (upstream_bound, mut from, mut to) in
+        [(true, client.try_clone()?, server.try_clone()?), (false, server, client)]
+    {
         let requests = requests.clone();
         thread::spawn(move || {
             let mut buf = [0u8; 16384];
