@@ -319,19 +319,20 @@ async fn a_timing_with_another_ttl_than_the_clients_is_refused() {
 
     let mut cfg = NodeConfig::new("n1", 1);
     cfg.timing = timing.clone();
-    let refused = driver::spawn(
+    let spawned = driver::spawn(
         cfg,
         dcs.clone(),
         Arc::new(FakeResource::default()),
         Arc::new(FakeProbe::default()),
         Box::new(NoWatchdog),
-    )
-    .err()
-    .expect("the driver refuses a ttl the client was not built with");
+    );
+    let Err(refused) = spawned else { panic!("the driver refuses a ttl the client was not built with") };
     assert_eq!(refused.field, "ttl");
     assert!(refused.message.contains("6s") && refused.message.contains("5s"), "{refused}");
 
-    let refused = leasehold::Election::new(dcs.clone(), "n1", timing).err().expect("the election refuses it too");
+    let Err(refused) = leasehold::Election::new(dcs.clone(), "n1", timing) else {
+        panic!("the election refuses it too")
+    };
     let text = refused.to_string();
     assert!(text.contains("6s") && text.contains("5s"), "{text}");
 
