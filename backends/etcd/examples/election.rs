@@ -23,7 +23,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         retry_timeout: Duration::from_secs(3),
         ..Timing::default()
     };
-    let store = EtcdClient::connect(EtcdOptions { endpoints: vec![endpoint], ..EtcdOptions::default() }, &timing).await?;
+    let store =
+        EtcdClient::connect(EtcdOptions { endpoints: vec![endpoint], ..EtcdOptions::default() }, &timing).await?;
     let election = Election::new(Arc::new(store.scope("my-service")), member, timing)?;
 
     let leadership = election.campaign().await?;
