@@ -57,6 +57,19 @@ pub struct TimingError {
     pub message: String,
 }
 
+/// A store client's option broke a rule: one error type for every backend crate's
+/// `*Options::validate`. The message names the field and the rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {store} option {field}: {message}")]
+pub struct OptionsError {
+    /// The store the options are for (`"etcd"`, `"zookeeper"`, `"consul"`, `"kubernetes"`).
+    pub store: &'static str,
+    /// The field at fault (`"endpoints"`, `"timing.ttl"`, ...).
+    pub field: &'static str,
+    /// The rule and the value.
+    pub message: String,
+}
+
 fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
@@ -130,6 +143,25 @@ impl Timing {
         Ok(())
     }
 
+    /// Checks that `self.ttl` is the ttl the store client was built with (`client_ttl`, from
+    /// [`Dcs::configured_ttl`](crate::Dcs::configured_ttl)): the ttl has one source, the
+    /// `Timing` given to both the client and the node. The store may still enforce a
+    /// different lease ([`StoreBounds::ttl`](crate::StoreBounds)); that is compared elsewhere.
+    pub fn check_client_ttl(&self, client_ttl: Duration) -> Result<(), TimingError> {
+        if self.ttl == client_ttl {
+            return Ok(());
+        }
+        Err(TimingError {
+            field: "ttl",
+            message: format!(
+                "timing.ttl ({}) differs from the ttl the store client was built with ({}); \
+                 connect the client with the same Timing the node uses",
+                secs(self.ttl),
+                secs(client_ttl)
+            ),
+        })
+    }
+
     /// How long after a renew call was made the leader may act: `ttl * (1 - drift) -
     /// safety_margin`, with `ttl` capped at what the store granted.
     pub fn belief_for(&self, granted: Duration) -> Duration {
@@ -142,14 +174,15 @@ impl Timing {
     }
 }
 
-/// Durations as humantime strings ("10s", "1500ms") or plain seconds.
+/// Durations as humantime text ("10s", "1500ms", "1m 30s") or a plain number of seconds,
+/// as Patroni takes them; written back as humantime text.
 mod humantime_serde_compat {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", d.as_millis()))
+        s.collect_str(&humantime::format_duration(*d))
     }
 
     #[derive(Deserialize)]
@@ -161,31 +194,29 @@ mod humantime_serde_compat {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Repr::deserialize(d)? {
-            Repr::Secs(s) if s.is_finite() && (0.0..1e12).contains(&s) => Ok(Duration::from_secs_f64(s)),
-            Repr::Secs(s) => Err(serde::de::Error::custom(format!("{s} is not a valid number of seconds"))),
-            Repr::Text(t) => crate::config::parse_duration(&t).map_err(serde::de::Error::custom),
+            Repr::Secs(s) => super::duration_from_secs(s).map_err(serde::de::Error::custom),
+            Repr::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
         }
     }
 }
 
-/// Parses `"10s"`, `"1500ms"`, `"2m"`, `"1h"` or a bare number of seconds.
+/// A number of seconds as a duration: finite, not negative, below 10^12.
+pub fn duration_from_secs(secs: f64) -> Result<Duration, String> {
+    if secs.is_finite() && (0.0..1e12).contains(&secs) {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(format!("{secs} is not a valid number of seconds"))
+    }
+}
+
+/// Parses a duration written as humantime text (`"10s"`, `"1500ms"`, `"2m"`, `"1h 30m"`) or as
+/// a bare number of seconds (`"7"`, `"0.5"`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 1500ms"))?;
-    let scale = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
-        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m or h)")),
-    };
-    let s = n * scale;
-    if !s.is_finite() || s >= 1e12 {
-        return Err(format!("{text:?} is too large"));
+    if let Ok(secs) = t.parse::<f64>() {
+        return duration_from_secs(secs);
     }
-    Ok(Duration::from_secs_f64(s))
+    humantime::parse_duration(t).map_err(|e| format!("{text:?} is not a duration like 10s or 1500ms: {e}"))
 }
 
 #[cfg(test)]
@@ -225,6 +256,15 @@ mod tests {
     }
 
     #[test]
+    fn a_client_built_with_another_ttl_is_refused_naming_both() {
+        let t = Timing::default();
+        t.check_client_ttl(Duration::from_secs(30)).unwrap();
+        let e = t.check_client_ttl(Duration::from_secs(20)).unwrap_err();
+        assert_eq!(e.field, "ttl");
+        assert!(e.message.contains("30s") && e.message.contains("20s"), "{e}");
+    }
+
+    #[test]
     fn belief_is_shorter_than_the_granted_ttl() {
         let t = Timing::default();
         assert_eq!(t.belief_for(Duration::from_secs(30)), Duration::from_millis(24_970));
@@ -241,6 +281,11 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+        assert!(parse_duration("-3").is_err());
+        assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
+        let text = serde_json::to_string(&Timing::fast()).unwrap();
+        assert!(text.contains(r#""retry_timeout":"1s 500ms""#), "{text}");
+        assert_eq!(serde_json::from_str::<Timing>(&text).unwrap(), Timing::fast());
         let t: Timing = serde_json::from_str(r#"{"ttl": "20s", "loop_wait": 2}"#).unwrap();
         assert_eq!(t.ttl, Duration::from_secs(20));
         assert_eq!(t.loop_wait, Duration::from_secs(2));

@@ -8,7 +8,10 @@
 //!
 //! # Time in the contract
 //!
-//! "ttl" below is the backend's lease TTL ([`StoreBounds::ttl`]). Every guarantee about
+//! "ttl" below is the backend's lease TTL ([`StoreBounds::ttl`]): what the store enforces,
+//! which may differ from the [`Timing::ttl`](crate::Timing) the client was built with
+//! ([`Dcs::configured_ttl`]; Consul's session floor, ZooKeeper's negotiation, etcd's whole
+//! seconds). Every guarantee about
 //! expiry is measured on the caller's monotonic clock **from the moment the call was made**
 //! (before the request was sent), never from when the reply arrived: the reply may have been
 //! delayed arbitrarily.
@@ -113,8 +116,13 @@ pub trait Dcs: Send + Sync + 'static {
     /// The scope's name.
     fn scope(&self) -> &str;
 
-    /// The backend's timing promises.
+    /// The backend's timing promises: what the store enforces.
     fn bounds(&self) -> StoreBounds;
+
+    /// The [`Timing::ttl`](crate::Timing) the store client was built with (`connect(options,
+    /// &timing)`), before any rounding or clamping by the store. The driver and the election
+    /// handle refuse a node whose `timing.ttl` differs from it, so the ttl has one source.
+    fn configured_ttl(&self) -> Duration;
 
     /// Reads the whole scope in one consistent, linearizable snapshot: the leader key with
     /// its epoch and version, members, and every control key.

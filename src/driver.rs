@@ -162,6 +162,9 @@ impl DriverHandle {
 }
 
 /// Starts a driver for one scope. Must be called inside a tokio runtime.
+///
+/// Errors: an invalid `cfg.timing`, or a `cfg.timing.ttl` other than the ttl the store client
+/// behind `dcs` was built with ([`Dcs::configured_ttl`]; one `Timing` feeds both).
 pub fn spawn(
     cfg: NodeConfig,
     dcs: Arc<dyn Dcs>,
@@ -169,6 +172,7 @@ pub fn spawn(
     probe: Arc<dyn PeerProbe>,
     watchdog: Box<dyn Watchdog>,
 ) -> Result<DriverHandle, TimingError> {
+    cfg.timing.check_client_ttl(dcs.configured_ttl())?;
     let base = tokio::time::Instant::now();
     let node = Node::new(cfg, Instant::ZERO)?;
     let status = node.status();

@@ -69,7 +69,7 @@ pub mod testkit;
 #[cfg(feature = "tokio")]
 pub mod watchdog;
 
-pub use config::{Timing, TimingError};
+pub use config::{OptionsError, Timing, TimingError};
 pub use dcs::{CasOutcome, Dcs, Expect, Lease, StoreBounds, WatchEvent};
 #[cfg(feature = "tokio")]
 pub use driver::{DriverHandle, DriverState, spawn};

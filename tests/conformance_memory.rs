@@ -113,6 +113,9 @@ impl Dcs for BrokenDcs {
         }
         bounds
     }
+    fn configured_ttl(&self) -> Duration {
+        self.inner.configured_ttl()
+    }
     async fn load(&self) -> Result<ClusterView, DcsError> {
         let mut view = self.inner.load().await?;
         if self.bug == Bug::LoadForgetsMembers {

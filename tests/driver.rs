@@ -307,3 +307,38 @@ async fn a_leader_cut_off_from_the_store_demotes_before_anyone_else_acquires() {
     let second = cluster.wait_for_leader(Some(first)).await;
     assert_ne!(second, first);
 }
+
+/// Issue 16: the ttl has one source. A node whose timing.ttl differs from the ttl the store
+/// client was built with is refused by the driver and by the election handle, and the error
+/// names both values.
+#[tokio::test(start_paused = true)]
+async fn a_timing_with_another_ttl_than_the_clients_is_refused() {
+    let store = MemoryStore::new(Arc::new(TokioClock::new()), Duration::from_secs(5));
+    let dcs: Arc<dyn Dcs> = Arc::new(store.client().scope(SCOPE));
+    assert_eq!(dcs.configured_ttl(), Duration::from_secs(5));
+    let timing = Timing { ttl: Duration::from_secs(6), ..Timing::fast() };
+    timing.validate().expect("the timing itself is valid");
+
+    let mut cfg = NodeConfig::new("n1", 1);
+    cfg.timing = timing.clone();
+    let spawned = driver::spawn(
+        cfg,
+        dcs.clone(),
+        Arc::new(FakeResource::default()),
+        Arc::new(FakeProbe::default()),
+        Box::new(NoWatchdog),
+    );
+    let Err(refused) = spawned else { panic!("the driver refuses a ttl the client was not built with") };
+    assert_eq!(refused.field, "ttl");
+    assert!(refused.message.contains("6s") && refused.message.contains("5s"), "{refused}");
+
+    let Err(refused) = leasehold::Election::new(dcs.clone(), "n1", timing) else {
+        panic!("the election refuses it too")
+    };
+    let text = refused.to_string();
+    assert!(text.contains("6s") && text.contains("5s"), "{text}");
+
+    // The same timing with the client's ttl is accepted.
+    let election = leasehold::Election::new(dcs, "n1", Timing::fast());
+    assert!(election.is_ok(), "{:?}", election.err());
+}

@@ -113,8 +113,9 @@ struct Observer {
 impl Election {
     /// A handle for `member` on the scope `dcs` serves, with `timing` (validated:
     /// `loop_wait + 2 * retry_timeout <= ttl` and room for the safety margin, DESIGN.md
-    /// rule 9). Use the store's lease ttl as `timing.ttl`: a store granting less shortens
-    /// every term's belief to what it granted.
+    /// rule 9). `timing.ttl` must be the ttl the store client was built with
+    /// ([`Dcs::configured_ttl`]: connect the client with the same `Timing`); a store granting
+    /// less shortens every term's belief to what it granted.
     pub fn new(dcs: Arc<dyn Dcs>, member: impl Into<String>, timing: Timing) -> Result<Self, ElectionError> {
         let mut config = NodeConfig::new(member, 0);
         config.timing = timing;
@@ -129,6 +130,7 @@ impl Election {
             return Err(ElectionError::EmptyName);
         }
         config.timing.validate()?;
+        config.timing.check_client_ttl(dcs.configured_ttl())?;
         let granted = dcs.bounds().ttl;
         if granted < config.timing.ttl {
             tracing::warn!(scope = dcs.scope(), ?granted, ttl = ?config.timing.ttl,

@@ -2,7 +2,8 @@
 //! conformance [`Harness`]: a backend runs it with
 //! `run_election_suite(&harness).await` and asserts on the report.
 //!
-//! The timing is derived from the store's lease ttl ([`StoreBounds::ttl`](crate::StoreBounds)).
+//! The timing is derived from the ttl the harness's clients were built with
+//! ([`Dcs::configured_ttl`]); waits from the longer of it and the lease the store enforces.
 //! No check asserts on elapsed time: they assert order (a term's lost signal fires before
 //! another member's campaign returns), exclusivity and epochs. Waits are bounded by
 //! [`PATIENCE_TTLS`] ttls only so that a broken store fails instead of hanging.
@@ -83,11 +84,12 @@ struct Suite<'a> {
 impl<'a> Suite<'a> {
     async fn new(harness: &'a dyn Harness) -> Suite<'a> {
         let probe = harness.open_client().await.expect("the store accepts a client");
-        let ttl = probe.scope("probe").bounds().ttl;
-        let timing = timing_for(ttl);
-        timing.validate().expect("the store's ttl gives a valid timing");
+        let dcs = probe.scope("probe");
+        let timing = timing_for(dcs.configured_ttl());
+        timing.validate().expect("the clients' ttl gives a valid timing");
+        let longest = dcs.configured_ttl().max(dcs.bounds().ttl);
         let prefix = format!("election-{:x}", RandomState::new().hash_one(0u8) & 0xffff_ffff);
-        Suite { harness, prefix, timing, patience: ttl * PATIENCE_TTLS, clients: Mutex::new(vec![probe]) }
+        Suite { harness, prefix, timing, patience: longest * PATIENCE_TTLS, clients: Mutex::new(vec![probe]) }
     }
 
     async fn dcs(&self, scope: &str) -> Arc<dyn Dcs> {
@@ -305,6 +307,9 @@ impl Dcs for Cuttable {
     }
     fn bounds(&self) -> StoreBounds {
         self.inner.bounds()
+    }
+    fn configured_ttl(&self) -> Duration {
+        self.inner.configured_ttl()
     }
     async fn load(&self) -> Result<ClusterView, DcsError> {
         self.gate().await;

@@ -325,6 +325,11 @@ impl Dcs for MemoryDcs {
         self.client.store.bounds()
     }
 
+    fn configured_ttl(&self) -> Duration {
+        // The reference store enforces exactly the ttl it was built with.
+        self.client.store.ttl
+    }
+
     async fn load(&self) -> Result<ClusterView, DcsError> {
         self.call(DcsCall::Load, |_, m, now| Ok(m.load(&self.scope, now)))
     }

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use leasehold::{Dcs, LeaderRecord, MemberRecord};
+use leasehold::{Dcs, LeaderRecord, MemberRecord, Timing};
 use leasehold_consul::{ConsulClient, ConsulOptions};
 use leasehold_consul_emulator::{Emulator, EmulatorConfig, Expiry, RequestCounts};
 
@@ -30,13 +30,9 @@ fn row(what: &str, d: RequestCounts, calls: u64) {
 
 async fn idle(emu: &Emulator, scopes: usize, ttl: Duration) -> f64 {
     // The emulator runs with a 100 ms session-TTL floor (Consul's is 10 s), so a short ttl works.
-    let options = ConsulOptions {
-        address: emu.url(),
-        ttl,
-        session_ttl_min: Duration::from_millis(100),
-        ..ConsulOptions::default()
-    };
-    let client = ConsulClient::connect(options).await.expect("connect");
+    let options =
+        ConsulOptions { address: emu.url(), session_ttl_min: Duration::from_millis(100), ..ConsulOptions::default() };
+    let client = ConsulClient::connect(options, &Timing { ttl, ..Timing::default() }).await.expect("connect");
     let handles: Vec<_> = (0..scopes).map(|i| client.scope(&format!("idle{scopes}-{i}"))).collect();
     for chunk in handles.chunks(50) {
         let acquired =
@@ -55,7 +51,7 @@ async fn idle(emu: &Emulator, scopes: usize, ttl: Duration) -> f64 {
     // Every key must still be there: the one session renewal kept them all.
     let view = handles[scopes - 1].load().await.expect("load");
     assert!(view.leader.is_some() && view.member("m").is_some(), "keys survived the idle window");
-    client.close().await.expect("close");
+    client.shutdown().await.expect("shutdown");
     rate
 }
 
@@ -69,11 +65,11 @@ async fn main() {
     )
     .expect("emulator");
     println!("leasehold-consul request counts, measured against the EMULATOR (not a real Consul agent)");
-    let ttl = Duration::from_secs(30);
+    let timing = Timing::default();
     let client =
-        ConsulClient::connect(ConsulOptions { address: emu.url(), ttl, ..ConsulOptions::default() }).await.unwrap();
+        ConsulClient::connect(ConsulOptions { address: emu.url(), ..ConsulOptions::default() }, &timing).await.unwrap();
     let follower =
-        ConsulClient::connect(ConsulOptions { address: emu.url(), ttl, ..ConsulOptions::default() }).await.unwrap();
+        ConsulClient::connect(ConsulOptions { address: emu.url(), ..ConsulOptions::default() }, &timing).await.unwrap();
     let (pg, fpg) = (client.scope("bench"), follower.scope("bench"));
     let n = 200u64;
 

@@ -43,9 +43,11 @@ fn show(what: &str, samples: &mut [Duration]) {
 
 async fn per_call(agent: &ConsulAgent) {
     const ROUNDS: usize = 200;
-    let options = agent.options();
-    let (leader, follower) =
-        (ConsulClient::connect(options.clone()).await.unwrap(), ConsulClient::connect(options).await.unwrap());
+    let (options, timing) = (agent.options(), agent.timing());
+    let (leader, follower) = (
+        ConsulClient::connect(options.clone(), &timing).await.unwrap(),
+        ConsulClient::connect(options, &timing).await.unwrap(),
+    );
     let (dl, df) = (leader.scope("bench"), follower.scope("bench"));
     df.publish_member(&MemberRecord::new("b")).await.unwrap();
     let (mut acq, mut renew, mut load, mut rel) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -59,16 +61,16 @@ async fn per_call(agent: &ConsulAgent) {
     show("renew", &mut renew);
     show("load", &mut load);
     show("release", &mut rel);
-    leader.close().await.unwrap();
-    follower.close().await.unwrap();
+    leader.shutdown().await.unwrap();
+    follower.shutdown().await.unwrap();
 }
 
 async fn failover(agent: &ConsulAgent, ttl: Duration, rounds: usize) {
-    let options = leasehold_consul::ConsulOptions { ttl, ..agent.options() };
+    let (options, timing) = (agent.options(), leasehold::Timing { ttl, ..agent.timing() });
     let (mut handover, mut crash) = (Vec::new(), Vec::new());
     for i in 0..rounds {
-        let a = ConsulClient::connect(options.clone()).await.unwrap();
-        let b = ConsulClient::connect(options.clone()).await.unwrap();
+        let a = ConsulClient::connect(options.clone(), &timing).await.unwrap();
+        let b = ConsulClient::connect(options.clone(), &timing).await.unwrap();
         let scope = format!("fo{}-{i}", ttl.as_secs());
         let (da, db) = (a.scope(&scope), b.scope(&scope));
         let lease = da.acquire(&record("a", "h")).await.unwrap().won().expect("free");
@@ -88,7 +90,7 @@ async fn failover(agent: &ConsulAgent, ttl: Duration, rounds: usize) {
             }
         }
         crash.push(start.elapsed());
-        b.close().await.unwrap();
+        b.shutdown().await.unwrap();
     }
     println!(
         "  ttl {:>2}s (session TTL {:?}): release handover p50 {:.1} ms (max {:.1}); crash failover p50 {:.2} s, max {:.2} s ({rounds} rounds)",

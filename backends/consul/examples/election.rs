@@ -16,10 +16,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let member = args.next().unwrap_or_else(|| format!("member-{}", std::process::id()));
 
     // --- the election part ---
-    let ttl = Duration::from_secs(10);
-    let store = ConsulClient::connect(ConsulOptions { address, ttl, ..ConsulOptions::default() }).await?;
-    let timing =
-        Timing { ttl, loop_wait: Duration::from_secs(2), retry_timeout: Duration::from_secs(3), ..Timing::default() };
+    // One Timing for the client and the node: the ttl has one source. Consul's session TTL
+    // is ttl / 2 and has a 10 s floor, so ttl is at least 20 s.
+    let timing = Timing {
+        ttl: Duration::from_secs(20),
+        loop_wait: Duration::from_secs(4),
+        retry_timeout: Duration::from_secs(5),
+        ..Timing::default()
+    };
+    let store = ConsulClient::connect(ConsulOptions { address, ..ConsulOptions::default() }, &timing).await?;
     let election = Election::new(Arc::new(store.scope("my-service")), member, timing)?;
 
     let leadership = election.campaign().await?;
@@ -29,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         () = do_leader_work(leadership.epoch()) => election.resign().await,
     }
     // --- end of the election part ---
-    store.stop();
+    store.shutdown().await?;
     Ok(())
 }
 

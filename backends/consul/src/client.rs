@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use leasehold::DcsError;
+use leasehold::{DcsError, Timing};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::api::{Acquired, Api, Created};
 use crate::dcs::ConsulDcs;
-use crate::options::ConsulOptions;
+use crate::options::{ConsulOptions, session_ttl};
 
 /// The caller's monotonic clock: lease validity is measured from when a request was sent.
 #[allow(clippy::disallowed_methods)] // A backend is I/O: it times its own requests (DESIGN.md rule 1).
@@ -27,8 +27,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct Inner {
     pub(crate) api: Api,
     pub(crate) options: ConsulOptions,
-    /// The session TTL in force (half the ttl, or the agent's minimum if it refused that).
+    /// The session TTL in force: half of `timing.ttl`.
     pub(crate) session_ttl: Duration,
+    /// `Timing::ttl` given to `connect`.
+    pub(crate) configured_ttl: Duration,
     /// Serialises session creation; `None` after the session was lost.
     session: tokio::sync::Mutex<Option<String>>,
     /// A copy of the current session ID readable without awaiting.
@@ -55,7 +57,7 @@ impl Drop for Inner {
 /// A connection to a Consul agent for leader election: one HTTP client and one session.
 ///
 /// Cheap to clone; every clone and every [`ConsulDcs`] from [`ConsulClient::scope`] shares the
-/// session. The session is created by [`connect`](ConsulClient::connect) with TTL = ttl / 2,
+/// session. The session is created by [`connect`](ConsulClient::connect) with TTL = `timing.ttl / 2`,
 /// `Behavior = delete`, the configured lock-delay and no health checks (unless configured). A
 /// keep-alive task renews it every session TTL / 3 and stops when the client and all its
 /// handles are dropped, or on [`stop`](ConsulClient::stop). If the session is lost
@@ -77,7 +79,9 @@ impl std::fmt::Debug for ConsulClient {
 }
 
 impl ConsulClient {
-    /// Validates `options`, creates the session and starts its keep-alive.
+    /// Validates `options`, creates the session with TTL `timing.ttl / 2` and starts its
+    /// keep-alive. Give every node on this client the same `timing`: the driver refuses one
+    /// whose ttl differs ([`Dcs::configured_ttl`](leasehold::Dcs)).
     ///
     /// Errors: invalid options, a refused or missing ACL token (403) and TLS files that
     /// cannot be read are [`DcsError::Fatal`] with a message naming the cause; an agent that
@@ -86,10 +90,10 @@ impl ConsulClient {
     /// check; an agent that refuses the session TTL anyway (`Invalid Session TTL`: its floor
     /// is higher than `session_ttl_min` says) is [`DcsError::Fatal`] naming the floor. The
     /// TTL is never stretched behind the caller's back: the lease would outlive its ttl.
-    pub async fn connect(options: ConsulOptions) -> Result<ConsulClient, DcsError> {
-        options.validate().map_err(|e| DcsError::fatal_with(e.to_string(), e))?;
+    pub async fn connect(options: ConsulOptions, timing: &Timing) -> Result<ConsulClient, DcsError> {
+        options.validate(timing).map_err(|e| DcsError::fatal_with(e.to_string(), e))?;
         let api = Api::new(&options)?;
-        let session_ttl = options.session_ttl();
+        let session_ttl = session_ttl(timing);
         let sent = now();
         let id = match Self::create(&api, &options, session_ttl).await? {
             Created::Id(id) => id,
@@ -99,7 +103,7 @@ impl ConsulClient {
                 return Err(DcsError::fatal(format!(
                     "consul refused the session TTL {session_ttl:?} (ttl / 2 of ttl {:?}), below {floor} \
                      (session_ttl_min); raise ttl to at least twice the floor ({message})",
-                    options.ttl
+                    timing.ttl
                 )));
             }
         };
@@ -108,6 +112,7 @@ impl ConsulClient {
             api,
             options,
             session_ttl,
+            configured_ttl: timing.ttl,
             session: tokio::sync::Mutex::new(Some(id.clone())),
             current: Mutex::new(Some(id)),
             renewed: Mutex::new(Some(sent)),
@@ -138,14 +143,20 @@ impl ConsulClient {
         lock(&self.inner.current).clone()
     }
 
-    /// The session TTL in force.
-    pub fn session_ttl(&self) -> Duration {
+    /// The `timing.ttl` this client was built with.
+    pub fn configured_ttl(&self) -> Duration {
+        self.inner.configured_ttl
+    }
+
+    /// The lease the store enforces: the session TTL, `timing.ttl / 2` (Consul may take up to
+    /// twice that to invalidate a session, so a dead holder's key is gone within ttl).
+    pub fn lease_ttl(&self) -> Duration {
         self.inner.session_ttl
     }
 
-    /// Stops the keep-alive without touching the session, as a killed process would: the
-    /// session and its keys expire within 2x the session TTL. Later calls fail with
-    /// [`DcsError::Fatal`].
+    /// Stops at once, sending nothing: the background keep-alive ends and every call on every
+    /// handle fails with [`DcsError::Fatal`]. This process's keys stay until the store expires
+    /// its session (within 2x the session TTL), as after a crash.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         if let Some(task) = lock(&self.inner.keepalive).take() {
@@ -153,9 +164,12 @@ impl ConsulClient {
         }
     }
 
-    /// Clean shutdown: stops the keep-alive and destroys the session, so its member keys
-    /// (and any leader key still held: release it first) vanish at once.
-    pub async fn close(&self) -> Result<(), DcsError> {
+    /// Stops like [`stop`](Self::stop), then ends this process's session on the store
+    /// (Consul: destroys it) and waits for the answer, at most `request_timeout`, so every
+    /// key held through it (members and any leader key still held) is gone now. Release
+    /// leader keys with [`Dcs::release`](leasehold::Dcs::release) first for an orderly
+    /// step-down.
+    pub async fn shutdown(&self) -> Result<(), DcsError> {
         self.stop();
         let id = self.inner.session.lock().await.take();
         *lock(&self.inner.current) = None;

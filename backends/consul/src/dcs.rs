@@ -139,6 +139,10 @@ impl Dcs for ConsulDcs {
         StoreBounds { ttl, max_expiry: 2 * ttl + self.client.inner.options.lock_delay, watch_latency: WATCH_LATENCY }
     }
 
+    fn configured_ttl(&self) -> Duration {
+        self.client.inner.configured_ttl
+    }
+
     async fn load(&self) -> Result<ClusterView, DcsError> {
         self.check()?;
         let listing = self.client.inner.api.read(&self.base, true, Consistency::Consistent, None).await?;

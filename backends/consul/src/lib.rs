@@ -11,7 +11,7 @@
 //!
 //! # Rules
 //!
-//! * One session per process ([`ConsulClient`]), TTL = ttl / 2 because Consul may take up to
+//! * One session per process ([`ConsulClient`]), TTL = `timing.ttl / 2` because Consul may take up to
 //!   twice the TTL to invalidate it, `Behavior = delete` (keys vanish with the session),
 //!   lock-delay 1 ms by default, no health checks by default (Patroni issue 522: `serfHealth`
 //!   dropped leaders on short blips). A keep-alive renews it every TTL / 3.
@@ -36,10 +36,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), leasehold::DcsError> {
-//! use leasehold::Dcs;
+//! use leasehold::{Dcs, Timing};
 //! use leasehold_consul::{ConsulClient, ConsulOptions};
 //!
-//! let client = ConsulClient::connect(ConsulOptions { token: Some("secret".into()), ..ConsulOptions::default() }).await?;
+//! // The leader ttl (30 s; session TTL 15 s) comes from the Timing the nodes use too.
+//! let timing = Timing::default();
+//! let options = ConsulOptions { token: Some("secret".into()), ..ConsulOptions::default() };
+//! let client = ConsulClient::connect(options, &timing).await?;
 //! let pg = client.scope("pg");
 //! let view = pg.load().await?;
 //! println!("leader: {:?}", view.leader.map(|l| l.record.member));
@@ -61,4 +64,4 @@ pub struct ReadmeDoctests;
 
 pub use client::ConsulClient;
 pub use dcs::ConsulDcs;
-pub use options::{CONSUL_SESSION_TTL_MIN, Consistency, ConsulOptions, ConsulTls, OptionsError};
+pub use options::{CONSUL_SESSION_TTL_MIN, Consistency, ConsulOptions, ConsulTls};

@@ -1,7 +1,10 @@
-//! How to reach the Consul agent and how to lay out and time the keys.
+//! How to reach the Consul agent and how to lay out and time the keys. The leader ttl comes
+//! from the [`Timing`] given to [`ConsulClient::connect`](crate::ConsulClient::connect).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use leasehold::{OptionsError, Timing};
 
 /// Consul's default floor on session TTLs (its `session_ttl_min`): 10 s.
 pub const CONSUL_SESSION_TTL_MIN: Duration = Duration::from_secs(10);
@@ -48,12 +51,6 @@ pub struct ConsulOptions {
     /// Key prefix; a scope's keys are `<prefix>/<scope>/leader`, `.../members/<name>`, ...
     /// (Patroni's layout without the leading `/`). Default `service`.
     pub prefix: String,
-    /// The leader ttl. The session TTL is half of it, because Consul may take up to twice
-    /// the session TTL to invalidate a session: a dead holder's key is gone within ttl (plus
-    /// lock-delay). Consul refuses session TTLs below its `session_ttl_min` (10 s unless the
-    /// servers set it lower), so ttl must be at least `2 * session_ttl_min`: 20 s by
-    /// default. A shorter ttl is refused, never silently stretched.
-    pub ttl: Duration,
     /// The servers' `session_ttl_min` (Consul's floor on session TTLs; default 10 s, as
     /// Consul's). Lower it only together with the servers' own setting; an agent that
     /// refuses the session TTL anyway is a fatal error naming the floor.
@@ -83,7 +80,6 @@ impl Default for ConsulOptions {
             token: None,
             tls: None,
             prefix: "service".into(),
-            ttl: Duration::from_secs(30),
             session_ttl_min: CONSUL_SESSION_TTL_MIN,
             lock_delay: Duration::from_millis(1),
             checks: Vec::new(),
@@ -94,20 +90,15 @@ impl Default for ConsulOptions {
     }
 }
 
-/// An option broke a rule. The message names the field and the rule.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid consul option {field}: {message}")]
-pub struct OptionsError {
-    /// The field at fault.
-    pub field: &'static str,
-    /// The rule and the value.
-    pub message: String,
-}
-
 impl ConsulOptions {
-    /// Checks every field.
-    pub fn validate(&self) -> Result<(), OptionsError> {
-        let fail = |field, message: String| Err(OptionsError { field, message });
+    /// Checks every field, and `timing.ttl` as the leader ttl. The session TTL is half of
+    /// it, because Consul may take up to twice the session TTL to invalidate a session: a dead
+    /// holder's key is gone within ttl (plus lock-delay). Consul refuses session TTLs below
+    /// its `session_ttl_min` (10 s unless the servers set it lower), so `timing.ttl` must be
+    /// at least `2 * session_ttl_min`: 20 s by default. A shorter ttl is refused, never
+    /// silently stretched.
+    pub fn validate(&self, timing: &Timing) -> Result<(), OptionsError> {
+        let fail = |field, message: String| Err(OptionsError { store: "consul", field, message });
         let scheme = self.address.split_once("://").map(|(s, _)| s);
         let url = reqwest::Url::parse(&self.address);
         match (scheme, &url) {
@@ -150,21 +141,25 @@ impl ConsulOptions {
         if self.session_ttl_min < Duration::from_millis(1) {
             return fail("session_ttl_min", format!("{:?} must be at least 1 ms", self.session_ttl_min));
         }
-        if self.session_ttl() < self.session_ttl_min {
+        let session_ttl = session_ttl(timing);
+        if session_ttl < self.session_ttl_min {
             return fail(
-                "ttl",
+                "timing.ttl",
                 format!(
                     "{:?} is too short for Consul: the session TTL is ttl / 2 = {:?}, below Consul's {:?} session-TTL floor \
                      (session_ttl_min); use a ttl of at least {:?}, or set session_ttl_min if your Consul servers use a lower one",
-                    self.ttl,
-                    self.session_ttl(),
+                    timing.ttl,
+                    session_ttl,
                     self.session_ttl_min,
                     self.session_ttl_min * 2
                 ),
             );
         }
-        if self.ttl / 2 > Duration::from_secs(86_400) {
-            return fail("ttl", format!("{:?} is too long: Consul's session TTL (ttl / 2) is at most 24 h", self.ttl));
+        if session_ttl > Duration::from_secs(86_400) {
+            return fail(
+                "timing.ttl",
+                format!("{:?} is too long: Consul's session TTL (ttl / 2) is at most 24 h", timing.ttl),
+            );
         }
         if self.lock_delay > Duration::from_secs(60) {
             return fail("lock_delay", format!("{:?} exceeds Consul's limit of 60 s", self.lock_delay));
@@ -177,11 +172,12 @@ impl ConsulOptions {
         }
         Ok(())
     }
+}
 
-    /// The session TTL this client asks for: half the ttl.
-    pub fn session_ttl(&self) -> Duration {
-        self.ttl / 2
-    }
+/// The session TTL a client asks for: half of `timing.ttl` (Consul may wait up to twice the
+/// session TTL before it invalidates a session).
+pub(crate) fn session_ttl(timing: &Timing) -> Duration {
+    timing.ttl / 2
 }
 
 #[cfg(test)]
@@ -191,15 +187,19 @@ mod tests {
     #[test]
     fn bad_options_name_the_field() {
         let ok = ConsulOptions::default();
-        assert!(ok.validate().is_ok());
+        let timing = Timing::default();
+        assert!(ok.validate(&timing).is_ok());
+        for ttl in [Duration::from_millis(1), Duration::from_secs(19), Duration::from_secs(200_000)] {
+            let err = ok.validate(&Timing { ttl, ..timing.clone() }).expect_err("ttl");
+            assert_eq!(err.field, "timing.ttl", "{err}");
+            assert!(err.to_string().starts_with("invalid consul option timing.ttl"), "{err}");
+        }
         let cases = [
             (ConsulOptions { address: "127.0.0.1:8500".into(), ..ok.clone() }, "address"),
             (ConsulOptions { address: "http://h:1/v1".into(), ..ok.clone() }, "address"),
             (ConsulOptions { datacenter: Some("dc 1".into()), ..ok.clone() }, "datacenter"),
             (ConsulOptions { token: Some(String::new()), ..ok.clone() }, "token"),
             (ConsulOptions { prefix: "a//b".into(), ..ok.clone() }, "prefix"),
-            (ConsulOptions { ttl: Duration::from_millis(1), ..ok.clone() }, "ttl"),
-            (ConsulOptions { ttl: Duration::from_secs(19), ..ok.clone() }, "ttl"),
             (ConsulOptions { session_ttl_min: Duration::ZERO, ..ok.clone() }, "session_ttl_min"),
             (ConsulOptions { lock_delay: Duration::from_secs(61), ..ok.clone() }, "lock_delay"),
             (ConsulOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
@@ -207,7 +207,7 @@ mod tests {
             (ConsulOptions { tls: Some(ConsulTls::default()), ..ok.clone() }, "tls"),
         ];
         for (options, field) in cases {
-            let err = options.validate().expect_err(field);
+            let err = options.validate(&timing).expect_err(field);
             assert_eq!(err.field, field, "{err}");
             assert!(err.to_string().contains(field), "{err}");
         }
@@ -215,16 +215,13 @@ mod tests {
 
     #[test]
     fn a_ttl_below_twice_consuls_session_ttl_floor_is_refused_naming_it() {
-        let at_floor = ConsulOptions { ttl: Duration::from_secs(20), ..ConsulOptions::default() };
-        assert!(at_floor.validate().is_ok(), "ttl 20 s: session TTL 10 s, Consul's floor");
-        let err = ConsulOptions { ttl: Duration::from_secs(10), ..at_floor.clone() }.validate().unwrap_err();
+        let options = ConsulOptions::default();
+        let ttl = |secs| Timing { ttl: Duration::from_secs(secs), ..Timing::default() };
+        assert!(options.validate(&ttl(20)).is_ok(), "ttl 20 s: session TTL 10 s, Consul's floor");
+        let err = options.validate(&ttl(10)).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("10s session-TTL floor") && text.contains("at least 20s"), "{text}");
-        let lowered = ConsulOptions {
-            ttl: Duration::from_secs(2),
-            session_ttl_min: Duration::from_secs(1),
-            ..ConsulOptions::default()
-        };
-        assert!(lowered.validate().is_ok(), "servers with session_ttl_min = 1s allow ttl 2 s");
+        let lowered = ConsulOptions { session_ttl_min: Duration::from_secs(1), ..ConsulOptions::default() };
+        assert!(lowered.validate(&ttl(2)).is_ok(), "servers with session_ttl_min = 1s allow ttl 2 s");
     }
 }

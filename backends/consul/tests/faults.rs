@@ -9,8 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Target, emulator, options};
-use leasehold::{CasOutcome, Dcs, DcsError, LeaderRecord, MemberRecord, WatchEvent};
+use common::{Target, emulator, options, timing};
+use leasehold::testkit::election::timing_for;
+use leasehold::{CasOutcome, Dcs, DcsError, LeaderRecord, MemberRecord, Timing, WatchEvent};
 use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
 use leasehold_consul::{ConsulClient, ConsulOptions};
 use leasehold_consul_emulator::{Emulator, EmulatorConfig, Expiry};
@@ -21,7 +22,7 @@ fn record(member: &str, token: &str) -> LeaderRecord {
 }
 
 async fn client(emulator: &Emulator) -> ConsulClient {
-    ConsulClient::connect(options(emulator, Duration::from_secs(2))).await.expect("connect")
+    ConsulClient::connect(options(emulator), &timing()).await.expect("connect")
 }
 
 /// Polls `f` every 50 ms until it returns true, for at most `limit`.
@@ -40,7 +41,7 @@ where
 }
 
 async fn on(target: &Target) -> ConsulClient {
-    ConsulClient::connect(target.options(Duration::from_secs(2))).await.expect("connect")
+    ConsulClient::connect(target.options(), &timing()).await.expect("connect")
 }
 
 /// Emulator only: with `consul agent -dev` the agent is the server, so stopping it loses
@@ -135,8 +136,8 @@ async fn a_session_invalidated_early_demotes_and_lock_delay_blocks_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_delay_makes_acquire_lost_until_it_passes() {
     let target = Target::start().await;
-    let opts = ConsulOptions { lock_delay: Duration::from_millis(1500), ..target.options(Duration::from_secs(2)) };
-    let a = ConsulClient::connect(opts).await.unwrap();
+    let opts = ConsulOptions { lock_delay: Duration::from_millis(1500), ..target.options() };
+    let a = ConsulClient::connect(opts, &timing()).await.unwrap();
     let b = on(&target).await;
     a.scope("pg").acquire(&record("a", "t1")).await.unwrap().won().unwrap();
     assert!(target.invalidate_session(&a.session_id().unwrap()).await);
@@ -147,7 +148,7 @@ async fn lock_delay_makes_acquire_lost_until_it_passes() {
         eventually(Duration::from_secs(4), || async { pb.acquire(&record("b", "t3")).await.is_ok_and(|o| o.is_won()) })
             .await;
     assert!(won, "acquire succeeds once the lock-delay passed");
-    assert_eq!(pb.bounds().max_expiry, 2 * b.session_ttl() + Duration::from_millis(1));
+    assert_eq!(pb.bounds().max_expiry, 2 * b.lease_ttl() + Duration::from_millis(1));
 }
 
 /// Emulator only: a real agent answers a blocking query early only on its own schedule.
@@ -201,14 +202,17 @@ async fn a_lost_acquire_reply_is_outcome_unknown_and_a_reread_finds_our_token() 
 async fn missing_or_wrong_tokens_are_fatal_with_a_clear_message() {
     let target = Target::start().await;
     for token in [None, Some("wrong".to_string())] {
-        let opts = ConsulOptions { token: token.clone(), ..target.options(Duration::from_secs(2)) };
-        let err = ConsulClient::connect(opts).await.expect_err("403");
+        let opts = ConsulOptions { token: token.clone(), ..target.options() };
+        let err = ConsulClient::connect(opts, &timing()).await.expect_err("403");
         assert!(err.is_fatal(), "{err}");
         let text = err.to_string();
         assert!(text.contains("ACL token") && text.contains("403"), "{token:?}: {text}");
     }
-    let bad =
-        ConsulClient::connect(ConsulOptions { address: "localhost:8500".into(), ..ConsulOptions::default() }).await;
+    let bad = ConsulClient::connect(
+        ConsulOptions { address: "localhost:8500".into(), ..ConsulOptions::default() },
+        &timing(),
+    )
+    .await;
     let err = bad.expect_err("invalid address");
     assert!(err.is_fatal() && err.to_string().contains("address"), "{err}");
     let c = on(&target).await;
@@ -247,9 +251,9 @@ async fn an_acl_token_with_key_and_session_rights_is_enough() {
     let read_only =
         token("key_prefix \"service/\" { policy = \"read\" }\nsession_prefix \"\" { policy = \"write\" }", "lh-read")
             .await;
-    let with = |t: &str| ConsulOptions { token: Some(t.to_string()), ..target.options(Duration::from_secs(2)) };
+    let with = |t: &str| ConsulOptions { token: Some(t.to_string()), ..target.options() };
 
-    let c = ConsulClient::connect(with(&full)).await.expect("key and session rights are enough");
+    let c = ConsulClient::connect(with(&full), &timing()).await.expect("key and session rights are enough");
     let pg = c.scope("pg");
     pg.publish_member(&MemberRecord::new("a")).await.unwrap();
     let lease = pg.acquire(&record("a", "t")).await.unwrap().won().expect("free");
@@ -259,11 +263,11 @@ async fn an_acl_token_with_key_and_session_rights_is_enough() {
     let v = pg.write_control(leasehold::ControlKey::Config, leasehold::Expect::Absent, b"{}").await.unwrap();
     assert!(v.is_won());
     assert!(pg.release(&lease).await.unwrap().is_won());
-    c.close().await.unwrap();
+    c.shutdown().await.unwrap();
 
-    let err = ConsulClient::connect(with(&no_session)).await.expect_err("no session rights");
+    let err = ConsulClient::connect(with(&no_session), &timing()).await.expect_err("no session rights");
     assert!(err.is_fatal() && err.to_string().contains("403"), "{err}");
-    let c = ConsulClient::connect(with(&read_only)).await.expect("sessions allowed");
+    let c = ConsulClient::connect(with(&read_only), &timing()).await.expect("sessions allowed");
     let err = c.scope("pg").acquire(&record("a", "t2")).await.expect_err("no key:write");
     assert!(err.is_fatal() && err.to_string().contains("403"), "{err}");
 }
@@ -274,9 +278,8 @@ async fn an_acl_token_with_key_and_session_rights_is_enough() {
 /// silently longer lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ttl_below_the_session_ttl_floor_is_refused_naming_it() {
-    let err = ConsulClient::connect(ConsulOptions { ttl: Duration::from_secs(10), ..ConsulOptions::default() })
-        .await
-        .expect_err("ttl 10 s: session TTL 5 s");
+    let ten = Timing { ttl: Duration::from_secs(10), ..Timing::default() };
+    let err = ConsulClient::connect(ConsulOptions::default(), &ten).await.expect_err("ttl 10 s: session TTL 5 s");
     assert!(err.is_fatal() && err.to_string().contains("10s session-TTL floor"), "{err}");
 
     // An agent with Consul's default floor (10 s), a client that believes it is 1 s.
@@ -285,13 +288,10 @@ async fn a_ttl_below_the_session_ttl_floor_is_refused_naming_it() {
         Some(_) => agent.insert(ConsulAgent::start(ConsulAgentConfig::default()).await.expect("starts")).address(),
         None => emu.insert(Emulator::start(EmulatorConfig::default()).expect("emulator")).url(),
     };
-    let options = ConsulOptions {
-        address,
-        ttl: Duration::from_secs(4),
-        session_ttl_min: Duration::from_secs(1),
-        ..ConsulOptions::default()
-    };
-    let err = ConsulClient::connect(options).await.expect_err("the agent refuses a 2 s session");
+    let options = ConsulOptions { address, session_ttl_min: Duration::from_secs(1), ..ConsulOptions::default() };
+    let err = ConsulClient::connect(options, &timing_for(Duration::from_secs(4)))
+        .await
+        .expect_err("the agent refuses a 2 s session");
     let text = err.to_string();
     assert!(err.is_fatal() && text.contains("10s session-TTL floor") && text.contains("2s"), "{text}");
 }
@@ -315,8 +315,8 @@ async fn sessions_are_ttl_only_by_default_and_checks_are_honoured() {
     let check = serde_json::json!({"Name": "lh-check", "TTL": "60s", "Status": "passing"}).to_string();
     let (status, body) = target.http(Method::PUT, "/v1/agent/check/register", Some(check)).await;
     assert_eq!(status, 200, "{body}");
-    let opts = ConsulOptions { checks: vec!["lh-check".into()], ..target.options(Duration::from_secs(2)) };
-    let checked = ConsulClient::connect(opts).await.expect("a registered check");
+    let opts = ConsulOptions { checks: vec!["lh-check".into()], ..target.options() };
+    let checked = ConsulClient::connect(opts, &timing()).await.expect("a registered check");
     let info = target.session_info(&checked.session_id().unwrap()).await;
     assert_eq!(info["Checks"], serde_json::json!(["lh-check"]), "{info}");
     let pg = checked.scope("pg");
@@ -327,8 +327,8 @@ async fn sessions_are_ttl_only_by_default_and_checks_are_honoured() {
         eventually(Duration::from_secs(3), || async { matches!(pg.renew(&lease).await, Err(e) if e.is_lease_lost()) })
             .await;
     assert!(lost, "a failing check invalidates the session and the renew reports it");
-    let opts = ConsulOptions { checks: vec!["no-such-check".into()], ..target.options(Duration::from_secs(2)) };
-    let err = ConsulClient::connect(opts).await.expect_err("unregistered check");
+    let opts = ConsulOptions { checks: vec!["no-such-check".into()], ..target.options() };
+    let err = ConsulClient::connect(opts, &timing()).await.expect_err("unregistered check");
     assert!(err.to_string().contains("no-such-check"), "{err}");
 }
 
@@ -345,6 +345,6 @@ async fn a_stopped_client_refuses_calls_and_its_session_expires() {
     assert!(gone, "an unrenewed session expires");
     let closing = on(&target).await;
     let id = closing.session_id().unwrap();
-    closing.close().await.unwrap();
-    assert!(!target.session_exists(&id).await, "close destroys the session at once");
+    closing.shutdown().await.unwrap();
+    assert!(!target.session_exists(&id).await, "shutdown destroys the session at once");
 }

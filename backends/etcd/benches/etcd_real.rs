@@ -13,8 +13,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use leasehold::{CasOutcome, Dcs, LeaderRecord, Lease, WatchEvent};
-use leasehold_etcd::testing::EtcdServer;
+use leasehold::{CasOutcome, Dcs, LeaderRecord, Lease, Timing, WatchEvent};
+use leasehold_etcd::testing::{EtcdServer, timing};
 use leasehold_etcd::{EtcdClient, EtcdDcs, EtcdOptions};
 use tokio::time::Instant;
 
@@ -38,8 +38,9 @@ fn summary(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
-async fn connect(options: &EtcdOptions) -> EtcdClient {
-    EtcdClient::connect(options.clone()).await.expect("client connects")
+/// A client whose lease has `ttl` (the rest of the harness's timing).
+async fn connect(options: &EtcdOptions, ttl: Duration) -> EtcdClient {
+    EtcdClient::connect(options.clone(), &Timing { ttl, ..timing() }).await.expect("client connects")
 }
 
 async fn won(outcome: Result<CasOutcome<Lease, Option<leasehold::LeaderView>>, leasehold::DcsError>) -> Lease {
@@ -50,7 +51,7 @@ async fn won(outcome: Result<CasOutcome<Lease, Option<leasehold::LeaderView>>, l
 }
 
 async fn latencies(options: &EtcdOptions) {
-    let client = connect(options).await;
+    let client = connect(options, timing().ttl).await;
     let dcs = client.scope("latency");
     let (mut acquire, mut renew, mut release) = (Vec::new(), Vec::new(), Vec::new());
     for n in 0..300 {
@@ -85,7 +86,7 @@ async fn candidate(dcs: EtcdDcs, n: usize) -> Instant {
 }
 
 async fn handover(options: &EtcdOptions) {
-    let (a, b) = (connect(options).await, connect(options).await);
+    let (a, b) = (connect(options, timing().ttl).await, connect(options, timing().ttl).await);
     let mut samples = Vec::new();
     for n in 0..30 {
         let scope = format!("handover-{n}");
@@ -104,11 +105,11 @@ async fn handover(options: &EtcdOptions) {
 }
 
 async fn crash_failover(options: &EtcdOptions) {
-    let options = EtcdOptions { ttl: Duration::from_secs(5), ..options.clone() };
-    let b = connect(&options).await;
+    let ttl = Duration::from_secs(5);
+    let b = connect(options, ttl).await;
     let mut samples = Vec::new();
     for n in 0..3 {
-        let a = connect(&options).await;
+        let a = connect(options, ttl).await;
         let scope = format!("crash-{n}");
         let (da, db) = (a.scope(&scope), b.scope(&scope));
         let lease = won(da.acquire(&record("a", n)).await).await;
@@ -143,8 +144,8 @@ async fn server_messages(server: &EtcdServer) -> f64 {
 /// does), plus one idle follower process per scope watching with `loop_wait` timeouts.
 async fn idle(server: &EtcdServer, options: &EtcdOptions, scopes: usize) {
     let loop_wait = Duration::from_secs(1);
-    let options = EtcdOptions { ttl: Duration::from_secs(10), ..options.clone() };
-    let leader = connect(&options).await;
+    let ttl = Duration::from_secs(10);
+    let leader = connect(options, ttl).await;
     let leases: Vec<(EtcdDcs, Lease)> = futures::stream::iter(0..scopes)
         .map(|n| {
             let dcs = leader.scope(&format!("idle-{scopes}-{n}"));
@@ -185,8 +186,8 @@ async fn idle(server: &EtcdServer, options: &EtcdOptions, scopes: usize) {
 }
 
 async fn idle_process(server: &EtcdServer, options: &EtcdOptions) {
-    let options = EtcdOptions { ttl: Duration::from_secs(10), ..options.clone() };
-    let client = connect(&options).await;
+    let ttl = Duration::from_secs(10);
+    let client = connect(options, ttl).await;
     let dcs = client.scope("idle-member");
     dcs.publish_member(&leasehold::MemberRecord::new("m")).await.expect("publish");
     let before = (client.requests(), server_messages(server).await);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, PutOptions, TlsOptions};
-use leasehold::DcsError;
+use leasehold::{DcsError, Timing};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -50,6 +50,8 @@ pub(crate) struct Inner {
     pub(crate) options: EtcdOptions,
     /// The TTL etcd granted (it may raise a short one to its minimum).
     pub(crate) ttl: Duration,
+    /// `Timing::ttl` given to `connect`, before rounding to whole seconds and etcd's minimum.
+    pub(crate) configured_ttl: Duration,
     pub(crate) lease: Mutex<LeaseState>,
     /// Member keys of this process, by full key.
     pub(crate) published: Mutex<BTreeMap<String, Published>>,
@@ -139,14 +141,16 @@ fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, DcsError> {
 }
 
 impl EtcdClient {
-    /// Connects, authenticates (when `user` is set) and grants the process lease.
+    /// Connects, authenticates (when `user` is set) and grants the process lease with
+    /// `timing.ttl` (rounded up to whole seconds). Give every node on this client the same
+    /// `timing`: the driver refuses one whose ttl differs ([`Dcs::configured_ttl`](leasehold::Dcs)).
     ///
     /// Bad options, unreadable TLS files and a wrong user or password are
     /// [`DcsError::Fatal`] with a message naming the cause; an unreachable cluster is
     /// [`DcsError::Unavailable`] naming the endpoints. Must be called within a tokio runtime
     /// (it starts the keep-alive task).
-    pub async fn connect(options: EtcdOptions) -> Result<EtcdClient, DcsError> {
-        options.validate().map_err(|e| DcsError::fatal(e.to_string()))?;
+    pub async fn connect(options: EtcdOptions, timing: &Timing) -> Result<EtcdClient, DcsError> {
+        options.validate(timing).map_err(|e| DcsError::fatal(e.to_string()))?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| DcsError::fatal("EtcdClient::connect must be called inside a tokio runtime"))?;
         let co = connect_options(&options)?;
@@ -163,7 +167,8 @@ impl EtcdClient {
             timed(Op::Read, "connect", options.dial_timeout, || Client::connect(&options.endpoints, Some(co.clone())))
                 .await
                 .map_err(unreachable)?;
-        let ttl_secs = i64::try_from(options.ttl.as_secs()).unwrap_or(i64::MAX);
+        let asked = Duration::from_secs(timing.ttl.as_secs_f64().ceil() as u64);
+        let ttl_secs = i64::try_from(asked.as_secs()).unwrap_or(i64::MAX);
         let sent = now();
         let grant = timed(Op::Write, "grant the process lease", options.dial_timeout, || async {
             etcd.lease_client().grant(ttl_secs, None).await
@@ -178,14 +183,15 @@ impl EtcdClient {
             )));
         }
         let ttl = Duration::from_secs(grant.ttl().unsigned_abs());
-        if ttl != options.ttl {
-            tracing::info!(asked = ?options.ttl, granted = ?ttl, "etcd changed the lease TTL");
+        if ttl != timing.ttl {
+            tracing::info!(asked = ?timing.ttl, granted = ?ttl, "etcd granted another lease TTL than timing.ttl");
         }
         let (refresh, requests) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             etcd,
             options,
             ttl,
+            configured_ttl: timing.ttl,
             lease: Mutex::new(LeaseState { id: grant.id(), expires: sent + ttl, lost: false }),
             published: Mutex::new(BTreeMap::new()),
             held: Mutex::new(BTreeSet::new()),
@@ -208,8 +214,14 @@ impl EtcdClient {
         EtcdDcs::new(self.inner.clone(), scope)
     }
 
-    /// The lease TTL etcd granted.
-    pub fn ttl(&self) -> Duration {
+    /// The `timing.ttl` this client was built with.
+    pub fn configured_ttl(&self) -> Duration {
+        self.inner.configured_ttl
+    }
+
+    /// The lease TTL the store enforces: what etcd granted (`timing.ttl` rounded up to whole
+    /// seconds, or raised to etcd's minimum).
+    pub fn lease_ttl(&self) -> Duration {
         self.inner.ttl
     }
 
@@ -229,8 +241,9 @@ impl EtcdClient {
         self.inner.etcd.clone()
     }
 
-    /// Stops the keep-alive and refuses further calls, leaving every key as it is: they
-    /// expire with the lease, as after a crash.
+    /// Stops at once, sending nothing: the background keep-alive ends and every call on every
+    /// handle fails with [`DcsError::Fatal`]. This process's keys stay until the store expires
+    /// its lease, as after a crash.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         if let Some(task) = lock(&self.inner.keeper).take() {
@@ -238,9 +251,10 @@ impl EtcdClient {
         }
     }
 
-    /// Stops like [`stop`](EtcdClient::stop) and revokes the lease, so every key of this
-    /// process (members and any leader key still held) is deleted now. Release leader keys
-    /// through [`Dcs::release`](leasehold::Dcs::release) first for an orderly step-down.
+    /// Stops like [`stop`](Self::stop), then ends this process's lease on the store (etcd:
+    /// revokes it) and waits for the answer, at most `request_timeout`, so every key held
+    /// through it (members and any leader key still held) is gone now. Release leader keys
+    /// with [`Dcs::release`](leasehold::Dcs::release) first for an orderly step-down.
     pub async fn shutdown(&self) -> Result<(), DcsError> {
         self.stop();
         let id = lock(&self.inner.lease).id;

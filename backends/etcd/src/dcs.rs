@@ -156,6 +156,10 @@ impl Dcs for EtcdDcs {
         StoreBounds { ttl: self.inner.ttl, max_expiry: self.inner.ttl + EXPIRY_SLACK, watch_latency: WATCH_LATENCY }
     }
 
+    fn configured_ttl(&self) -> Duration {
+        self.inner.configured_ttl
+    }
+
     async fn load(&self) -> Result<ClusterView, DcsError> {
         self.ready()?;
         self.inner.count();

@@ -28,14 +28,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), leasehold::DcsError> {
-//! use leasehold::Dcs;
+//! use leasehold::{Dcs, Timing};
 //! use leasehold_etcd::{EtcdClient, EtcdOptions};
 //!
-//! let client = EtcdClient::connect(EtcdOptions {
-//!     endpoints: vec!["http://127.0.0.1:2379".into()],
-//!     ..EtcdOptions::default()
-//! })
-//! .await?;
+//! // The lease ttl comes from the Timing the nodes use too.
+//! let timing = Timing::default();
+//! let options = EtcdOptions { endpoints: vec!["http://127.0.0.1:2379".into()], ..EtcdOptions::default() };
+//! let client = EtcdClient::connect(options, &timing).await?;
 //! let pg = client.scope("pg");
 //! let view = pg.load().await?;
 //! println!("leader: {:?}", view.leader.map(|l| l.record.member));
@@ -61,4 +60,4 @@ pub struct ReadmeDoctests;
 
 pub use client::EtcdClient;
 pub use dcs::EtcdDcs;
-pub use options::{EtcdOptions, OptionsError};
+pub use options::EtcdOptions;

@@ -1,7 +1,10 @@
-//! How to reach etcd and how long the process lease lives.
+//! How to reach etcd. The lease ttl comes from the [`Timing`] given to
+//! [`EtcdClient::connect`](crate::EtcdClient::connect).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use leasehold::{OptionsError, Timing};
 
 /// Options of an [`EtcdClient`](crate::EtcdClient).
 #[derive(Clone, Debug)]
@@ -35,10 +38,6 @@ pub struct EtcdOptions {
     /// `--grpc-keepalive-min-time` (default 5 s) by closing the connection, so keep it at
     /// least that.
     pub keepalive_interval: Duration,
-    /// TTL of the process lease that holds every leader and member key of this process.
-    /// Whole seconds, at least 1; etcd may raise it to its minimum (about 2 s with default
-    /// election timeouts): [`Dcs::bounds`](leasehold::Dcs::bounds) reports the granted TTL.
-    pub ttl: Duration,
 }
 
 impl Default for EtcdOptions {
@@ -54,19 +53,8 @@ impl Default for EtcdOptions {
             dial_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(5),
-            ttl: Duration::from_secs(30),
         }
     }
-}
-
-/// An option broke a rule. The message names the field and the rule.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid etcd option {field}: {message}")]
-pub struct OptionsError {
-    /// The field at fault.
-    pub field: &'static str,
-    /// The rule and the value.
-    pub message: String,
 }
 
 impl EtcdOptions {
@@ -75,9 +63,10 @@ impl EtcdOptions {
         self.endpoints.iter().any(|e| e.starts_with("https://"))
     }
 
-    /// Checks every field.
-    pub fn validate(&self) -> Result<(), OptionsError> {
-        let fail = |field, message: String| Err(OptionsError { field, message });
+    /// Checks every field, and `timing.ttl` as the process lease's TTL: at least 1 s and at
+    /// most etcd's maximum. A fractional ttl is asked for rounded up to whole seconds.
+    pub fn validate(&self, timing: &Timing) -> Result<(), OptionsError> {
+        let fail = |field, message: String| Err(OptionsError { store: "etcd", field, message });
         if self.endpoints.is_empty() {
             return fail("endpoints", "at least one endpoint is needed".into());
         }
@@ -120,11 +109,11 @@ impl EtcdOptions {
                 return fail(field, "must be greater than zero".into());
             }
         }
-        if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
-            return fail("ttl", format!("{:?} must be a whole number of seconds, at least 1", self.ttl));
+        if timing.ttl < Duration::from_secs(1) {
+            return fail("timing.ttl", format!("{:?} is below etcd's 1 s lease granularity", timing.ttl));
         }
-        if self.ttl > Duration::from_secs(9_000_000_000) {
-            return fail("ttl", format!("{:?} is longer than etcd's maximum lease TTL", self.ttl));
+        if timing.ttl > Duration::from_secs(9_000_000_000) {
+            return fail("timing.ttl", format!("{:?} is longer than etcd's maximum lease TTL", timing.ttl));
         }
         Ok(())
     }
@@ -137,13 +126,15 @@ mod tests {
     #[test]
     fn bad_options_name_the_field() {
         let ok = EtcdOptions::default();
-        assert!(ok.validate().is_ok());
+        let timing = Timing::default();
+        assert!(ok.validate(&timing).is_ok());
+        assert!(ok.validate(&Timing { ttl: Duration::from_millis(1500), ..timing.clone() }).is_ok());
         let tls = EtcdOptions {
             endpoints: vec!["https://a:2379".into()],
             ca_file: Some("ca.pem".into()),
             ..EtcdOptions::default()
         };
-        assert!(tls.validate().is_ok());
+        assert!(tls.validate(&timing).is_ok());
         let cases = [
             (EtcdOptions { endpoints: vec![], ..ok.clone() }, "endpoints"),
             (EtcdOptions { endpoints: vec!["127.0.0.1:2379".into()], ..ok.clone() }, "endpoints"),
@@ -159,13 +150,16 @@ mod tests {
             (EtcdOptions { dial_timeout: Duration::ZERO, ..ok.clone() }, "dial_timeout"),
             (EtcdOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
             (EtcdOptions { keepalive_interval: Duration::ZERO, ..ok.clone() }, "keepalive_interval"),
-            (EtcdOptions { ttl: Duration::from_millis(1500), ..ok.clone() }, "ttl"),
-            (EtcdOptions { ttl: Duration::ZERO, ..ok.clone() }, "ttl"),
         ];
         for (options, field) in cases {
-            let err = options.validate().expect_err(field);
+            let err = options.validate(&timing).expect_err(field);
             assert_eq!(err.field, field, "{err}");
             assert!(err.to_string().contains(field), "{err}");
+        }
+        for ttl in [Duration::ZERO, Duration::from_millis(999), Duration::from_secs(10_000_000_000)] {
+            let err = ok.validate(&Timing { ttl, ..timing.clone() }).expect_err("ttl");
+            assert_eq!(err.field, "timing.ttl", "{err}");
+            assert!(err.to_string().starts_with("invalid etcd option timing.ttl"), "{err}");
         }
     }
 }

@@ -15,7 +15,7 @@
 //! use leasehold_etcd::EtcdClient;
 //!
 //! let mut cluster = EtcdCluster::start(3).await?;
-//! let client = EtcdClient::connect(cluster.options()).await.expect("connects");
+//! let client = EtcdClient::connect(cluster.options(), &cluster.timing()).await.expect("connects");
 //! let leader = cluster.leader().await?;
 //! cluster.kill(leader);
 //! # drop(client); Ok(()) }
@@ -30,6 +30,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use leasehold::Timing;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -106,6 +107,13 @@ fn random() -> u64 {
 
 /// Free loopback ports come from the harness crate the Consul and kube harnesses share.
 use leasehold_test_servers::free_port;
+
+/// The timing tests use against these servers: ttl 2 s (etcd's minimum with default election
+/// timeouts), loop_wait ttl / 5, retry_timeout 3 ttl / 10, safety_margin ttl / 5.
+pub fn timing() -> Timing {
+    let ttl = Duration::from_secs(2);
+    Timing { ttl, loop_wait: ttl / 5, retry_timeout: ttl * 3 / 10, safety_margin: ttl / 5, ..Timing::default() }
+}
 
 /// The etcd binary to run.
 pub fn etcd_binary() -> PathBuf {
@@ -272,8 +280,13 @@ impl EtcdCluster {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
+    /// The timing for clients and nodes on this cluster: [`timing`].
+    pub fn timing(&self) -> Timing {
+        timing()
+    }
+
     /// Options for a client of this cluster: every endpoint, the TLS CA when serving TLS,
-    /// short timeouts and a 2 s TTL (etcd's minimum with default election timing).
+    /// short timeouts. Connect with [`timing`](Self::timing).
     pub fn options(&self) -> EtcdOptions {
         EtcdOptions {
             endpoints: self.endpoints(),
@@ -281,7 +294,6 @@ impl EtcdCluster {
             dial_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(2),
             keepalive_interval: Duration::from_secs(1),
-            ttl: Duration::from_secs(2),
             ..EtcdOptions::default()
         }
     }
@@ -385,6 +397,11 @@ impl EtcdServer {
     /// Options for a client of this server (see [`EtcdCluster::options`]).
     pub fn options(&self) -> EtcdOptions {
         self.cluster.options()
+    }
+
+    /// The timing for clients and nodes on this server: [`timing`].
+    pub fn timing(&self) -> Timing {
+        timing()
     }
 
     /// Process id, if it runs.

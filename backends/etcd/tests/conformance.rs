@@ -10,7 +10,7 @@ use leasehold_etcd::testing::{EtcdCluster, EtcdServer};
 async fn conformance_on_a_single_node() {
     init_tracing();
     let server = EtcdServer::start().await.expect("etcd starts");
-    let harness = EtcdHarness::new(server.options()).await;
+    let harness = EtcdHarness::new(server.options(), server.timing()).await;
     let report = run_suite(&harness).await;
     println!("{report}");
     assert_eq!(report.passed, ALL_CHECKS, "every check passes on one etcd node, none skipped");
@@ -20,7 +20,7 @@ async fn conformance_on_a_single_node() {
 async fn conformance_on_a_three_node_cluster() {
     init_tracing();
     let cluster = EtcdCluster::start(3).await.expect("etcd cluster starts");
-    let harness = EtcdHarness::new(cluster.options()).await;
+    let harness = EtcdHarness::new(cluster.options(), cluster.timing()).await;
     let report = run_suite(&harness).await;
     println!("{report}");
     assert_eq!(report.passed, ALL_CHECKS, "every check passes on three etcd nodes, none skipped");

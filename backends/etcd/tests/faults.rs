@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{init_tracing, leader};
 use etcd_client::{CompactionOptions, GetOptions};
 use leasehold::{CasOutcome, ControlKey, Dcs, DcsError, Expect, Lease, MemberRecord, WatchEvent};
-use leasehold_etcd::testing::{EtcdCluster, EtcdServer};
+use leasehold_etcd::testing::{EtcdCluster, EtcdServer, timing};
 use leasehold_etcd::{EtcdClient, EtcdOptions};
 use tokio::time::{Instant, sleep};
 
@@ -23,7 +23,7 @@ const STEP: Duration = Duration::from_millis(300);
 async fn connect(options: EtcdOptions) -> EtcdClient {
     let mut attempts = 0;
     loop {
-        match EtcdClient::connect(options.clone()).await {
+        match EtcdClient::connect(options.clone(), &timing()).await {
             Ok(client) => return client,
             Err(e) if e.is_retryable() && attempts < 10 => attempts += 1,
             Err(e) => panic!("client connects: {e}"),
@@ -293,7 +293,7 @@ async fn an_unreachable_cluster_is_a_clear_unavailable_error() {
     let mut server = EtcdServer::start().await.expect("etcd starts");
     let options = EtcdOptions { dial_timeout: Duration::from_secs(1), ..server.options() };
     server.kill();
-    let err = EtcdClient::connect(options.clone()).await.expect_err("nothing listens");
+    let err = EtcdClient::connect(options.clone(), &timing()).await.expect_err("nothing listens");
     assert!(matches!(err, DcsError::Unavailable { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains(&options.endpoints[0]), "the message names the endpoint: {text}");

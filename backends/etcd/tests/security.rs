@@ -4,7 +4,7 @@ mod common;
 
 use common::{init_tracing, leader};
 use leasehold::{CasOutcome, Dcs, DcsError};
-use leasehold_etcd::testing::{EtcdConfig, EtcdServer, ServerTls, make_pki};
+use leasehold_etcd::testing::{EtcdConfig, EtcdServer, ServerTls, make_pki, timing};
 use leasehold_etcd::{EtcdClient, EtcdOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,7 +27,7 @@ async fn tls_with_client_certificates_and_a_throwaway_ca() {
         key_file: Some(pki.client_key.clone()),
         ..server.options()
     };
-    let client = EtcdClient::connect(options.clone()).await.expect("TLS client with a certificate connects");
+    let client = EtcdClient::connect(options.clone(), &timing()).await.expect("TLS client with a certificate connects");
     let dcs = client.scope("tls");
     let won = dcs.acquire(&leader("a", "t1")).await.expect("acquire over TLS");
     assert!(won.is_won());
@@ -35,12 +35,12 @@ async fn tls_with_client_certificates_and_a_throwaway_ca() {
 
     // Without a client certificate the server refuses the handshake: not a success.
     let anonymous = EtcdOptions { cert_file: None, key_file: None, ..options.clone() };
-    let err = EtcdClient::connect(anonymous).await.expect_err("no client certificate");
+    let err = EtcdClient::connect(anonymous, &timing()).await.expect_err("no client certificate");
     assert!(!err.is_lease_lost(), "{err}");
 
     // A missing CA file is a fatal error naming the option.
     let missing = EtcdOptions { ca_file: Some(dir.path().join("nope.pem")), ..options };
-    let err = EtcdClient::connect(missing).await.expect_err("unreadable CA");
+    let err = EtcdClient::connect(missing, &timing()).await.expect_err("unreadable CA");
     assert!(err.is_fatal() && err.to_string().contains("ca_file"), "{err}");
 }
 
@@ -55,19 +55,19 @@ async fn user_auth_accepts_the_password_and_a_wrong_one_is_fatal() {
     auth.auth_enable().await.expect("enable auth");
 
     let good = EtcdOptions { user: Some("root".into()), password: Some("root-secret".into()), ..server.options() };
-    let client = EtcdClient::connect(good.clone()).await.expect("the right password connects");
+    let client = EtcdClient::connect(good.clone(), &timing()).await.expect("the right password connects");
     let dcs = client.scope("auth");
     assert!(matches!(dcs.acquire(&leader("a", "t1")).await, Ok(CasOutcome::Won(_))));
 
     let bad = EtcdOptions { password: Some("wrong".into()), ..good.clone() };
-    let err = EtcdClient::connect(bad).await.expect_err("a wrong password is refused");
+    let err = EtcdClient::connect(bad, &timing()).await.expect_err("a wrong password is refused");
     assert!(matches!(err, DcsError::Fatal { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("authentication failed") && text.contains("password"), "clear message: {text}");
 
     // No credentials at all on an auth-enabled server: refused, fatal.
     let anonymous = EtcdOptions { user: None, password: None, ..good };
-    let err = match EtcdClient::connect(anonymous).await {
+    let err = match EtcdClient::connect(anonymous, &timing()).await {
         Err(e) => e,
         Ok(client) => client.scope("auth").load().await.expect_err("anonymous reads are refused"),
     };

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use leasehold::{Dcs, LeaderRecord, MemberRecord, WatchEvent};
+use leasehold::{Dcs, LeaderRecord, MemberRecord, Timing, WatchEvent};
 use leasehold_kube::{KubeClient, KubeOptions};
 use leasehold_kube_emulator::{Emulator, EmulatorConfig, RequestCounts};
 
@@ -23,8 +23,8 @@ fn client(emulator: &Emulator, ttl: Duration) -> KubeClient {
     config.default_retry = false;
     leasehold_kube::install_default_crypto_provider();
     let kube = kube::Client::try_from(config).expect("kube client");
-    let options = KubeOptions { namespace: Some(NAMESPACE.into()), ttl, ..KubeOptions::default() };
-    KubeClient::from_client(kube, NAMESPACE, options).expect("client")
+    let options = KubeOptions { namespace: Some(NAMESPACE.into()), ..KubeOptions::default() };
+    KubeClient::from_client(kube, NAMESPACE, options, &Timing { ttl, ..Timing::default() }).expect("client")
 }
 
 fn record(member: &str, token: &str) -> LeaderRecord {

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use leasehold::{CasOutcome, Dcs, LeaderRecord, MemberRecord, WatchEvent};
+use leasehold::{CasOutcome, Dcs, LeaderRecord, MemberRecord, Timing, WatchEvent};
 use leasehold_kube::testing::{KubeApiServer, KubeApiServerConfig};
 use leasehold_kube::{KubeClient, KubeOptions};
 
@@ -21,8 +21,8 @@ async fn client(server: &KubeApiServer, ttl: Duration) -> KubeClient {
     let config = server.kube_config(server.admin_token(), NAMESPACE).await.expect("config");
     leasehold_kube::install_default_crypto_provider();
     let kube = kube::Client::try_from(config).expect("kube client");
-    let options = KubeOptions { namespace: Some(NAMESPACE.into()), ttl, ..KubeOptions::default() };
-    KubeClient::from_client(kube, NAMESPACE, options).expect("client")
+    let options = KubeOptions { namespace: Some(NAMESPACE.into()), ..KubeOptions::default() };
+    KubeClient::from_client(kube, NAMESPACE, options, &Timing { ttl, ..Timing::default() }).expect("client")
 }
 
 fn record(member: &str, token: &str) -> LeaderRecord {

@@ -11,12 +11,12 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use kube::api::{DeleteParams, ListParams, ObjectList, Patch, PatchParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Config};
-use leasehold::{DcsError, Epoch, LeaderRecord, MemberRecord, Record};
+use leasehold::{DcsError, Epoch, LeaderRecord, MemberRecord, Record, Timing};
 use tokio::task::AbortHandle;
 
 use crate::dcs::KubeDcs;
 use crate::error::{Op, api_code, classify, timed};
-use crate::names::{MEMBER_ANNOTATION, ScopeNames};
+use crate::names::{LEADER_ANNOTATION, MEMBER_ANNOTATION, ScopeNames};
 use crate::objects::{self, duration_secs, new_lease, stamp, wall_now};
 use crate::observe::Observations;
 use crate::options::{ConfigSource, KubeOptions};
@@ -55,6 +55,10 @@ pub(crate) struct Inner {
     client: kube::Client,
     pub(crate) namespace: String,
     pub(crate) options: KubeOptions,
+    /// `leaseDurationSeconds`: `timing.ttl` rounded up to whole seconds.
+    pub(crate) ttl: Duration,
+    /// `Timing::ttl` given to `connect`.
+    pub(crate) configured_ttl: Duration,
     pub(crate) observations: Observations,
     pub(crate) held: Mutex<HashMap<String, Held>>,
     /// One async lock per member object: a publish and a keep-alive never interleave, so an
@@ -125,11 +129,14 @@ pub fn install_default_crypto_provider() {
 }
 
 impl KubeClient {
-    /// Connects as `options` say. Configuration problems (bad options, no kubeconfig, an
-    /// unusable certificate) are [`DcsError::Fatal`]. No request is made yet: credentials
-    /// are checked by the first call (401/403 are fatal there).
-    pub async fn connect(options: KubeOptions) -> Result<KubeClient, DcsError> {
-        options.validate().map_err(|e| DcsError::fatal(e.to_string()))?;
+    /// Connects as `options` say, with `timing.ttl` (rounded up to whole seconds) as the
+    /// lease duration. Give every node on this client the same `timing`: the driver refuses
+    /// one whose ttl differs ([`Dcs::configured_ttl`](leasehold::Dcs)). Configuration
+    /// problems (bad options, no kubeconfig, an unusable certificate) are
+    /// [`DcsError::Fatal`]. No request is made yet: credentials are checked by the first call
+    /// (401/403 are fatal there).
+    pub async fn connect(options: KubeOptions, timing: &Timing) -> Result<KubeClient, DcsError> {
+        options.validate(timing).map_err(|e| DcsError::fatal(e.to_string()))?;
         let mut config = load_config(&options.config).await?;
         // kube retries 429/503/504 by default; a retried write whose first attempt went
         // through would then look like a lost race (409). We classify and retry ourselves.
@@ -138,13 +145,19 @@ impl KubeClient {
         install_default_crypto_provider();
         let client = kube::Client::try_from(config)
             .map_err(|e| DcsError::fatal_with("kubernetes client cannot be built from the configuration", e))?;
-        KubeClient::from_client(client, &namespace, options)
+        KubeClient::from_client(client, &namespace, options, timing)
     }
 
-    /// Uses an existing `kube::Client` on `namespace`. Must be called within a tokio runtime
-    /// (it starts the keep-alive task).
-    pub fn from_client(client: kube::Client, namespace: &str, options: KubeOptions) -> Result<KubeClient, DcsError> {
-        options.validate().map_err(|e| DcsError::fatal(e.to_string()))?;
+    /// Uses an existing `kube::Client` on `namespace`, as [`connect`](Self::connect) does
+    /// with `options` and `timing`. Must be called within a tokio runtime (it starts the
+    /// keep-alive task).
+    pub fn from_client(
+        client: kube::Client,
+        namespace: &str,
+        options: KubeOptions,
+        timing: &Timing,
+    ) -> Result<KubeClient, DcsError> {
+        options.validate(timing).map_err(|e| DcsError::fatal(e.to_string()))?;
         crate::names::dns_label(namespace)
             .map_err(|e| DcsError::fatal(format!("kubernetes namespace {namespace:?} {e}")))?;
         let inner = Arc::new(Inner {
@@ -152,13 +165,15 @@ impl KubeClient {
             client,
             namespace: namespace.to_string(),
             options,
+            ttl: Duration::from_secs(timing.ttl.as_secs_f64().ceil() as u64),
+            configured_ttl: timing.ttl,
             observations: Observations::default(),
             held: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             keepalive: Mutex::new(None),
         });
-        let every = inner.options.ttl / 3;
+        let every = inner.ttl / 3;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| DcsError::fatal("KubeClient must be created inside a tokio runtime"))?;
         // The client owns its keep-alive, as a store client owns its session heartbeat.
@@ -179,14 +194,37 @@ impl KubeClient {
         &self.inner.namespace
     }
 
-    /// Stops the keep-alive and refuses further calls, leaving every object as it is: member
-    /// and leader Leases then expire by the observer rule, as after a crash. Release leader
-    /// keys first for a clean shutdown.
+    /// The `timing.ttl` this client was built with.
+    pub fn configured_ttl(&self) -> Duration {
+        self.inner.configured_ttl
+    }
+
+    /// The lease the store enforces: `leaseDurationSeconds`, `timing.ttl` rounded up to whole
+    /// seconds (observers expire a holder after seeing it unchanged that long).
+    pub fn lease_ttl(&self) -> Duration {
+        self.inner.ttl
+    }
+
+    /// Stops at once, sending nothing: the background keep-alive ends and every call on every
+    /// handle fails with [`DcsError::Fatal`]. This process's Leases stay until observers
+    /// expire them (unchanged for `leaseDurationSeconds`), as after a crash.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         if let Some(task) = self.inner.keepalive.lock().unwrap_or_else(PoisonError::into_inner).take() {
             task.abort();
         }
+    }
+
+    /// Stops like [`stop`](Self::stop), then ends what this process holds on the store and
+    /// waits for the answers, each at most `request_timeout`, so every key held (members and
+    /// any leader key still held) is gone now. Kubernetes has no session: each member Lease
+    /// is deleted and each leader Lease still held has its holder cleared, both conditional
+    /// on the resourceVersion this process wrote (an object changed since is left alone).
+    /// Release leader keys with [`Dcs::release`](leasehold::Dcs::release) first for an
+    /// orderly step-down. The first error is returned after every object was tried.
+    pub async fn shutdown(&self) -> Result<(), DcsError> {
+        self.stop();
+        self.inner.end_all().await
     }
 }
 
@@ -351,7 +389,7 @@ impl Inner {
                 Some(mut lease) => {
                     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
                     spec.holder_identity = Some(member.record.name.clone());
-                    spec.lease_duration_seconds = Some(duration_secs(self.options.ttl));
+                    spec.lease_duration_seconds = Some(duration_secs(self.ttl));
                     spec.renew_time = Some(wall_now());
                     spec.acquire_time.get_or_insert_with(wall_now);
                     stamp(&mut lease, &labels, MEMBER_ANNOTATION, Some(text.clone()));
@@ -360,7 +398,7 @@ impl Inner {
                 None => {
                     let spec = LeaseSpec {
                         holder_identity: Some(member.record.name.clone()),
-                        lease_duration_seconds: Some(duration_secs(self.options.ttl)),
+                        lease_duration_seconds: Some(duration_secs(self.ttl)),
                         acquire_time: Some(wall_now()),
                         renew_time: Some(wall_now()),
                         ..LeaseSpec::default()
@@ -381,6 +419,37 @@ impl Inner {
             }
         }
         Err(DcsError::unavailable(format!("member Lease {} kept changing under every write; try again", member.name)))
+    }
+
+    /// Deletes every member Lease this process published and clears the holder of every
+    /// leader Lease it still holds, each conditional on the version it last wrote.
+    async fn end_all(&self) -> Result<(), DcsError> {
+        let members: Vec<_> =
+            self.members.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, m)| m).collect();
+        let held: Vec<_> = self.held.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, h)| h).collect();
+        let mut first_error = None;
+        for member in members {
+            let member = member.lock().await;
+            let Some(last) = &member.last else { continue };
+            // Conflict: rewritten by someone else since; Missing: gone already.
+            if let Err(e) = self.delete(&member.name, objects::rv(last)).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        for held in held {
+            let mut object = held.object.clone();
+            let spec = object.spec.get_or_insert_with(LeaseSpec::default);
+            spec.holder_identity = None;
+            spec.renew_time = Some(wall_now());
+            if let Some(annotations) = object.metadata.annotations.as_mut() {
+                annotations.remove(LEADER_ANNOTATION);
+            }
+            let rv = objects::rv(&held.object).to_string();
+            if let Err(e) = self.patch(&object, &rv).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// One keep-alive round: every published member, a few at a time.

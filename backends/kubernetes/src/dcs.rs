@@ -77,7 +77,7 @@ impl KubeDcs {
     }
 
     fn ttl(&self) -> Duration {
-        self.inner.options.ttl
+        self.inner.ttl
     }
 
     /// The leader as it is now, for a `Lost` answer (no expiry judgement: it was just written).
@@ -263,6 +263,10 @@ impl Dcs for KubeDcs {
     fn bounds(&self) -> StoreBounds {
         let ttl = self.ttl();
         StoreBounds { ttl, max_expiry: ttl * 2, watch_latency: Duration::from_secs(1) }
+    }
+
+    fn configured_ttl(&self) -> Duration {
+        self.inner.configured_ttl
     }
 
     /// One label-selected LIST. When it holds no leader Lease, one GET of the leader Lease by

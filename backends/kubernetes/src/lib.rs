@@ -47,10 +47,13 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), leasehold::DcsError> {
-//! use leasehold::Dcs;
+//! use leasehold::{Dcs, Timing};
 //! use leasehold_kube::{KubeClient, KubeOptions};
 //!
-//! let client = KubeClient::connect(KubeOptions { namespace: Some("db".into()), ..KubeOptions::default() }).await?;
+//! // The lease duration comes from the Timing the nodes use too.
+//! let timing = Timing::default();
+//! let options = KubeOptions { namespace: Some("db".into()), ..KubeOptions::default() };
+//! let client = KubeClient::connect(options, &timing).await?;
 //! let pg = client.scope("pg");
 //! let view = pg.load().await?;
 //! println!("leader: {:?}", view.leader.map(|l| l.record.member));
@@ -75,4 +78,4 @@ pub use dcs::{KubeDcs, MEMBER_REMOVAL_AFTER};
 pub use names::{
     EPOCH_ANNOTATION, LEADER_ANNOTATION, MANAGED_BY, MEMBER_ANNOTATION, ROLE_LABEL, SCOPE_LABEL, VALUE_ANNOTATION,
 };
-pub use options::{ConfigSource, KubeOptions, OptionsError};
+pub use options::{ConfigSource, KubeOptions};

@@ -1,8 +1,11 @@
-//! How to reach the API server and how to name and label the objects.
+//! How to reach the API server and how to name and label the objects. The lease duration
+//! comes from the [`Timing`] given to [`KubeClient::connect`](crate::KubeClient::connect).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use leasehold::{OptionsError, Timing};
 
 use crate::names;
 
@@ -40,8 +43,6 @@ pub struct KubeOptions {
     /// Extra labels put on every object (for example `app.kubernetes.io/part-of`). Keys in
     /// `leasehold.io/` and `app.kubernetes.io/managed-by` are reserved.
     pub labels: BTreeMap<String, String>,
-    /// Lease duration written to `leaseDurationSeconds`; whole seconds, at least 1.
-    pub ttl: Duration,
     /// Upper bound on one API request (watches excepted). A read that runs out is
     /// `Unavailable`, a write `OutcomeUnknown`.
     pub request_timeout: Duration,
@@ -54,34 +55,22 @@ impl Default for KubeOptions {
             config: ConfigSource::Infer,
             prefix: String::new(),
             labels: BTreeMap::new(),
-            ttl: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// An option broke a rule. The message names the field and the rule.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid kubernetes option {field}: {message}")]
-pub struct OptionsError {
-    /// The field at fault.
-    pub field: &'static str,
-    /// The rule and the value.
-    pub message: String,
-}
-
 impl KubeOptions {
-    /// Checks every field.
-    pub fn validate(&self) -> Result<(), OptionsError> {
-        let fail = |field, message: String| Err(OptionsError { field, message });
-        if self.ttl < Duration::from_secs(1) || self.ttl.subsec_nanos() != 0 {
-            return fail(
-                "ttl",
-                format!("{:?} must be a whole number of seconds, at least 1 (leaseDurationSeconds)", self.ttl),
-            );
+    /// Checks every field, and `timing.ttl` as the lease duration: at least 1 s and within
+    /// `leaseDurationSeconds` (int32 seconds). A fractional ttl is written rounded up to whole
+    /// seconds ([`KubeClient::lease_ttl`](crate::KubeClient::lease_ttl)).
+    pub fn validate(&self, timing: &Timing) -> Result<(), OptionsError> {
+        let fail = |field, message: String| Err(OptionsError { store: "kubernetes", field, message });
+        if timing.ttl < Duration::from_secs(1) {
+            return fail("timing.ttl", format!("{:?} is below 1 s, the unit of leaseDurationSeconds", timing.ttl));
         }
-        if self.ttl > Duration::from_secs(i32::MAX as u64) {
-            return fail("ttl", format!("{:?} does not fit leaseDurationSeconds (int32)", self.ttl));
+        if timing.ttl > Duration::from_secs(i32::MAX as u64) {
+            return fail("timing.ttl", format!("{:?} does not fit leaseDurationSeconds (int32)", timing.ttl));
         }
         if self.request_timeout.is_zero() {
             return fail("request_timeout", "must be greater than zero".into());
@@ -127,10 +116,15 @@ mod tests {
     #[test]
     fn bad_options_name_the_field() {
         let ok = KubeOptions::default();
-        assert!(ok.validate().is_ok());
+        let timing = Timing::default();
+        assert!(ok.validate(&timing).is_ok());
+        assert!(ok.validate(&Timing { ttl: Duration::from_millis(1500), ..timing.clone() }).is_ok());
+        for ttl in [Duration::ZERO, Duration::from_millis(999), Duration::from_secs(1 << 32)] {
+            let err = ok.validate(&Timing { ttl, ..timing.clone() }).expect_err("ttl");
+            assert_eq!(err.field, "timing.ttl", "{err}");
+            assert!(err.to_string().starts_with("invalid kubernetes option timing.ttl"), "{err}");
+        }
         let cases = [
-            (KubeOptions { ttl: Duration::from_millis(1500), ..ok.clone() }, "ttl"),
-            (KubeOptions { ttl: Duration::ZERO, ..ok.clone() }, "ttl"),
             (KubeOptions { namespace: Some("Kube_System".into()), ..ok.clone() }, "namespace"),
             (KubeOptions { prefix: "-x".into(), ..ok.clone() }, "prefix"),
             (KubeOptions { labels: [("leasehold.io/x".into(), "y".into())].into(), ..ok.clone() }, "labels"),
@@ -138,7 +132,7 @@ mod tests {
             (KubeOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
         ];
         for (options, field) in cases {
-            let err = options.validate().expect_err(field);
+            let err = options.validate(&timing).expect_err(field);
             assert_eq!(err.field, field, "{err}");
         }
     }

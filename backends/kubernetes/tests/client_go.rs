@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NAMESPACE, Target, options};
+use common::{NAMESPACE, Target, options, timing_for};
 use k8s_openapi::api::coordination::v1::Lease;
 use leasehold::{CasOutcome, Dcs, Epoch, LeaderRecord, Record};
 use leasehold_kube::testing::{Guarded, find_binary};
@@ -25,7 +25,7 @@ fn record(member: &str, token: &str) -> LeaderRecord {
 
 async fn client(target: &Target, ttl: u64) -> KubeClient {
     let kube = target.kube(Some(target.admin_token())).await;
-    KubeClient::from_client(kube, NAMESPACE, options(Duration::from_secs(ttl))).expect("client")
+    KubeClient::from_client(kube, NAMESPACE, options(), &timing_for(Duration::from_secs(ttl))).expect("client")
 }
 
 /// The fields of client-go's `coordinationv1.LeaseSpec` (Go struct tags), as JSON names.

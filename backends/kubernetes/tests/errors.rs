@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NAMESPACE, TOKEN, Target, kube_client, options};
+use common::{NAMESPACE, TOKEN, Target, kube_client, options, timing_for};
 use leasehold::{CasOutcome, ControlKey, Dcs, DcsError, Expect, LeaderRecord};
 use leasehold_kube::{ConfigSource, KubeClient, KubeOptions};
 use leasehold_kube_emulator::{Emulator, Fault};
@@ -18,11 +18,12 @@ fn record(token: &str) -> LeaderRecord {
 
 fn client(emulator: &Emulator, token: Option<&str>) -> KubeClient {
     let kube = kube_client(&emulator.url(), token);
-    KubeClient::from_client(kube, NAMESPACE, options(Duration::from_secs(5))).expect("client")
+    KubeClient::from_client(kube, NAMESPACE, options(), &timing_for(Duration::from_secs(5))).expect("client")
 }
 
 async fn client_on(target: &Target, token: Option<&str>) -> KubeClient {
-    KubeClient::from_client(target.kube(token).await, NAMESPACE, options(Duration::from_secs(5))).expect("client")
+    KubeClient::from_client(target.kube(token).await, NAMESPACE, options(), &timing_for(Duration::from_secs(5)))
+        .expect("client")
 }
 
 #[tokio::test]
@@ -111,14 +112,14 @@ async fn bad_names_values_and_options_are_fatal_and_say_why() {
     let err = dcs.write_control(ControlKey::Initialize, Expect::Absent, big.as_bytes()).await.expect_err("too big");
     assert!(err.is_fatal() && err.to_string().contains("422"), "annotations are limited to 256 KiB: {err}");
 
-    let options = KubeOptions { ttl: Duration::from_millis(2500), ..KubeOptions::default() };
-    let err = KubeClient::connect(options).await.expect_err("fractional ttl");
-    assert!(err.is_fatal() && err.to_string().contains("ttl"), "{err}");
+    let short = leasehold::Timing { ttl: Duration::from_millis(500), ..leasehold::Timing::fast() };
+    let err = KubeClient::connect(KubeOptions::default(), &short).await.expect_err("ttl below 1 s");
+    assert!(err.is_fatal() && err.to_string().contains("timing.ttl"), "{err}");
     let options = KubeOptions {
         config: ConfigSource::Kubeconfig { path: Some("/nonexistent/kubeconfig".into()), context: None },
         ..KubeOptions::default()
     };
-    let err = KubeClient::connect(options).await.expect_err("missing kubeconfig");
+    let err = KubeClient::connect(options, &leasehold::Timing::default()).await.expect_err("missing kubeconfig");
     assert!(err.is_fatal() && err.to_string().contains("/nonexistent/kubeconfig"), "{err}");
 }
 

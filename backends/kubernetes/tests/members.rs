@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NAMESPACE, Target, options};
+use common::{NAMESPACE, Target, options, timing_for};
 use leasehold::{Dcs, LeaderRecord, MemberRecord};
 use leasehold_kube::{KubeClient, MEMBER_REMOVAL_AFTER};
 
@@ -15,7 +15,7 @@ const TTL: u64 = 2;
 
 async fn client(target: &Target) -> KubeClient {
     let kube = target.kube(Some(target.admin_token())).await;
-    KubeClient::from_client(kube, NAMESPACE, options(Duration::from_secs(TTL))).expect("client")
+    KubeClient::from_client(kube, NAMESPACE, options(), &timing_for(Duration::from_secs(TTL))).expect("client")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

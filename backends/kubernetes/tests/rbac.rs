@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NAMESPACE, Target, options};
+use common::{NAMESPACE, Target, options, timing_for};
 use leasehold::{CasOutcome, ControlKey, Dcs, DcsError, Expect, LeaderRecord, MemberRecord};
 use leasehold_kube::KubeClient;
 
@@ -38,7 +38,7 @@ fn role_rules() -> Vec<(String, String, Vec<String>)> {
 /// Every call the backend makes, in the order an HA node makes them.
 async fn every_call(target: &Target, user: &str) -> Result<(), DcsError> {
     let kube = target.kube(Some(&target.token(user))).await;
-    let client = KubeClient::from_client(kube, NAMESPACE, options(Duration::from_secs(5)))?;
+    let client = KubeClient::from_client(kube, NAMESPACE, options(), &timing_for(Duration::from_secs(5)))?;
     // A scope per user: each run starts from nothing, as a fresh deployment does.
     let dcs = client.scope(&format!("pg-{user}"));
     let view = dcs.load().await?;

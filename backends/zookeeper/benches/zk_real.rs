@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use leasehold::testkit::election::timing_for;
 use leasehold::{CasOutcome, Dcs, LeaderRecord, Lease, MemberRecord, WatchEvent};
 use leasehold_zookeeper::testing::{TICK, ZkConfig, ZkServer, four_letter, test_options};
 use leasehold_zookeeper::{ZkClient, ZkDcs, ZkOptions};
@@ -57,9 +58,9 @@ async fn crash_failover(server: &ZkServer, other: &ZkClient, n: usize, label: &s
     let mut failover = Vec::new();
     let mut negotiated = Duration::ZERO;
     for i in 0..n {
-        let options = ZkOptions { detached: true, ..test_options(server, Duration::from_secs(2)) };
-        let crashing = ZkClient::connect(options).await.expect("connect");
-        negotiated = crashing.session_timeout();
+        let options = ZkOptions { detached: true, ..test_options(server) };
+        let crashing = ZkClient::connect(options, &timing_for(Duration::from_secs(2))).await.expect("connect");
+        negotiated = crashing.lease_ttl();
         let dh = crashing.scope(&format!("crash-{label}-{i}"));
         let dc = other.scope(&format!("crash-{label}-{i}"));
         let lease = won(&dh, &record("a", i)).await;
@@ -73,7 +74,7 @@ async fn crash_failover(server: &ZkServer, other: &ZkClient, n: usize, label: &s
         // session: a renew right before the crash makes that the crash instant.
         assert!(dh.renew(&lease).await.expect("renew").is_won());
         let t = now();
-        crashing.close();
+        crashing.stop();
         let done = candidate.await.expect("candidate");
         failover.push(done - t);
     }
@@ -100,9 +101,12 @@ async fn take_over(dcs: &ZkDcs, r: &LeaderRecord) -> Instant {
 async fn main() {
     let server = ZkServer::standalone().await.expect("start ZooKeeper");
     let port = server.client_port(0);
-    let options = |ttl| test_options(&server, ttl);
-    let client = ZkClient::connect(options(Duration::from_secs(4))).await.expect("connect");
-    println!("ZooKeeper 3.8 standalone on loopback, tickTime {TICK:?}, session timeout {:?}", client.session_timeout());
+    let connect = |ttl| {
+        let (options, timing) = (test_options(&server), timing_for(ttl));
+        async move { ZkClient::connect(options, &timing).await }
+    };
+    let client = connect(Duration::from_secs(4)).await.expect("connect");
+    println!("ZooKeeper 3.8 standalone on loopback, tickTime {TICK:?}, session timeout {:?}", client.lease_ttl());
 
     // Latency of single calls.
     let dcs = client.scope("latency");
@@ -133,7 +137,7 @@ async fn main() {
     summary("load (sync + multi-read)", loads);
 
     // Graceful handover: the holder releases, the candidate waits on its watch.
-    let other = ZkClient::connect(options(Duration::from_secs(4))).await.expect("connect");
+    let other = connect(Duration::from_secs(4)).await.expect("connect");
     let mut handover = Vec::new();
     for i in 0..30 {
         let (dh, dc) = (client.scope(&format!("handover-{i}")), other.scope(&format!("handover-{i}")));
@@ -162,7 +166,8 @@ async fn main() {
             ..ZkConfig::new(1)
         };
         let fast = ZkServer::start_with(config).await.expect("start ZooKeeper with tickTime 100 ms");
-        let fast_other = ZkClient::connect(test_options(&fast, Duration::from_secs(4))).await.expect("connect");
+        let fast_other =
+            ZkClient::connect(test_options(&fast), &timing_for(Duration::from_secs(4))).await.expect("connect");
         crash_failover(&fast, &fast_other, 5, "tick 100 ms").await;
     }
     drop(other);
@@ -170,7 +175,7 @@ async fn main() {
     // Idle cost: packets the server receives while clients only keep their sessions.
     let window = Duration::from_secs(10);
     for (scopes, ttl) in [(1usize, 10u64), (1000, 10)] {
-        let idle = ZkClient::connect(options(Duration::from_secs(ttl))).await.expect("connect");
+        let idle = connect(Duration::from_secs(ttl)).await.expect("connect");
         let handles: Vec<ZkDcs> = (0..scopes).map(|i| idle.scope(&format!("idle{scopes}-{i}"))).collect();
         for (i, dcs) in handles.iter().enumerate() {
             won(dcs, &record("a", i)).await;
@@ -185,7 +190,7 @@ async fn main() {
         let rate = (after - before).saturating_sub(1) as f64 / window.as_secs_f64();
         println!(
             "idle, {scopes:>4} scope(s) held + member + watch on one session (timeout {:?}): {rate:.2} requests/s ({:.4}/s per scope)",
-            idle.session_timeout(),
+            idle.lease_ttl(),
             rate / scopes as f64
         );
         drop(handles);

@@ -16,10 +16,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let member = args.next().unwrap_or_else(|| format!("member-{}", std::process::id()));
 
     // --- the election part ---
-    let ttl = Duration::from_secs(10);
-    let store = ZkClient::connect(ZkOptions { connect, ttl, ..ZkOptions::default() }).await?;
-    let timing =
-        Timing { ttl, loop_wait: Duration::from_secs(2), retry_timeout: Duration::from_secs(3), ..Timing::default() };
+    // One Timing for the client and the node: the ttl has one source.
+    let timing = Timing {
+        ttl: Duration::from_secs(10),
+        loop_wait: Duration::from_secs(2),
+        retry_timeout: Duration::from_secs(3),
+        ..Timing::default()
+    };
+    let store = ZkClient::connect(ZkOptions { connect, ..ZkOptions::default() }, &timing).await?;
     let election = Election::new(Arc::new(store.scope("my-service")), member, timing)?;
 
     let leadership = election.campaign().await?;
@@ -29,7 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         () = do_leader_work(leadership.epoch()) => election.resign().await,
     }
     // --- end of the election part ---
-    store.close();
+    store.shutdown().await?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold::DcsError;
+use leasehold::{DcsError, Timing};
 
 use crate::dcs::ZkDcs;
 use crate::options::ZkOptions;
@@ -17,7 +17,8 @@ use crate::session::{Shared, open_session};
 /// watches report a resync; an expired session is replaced by a new one in which this
 /// process's member znodes are recreated (leader keys are not: leadership ended with the
 /// old session). Dropping the last handle closes the session, so every ephemeral znode of
-/// this process vanishes at once (unless [`ZkOptions::detached`]).
+/// this process vanishes at once (unless [`ZkOptions::detached`]); [`ZkClient::shutdown`]
+/// does it and waits for the server's answer.
 #[derive(Clone)]
 pub struct ZkClient {
     shared: Arc<Shared>,
@@ -33,17 +34,19 @@ impl std::fmt::Debug for ZkClient {
 }
 
 impl ZkClient {
-    /// Validates `options` and opens a session.
+    /// Validates `options` and opens a session whose timeout is `timing.ttl` (the server may
+    /// clamp it: [`lease_ttl`](Self::lease_ttl)). Give every node on this client the same
+    /// `timing`: the driver refuses one whose ttl differs ([`Dcs::configured_ttl`](leasehold::Dcs)).
     ///
     /// Errors: invalid options (the message names the field) and rejected credentials are
     /// [`DcsError::Fatal`]; no reachable server is [`DcsError::Unavailable`]. Must be called
     /// inside a tokio runtime (the session supervisor runs on it).
-    pub async fn connect(options: ZkOptions) -> Result<ZkClient, DcsError> {
-        options.validate().map_err(|e| DcsError::fatal(e.to_string()))?;
+    pub async fn connect(options: ZkOptions, timing: &Timing) -> Result<ZkClient, DcsError> {
+        options.validate(timing).map_err(|e| DcsError::fatal(e.to_string()))?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| DcsError::fatal("ZkClient::connect must be called inside a tokio runtime"))?;
-        let session = open_session(&options, 1).await?;
-        Ok(ZkClient { shared: Shared::new(options, session, runtime) })
+        let session = open_session(&options, timing.ttl, 1).await?;
+        Ok(ZkClient { shared: Shared::new(options, timing.ttl, session, runtime) })
     }
 
     /// A handle on election scope `scope`, stored under `<prefix>/<scope>`. A scope name
@@ -53,15 +56,21 @@ impl ZkClient {
         ZkDcs::new(self.shared.clone(), scope)
     }
 
-    /// The negotiated session timeout: the lease every scope gets. It differs from
-    /// [`ZkOptions::ttl`] when the server clamped the request to its `[2, 20] x tickTime` range.
-    pub fn session_timeout(&self) -> Duration {
+    /// The `timing.ttl` this client was built with: the session timeout it asks for.
+    pub fn configured_ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
+    /// The lease the store enforces: the negotiated session timeout. It differs from
+    /// [`configured_ttl`](Self::configured_ttl) when the server clamped the request to its
+    /// `[2, 20] x tickTime` range ([`ttl_clamped`](Self::ttl_clamped)).
+    pub fn lease_ttl(&self) -> Duration {
         self.shared.timeout()
     }
 
-    /// Whether the server clamped the requested session timeout.
-    pub fn session_timeout_clamped(&self) -> bool {
-        self.session_timeout() != self.shared.options.ttl
+    /// Whether the server clamped the session timeout asked for (`timing.ttl`).
+    pub fn ttl_clamped(&self) -> bool {
+        self.lease_ttl() != self.configured_ttl()
     }
 
     /// The current session's id (0 once closed); changes when an expired session is replaced.
@@ -74,13 +83,22 @@ impl ZkClient {
         self.shared.is_connected()
     }
 
-    /// Ends the session now and makes every handle fail with [`DcsError::Fatal`]. Without
-    /// [`ZkOptions::detached`] the session is closed on the server and this process's
-    /// ephemeral znodes (leader keys, members) vanish at once; release leader keys first
-    /// for an orderly step-down. With `detached`, the connection is just dropped and the
-    /// znodes expire with the session timeout, as after a crash.
-    pub fn close(&self) {
+    /// Stops at once, without waiting for the store: the session supervisor and watches end
+    /// and every call on every handle fails with [`DcsError::Fatal`]. ZooKeeper: the session
+    /// is dropped; the client library still closes it on the server in the background
+    /// (unless [`ZkOptions::detached`]: then the znodes expire with the session timeout, as
+    /// after a crash).
+    pub fn stop(&self) {
         self.shared.close();
+    }
+
+    /// Stops like [`stop`](Self::stop), then ends this process's session on the store
+    /// (ZooKeeper: closes it) and waits for the answer, at most `request_timeout`, so every
+    /// ephemeral znode held through it (members and any leader key still held) is gone now.
+    /// Release leader keys with [`Dcs::release`](leasehold::Dcs::release) first for an orderly
+    /// step-down. With [`ZkOptions::detached`] the session is only dropped, as by `stop`.
+    pub async fn shutdown(&self) -> Result<(), DcsError> {
+        self.shared.shutdown().await
     }
 
     /// The current session, for the test harness's raw writes.

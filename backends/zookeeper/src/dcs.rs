@@ -296,6 +296,10 @@ impl Dcs for ZkDcs {
         StoreBounds { ttl, max_expiry: ttl + ttl / 2, watch_latency: WATCH_LATENCY }
     }
 
+    fn configured_ttl(&self) -> Duration {
+        self.shared.ttl
+    }
+
     async fn load(&self) -> Result<ClusterView, DcsError> {
         let session = self.session()?;
         Ok(self.snapshot(&session).await?.decode())

@@ -14,8 +14,9 @@
 //! # Rules
 //!
 //! * One session per [`ZkClient`], shared by every scope: the lease is the session timeout,
-//!   derived from [`ZkOptions::ttl`]. The server may clamp it to `[2, 20] x tickTime`; the
-//!   negotiated value is logged, returned by [`ZkClient::session_timeout`], and is what
+//!   asked for as the [`Timing::ttl`](leasehold::Timing) given to [`ZkClient::connect`]. The
+//!   server may clamp it to `[2, 20] x tickTime`; the negotiated value is logged, returned by
+//!   [`ZkClient::lease_ttl`] (with [`ZkClient::ttl_clamped`]), and is what
 //!   [`Lease::valid_for`](leasehold::Lease) and [`StoreBounds`](leasehold::StoreBounds) promise.
 //! * The leader is an ephemeral znode, the fencing epoch its `czxid`. Renewal is a
 //!   `sync` + read round trip that must find our znode (epoch, token, owner = our session);
@@ -39,11 +40,18 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), leasehold::DcsError> {
 //! use std::time::Duration;
-//! use leasehold::Dcs;
+//! use leasehold::{Dcs, Timing};
 //! use leasehold_zookeeper::{ZkClient, ZkOptions};
 //!
-//! let options = ZkOptions { connect: "zk1:2181,zk2:2181,zk3:2181/ha".into(), ttl: Duration::from_secs(10), ..ZkOptions::default() };
-//! let client = ZkClient::connect(options).await?;
+//! // The session timeout comes from the Timing the nodes use too.
+//! let timing = Timing {
+//!     ttl: Duration::from_secs(10),
+//!     loop_wait: Duration::from_secs(2),
+//!     retry_timeout: Duration::from_secs(3),
+//!     ..Timing::default()
+//! };
+//! let options = ZkOptions { connect: "zk1:2181,zk2:2181,zk3:2181/ha".into(), ..ZkOptions::default() };
+//! let client = ZkClient::connect(options, &timing).await?;
 //! let pg = client.scope("pg");
 //! let view = pg.load().await?;
 //! println!("leader: {:?}", view.leader.map(|l| l.record.member));
@@ -62,4 +70,4 @@ mod tls;
 
 pub use client::ZkClient;
 pub use dcs::ZkDcs;
-pub use options::{AclPolicy, DigestAuth, OptionsError, ZkOptions, ZkTls};
+pub use options::{AclPolicy, DigestAuth, ZkOptions, ZkTls};

@@ -1,7 +1,10 @@
-//! How to reach the ensemble, where the scopes live, and who may touch the znodes.
+//! How to reach the ensemble, where the scopes live, and who may touch the znodes. The
+//! session timeout comes from the [`Timing`] given to [`ZkClient::connect`](crate::ZkClient::connect).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use leasehold::{OptionsError, Timing};
 
 /// Digest credentials (`user:password`), sent with `addAuth("digest", ...)` on every connection.
 #[derive(Clone, PartialEq, Eq)]
@@ -69,10 +72,6 @@ pub struct ZkOptions {
     /// Parent path of every scope inside the chroot: scope `pg` lives at `<prefix>/pg`.
     /// Absolute, no trailing `/`; Patroni uses `/service`.
     pub prefix: String,
-    /// The leader lease: the session timeout asked for (Patroni: session timeout = ttl). The
-    /// server clamps it to `[2, 20] x tickTime`; the negotiated value is what the backend
-    /// promises ([`ZkClient::session_timeout`](crate::ZkClient::session_timeout)).
-    pub ttl: Duration,
     /// Idle time after which the client declares its connection dead and tries the next
     /// server. `None`: the client's default, 2/5 of the negotiated session timeout.
     pub connection_timeout: Option<Duration>,
@@ -102,7 +101,6 @@ impl Default for ZkOptions {
         ZkOptions {
             connect: "127.0.0.1:2181".into(),
             prefix: "/service".into(),
-            ttl: Duration::from_secs(30),
             connection_timeout: None,
             request_timeout: Duration::from_secs(5),
             digest: None,
@@ -112,16 +110,6 @@ impl Default for ZkOptions {
             tls: None,
         }
     }
-}
-
-/// An option broke a rule. The message names the field and the rule.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid zookeeper option {field}: {message}")]
-pub struct OptionsError {
-    /// The field at fault.
-    pub field: &'static str,
-    /// The rule and the value.
-    pub message: String,
 }
 
 /// The servers and chroot of a connect string.
@@ -140,7 +128,7 @@ impl ConnectString {
 }
 
 fn check_path(field: &'static str, path: &str) -> Result<(), OptionsError> {
-    let fail = |message: String| Err(OptionsError { field, message });
+    let fail = |message: String| Err(OptionsError { store: "zookeeper", field, message });
     if !path.starts_with('/') {
         return fail(format!("{path:?} must be an absolute path starting with '/'"));
     }
@@ -157,7 +145,7 @@ fn check_path(field: &'static str, path: &str) -> Result<(), OptionsError> {
 }
 
 pub(crate) fn parse_connect(connect: &str) -> Result<ConnectString, OptionsError> {
-    let fail = |message: String| Err(OptionsError { field: "connect", message });
+    let fail = |message: String| Err(OptionsError { store: "zookeeper", field: "connect", message });
     let (hosts, chroot) = match connect.find('/') {
         Some(i) => (&connect[..i], Some(&connect[i..])),
         None => (connect, None),
@@ -191,21 +179,25 @@ pub(crate) fn parse_connect(connect: &str) -> Result<ConnectString, OptionsError
 }
 
 impl ZkOptions {
-    /// Checks every field.
-    pub fn validate(&self) -> Result<(), OptionsError> {
-        let fail = |field, message: String| Err(OptionsError { field, message });
+    /// Checks every field, and `timing.ttl` as the session timeout to ask for (Patroni:
+    /// session timeout = ttl): between 100 ms and `i32::MAX` milliseconds. The server clamps
+    /// it to `[2, 20] x tickTime`; [`ZkClient::lease_ttl`](crate::ZkClient::lease_ttl) reports
+    /// the negotiated value.
+    pub fn validate(&self, timing: &Timing) -> Result<(), OptionsError> {
+        let fail = |field, message: String| Err(OptionsError { store: "zookeeper", field, message });
         parse_connect(&self.connect)?;
         check_path("prefix", &self.prefix)?;
         if self.prefix == "/" {
             return fail("prefix", "must not be the root; use for example \"/service\"".into());
         }
-        if self.ttl < Duration::from_millis(100) || self.ttl > Duration::from_millis(i32::MAX as u64) {
-            return fail("ttl", format!("{:?} must be between 100ms and i32::MAX milliseconds", self.ttl));
+        let ttl = timing.ttl;
+        if ttl < Duration::from_millis(100) || ttl > Duration::from_millis(i32::MAX as u64) {
+            return fail("timing.ttl", format!("{ttl:?} must be between 100ms and i32::MAX milliseconds"));
         }
         if let Some(c) = self.connection_timeout
-            && (c.is_zero() || c >= self.ttl)
+            && (c.is_zero() || c >= ttl)
         {
-            return fail("connection_timeout", format!("{c:?} must be greater than zero and below ttl {:?}", self.ttl));
+            return fail("connection_timeout", format!("{c:?} must be greater than zero and below timing.ttl {ttl:?}"));
         }
         if self.request_timeout.is_zero() {
             return fail("request_timeout", "must be greater than zero".into());
@@ -255,7 +247,8 @@ mod tests {
     #[test]
     fn bad_options_name_the_field() {
         let ok = ZkOptions::default();
-        assert!(ok.validate().is_ok());
+        let timing = Timing::default();
+        assert!(ok.validate(&timing).is_ok());
         let digest = Some(DigestAuth { user: "u".into(), password: "p".into() });
         let cases = [
             (ZkOptions { connect: String::new(), ..ok.clone() }, "connect"),
@@ -267,7 +260,6 @@ mod tests {
             (ZkOptions { prefix: "service".into(), ..ok.clone() }, "prefix"),
             (ZkOptions { prefix: "/".into(), ..ok.clone() }, "prefix"),
             (ZkOptions { prefix: "/a/".into(), ..ok.clone() }, "prefix"),
-            (ZkOptions { ttl: Duration::ZERO, ..ok.clone() }, "ttl"),
             (ZkOptions { connection_timeout: Some(Duration::from_secs(60)), ..ok.clone() }, "connection_timeout"),
             (ZkOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
             (ZkOptions { acl: AclPolicy::CreatorOnly, ..ok.clone() }, "acl"),
@@ -277,15 +269,15 @@ mod tests {
             ),
         ];
         for (options, field) in cases {
-            let err = options.validate().expect_err(field);
+            let err = options.validate(&timing).expect_err(field);
             assert_eq!(err.field, field, "{err}");
         }
         let tls = |t: ZkTls| ZkOptions { tls: Some(t), ..ok.clone() };
         let with_cert =
             ZkTls { cert_file: Some("c.pem".into()), key_file: Some("k.pem".into()), ..ZkTls::new("ca.pem") };
         if cfg!(feature = "tls") {
-            assert!(tls(ZkTls::new("ca.pem")).validate().is_ok());
-            assert!(tls(with_cert.clone()).validate().is_ok());
+            assert!(tls(ZkTls::new("ca.pem")).validate(&timing).is_ok());
+            assert!(tls(with_cert.clone()).validate(&timing).is_ok());
             let cases = [
                 (ZkTls::new(""), "tls.ca_file"),
                 (ZkTls { key_file: None, ..with_cert.clone() }, "tls.key_file"),
@@ -294,13 +286,18 @@ mod tests {
                 (ZkTls { key_file: Some("".into()), ..with_cert }, "tls.key_file"),
             ];
             for (t, field) in cases {
-                let err = tls(t).validate().expect_err(field);
+                let err = tls(t).validate(&timing).expect_err(field);
                 assert_eq!(err.field, field, "{err}");
             }
         } else {
-            assert_eq!(tls(ZkTls::new("ca.pem")).validate().expect_err("no tls feature").field, "tls");
+            assert_eq!(tls(ZkTls::new("ca.pem")).validate(&timing).expect_err("no tls feature").field, "tls");
         }
-        assert!(ZkOptions { acl: AclPolicy::CreatorOnly, digest, ..ok }.validate().is_ok());
+        assert!(ZkOptions { acl: AclPolicy::CreatorOnly, digest, ..ok.clone() }.validate(&timing).is_ok());
+        for ttl in [Duration::ZERO, Duration::from_millis(99), Duration::from_secs(3_000_000)] {
+            let err = ok.validate(&Timing { ttl, ..timing.clone() }).expect_err("ttl");
+            assert_eq!(err.field, "timing.ttl", "{err}");
+            assert!(err.to_string().starts_with("invalid zookeeper option timing.ttl"), "{err}");
+        }
     }
 
     #[test]

@@ -67,6 +67,8 @@ impl Drop for ScopeWatch {
 
 pub(crate) struct Shared {
     pub(crate) options: ZkOptions,
+    /// `Timing::ttl` given to `connect`: the session timeout every session asks for.
+    pub(crate) ttl: Duration,
     acls: Vec<zk::Acl>,
     runtime: tokio::runtime::Handle,
     session: RwLock<Option<Arc<Session>>>,
@@ -110,11 +112,11 @@ fn answered(e: &zk::Error) -> bool {
     matches!(e, E::NoNode | E::NodeExists | E::BadVersion | E::NotEmpty | E::NoAuth | E::NoChildrenForEphemerals)
 }
 
-/// Opens a new session as `options` say.
-pub(crate) async fn open_session(options: &ZkOptions, number: u64) -> Result<Session, DcsError> {
+/// Opens a new session as `options` say, asking for a session timeout of `ttl`.
+pub(crate) async fn open_session(options: &ZkOptions, ttl: Duration, number: u64) -> Result<Session, DcsError> {
     let connect = parse_connect(&options.connect).map_err(|e| DcsError::fatal(e.to_string()))?;
     let hosts = connect.hosts();
-    let mut connector = zk::Client::connector().with_session_timeout(options.ttl).with_fail_eagerly();
+    let mut connector = zk::Client::connector().with_session_timeout(ttl).with_fail_eagerly();
     if let Some(c) = options.connection_timeout {
         connector = connector.with_connection_timeout(c);
     }
@@ -134,7 +136,7 @@ pub(crate) async fn open_session(options: &ZkOptions, number: u64) -> Result<Ses
         }
         None => None,
     };
-    let limit = options.ttl + options.request_timeout;
+    let limit = ttl + options.request_timeout;
     let connecting = async {
         #[cfg(feature = "tls")]
         if tls.is_some() {
@@ -187,9 +189,9 @@ pub(crate) async fn open_session(options: &ZkOptions, number: u64) -> Result<Ses
         }
     };
     let timeout = client.session_timeout();
-    if timeout != options.ttl {
+    if timeout != ttl {
         tracing::warn!(
-            requested = ?options.ttl,
+            requested = ?ttl,
             negotiated = ?timeout,
             "ZooKeeper clamped the session timeout to its [2, 20] x tickTime range; leases follow the negotiated value"
         );
@@ -200,10 +202,16 @@ pub(crate) async fn open_session(options: &ZkOptions, number: u64) -> Result<Ses
 }
 
 impl Shared {
-    pub(crate) fn new(options: ZkOptions, session: Session, runtime: tokio::runtime::Handle) -> Arc<Shared> {
+    pub(crate) fn new(
+        options: ZkOptions,
+        ttl: Duration,
+        session: Session,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Shared> {
         let shared = Arc::new(Shared {
             acls: acls_for(&options),
             options,
+            ttl,
             runtime,
             session: RwLock::new(Some(Arc::new(session))),
             link: Mutex::new(Link { connected: true, last_answered: now(), disconnected_at: None }),
@@ -235,10 +243,11 @@ impl Shared {
 
     /// The negotiated session timeout of the current session (the requested ttl once closed).
     pub(crate) fn timeout(&self) -> Duration {
-        self.session().map(|s| s.timeout).unwrap_or(self.options.ttl)
+        self.session().map(|s| s.timeout).unwrap_or(self.ttl)
     }
 
-    /// Closes the session (or abandons it when detached) and refuses further calls.
+    /// Drops the session at once and refuses further calls. The client library closes it
+    /// on the server in the background once no request holds it (unless detached).
     pub(crate) fn close(&self) {
         if let Some(task) = lock(&self.supervisor).take() {
             task.abort();
@@ -246,6 +255,31 @@ impl Shared {
         lock(&self.scopes).clear();
         self.session.write().unwrap_or_else(PoisonError::into_inner).take();
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// [`close`](Self::close), then waits until the client library has closed the session on
+    /// the server, at most `request_timeout`. A detached session is only dropped.
+    pub(crate) async fn shutdown(&self) -> Result<(), DcsError> {
+        let session = self.session.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let states = session.as_ref().map(|s| s.zk.state_watcher());
+        self.close();
+        // The library sends closeSession when the last handle on the client is dropped.
+        drop(session);
+        let Some(mut states) = states else { return Ok(()) };
+        if self.options.detached {
+            return Ok(());
+        }
+        let closed = async {
+            while !states.peek_state().is_terminated() {
+                states.changed().await;
+            }
+        };
+        tokio::time::timeout(self.options.request_timeout, closed).await.map_err(|_| {
+            DcsError::unknown(format!(
+                "closing the ZooKeeper session: no answer within request_timeout {:?}; it ends by timeout at the latest",
+                self.options.request_timeout
+            ))
+        })
     }
 
     /// Conservative estimate of the last moment the server heard from this session.
@@ -517,14 +551,14 @@ async fn supervise(shared: Weak<Shared>) {
             _ => {}
         }
         tracing::warn!("ZooKeeper session expired; leadership is lost, opening a new session");
-        let (options, number) = match current.session() {
-            Ok(s) => (current.options.clone(), s.number + 1),
+        let (options, ttl, number) = match current.session() {
+            Ok(s) => (current.options.clone(), current.ttl, s.number + 1),
             Err(_) => return,
         };
         drop(current);
         let mut backoff = Duration::from_millis(100);
         let session = loop {
-            match open_session(&options, number).await {
+            match open_session(&options, ttl, number).await {
                 Ok(session) => break session,
                 Err(e) if e.is_fatal() => {
                     if let Some(s) = shared.upgrade() {

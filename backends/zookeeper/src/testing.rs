@@ -21,7 +21,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::testkit::conformance::{Client, Harness};
-use leasehold::{Dcs, DcsError, Key};
+use leasehold::testkit::election::timing_for;
+use leasehold::{Dcs, DcsError, Key, Timing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use zookeeper_client as zk;
 
@@ -380,13 +381,12 @@ impl Drop for ZkServer {
     }
 }
 
-/// Options for a test client of `server`: tickTime-sized session, detached so that a crash
-/// in the suite leaves the session to expire.
-pub fn test_options(server: &ZkServer, ttl: Duration) -> ZkOptions {
+/// Options for a test client of `server`; connect with a [`Timing`] such as
+/// [`timing_for`]`(ttl)`.
+pub fn test_options(server: &ZkServer) -> ZkOptions {
     ZkOptions {
         connect: server.connect_string(),
         prefix: "/leasehold".into(),
-        ttl,
         request_timeout: Duration::from_secs(5),
         ..ZkOptions::default()
     }
@@ -398,21 +398,27 @@ pub struct ZkHarness {
     pub server: Arc<ZkServer>,
     /// Options every client is opened with (`detached` is forced on so crashes are crashes).
     pub options: ZkOptions,
+    /// The timing every client is opened with.
+    pub timing: Timing,
     admin: ZkClient,
 }
 
 impl ZkHarness {
-    /// A harness whose clients ask for `ttl` as session timeout.
+    /// A harness whose clients ask for `ttl` as session timeout ([`timing_for`]`(ttl)`).
     pub async fn new(server: Arc<ZkServer>, ttl: Duration) -> Result<ZkHarness, DcsError> {
-        let options = test_options(&server, ttl);
-        ZkHarness::with_options(server, options).await
+        let options = test_options(&server);
+        ZkHarness::with_options(server, options, timing_for(ttl)).await
     }
 
-    /// A harness whose clients connect with `options` (`detached` forced on), for example
-    /// with [`ZkOptions::tls`] set for a TLS server.
-    pub async fn with_options(server: Arc<ZkServer>, options: ZkOptions) -> Result<ZkHarness, DcsError> {
-        let admin = ZkClient::connect(ZkOptions { detached: false, ..options.clone() }).await?;
-        Ok(ZkHarness { server, options: ZkOptions { detached: true, ..options }, admin })
+    /// A harness whose clients connect with `options` (`detached` forced on) and `timing`,
+    /// for example with [`ZkOptions::tls`] set for a TLS server.
+    pub async fn with_options(
+        server: Arc<ZkServer>,
+        options: ZkOptions,
+        timing: Timing,
+    ) -> Result<ZkHarness, DcsError> {
+        let admin = ZkClient::connect(ZkOptions { detached: false, ..options.clone() }, &timing).await?;
+        Ok(ZkHarness { server, options: ZkOptions { detached: true, ..options }, timing, admin })
     }
 }
 
@@ -428,14 +434,14 @@ impl Client for HarnessClient {
 
     async fn crash(self: Box<Self>) {
         // Detached: the connection drops without CloseSession, the session expires by timeout.
-        self.client.close();
+        self.client.stop();
     }
 }
 
 #[async_trait]
 impl Harness for ZkHarness {
     async fn open_client(&self) -> Result<Box<dyn Client>, DcsError> {
-        Ok(Box::new(HarnessClient { client: ZkClient::connect(self.options.clone()).await? }))
+        Ok(Box::new(HarnessClient { client: ZkClient::connect(self.options.clone(), &self.timing).await? }))
     }
 
     async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {

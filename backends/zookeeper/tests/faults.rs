@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use leasehold::Timing;
+use leasehold::testkit::election::timing_for;
 use leasehold::{CasOutcome, ControlKey, Dcs, DcsError, Expect, LeaderRecord, Lease, MemberRecord};
 use leasehold_test_servers::CutProxy;
 use leasehold_zookeeper::testing::{ZkServer, test_options};
@@ -46,8 +48,8 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_survives_the_ensemble_leader_being_killed() {
     let mut server = ZkServer::ensemble().await.expect("ensemble");
-    let holder = ZkClient::connect(test_options(&server, Duration::from_secs(6))).await.expect("connect");
-    let rival = ZkClient::connect(test_options(&server, Duration::from_secs(6))).await.expect("connect");
+    let holder = ZkClient::connect(test_options(&server), &timing_for(Duration::from_secs(6))).await.expect("connect");
+    let rival = ZkClient::connect(test_options(&server), &timing_for(Duration::from_secs(6))).await.expect("connect");
     let (dh, dr) = (holder.scope("killed"), rival.scope("killed"));
     let lease = acquire(&dh, &record("a", "t1")).await;
 
@@ -65,7 +67,7 @@ async fn leadership_survives_the_ensemble_leader_being_killed() {
     })
     .await;
     assert_eq!(renewed.epoch, lease.epoch);
-    assert!(renewed.valid_for <= holder.session_timeout());
+    assert!(renewed.valid_for <= holder.lease_ttl());
     let outcome = eventually("the rival's acquire to get an answer", Duration::from_secs(30), || async {
         dr.acquire(&record("b", "t2")).await.ok()
     })
@@ -81,10 +83,9 @@ async fn leadership_survives_the_ensemble_leader_being_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_ends_the_belief_on_our_clock_and_members_come_back() {
     let mut server = ZkServer::standalone().await.expect("standalone");
-    let options =
-        ZkOptions { request_timeout: Duration::from_millis(500), ..test_options(&server, Duration::from_secs(2)) };
-    let client = ZkClient::connect(options.clone()).await.expect("connect");
-    let timeout = client.session_timeout();
+    let options = ZkOptions { request_timeout: Duration::from_millis(500), ..test_options(&server) };
+    let client = ZkClient::connect(options.clone(), &timing_for(Duration::from_secs(2))).await.expect("connect");
+    let timeout = client.lease_ttl();
     let dcs = client.scope("frozen");
     dcs.publish_member(&MemberRecord::new("a")).await.expect("publish");
     let lease = acquire(&dcs, &record("a", "t1")).await;
@@ -121,7 +122,8 @@ async fn a_frozen_server_ends_the_belief_on_our_clock_and_members_come_back() {
         (client.is_connected() && client.session_id() != first_session).then_some(())
     })
     .await;
-    let observer = ZkClient::connect(test_options(&server, Duration::from_secs(2))).await.expect("observer");
+    let observer =
+        ZkClient::connect(test_options(&server), &timing_for(Duration::from_secs(2))).await.expect("observer");
     let dobs = observer.scope("frozen");
     let view = eventually("the member re-registered and the old key gone", Duration::from_secs(30), || async {
         let view = dobs.load().await.ok()?;
@@ -141,16 +143,16 @@ async fn a_session_expired_by_the_server_is_replaced() {
     // The client reaches the server through a proxy the test cuts: the server then expires the
     // session itself, as it does when a member's network fails for longer than the session.
     let proxy = CutProxy::start(server.client_port(0)).expect("proxy");
-    let options =
-        ZkOptions { connect: format!("127.0.0.1:{}", proxy.port()), ..test_options(&server, Duration::from_secs(2)) };
-    let client = ZkClient::connect(options).await.expect("connect");
+    let options = ZkOptions { connect: format!("127.0.0.1:{}", proxy.port()), ..test_options(&server) };
+    let client = ZkClient::connect(options, &timing_for(Duration::from_secs(2))).await.expect("connect");
     let dcs = client.scope("expired");
     dcs.publish_member(&MemberRecord::new("a")).await.expect("publish");
     let lease = acquire(&dcs, &record("a", "t1")).await;
     let first_session = client.session_id();
 
     proxy.cut();
-    let observer = ZkClient::connect(test_options(&server, Duration::from_secs(2))).await.expect("observer");
+    let observer =
+        ZkClient::connect(test_options(&server), &timing_for(Duration::from_secs(2))).await.expect("observer");
     let dobs = observer.scope("expired");
     eventually(
         "the server to expire the session (its member and leader znodes gone)",
@@ -197,10 +199,11 @@ async fn digest_protected_znodes_resist_another_identity() {
         prefix: "/secure".into(),
         digest: Some(DigestAuth { user: user.into(), password: format!("{user}-pw") }),
         acl: AclPolicy::CreatorWriteOthersRead,
-        ..test_options(&server, Duration::from_secs(4))
+        ..test_options(&server)
     };
-    let owner = ZkClient::connect(secure("alice")).await.expect("owner");
-    let intruder = ZkClient::connect(secure("mallory")).await.expect("intruder");
+    let timing = timing_for(Duration::from_secs(4));
+    let owner = ZkClient::connect(secure("alice"), &timing).await.expect("owner");
+    let intruder = ZkClient::connect(secure("mallory"), &timing).await.expect("intruder");
     let (dow, din) = (owner.scope("pg"), intruder.scope("pg"));
     let lease = acquire(&dow, &record("a", "t1")).await;
     let v = dow.write_control(ControlKey::Config, Expect::Absent, b"{}").await.expect("write").won().expect("won");
@@ -232,16 +235,15 @@ async fn digest_protected_znodes_resist_another_identity() {
 async fn bad_connect_strings_are_clear_errors() {
     let cases = ["", "localhost", "127.0.0.1:0", "127.0.0.1:2181,:2182", "127.0.0.1:2181/a//b"];
     for connect in cases {
-        let err: DcsError =
-            ZkClient::connect(ZkOptions { connect: connect.into(), ..ZkOptions::default() }).await.expect_err(connect);
+        let options = ZkOptions { connect: connect.into(), ..ZkOptions::default() };
+        let err: DcsError = ZkClient::connect(options, &Timing::default()).await.expect_err(connect);
         assert!(err.is_fatal(), "{connect:?}: {err}");
         assert!(err.to_string().contains("option connect"), "{connect:?}: {err}");
     }
     // Valid syntax, nobody listening: retryable, and the message says so.
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let options =
-        ZkOptions { connect: format!("127.0.0.1:{port}"), ttl: Duration::from_secs(2), ..ZkOptions::default() };
-    let err = ZkClient::connect(options).await.expect_err("nothing listens");
+    let options = ZkOptions { connect: format!("127.0.0.1:{port}"), ..ZkOptions::default() };
+    let err = ZkClient::connect(options, &timing_for(Duration::from_secs(2))).await.expect_err("nothing listens");
     assert!(err.is_retryable(), "{err}");
     assert!(err.to_string().contains("no ZooKeeper server"), "{err}");
 }

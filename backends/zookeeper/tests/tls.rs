@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::testkit::conformance::{self, run_suite};
+use leasehold::testkit::election::timing_for;
 use leasehold::{CasOutcome, Dcs, DcsError, LeaderRecord, WatchEvent};
 use leasehold_zookeeper::testing::{ServerTls, ZkConfig, ZkHarness, ZkServer, test_options};
 use leasehold_zookeeper::{ZkClient, ZkOptions, ZkTls};
@@ -80,7 +81,7 @@ fn record(member: &str, token: &str) -> LeaderRecord {
 
 async fn refused(options: ZkOptions, what: &str) -> DcsError {
     // A bound, so a hang fails the test instead of stalling it; the refusal itself is quick.
-    match tokio::time::timeout(Duration::from_secs(60), ZkClient::connect(options)).await {
+    match tokio::time::timeout(Duration::from_secs(60), ZkClient::connect(options, &timing_for(TTL))).await {
         Err(_) => panic!("{what}: connect hung"),
         Ok(Ok(_)) => panic!("{what}: connected"),
         Ok(Err(e)) => {
@@ -95,9 +96,10 @@ async fn mutual_tls_passes_the_suite_and_refuses_a_missing_certificate_and_a_wro
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = make_pki(dir.path(), "good", &["127.0.0.1"]);
     let server = Arc::new(tls_server(&pki, true).await);
-    let options = ZkOptions { tls: Some(mutual(&pki)), ..test_options(&server, TTL) };
+    let options = ZkOptions { tls: Some(mutual(&pki)), ..test_options(&server) };
 
-    let harness = ZkHarness::with_options(server.clone(), options.clone()).await.expect("mutual TLS connects");
+    let harness =
+        ZkHarness::with_options(server.clone(), options.clone(), timing_for(TTL)).await.expect("mutual TLS connects");
     let report = run_suite(&harness).await;
     println!("{report}");
     let expected: Vec<&str> = conformance::ALL_CHECKS.into_iter().filter(|c| *c != conformance::WATCH_RESYNC).collect();
@@ -150,11 +152,12 @@ async fn one_way_tls_checks_the_server_name() {
     let at = |host: &str, tls: ZkTls| ZkOptions {
         connect: format!("{host}:{port}"),
         tls: Some(tls),
-        ..test_options(&server, TTL)
+        ..test_options(&server)
     };
 
     // No client certificate needed; the name matches: acquire, renew, watch, release.
-    let client = ZkClient::connect(at("localhost", ZkTls::new(&pki.ca))).await.expect("one-way TLS connects");
+    let client =
+        ZkClient::connect(at("localhost", ZkTls::new(&pki.ca)), &timing_for(TTL)).await.expect("one-way TLS connects");
     let dcs = client.scope("tls");
     let view = dcs.load().await.expect("load");
     let lease = match dcs.acquire(&record("a", "t1")).await.expect("acquire") {
@@ -168,16 +171,18 @@ async fn one_way_tls_checks_the_server_name() {
     };
     assert!(matches!(dcs.release(&lease).await, Ok(CasOutcome::Won(()))));
     assert!(dcs.load().await.expect("load").leader.is_none());
-    client.close();
+    client.stop();
 
     // Reached as 127.0.0.1, which the certificate does not name: refused...
     let err = refused(at("127.0.0.1", ZkTls::new(&pki.ca)), "name mismatch").await;
     assert!(err.is_fatal() && err.to_string().contains("not valid for name"), "{err}");
     // ...unless hostname verification is off (the CA is still checked).
     let unverified = ZkTls { verify_hostname: false, ..ZkTls::new(&pki.ca) };
-    let client = ZkClient::connect(at("127.0.0.1", unverified.clone())).await.expect("no hostname verification");
+    let client = ZkClient::connect(at("127.0.0.1", unverified.clone()), &timing_for(TTL))
+        .await
+        .expect("no hostname verification");
     client.scope("tls").load().await.expect("load without hostname verification");
-    client.close();
+    client.stop();
     let other = make_pki(dir.path(), "other", &["localhost"]);
     let err = refused(at("127.0.0.1", ZkTls { ca_file: other.ca, ..unverified }), "wrong CA, no name check").await;
     assert!(err.is_fatal() && err.to_string().contains("UnknownIssuer"), "{err}");

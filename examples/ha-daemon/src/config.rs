@@ -518,7 +518,8 @@ struct RawHooks {
     env: BTreeMap<String, String>,
 }
 
-/// Durations as text (`"10s"`, `"1500ms"`) or a number of seconds, like Patroni's.
+/// Durations as humantime text (`"10s"`, `"1500ms"`, `"1m 30s"`) or a number of seconds, like
+/// Patroni's; parsed by the core's `leasehold::config` (humantime), as `Timing` is.
 fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -528,11 +529,11 @@ fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duratio
     }
     let repr = Repr::deserialize(d)
         .map_err(|_| serde::de::Error::custom("expected a duration like \"10s\", \"1500ms\" or a number of seconds"))?;
-    match repr {
-        Repr::Secs(s) if s.is_finite() && (0.0..1e9).contains(&s) => Ok(Some(Duration::from_secs_f64(s))),
-        Repr::Secs(s) => Err(serde::de::Error::custom(format!("{s} is not a valid number of seconds"))),
-        Repr::Text(t) => leasehold::config::parse_duration(&t).map(Some).map_err(serde::de::Error::custom),
-    }
+    let parsed = match repr {
+        Repr::Secs(s) => leasehold::config::duration_from_secs(s),
+        Repr::Text(t) => leasehold::config::parse_duration(&t),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
 impl DaemonConfig {
@@ -971,13 +972,13 @@ pub(crate) fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(),
             // The client's own rules (TLS files with https:// endpoints, cert with key),
             // refused here rather than at connect.
             #[cfg(feature = "etcd")]
-            crate::store::etcd_options(s, timing).validate().map_err(|e| {
+            crate::store::etcd_options(s, timing).validate(timing).map_err(|e| {
                 let key = match e.field {
                     "ca_file" => "etcd.cacert".to_string(),
                     "cert_file" => "etcd.cert".to_string(),
                     "key_file" => "etcd.key".to_string(),
                     "user" => "etcd.username".to_string(),
-                    "ttl" => "ttl".to_string(),
+                    "timing.ttl" => "ttl".to_string(),
                     "request_timeout" | "dial_timeout" => "retry_timeout".to_string(),
                     field => format!("etcd.{field}"),
                 };
@@ -1027,9 +1028,9 @@ pub(crate) fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(),
             // The client's own rules, e.g. a ttl under twice Consul's 10 s session-TTL floor,
             // refused here rather than at connect.
             #[cfg(feature = "consul")]
-            crate::store::consul_options(s, timing).validate().map_err(|e| {
+            crate::store::consul_options(s, timing).validate(timing).map_err(|e| {
                 let key = match e.field {
-                    "ttl" => "ttl".to_string(),
+                    "timing.ttl" => "ttl".to_string(),
                     "request_timeout" => "retry_timeout".to_string(),
                     field => format!("consul.{field}"),
                 };

@@ -1,7 +1,6 @@
 //! Connects to the store named by the configuration's store section.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use leasehold::{Dcs, Timing};
 
@@ -19,7 +18,6 @@ pub(crate) fn etcd_options(s: &crate::config::EtcdSection, timing: &Timing) -> l
         ca_file: s.cacert.clone(),
         cert_file: s.cert.clone(),
         key_file: s.key.clone(),
-        ttl: whole_secs(timing.ttl),
         request_timeout: timing.retry_timeout,
         dial_timeout: timing.retry_timeout,
         ..leasehold_etcd::EtcdOptions::default()
@@ -37,7 +35,6 @@ pub(crate) fn consul_options(
         address: s.address.clone(),
         token: s.token.clone(),
         prefix: s.prefix.clone(),
-        ttl: timing.ttl,
         request_timeout: timing.retry_timeout,
         ..leasehold_consul::ConsulOptions::default()
     }
@@ -81,20 +78,17 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Whole seconds, at least one (etcd leases and Kubernetes lease durations).
-fn whole_secs(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs_f64().ceil().max(1.0) as u64)
-}
-
-/// Connects to the configured store and opens `scope`.
+/// Connects to the configured store and opens `scope`. The client takes its lease ttl from
+/// `timing`, the same value the node runs with (the driver refuses any other).
 pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyhow::Result<Store> {
     let (dcs, client): (Arc<dyn Dcs>, Client) = match store {
         #[cfg(feature = "etcd")]
         StoreConfig::Etcd(s) => {
             use leasehold_etcd::EtcdClient;
-            let client = EtcdClient::connect(etcd_options(s, timing)).await?;
-            if client.ttl() != whole_secs(timing.ttl) {
-                tracing::warn!(asked = ?timing.ttl, got = ?client.ttl(), "etcd granted a different lease TTL");
+            let client = EtcdClient::connect(etcd_options(s, timing), timing).await?;
+            // etcd leases are whole seconds, and etcd may raise a short one to its minimum.
+            if client.lease_ttl() != timing.ttl {
+                tracing::warn!(asked = ?timing.ttl, got = ?client.lease_ttl(), "etcd granted a different lease TTL");
             }
             (Arc::new(client.scope(scope)), Client::Etcd(client))
         }
@@ -110,16 +104,15 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
             let options = ZkOptions {
                 connect: s.hosts.0.join(","),
                 prefix: s.prefix.clone(),
-                ttl: timing.ttl,
                 request_timeout: timing.retry_timeout,
                 tls,
                 ..ZkOptions::default()
             };
-            let client = ZkClient::connect(options).await?;
-            if client.session_timeout_clamped() {
+            let client = ZkClient::connect(options, timing).await?;
+            if client.ttl_clamped() {
                 tracing::warn!(
                     asked = ?timing.ttl,
-                    got = ?client.session_timeout(),
+                    got = ?client.lease_ttl(),
                     "ZooKeeper clamped the session timeout; the lease follows the server's value"
                 );
             }
@@ -129,7 +122,7 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
         StoreConfig::Consul(s) => {
             use leasehold_consul::ConsulClient;
             let options = consul_options(s, timing);
-            let client = ConsulClient::connect(options).await?;
+            let client = ConsulClient::connect(options, timing).await?;
             (Arc::new(client.scope(scope)), Client::Consul(client))
         }
         #[cfg(feature = "kubernetes")]
@@ -144,10 +137,9 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
                 config,
                 prefix: s.prefix.clone(),
                 labels: s.labels.clone(),
-                ttl: whole_secs(timing.ttl),
                 request_timeout: timing.retry_timeout,
             };
-            let client = KubeClient::connect(options).await?;
+            let client = KubeClient::connect(options, timing).await?;
             (Arc::new(client.scope(scope)), Client::Kubernetes(client))
         }
         #[allow(unreachable_patterns)] // with every backend built in, no section is left
@@ -162,24 +154,18 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
 }
 
 impl Store {
-    /// Ends the process's lease or session so its member keys vanish now. Release the leader
-    /// key first (the driver's clean shutdown does).
+    /// Ends the process's lease or session (the client's `shutdown`) so its member keys
+    /// vanish now. Release the leader key first (the driver's clean shutdown does).
     pub async fn close(self) {
         let result: Result<(), leasehold::DcsError> = match &self.client {
             #[cfg(feature = "etcd")]
             Client::Etcd(c) => c.shutdown().await,
             #[cfg(feature = "zookeeper")]
-            Client::Zookeeper(c) => {
-                c.close();
-                Ok(())
-            }
+            Client::Zookeeper(c) => c.shutdown().await,
             #[cfg(feature = "consul")]
-            Client::Consul(c) => c.close().await,
+            Client::Consul(c) => c.shutdown().await,
             #[cfg(feature = "kubernetes")]
-            Client::Kubernetes(c) => {
-                c.stop();
-                Ok(())
-            }
+            Client::Kubernetes(c) => c.shutdown().await,
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "closing the store session");

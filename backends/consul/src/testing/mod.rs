@@ -20,7 +20,7 @@
 //! use leasehold_consul::ConsulClient;
 //!
 //! let agent = ConsulAgent::start(ConsulAgentConfig::default()).await?;
-//! let client = ConsulClient::connect(agent.options()).await.expect("connects");
+//! let client = ConsulClient::connect(agent.options(), &agent.timing()).await.expect("connects");
 //! # drop(client); Ok(()) }
 //! ```
 
@@ -29,6 +29,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use leasehold::Timing;
 use tempfile::TempDir;
 
 pub use leasehold_test_servers::{Found, Guarded, ServerBinary, find as find_binary, free_port, shared_servers_dir};
@@ -199,17 +200,26 @@ impl ConsulAgent {
     }
 
     /// Client options for this agent: its address, the master token, `session_ttl_min` as
-    /// the agent was started with; ttl 2 × that floor.
+    /// the agent was started with. Connect with [`timing`](Self::timing).
     pub fn options(&self) -> ConsulOptions {
-        let floor = self.config.session_ttl_min.unwrap_or(crate::CONSUL_SESSION_TTL_MIN);
         ConsulOptions {
             address: self.address(),
             token: self.config.acl_master_token.clone(),
-            session_ttl_min: floor,
-            ttl: floor * 2,
+            session_ttl_min: self.session_ttl_min(),
             request_timeout: Duration::from_secs(5),
             ..ConsulOptions::default()
         }
+    }
+
+    /// A timing for clients and nodes on this agent: ttl 2 x its `session_ttl_min` (the
+    /// shortest it accepts), loop_wait ttl / 5, retry_timeout 3 ttl / 10, safety_margin ttl / 5.
+    pub fn timing(&self) -> Timing {
+        let ttl = self.session_ttl_min() * 2;
+        Timing { ttl, loop_wait: ttl / 5, retry_timeout: ttl * 3 / 10, safety_margin: ttl / 5, ..Timing::default() }
+    }
+
+    fn session_ttl_min(&self) -> Duration {
+        self.config.session_ttl_min.unwrap_or(crate::CONSUL_SESSION_TTL_MIN)
     }
 
     /// The temporary directory (data, log).

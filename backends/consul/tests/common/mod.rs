@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::testkit::conformance::{Client as SuiteClient, Harness};
-use leasehold::{Dcs, DcsError, Key};
+use leasehold::testkit::election::timing_for;
+use leasehold::{Dcs, DcsError, Key, Timing};
 use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
 use leasehold_consul::{ConsulClient, ConsulOptions};
 use leasehold_consul_emulator::{Emulator, EmulatorConfig, Expiry};
@@ -20,11 +21,15 @@ pub fn emulator(expiry: Expiry) -> Emulator {
     Emulator::start(config).expect("emulator starts")
 }
 
-pub fn options(emulator: &Emulator, ttl: Duration) -> ConsulOptions {
+/// The timing most tests use: ttl 2 s (session TTL 1 s), the rest from [`timing_for`].
+pub fn timing() -> Timing {
+    timing_for(Duration::from_secs(2))
+}
+
+pub fn options(emulator: &Emulator) -> ConsulOptions {
     ConsulOptions {
         address: emulator.url(),
         token: Some(TOKEN.into()),
-        ttl,
         // The emulator's floor as configured above.
         session_ttl_min: Duration::from_millis(100),
         request_timeout: Duration::from_secs(5),
@@ -79,11 +84,11 @@ impl Target {
         matches!(self, Target::Real(_))
     }
 
-    /// Client options with the master token and `ttl`.
-    pub fn options(&self, ttl: Duration) -> ConsulOptions {
+    /// Client options with the master token.
+    pub fn options(&self) -> ConsulOptions {
         match self {
-            Target::Real(agent) => ConsulOptions { ttl, session_ttl_min: AGENT_SESSION_TTL_MIN, ..agent.options() },
-            Target::Emulator(e) => options(e, ttl),
+            Target::Real(agent) => ConsulOptions { session_ttl_min: AGENT_SESSION_TTL_MIN, ..agent.options() },
+            Target::Emulator(e) => options(e),
         }
     }
 
@@ -140,7 +145,7 @@ pub struct TargetHarness {
 #[async_trait::async_trait]
 impl Harness for TargetHarness {
     async fn open_client(&self) -> Result<Box<dyn SuiteClient>, DcsError> {
-        Ok(Box::new(Process(ConsulClient::connect(self.target.options(self.ttl)).await?)))
+        Ok(Box::new(Process(ConsulClient::connect(self.target.options(), &timing_for(self.ttl)).await?)))
     }
 
     async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {
@@ -195,7 +200,7 @@ pub struct EmulatorHarness {
 #[async_trait::async_trait]
 impl Harness for EmulatorHarness {
     async fn open_client(&self) -> Result<Box<dyn SuiteClient>, DcsError> {
-        Ok(Box::new(Process(ConsulClient::connect(options(&self.emulator, self.ttl)).await?)))
+        Ok(Box::new(Process(ConsulClient::connect(options(&self.emulator), &timing_for(self.ttl)).await?)))
     }
 
     async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {

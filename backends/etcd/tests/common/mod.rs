@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use etcd_client::{CompactionOptions, GetOptions};
 use leasehold::testkit::conformance::{Client as SuiteClient, Harness};
-use leasehold::{Dcs, DcsError, Key, LeaderRecord};
+use leasehold::{Dcs, DcsError, Key, LeaderRecord, Timing};
 use leasehold_etcd::{EtcdClient, EtcdOptions};
 
 pub fn init_tracing() {
@@ -38,20 +38,21 @@ impl SuiteClient for Process {
 /// The conformance harness on a real etcd.
 pub struct EtcdHarness {
     pub options: EtcdOptions,
+    pub timing: Timing,
     pub raw: etcd_client::Client,
 }
 
 impl EtcdHarness {
-    pub async fn new(options: EtcdOptions) -> Self {
+    pub async fn new(options: EtcdOptions, timing: Timing) -> Self {
         let raw = raw(&options).await;
-        EtcdHarness { options, raw }
+        EtcdHarness { options, timing, raw }
     }
 }
 
 #[async_trait::async_trait]
 impl Harness for EtcdHarness {
     async fn open_client(&self) -> Result<Box<dyn SuiteClient>, DcsError> {
-        Ok(Box::new(Process(EtcdClient::connect(self.options.clone()).await?)))
+        Ok(Box::new(Process(EtcdClient::connect(self.options.clone(), &self.timing).await?)))
     }
 
     async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {

@@ -25,7 +25,7 @@
 //!     config: ConfigSource::Kubeconfig { path: Some(kubeconfig), context: None },
 //!     ..KubeOptions::default()
 //! };
-//! let client = KubeClient::connect(options).await.expect("connects");
+//! let client = KubeClient::connect(options, &leasehold::Timing::default()).await.expect("connects");
 //! # drop(client); Ok(()) }
 //! ```
 

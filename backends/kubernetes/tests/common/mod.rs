@@ -8,6 +8,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ObjectMeta, PostParams};
 use leasehold::testkit::conformance::{Client as SuiteClient, Harness};
+pub use leasehold::testkit::election::timing_for;
 use leasehold::{Dcs, DcsError, Key};
 use leasehold_kube::testing::{KubeApiServer, KubeApiServerConfig};
 use leasehold_kube::{KubeClient, KubeOptions, MANAGED_BY, SCOPE_LABEL};
@@ -27,8 +28,8 @@ pub fn kube_client(url: &str, token: Option<&str>) -> kube::Client {
     kube::Client::try_from(config).expect("kube client for the emulator")
 }
 
-pub fn options(ttl: Duration) -> KubeOptions {
-    KubeOptions { namespace: Some(NAMESPACE.into()), ttl, ..KubeOptions::default() }
+pub fn options() -> KubeOptions {
+    KubeOptions { namespace: Some(NAMESPACE.into()), ..KubeOptions::default() }
 }
 
 /// An emulator requiring `TOKEN`.
@@ -191,7 +192,7 @@ impl Target {
 
     /// A leasehold client with `token` and `ttl`.
     pub async fn client_as(&self, token: &str, ttl: Duration) -> KubeClient {
-        KubeClient::from_client(self.kube(Some(token)).await, NAMESPACE, options(ttl)).expect("client")
+        KubeClient::from_client(self.kube(Some(token)).await, NAMESPACE, options(), &timing_for(ttl)).expect("client")
     }
 
     /// The Lease API with the admin token.
@@ -300,7 +301,7 @@ pub struct TargetHarness {
 impl Harness for TargetHarness {
     async fn open_client(&self) -> Result<Box<dyn SuiteClient>, DcsError> {
         let client = self.target.kube(Some(self.target.admin_token())).await;
-        Ok(Box::new(Process(KubeClient::from_client(client, NAMESPACE, options(self.ttl))?)))
+        Ok(Box::new(Process(KubeClient::from_client(client, NAMESPACE, options(), &timing_for(self.ttl))?)))
     }
 
     async fn write_garbage(&self, scope: &str, key: &Key) -> Result<(), DcsError> {
