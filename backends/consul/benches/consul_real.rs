@@ -108,12 +108,10 @@ async fn failover(agent: &ConsulAgent, ttl: Duration, rounds: usize) {
 async fn idle(agent: &ConsulAgent, scopes: usize, ttl: Duration) {
     let port = agent.address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("agent port");
     let proxy = CutProxy::start(port).expect("proxy");
-    let options = leasehold_consul::ConsulOptions {
-        ttl,
-        address: format!("http://127.0.0.1:{}", proxy.port()),
-        ..agent.options()
-    };
-    let client = ConsulClient::connect(options).await.expect("connect");
+    let options =
+        leasehold_consul::ConsulOptions { address: format!("http://127.0.0.1:{}", proxy.port()), ..agent.options() };
+    let timing = leasehold::Timing { ttl, ..agent.timing() };
+    let client = ConsulClient::connect(options, &timing).await.expect("connect");
     let handles: Vec<_> = (0..scopes).map(|i| client.scope(&format!("idle{scopes}-{}-{i}", ttl.as_secs()))).collect();
     for h in &handles {
         h.acquire(&record("m", "idle")).await.unwrap().won().expect("free");
@@ -134,7 +132,7 @@ async fn idle(agent: &ConsulAgent, scopes: usize, ttl: Duration) {
         total as f64 / secs,
         total as f64 / secs / scopes as f64,
     );
-    client.close().await.unwrap();
+    client.shutdown().await.unwrap();
 }
 
 /// Requests by endpoint between two proxy readings, with ids and key names cut off.

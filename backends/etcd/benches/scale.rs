@@ -126,8 +126,8 @@ fn scope_name(i: usize) -> String {
 
 /// `member` mode: one driver per scope on one client; prints `ready`, then runs until killed.
 async fn member(endpoint: String, name: String, s: Settings) {
-    let options = EtcdOptions { endpoints: vec![endpoint], ttl: s.timing().ttl, ..EtcdOptions::default() };
-    let client = EtcdClient::connect(options).await.expect("connects");
+    let options = EtcdOptions { endpoints: vec![endpoint], ..EtcdOptions::default() };
+    let client = EtcdClient::connect(options, &s.timing()).await.expect("connects");
     let incarnation = u64::from(std::process::id());
     let mut handles = Vec::with_capacity(s.scopes);
     for i in 0..s.scopes {
@@ -229,9 +229,10 @@ async fn coordinator(s: Settings) {
         std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("reads");
         assert_eq!(line.trim(), "ready", "{name} did not start");
     }
-    let checker = EtcdClient::connect(EtcdOptions { endpoints: vec![server.endpoint()], ..EtcdOptions::default() })
-        .await
-        .expect("connects");
+    let checker =
+        EtcdClient::connect(EtcdOptions { endpoints: vec![server.endpoint()], ..EtcdOptions::default() }, &s.timing())
+            .await
+            .expect("connects");
     loop {
         let led = leaders(&checker, s.scopes).await;
         if led.len() == s.scopes {

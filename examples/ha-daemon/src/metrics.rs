@@ -193,6 +193,10 @@ impl Dcs for MeteredDcs {
         self.inner.bounds()
     }
 
+    fn configured_ttl(&self) -> std::time::Duration {
+        self.inner.configured_ttl()
+    }
+
     async fn load(&self) -> Result<ClusterView, DcsError> {
         let (r, took) = timed(self.inner.load()).await;
         self.metrics.store_request("load", took, plain(&r));
