@@ -406,7 +406,9 @@ fn tls(builder: reqwest::ClientBuilder, options: &ConsulOptions) -> Result<reqwe
         std::fs::read(path)
             .map_err(|e| DcsError::fatal_with(format!("consul option tls.{field}: cannot read {path:?}: {e}"), e))
     };
-    let mut builder = builder;
+    // native-tls by name: with rustls also in the build (another crate's choice) the
+    // default backend would be ambiguous, and identities are backend-specific.
+    let mut builder = builder.tls_backend_native();
     if let Some(ca) = &tls.ca_cert {
         let cert = reqwest::Certificate::from_pem(&read("ca_cert", ca)?).map_err(|e| {
             DcsError::fatal_with(format!("consul option tls.ca_cert: {ca:?} is not a PEM certificate: {e}"), e)

@@ -151,7 +151,10 @@ impl ClientTls {
     /// An HTTP client for members' APIs: requests give up after `timeout`; `https://` URLs
     /// are verified against `cacert` and present the identity when one is set.
     pub fn http_client(&self, timeout: Duration) -> anyhow::Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy();
+        // rustls by name: another crate in the same build may switch on native-tls, which would
+        // then be the default and refuse a rustls identity.
+        let mut builder =
+            reqwest::Client::builder().tls_backend_rustls().timeout(timeout).connect_timeout(timeout).no_proxy();
         if let Some(ca) = &self.cacert {
             let pem = std::fs::read(ca).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", ca.display()))?;
             builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);
