@@ -102,8 +102,10 @@ pub struct StoreBounds {
 ///
 /// # To ensure correctness (all backends)
 ///
-/// * Decisions read linearizably: [`load`](Dcs::load) never returns a state older than one
-///   the same process has already been told about by a successful write.
+/// * Reads are consistent and never go back: [`load`](Dcs::load) returns the scope as of one
+///   store revision, never older than a state the same process has already been told about
+///   (its own successful writes, what a lost compare-and-set returned, an earlier load), and
+///   shows other clients' writes within [`StoreBounds::watch_latency`].
 /// * Every write that can change leadership is conditional; a failed condition is
 ///   [`CasOutcome::Lost`], never an error, and writes nothing.
 /// * Errors follow [`DcsError`]'s classes: a request that may have been applied must be
@@ -124,8 +126,11 @@ pub trait Dcs: Send + Sync + 'static {
     /// handle refuse a node whose `timing.ttl` differs from it, so the ttl has one source.
     fn configured_ttl(&self) -> Duration;
 
-    /// Reads the whole scope in one consistent, linearizable snapshot: the leader key with
-    /// its epoch and version, members, and every control key.
+    /// Reads the whole scope in one consistent snapshot: the leader key with its epoch and
+    /// version, members, and every control key. A backend may serve it from a watch-fed
+    /// mirror of the store (etcd does, one watch per process): such a view is the state at a
+    /// slightly earlier revision, exactly what a linearizable read made a moment before would
+    /// have returned, and it includes every write this process made or was told about.
     ///
     /// The view may be stale by the time it arrives; use it to decide what to *try*, never
     /// as proof of holding the leader key (DESIGN.md rule 2). Kubernetes: a leader whose
@@ -175,8 +180,10 @@ pub trait Dcs: Send + Sync + 'static {
         expect: &Version,
     ) -> Result<CasOutcome<(), Option<Version>>, DcsError>;
 
-    /// Waits until something in the scope changes after revision `after` (from
-    /// [`ClusterView::revision`]), or `timeout` passes. Wakes within
+    /// Waits until the scope's leader key or a control key changes after revision `after`
+    /// (from [`ClusterView::revision`]), or `timeout` passes. A change of member records
+    /// alone need not wake it (they change with every replication position; a waiter re-reads
+    /// them on its own timer). Wakes within
     /// [`StoreBounds::watch_latency`] in a healthy store, but correctness never depends on
     /// it (DESIGN.md rule 7): events may be lost, and callers keep their own timer. Lost
     /// history is reported as [`WatchEvent::Resync`], never skipped silently.

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::dcs::EtcdDcs;
 use crate::error::{Op, timed};
 use crate::keeper;
+use crate::mirror::Mirror;
 use crate::options::EtcdOptions;
 
 /// The current process lease as this process knows it.
@@ -24,6 +25,8 @@ pub(crate) struct LeaseState {
     /// The lease lives at least until here (send time of the last acknowledged keep-alive
     /// plus the TTL), on this process's monotonic clock.
     pub(crate) expires: Instant,
+    /// When the last acknowledged keep-alive (or the grant) was sent.
+    pub(crate) sent: Instant,
     /// etcd said the lease is gone; a new one is being granted.
     pub(crate) lost: bool,
 }
@@ -60,6 +63,13 @@ pub(crate) struct Inner {
     pub(crate) held: Mutex<BTreeSet<String>>,
     /// Requests sent to etcd by this client (unary calls, keep-alive messages, watch streams).
     pub(crate) requests: AtomicU64,
+    /// The process's watch over the whole prefix.
+    pub(crate) mirror: Mirror,
+    /// The highest revision this process has been told about (its own writes, and keys that
+    /// lost compare-and-sets returned): the mirror must have applied it before it is read.
+    pub(crate) seen: AtomicU64,
+    /// How old an acknowledged keep-alive a renewal may reuse instead of sending its own.
+    pub(crate) reuse: Duration,
     refresh: mpsc::UnboundedSender<Waiter>,
     stopped: AtomicBool,
     keeper: Mutex<Option<AbortHandle>>,
@@ -71,6 +81,15 @@ impl Drop for Inner {
             task.abort();
         }
     }
+}
+
+/// How old a keep-alive a renewal may reuse: what the timing leaves spare
+/// (`ttl - loop_wait - 2 * retry_timeout`, at most `ttl / 3`), and at least `ttl / 60` (at
+/// most 500 ms) so a process leading many scopes sends a few keep-alives a second, not one
+/// per renewal. A reused keep-alive shortens the renewed lease by its age, never more.
+fn reuse_window(timing: &Timing, ttl: Duration) -> Duration {
+    let spare = ttl.saturating_sub(timing.loop_wait + timing.retry_timeout * 2).min(ttl / 3);
+    spare.max((ttl / 60).min(Duration::from_millis(500)))
 }
 
 /// The current instant on the monotonic clock.
@@ -192,10 +211,13 @@ impl EtcdClient {
             options,
             ttl,
             configured_ttl: timing.ttl,
-            lease: Mutex::new(LeaseState { id: grant.id(), expires: sent + ttl, lost: false }),
+            lease: Mutex::new(LeaseState { id: grant.id(), expires: sent + ttl, sent, lost: false }),
             published: Mutex::new(BTreeMap::new()),
             held: Mutex::new(BTreeSet::new()),
             requests: AtomicU64::new(2),
+            mirror: Mirror::default(),
+            seen: AtomicU64::new(0),
+            reuse: reuse_window(timing, ttl),
             refresh,
             stopped: AtomicBool::new(false),
             keeper: Mutex::new(None),
@@ -246,6 +268,7 @@ impl EtcdClient {
     /// its lease, as after a crash.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.mirror.stop();
         if let Some(task) = lock(&self.inner.keeper).take() {
             task.abort();
         }
@@ -296,6 +319,28 @@ impl Inner {
         let _ = self.refresh.send(tx);
     }
 
+    /// An acknowledged keep-alive sent at or after `earliest`: the last one when it is recent
+    /// enough, else a new one (shared with concurrent callers).
+    pub(crate) async fn keep_alive_since(&self, earliest: Instant) -> Result<Ack, DcsError> {
+        let lease = *lock(&self.lease);
+        if !lease.lost && lease.sent >= earliest {
+            return Ok(Ack { id: lease.id, expires: lease.expires });
+        }
+        self.keep_alive().await
+    }
+
+    /// Whether the last acknowledged keep-alive was sent within `ttl / 3 + request_timeout`:
+    /// the member this client talks to reached etcd's raft leader that recently.
+    pub(crate) fn keep_alive_recent(&self) -> bool {
+        let lease = *lock(&self.lease);
+        !lease.lost && now().saturating_duration_since(lease.sent) <= self.ttl / 3 + self.options.request_timeout
+    }
+
+    /// Notes that this process was told about `revision`.
+    pub(crate) fn saw(&self, revision: u64) {
+        self.seen.fetch_max(revision, Ordering::SeqCst);
+    }
+
     /// A keep-alive sent after this call started. Concurrent callers share one.
     pub(crate) async fn keep_alive(&self) -> Result<Ack, DcsError> {
         let (tx, rx) = oneshot::channel();
@@ -312,6 +357,10 @@ impl Inner {
             async move { self.etcd.kv_client().put(key, bytes, Some(PutOptions::new().with_lease(lease))).await }
         })
         .await
-        .map(|_| ())
+        .map(|resp| {
+            if let Some(h) = resp.header() {
+                self.saw(h.revision().unsigned_abs());
+            }
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! One election scope over the shared connection and lease.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +15,7 @@ use leasehold::{
 
 use crate::client::{Inner, Published, lock, now};
 use crate::error::{Op, classify, is_compacted, never_sent, timed};
+use crate::mirror::Entry;
 
 /// How long after a holder stops its keys may outlive the TTL: etcd checks for expired
 /// leases every 500 ms, revokes through raft, and a new raft leader extends every lease
@@ -23,6 +25,9 @@ const EXPIRY_SLACK: Duration = Duration::from_secs(2);
 const WATCH_LATENCY: Duration = Duration::from_millis(500);
 /// Pause before re-opening a broken watch stream.
 const WATCH_RETRY: Duration = Duration::from_millis(250);
+/// How long a read waits for the mirror to apply a revision this process was told about
+/// before it reads by range instead.
+const MIRROR_WAIT: Duration = Duration::from_millis(500);
 
 /// One election scope in etcd: keys `<prefix>/<scope>/...` (Patroni's layout).
 ///
@@ -36,9 +41,21 @@ const WATCH_RETRY: Duration = Duration::from_millis(250);
 /// * `config`, `failover`, `sync`, `initialize`, `history`, `status`: control keys without a
 ///   lease, compare-and-set on `mod_revision` (absent: `create_revision == 0`).
 ///
-/// Reads are linearizable ranges over `<prefix>/<scope>/`. `watch` opens a watch on that
-/// prefix from the given revision + 1, re-opens it (on any member) from the same revision
-/// when the stream breaks, and reports [`WatchEvent::Resync`] when etcd compacted it.
+/// With [`EtcdOptions::watch_mirror`](crate::EtcdOptions::watch_mirror) (the default), one
+/// watch per process over the whole prefix keeps a mirror of every scope (one range when it
+/// starts or when etcd compacted its history). `load` returns the mirror's state of the
+/// scope, which includes every write this process made or was told about; `watch` waits
+/// for a change of the scope's leader or control keys (member records wake nobody); `renew`
+/// of a key the mirror shows unchanged is a lease keep-alive alone. Why that is safe, and
+/// when the mirror is not used (it then falls back to a linearizable range and a watch
+/// stream per call): see the crate's `mirror` module notes in the README. A leader learns
+/// that its key was deleted or changed from the mirror's event (its next renewal is
+/// `Lost`); a process whose lease ended learns it from the keep-alive (`LeaseLost`).
+///
+/// Without the mirror, reads are linearizable ranges over `<prefix>/<scope>/`; `watch`
+/// opens a watch on that prefix from the given revision + 1, re-opens it (on any member)
+/// from the same revision when the stream breaks, and reports [`WatchEvent::Resync`] when
+/// etcd compacted it.
 #[derive(Clone)]
 pub struct EtcdDcs {
     inner: Arc<Inner>,
@@ -47,6 +64,9 @@ pub struct EtcdDcs {
     base: String,
     leader: String,
     invalid: Option<String>,
+    /// A write of this handle had an unknown outcome: the next read is a linearizable range,
+    /// so a node looking for its own token reads the store, not a mirror that may lag.
+    linearize: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for EtcdDcs {
@@ -88,11 +108,15 @@ fn revision(resp: &TxnResponse) -> u64 {
 /// The leader key as read; garbage is reported (logged) and treated as absent.
 fn leader_view(kv: Option<KeyValue>) -> Option<LeaderView> {
     let kv = kv?;
-    let entry = kv_entry(&kv);
+    let key = String::from_utf8_lossy(kv.key());
+    decode_leader(&key, kv.value(), kv.create_revision().unsigned_abs(), kv.mod_revision().unsigned_abs())
+}
+
+/// A leader key's bytes with its create and mod revisions; garbage is logged and `None`.
+fn decode_leader(key: &str, bytes: &[u8], created: u64, modified: u64) -> Option<LeaderView> {
+    let entry = RawEntry { key: key.to_string(), bytes: bytes.to_vec(), version: Version::new(modified) };
     match LeaderRecord::decode(&entry.key, &entry.bytes) {
-        Ok(record) => {
-            Some(LeaderView { record, epoch: Epoch(kv.create_revision().unsigned_abs()), version: entry.version })
-        }
+        Ok(record) => Some(LeaderView { record, epoch: Epoch(created), version: entry.version }),
         Err(e) => {
             tracing::warn!(key = %entry.key, reason = %e.reason, consequence = leasehold::record::garbage_consequence("leader"), "garbage in the leader key");
             None
@@ -113,6 +137,7 @@ impl EtcdDcs {
             invalid: check_scope(scope),
             scope: scope.to_string(),
             inner,
+            linearize: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -129,11 +154,87 @@ impl EtcdDcs {
 
     async fn txn(&self, op: Op, what: &str, txn: Txn) -> Result<TxnResponse, DcsError> {
         self.inner.count();
-        timed(op, what, self.limit(), || {
+        let resp = timed(op, what, self.limit(), || {
             let txn = txn.clone();
             async move { self.inner.etcd.kv_client().txn(txn).await }
         })
-        .await
+        .await;
+        match &resp {
+            Ok(r) => self.inner.saw(revision(r)),
+            Err(DcsError::OutcomeUnknown { .. }) => self.linearize.store(true, Ordering::SeqCst),
+            Err(_) => {}
+        }
+        resp
+    }
+
+    /// The scope's view from the mirror's entries (full keys) at `revision`.
+    fn view_of<'a>(
+        &self,
+        revision: Option<u64>,
+        entries: impl Iterator<Item = (&'a str, RawEntry, u64)>,
+    ) -> ClusterView {
+        let prefix = &self.inner.options.prefix;
+        let mut raw = RawView { revision: revision.map(Version::new), ..RawView::default() };
+        for (path, entry, created) in entries {
+            match Key::parse(prefix, &self.scope, path) {
+                Some(Key::Leader) => raw.leader = Some((entry, Epoch(created))),
+                Some(Key::Member(_)) => raw.members.push(entry),
+                Some(Key::Control(c)) => raw.control.push((c, entry)),
+                // Keys other tools keep in the scope (Patroni's `optime/leader`, `failsafe`).
+                None => {}
+            }
+        }
+        raw.decode()
+    }
+
+    /// Renews from the mirror's copy of the leader key (`entry`): a lease keep-alive alone,
+    /// since nothing but this process's own release removes a key of a live lease that
+    /// leasehold wrote (acquire is create-only; others compare our epoch and record).
+    async fn renew_by_keep_alive(
+        &self,
+        held: &Lease,
+        lease_id: i64,
+        started: tokio::time::Instant,
+        entry: Option<Entry>,
+    ) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
+        let record = held.record.encode();
+        let ours = |e: &Option<Entry>| {
+            e.as_ref().is_some_and(|e| e.created == held.epoch.0 && e.value == record && e.lease == lease_id)
+        };
+        if !ours(&entry) {
+            lock(&self.inner.held).remove(&self.leader);
+            self.inner.poke();
+            return Ok(CasOutcome::Lost(entry.and_then(|e| self.leader_of(&e))));
+        }
+        let earliest = started.checked_sub(self.inner.reuse).unwrap_or(started);
+        let ack = match self.inner.keep_alive_since(earliest).await {
+            Ok(ack) if ack.id == lease_id => ack,
+            Ok(_) | Err(DcsError::LeaseLost { .. }) => {
+                lock(&self.inner.held).remove(&self.leader);
+                return Err(DcsError::lease_lost("the process lease expired, and the leader key with it"));
+            }
+            Err(e) => return Err(e),
+        };
+        // A deletion or change the mirror applied while the keep-alive was out wins.
+        match self.inner.mirror.get(&self.inner, &self.leader, 0, Duration::ZERO).await {
+            Some(now_entry) if !ours(&now_entry) => {
+                lock(&self.inner.held).remove(&self.leader);
+                return Ok(CasOutcome::Lost(now_entry.and_then(|e| self.leader_of(&e))));
+            }
+            _ => {}
+        }
+        let version = entry.map(|e| e.modified).unwrap_or_default();
+        Ok(CasOutcome::Won(Lease {
+            record: held.record.clone(),
+            epoch: held.epoch,
+            version: Version::new(version),
+            valid_for: ack.expires.saturating_duration_since(started),
+        }))
+    }
+
+    /// The leader key as the mirror holds it; garbage is logged and treated as absent.
+    fn leader_of(&self, e: &Entry) -> Option<LeaderView> {
+        decode_leader(&self.leader, &e.value, e.created, e.modified)
     }
 
     fn control_key(&self, key: ControlKey) -> String {
@@ -162,28 +263,40 @@ impl Dcs for EtcdDcs {
 
     async fn load(&self) -> Result<ClusterView, DcsError> {
         self.ready()?;
+        self.inner.mirror.start(&self.inner);
+        if !self.linearize.swap(false, Ordering::SeqCst) {
+            let seen = self.inner.seen.load(Ordering::SeqCst);
+            if let Some((revision, entries)) =
+                self.inner.mirror.snapshot(&self.inner, &self.base, seen, MIRROR_WAIT).await
+            {
+                let entries = entries.into_iter().map(|(key, e)| {
+                    let created = e.created;
+                    (key.clone(), RawEntry { key, bytes: e.value, version: Version::new(e.modified) }, created)
+                });
+                let entries: Vec<_> = entries.collect();
+                return Ok(self.view_of(Some(revision), entries.iter().map(|(k, e, c)| (k.as_str(), e.clone(), *c))));
+            }
+        }
         self.inner.count();
         let what = format!("load {}", self.base);
         let resp = timed(Op::Read, &what, self.limit(), || async {
             self.inner.etcd.kv_client().get(self.base.as_str(), Some(GetOptions::new().with_prefix())).await
         })
         .await?;
-        let prefix = &self.inner.options.prefix;
-        let mut raw = RawView {
-            revision: resp.header().map(|h| Version::new(h.revision().unsigned_abs())),
-            ..RawView::default()
-        };
-        for kv in resp.kvs() {
-            let Ok(path) = std::str::from_utf8(kv.key()) else { continue };
-            match Key::parse(prefix, &self.scope, path) {
-                Some(Key::Leader) => raw.leader = Some((kv_entry(kv), Epoch(kv.create_revision().unsigned_abs()))),
-                Some(Key::Member(_)) => raw.members.push(kv_entry(kv)),
-                Some(Key::Control(c)) => raw.control.push((c, kv_entry(kv))),
-                // Keys other tools keep in the scope (Patroni's `optime/leader`, `failsafe`).
-                None => {}
-            }
+        let revision = resp.header().map(|h| h.revision().unsigned_abs());
+        if let Some(r) = revision {
+            // Later reads from the mirror must not go back before this one.
+            self.inner.saw(r);
         }
-        Ok(raw.decode())
+        let entries: Vec<(String, RawEntry, u64)> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let path = std::str::from_utf8(kv.key()).ok()?.to_string();
+                Some((path, kv_entry(kv), kv.create_revision().unsigned_abs()))
+            })
+            .collect();
+        Ok(self.view_of(revision, entries.iter().map(|(k, e, c)| (k.as_str(), e.clone(), *c))))
     }
 
     async fn acquire(&self, record: &LeaderRecord) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
@@ -228,6 +341,12 @@ impl Dcs for EtcdDcs {
             lock(&self.inner.held).remove(&self.leader);
             DcsError::lease_lost("the process lease expired, and the leader key with it")
         })?;
+        if !self.linearize.load(Ordering::SeqCst) {
+            let seen = self.inner.seen.load(Ordering::SeqCst);
+            if let Some(entry) = self.inner.mirror.get(&self.inner, &self.leader, seen, MIRROR_WAIT).await {
+                return self.renew_by_keep_alive(held, lease.id, started, entry).await;
+            }
+        }
         let key = self.leader.as_str();
         let txn = Txn::new()
             .when([
@@ -363,7 +482,43 @@ impl Dcs for EtcdDcs {
 
     async fn watch(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
         self.ready()?;
+        self.inner.mirror.start(&self.inner);
         let deadline = now() + timeout;
+        if let Some(wakes) = self.inner.mirror.subscribe(&self.inner.options.prefix, &self.scope) {
+            return Ok(self.wait_for_wake(wakes, after, deadline).await);
+        }
+        self.watch_stream(after, deadline).await
+    }
+}
+
+impl EtcdDcs {
+    /// Waits on the mirror for a leader or control key change after `after`.
+    async fn wait_for_wake(
+        &self,
+        mut wakes: tokio::sync::watch::Receiver<crate::mirror::Wake>,
+        after: Option<&Version>,
+        deadline: tokio::time::Instant,
+    ) -> WatchEvent {
+        let floor = after.and_then(Version::as_u64).unwrap_or_else(|| wakes.borrow().revision);
+        loop {
+            let wake = *wakes.borrow_and_update();
+            if wake.revision > floor {
+                return if wake.resync { WatchEvent::Resync } else { WatchEvent::Changed };
+            }
+            match tokio::time::timeout_at(deadline, wakes.changed()).await {
+                Err(_) => return WatchEvent::Timeout,
+                Ok(Err(_)) => return WatchEvent::Resync,
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// A watch stream of its own on the scope (without a live mirror).
+    async fn watch_stream(
+        &self,
+        after: Option<&Version>,
+        deadline: tokio::time::Instant,
+    ) -> Result<WatchEvent, DcsError> {
         // Events after `floor` count. The stream starts *at* `floor` (already seen by the
         // caller's load), so a compaction past it is reported even when etcd still holds
         // `floor + 1`. Unknown until a stream reports it when the caller gave no revision.

@@ -109,6 +109,7 @@ async fn round(inner: &Inner, stream: &mut Stream) -> Result<Ack, DcsError> {
                 let mut lease = lock(&inner.lease);
                 if lease.id == id && expires > lease.expires {
                     lease.expires = expires;
+                    lease.sent = sent;
                 }
                 return Ok(Ack { id, expires });
             }
@@ -169,6 +170,7 @@ async fn regrant(inner: &Inner) -> Result<(), DcsError> {
         let mut lease = lock(&inner.lease);
         lease.id = grant.id();
         lease.expires = sent + Duration::from_secs(grant.ttl().unsigned_abs());
+        lease.sent = sent;
         lease.lost = false;
     }
     for entry in lock(&inner.published).values_mut() {

@@ -48,6 +48,7 @@ mod client;
 mod dcs;
 mod error;
 mod keeper;
+mod mirror;
 mod options;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -38,6 +38,10 @@ pub struct EtcdOptions {
     /// `--grpc-keepalive-min-time` (default 5 s) by closing the connection, so keep it at
     /// least that.
     pub keepalive_interval: Duration,
+    /// Serve reads and wake-ups from one watch per process over the whole prefix (see
+    /// [`EtcdDcs`](crate::EtcdDcs)): an idle follower then sends nothing but the shared lease
+    /// keep-alive. Off: every `load` is a linearizable range and every `watch` its own stream.
+    pub watch_mirror: bool,
 }
 
 impl Default for EtcdOptions {
@@ -53,6 +57,7 @@ impl Default for EtcdOptions {
             dial_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             keepalive_interval: Duration::from_secs(5),
+            watch_mirror: true,
         }
     }
 }

@@ -280,7 +280,9 @@ async fn a_watch_on_a_dead_member_resumes_and_sees_writes_made_meanwhile() {
     sleep(STEP).await;
     cluster.kill(0);
     let b = connect(others).await;
-    b.scope("meanwhile").publish_member(&MemberRecord::new("b")).await.expect("write while member 0 is down");
+    // A control key: member records alone wake nobody (they change with every WAL position).
+    let written = b.scope("meanwhile").write_control(ControlKey::Config, Expect::Absent, br#"{"pause":false}"#).await;
+    assert!(matches!(written, Ok(CasOutcome::Won(_))), "write while member 0 is down: {written:?}");
     cluster.restart(0).await.expect("member 0 rejoins");
     let event = running.await.expect("watch task").expect("watch survives");
     assert_eq!(event, WatchEvent::Changed, "the change made while the watcher's member was down is seen");
