@@ -48,7 +48,7 @@ const MIRROR_WAIT: Duration = Duration::from_millis(500);
 /// for a change of the scope's leader or control keys (member records wake nobody); `renew`
 /// of a key the mirror shows unchanged is a lease keep-alive alone. Why that is safe, and
 /// when the mirror is not used (it then falls back to a linearizable range and a watch
-/// stream per call): see the crate's `mirror` module notes in the README. A leader learns
+/// stream per call): see the crate documentation, "One watch per process". A leader learns
 /// that its key was deleted or changed from the mirror's event (its next renewal is
 /// `Lost`); a process whose lease ended learns it from the keep-alive (`LeaseLost`).
 ///
@@ -336,6 +336,7 @@ impl Dcs for EtcdDcs {
 
     async fn renew(&self, held: &Lease) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
         self.ready()?;
+        self.inner.mirror.start(&self.inner);
         let started = now();
         let lease = self.inner.current_lease().map_err(|_| {
             lock(&self.inner.held).remove(&self.leader);
