@@ -606,6 +606,15 @@ async fn metrics(State(st): Shared) -> Response {
         "The resource's position.",
         s.resource.position.unwrap_or(0).to_string(),
     );
+    if let Some(p) = crate::metrics::ProcessStats::read() {
+        metric("process_resident_memory_bytes", "gauge", "Resident memory of the daemon.", p.rss_bytes.to_string());
+        metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time of the daemon (not its hooks' or PostgreSQL's).",
+            format!("{:.2}", p.cpu_seconds),
+        );
+    }
     let _ = writeln!(out, "# HELP leasehold_state The member's HA state.\n# TYPE leasehold_state gauge");
     for role in [NodeRole::Leader, NodeRole::Promoting, NodeRole::Demoting, NodeRole::Replica, NodeRole::Stopped] {
         let on = u8::from(s.status.role == role);

@@ -55,8 +55,12 @@ pub enum CtlCommand {
         #[arg(long)]
         member: Option<String>,
     },
-    /// The dynamic configuration in the store (the `config` key), as JSON.
-    ShowConfig,
+    /// The dynamic configuration in the store (the `config` key).
+    ShowConfig {
+        /// `json` (also `pretty`) or `yaml` (as patronictl shows it).
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
     /// Change the dynamic configuration: validated, shown as a diff, confirmed (or `--force`),
     /// written with compare-and-set.
     EditConfig {
@@ -236,12 +240,12 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
         CtlCommand::Remove { force } => ctl.remove(force).await?,
         CtlCommand::Switchover { candidate, wait } => ctl.switchover(candidate, Duration::from_secs(wait)).await?,
         CtlCommand::Failover { candidate, wait } => ctl.failover(candidate, Duration::from_secs(wait)).await?,
-        CtlCommand::ShowConfig => {
+        CtlCommand::ShowConfig { format } => {
             let (doc, _, note) = dynamic::current(&ctl.load().await?);
             if let Some(note) = note {
                 eprintln!("{note}");
             }
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            print_doc(format, &doc)?;
             0
         }
         CtlCommand::EditConfig { set, pg, apply, force } => ctl.edit_config(set, pg, apply, force).await?,

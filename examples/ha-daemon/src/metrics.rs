@@ -150,6 +150,39 @@ impl Metrics {
     }
 }
 
+/// The daemon process's own resident memory and CPU time, from `/proc/self` (Linux).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProcessStats {
+    /// `VmRSS`, in bytes.
+    pub rss_bytes: u64,
+    /// User plus system CPU time since the process started, in seconds.
+    pub cpu_seconds: f64,
+}
+
+impl ProcessStats {
+    /// The current figures; `None` where `/proc` is not there or not readable.
+    pub fn read() -> Option<ProcessStats> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // SAFETY: sysconf reads a constant of the running system; no memory is involved.
+        #[allow(unsafe_code)]
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Self::parse(&status, &stat, u64::try_from(ticks).ok().filter(|t| *t > 0)?)
+    }
+
+    /// Parses `/proc/self/status` (for `VmRSS: <n> kB`) and `/proc/self/stat` (utime and
+    /// stime, fields 14 and 15, after the command name in parentheses, which may hold spaces).
+    fn parse(status: &str, stat: &str, ticks_per_second: u64) -> Option<ProcessStats> {
+        let rss_kib: u64 =
+            status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // After ")": field 3 (state) is index 0, so utime (14) is index 11 and stime (15) 12.
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(ProcessStats { rss_bytes: rss_kib * 1024, cpu_seconds: (utime + stime) as f64 / ticks_per_second as f64 })
+    }
+}
+
 /// Times `f`. The daemon measures real durations; the core never reads a clock.
 #[allow(clippy::disallowed_methods)]
 async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
@@ -304,6 +337,18 @@ impl Resource for MeteredResource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn process_stats_parse_proc_files_and_refuse_garbage() {
+        let status = "Name:\tleasehold-ha\nVmPeak:\t 9000 kB\nVmRSS:\t    5120 kB\nThreads:\t4\n";
+        let stat = "1234 (leasehold ha) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 1 0 0";
+        let p = ProcessStats::parse(status, stat, 100).expect("parses");
+        assert_eq!(p.rss_bytes, 5120 * 1024);
+        assert!((p.cpu_seconds - 3.0).abs() < 1e-9, "{p:?}");
+        assert_eq!(ProcessStats::parse("VmRSS: lots\n", stat, 100), None);
+        assert_eq!(ProcessStats::parse(status, "1234 (truncated", 100), None);
+        assert!(ProcessStats::read().is_some(), "this test runs on Linux");
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative_in_the_text() {

@@ -33,6 +33,11 @@ fn edit_config_validates_confirms_writes_and_members_apply_it_at_restart() {
     let mut c = Cluster::start(Store::etcd(), 3);
     c.wait_leader(LIMIT, |_, _| true);
     let before = show_config(&c);
+    let out = c.ctl(0, &["show-config", "--format", "yaml"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let yaml: Value = serde_saphyr::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("show-config --format yaml prints YAML: {e}\n{}", text(&out)));
+    assert_eq!(yaml, before, "the YAML and JSON forms hold the same document");
 
     // Refused before anything is written, naming the key.
     for (args, key) in [

@@ -417,6 +417,8 @@ fn ctl_verbs_topology_restart_reload_reinit_remove_and_metrics() {
         "method=\"renew\",outcome=\"ok\"}",
         "action=\"promote\",le=\"+Inf\"} 1",
         "action=\"reload\",le=\"+Inf\"} 1",
+        "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes{scope=\"ops\"",
+        "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total{scope=\"ops\"",
     ] {
         assert!(metrics.contains(needle), "{needle:?} missing from:\n{metrics}");
     }
