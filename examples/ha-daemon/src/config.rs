@@ -271,6 +271,16 @@ pub struct ConsulSection {
     /// Key prefix (default `service`).
     #[serde(default = "default_consul_prefix")]
     pub prefix: String,
+    /// PEM CA certificate of the agent, added to the system roots; needs an `https://`
+    /// address. Patroni's `cacert`.
+    #[serde(default)]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate, for agents with `verify_incoming`; needs `key`. Patroni's `cert`.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM PKCS#8 private key of `cert` (`BEGIN PRIVATE KEY`). Patroni's `key`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// `[kubernetes]`
@@ -1032,9 +1042,15 @@ pub(crate) fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(),
                 let key = match e.field {
                     "timing.ttl" => "ttl".to_string(),
                     "request_timeout" => "retry_timeout".to_string(),
+                    "tls" if s.cert.is_some() != s.key.is_some() => {
+                        if s.cert.is_some() { "consul.key" } else { "consul.cert" }.to_string()
+                    }
+                    "tls" => "consul.cacert".to_string(),
                     field => format!("consul.{field}"),
                 };
-                ConfigError::new(key, e.message)
+                let message =
+                    e.message.replace("client_cert", "cert").replace("client_key", "key").replace("ca_cert", "cacert");
+                ConfigError::new(key, message)
             })?;
             #[cfg(not(feature = "consul"))]
             let _ = (s, timing);
@@ -1185,6 +1201,37 @@ mod tests {
         assert_eq!(e.key, "ttl", "{e}");
         assert!(e.message.contains("10"), "the message names Consul's floor: {e}");
         assert!(consul(20).is_ok(), "{:?}", consul(20).err());
+    }
+
+    /// Issue 18: `[consul]` takes Patroni's `cacert` / `cert` / `key`; a bad combination is
+    /// refused by `--check-config`, naming the key.
+    #[test]
+    fn consul_tls_keys_are_checked_naming_the_key() {
+        let consul = |address: &str, extra: &str| {
+            let text = format!(
+                "scope = \"demo\"\nname = \"n1\"\nttl = \"30s\"\n[hooks]\ndir = {:?}\n[consul]\naddress = \"{address}\"\n{extra}\n",
+                hooks_dir().display().to_string()
+            );
+            parse(&text)
+        };
+        let c = consul("https://127.0.0.1:8501", "cacert = \"/ca.pem\"\ncert = \"/c.pem\"\nkey = \"/k.pem\"").unwrap();
+        let StoreConfig::Consul(s) = &c.store else { panic!("consul section") };
+        let options = crate::store::consul_options(s, &c.timing);
+        let tls = options.tls.expect("TLS settings reach the client");
+        assert_eq!(tls.ca_cert.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(
+            (tls.client_cert.as_deref(), tls.client_key.as_deref()),
+            (Some(Path::new("/c.pem")), Some(Path::new("/k.pem")))
+        );
+        for (address, extra, key) in [
+            ("http://127.0.0.1:8500", "cacert = \"/ca.pem\"", "consul.cacert"),
+            ("https://127.0.0.1:8501", "cert = \"/c.pem\"", "consul.key"),
+            ("https://127.0.0.1:8501", "key = \"/k.pem\"", "consul.cert"),
+            ("https://127.0.0.1:8501", "cafile = \"/ca.pem\"", "consul.cafile"),
+        ] {
+            let e = consul(address, extra).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+        }
     }
 
     /// The pod role label keys take Patroni's names and defaults, and bad values name the key.

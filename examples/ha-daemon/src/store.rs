@@ -36,6 +36,11 @@ pub(crate) fn consul_options(
         token: s.token.clone(),
         prefix: s.prefix.clone(),
         request_timeout: timing.retry_timeout,
+        tls: (s.cacert.is_some() || s.cert.is_some() || s.key.is_some()).then(|| leasehold_consul::ConsulTls {
+            ca_cert: s.cacert.clone(),
+            client_cert: s.cert.clone(),
+            client_key: s.key.clone(),
+        }),
         ..leasehold_consul::ConsulOptions::default()
     }
 }
