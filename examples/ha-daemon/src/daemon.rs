@@ -203,12 +203,10 @@ pub async fn run(mut config: DaemonConfig, path: std::path::PathBuf) -> anyhow::
                         Err(e) => tracing::warn!(error = %e, "cannot apply the dynamic configuration's PostgreSQL parameters; trying again next loop"),
                     }
                 }
-                // Read after a change, then while something waits (a restart clears it).
-                let waiting = !api.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
-                if changed || waiting {
-                    let pending = pg.pending_restart_names().await;
-                    *api.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner()) = pending;
-                }
+                // Once per loop (one query on the status connection): an operator's ALTER
+                // SYSTEM or a restart shows up too, and `/status` asks PostgreSQL nothing.
+                let pending = pg.pending_restart_names().await;
+                *api.resource_pending_restart.lock().unwrap_or_else(|e| e.into_inner()) = pending;
             }
         })
     });

@@ -118,6 +118,8 @@ pub struct PgResource {
     /// The epoch this process promoted under, while it runs PostgreSQL as primary: a promote
     /// with a newer one is the same primary taking its key back (failsafe), not a promotion.
     acting_epoch: Mutex<Option<Epoch>>,
+    /// The last `pending_restart_names` read (once per HA loop), so `/status` asks nothing.
+    pending: Mutex<Option<Vec<String>>>,
     /// Held by `follow` and by the operator's restart and reinitialize, so the driver does not
     /// start PostgreSQL in the middle of a base backup.
     operation: tokio::sync::Mutex<()>,
@@ -183,6 +185,7 @@ impl PgResource {
             state: Mutex::new(None),
             rewinds: AtomicU64::new(0),
             acting_epoch: Mutex::new(None),
+            pending: Mutex::new(None),
             reclones: AtomicU64::new(0),
             operation: tokio::sync::Mutex::new(()),
         })
@@ -700,14 +703,15 @@ impl PgResource {
     /// Parameters the running server changes only by restarting (`pending_restart` in
     /// `pg_settings`); empty when PostgreSQL is not running. A reload is applied
     /// asynchronously, so a list read right after one may still be the old.
+    /// The daemon reads it once per HA loop; `/status` answers from that read.
     pub async fn pending_restart_names(&self) -> Vec<String> {
-        if !self.has_data() {
-            return Vec::new();
-        }
-        self.local_query("select name from pg_settings where pending_restart order by name")
-            .await
-            .map(joined)
-            .unwrap_or_default()
+        let names = if self.has_data() {
+            self.local_query("select name from pg_settings where pending_restart order by name").await.ok().map(joined)
+        } else {
+            Some(Vec::new())
+        };
+        *self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = names.clone();
+        names.unwrap_or_default()
     }
 
     /// The standby steps that follow a leader once the data directory is in place.
@@ -800,11 +804,10 @@ impl crate::api::MemberActions for PgResource {
         self.start(&Role::Standby { upstream: Some(&upstream), slot: self.slot() }).await
     }
 
-    /// Whether a changed setting waits for a restart (`pg_settings.pending_restart`).
+    /// Whether a changed setting waits for a restart (`pg_settings.pending_restart`), as
+    /// read at the last HA loop; `None` before the first read or when it failed.
     async fn pending_restart(&self) -> Option<bool> {
-        let rows = self.local_query("select count(*) from pg_settings where pending_restart").await.ok()?;
-        let n: u64 = rows.first()?.first()?.as_deref()?.parse().ok()?;
-        Some(n > 0)
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref().map(|names| !names.is_empty())
     }
 }
 
