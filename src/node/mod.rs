@@ -859,6 +859,11 @@ impl Node {
         let leader = self.view.as_ref().and_then(|v| v.leader.clone());
         self.followed = Known::Unknown;
         self.follow(leader.as_ref(), now);
+        // A replica again: read at once whom to follow, whether the key is free, or whether
+        // it is still our own (an offline demotion leaves it in the store, and only this
+        // process can take it back). No store event is due to trigger that read: nothing
+        // but our own resource changed.
+        self.schedule_cycle(now);
         self.pump(now);
     }
 
@@ -908,10 +913,14 @@ impl Node {
             // Renew first: only a won renewal extends leadership (rule 2).
             self.enqueue_front(StoreOp::Renew);
         }
-        // A leader needs the view only for admin requests and the sync set: re-read when a
-        // watch says something changed, or at least once per ttl as a backstop (rule 7).
+        // A leader needs the view for admin requests, the status key, and in synchronous or
+        // failsafe mode for the members (whom the resource waits for, whom a failsafe check
+        // asks). Member publishes wake no watch, so in those modes it reads every cycle;
+        // otherwise when a watch says something changed, or at least once per ttl/2 as a
+        // backstop (rule 7).
         let view_old = self.last_load.is_none_or(|t| now >= t + self.cfg.timing.ttl / 2);
-        if (self.state.held().is_none() || self.view_stale || view_old)
+        let needs_members = self.sync_on() || self.failsafe_on();
+        if (self.state.held().is_none() || self.view_stale || view_old || needs_members)
             && !self.queue.contains(&StoreOp::Load)
             && !self.is_in_flight(&StoreOp::Load)
         {
@@ -1395,8 +1404,13 @@ impl Node {
                 };
                 match (won, epoch, holding) {
                     (true, Some(e), Some(h)) if h.lease.epoch == e && now < h.acting_until => self.promote(e, now),
-                    // Lost the CAS or the lease: re-read, and the next cycle decides again.
-                    _ => self.view_stale = true,
+                    // Lost the CAS or the lease: re-read now and decide again. The sync key's
+                    // change woke our watch while we held the key, which starts no read, and
+                    // a failover is waiting on us.
+                    _ => {
+                        self.view_stale = true;
+                        self.schedule_cycle(now);
+                    }
                 }
             }
             AfterWrite::SetStandbys(names) => {
@@ -1466,7 +1480,14 @@ impl Node {
         self.promote_waits_for_sync = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
         match then {
-            Then::Disarm => self.disarm_watchdog(),
+            Then::Disarm => {
+                // A replica already: read at once, as after a completed demotion. A watch
+                // event that came while we held the key started no read.
+                self.disarm_watchdog();
+                self.schedule_cycle(now);
+            }
+            // The read that matters comes once the resource has stepped down
+            // (`handle_demoted`); this one is a backstop should the demotion hang.
             Then::Demote => self.start_demote(mode, why, false, None),
             Then::KeepDemoting => {}
         }
