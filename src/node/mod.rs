@@ -290,6 +290,10 @@ pub struct Node {
     watched: Known<Option<Version>>,
     /// The leader last reported in [`NodeEvent::LeaderChanged`].
     last_leader: Known<Option<String>>,
+    /// The leader key as last read (epoch, version) and when a read first showed it so.
+    /// Unchanged for a ttl, a Kubernetes backend reports it absent; no store event marks that
+    /// moment, so a follower reads then (`arm_expiry_read`).
+    leader_seen: Option<(Epoch, Version, Instant)>,
     /// Every member seen registered in a loaded view within [`ROSTER_MEMORY_TTLS`] ttls, with
     /// when it was last seen. An election asks these too: a member whose record expired
     /// because it lost the store may still run, answer peers, and be ahead of us.
@@ -370,6 +374,7 @@ impl Node {
             watchdog_armed: false,
             last_refusal: None,
             last_leader: Known::Unknown,
+            leader_seen: None,
             view_stale: true,
             regular_load: false,
             shutting_down: false,
@@ -909,6 +914,7 @@ impl Node {
         }
         self.cycle_start = now;
         self.timers.set(Timer::Cycle, now + self.cfg.timing.loop_wait);
+        self.arm_expiry_read(now);
         if self.state.held().is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
             // Renew first: only a won renewal extends leadership (rule 2).
             self.enqueue_front(StoreOp::Renew);
@@ -933,6 +939,24 @@ impl Node {
         self.timers.set_no_later(Timer::Cycle, now);
     }
 
+    /// A follower reads again when the leader key it last read, if still unchanged, counts as
+    /// expired: a ttl after a read first showed it. A Kubernetes lease that is no longer
+    /// renewed is deleted by nobody and so wakes no watch; without this read the follower
+    /// would notice it at its next loop (or at a read some other write happened to cause).
+    /// Elsewhere the key vanishes and wakes every watch; there this costs at most one early
+    /// cycle per leader key, as renewals there do not change the key.
+    fn arm_expiry_read(&mut self, now: Instant) {
+        if self.state.held().is_some() {
+            return;
+        }
+        if let Some((_, _, seen)) = &self.leader_seen {
+            let expired_at = *seen + self.cfg.timing.ttl;
+            if expired_at > now {
+                self.timers.set_no_later(Timer::Cycle, expired_at);
+            }
+        }
+    }
+
     fn on_view(&mut self, view: Arc<ClusterView>, now: Instant) {
         let leader = view.leader.clone();
         let leader_name = leader.as_ref().map(|l| l.record.member.clone());
@@ -943,6 +967,14 @@ impl Node {
         if !self.watched.is(&view.revision) {
             self.watched = Known::Value(view.revision.clone());
             self.actions.push_back(Action::Watch { after: view.revision.clone() });
+        }
+        match &leader {
+            Some(l) if self.leader_seen.as_ref().is_some_and(|(e, v, _)| *e == l.epoch && *v == l.version) => {}
+            Some(l) => {
+                self.leader_seen = Some((l.epoch, l.version.clone(), now));
+                self.arm_expiry_read(now);
+            }
+            None => self.leader_seen = None,
         }
         self.remember_members(&view, now);
         self.view = Some(view);

@@ -780,6 +780,35 @@ fn a_held_key_found_gone_is_followed_by_a_read_at_once() {
 }
 
 #[test]
+fn a_follower_reads_when_an_unchanged_leader_key_would_count_as_expired() {
+    // A Kubernetes lease nobody renews is reported absent once a reader has seen it unchanged
+    // for a ttl; nothing is deleted, so no watch wakes the follower at that moment (member
+    // publishes no longer do either). It reads then, not at its next loop.
+    let mut n = node("a");
+    let view = view_with(Some(leader_view("b", "b/1-1", 1)));
+    let mut now = at(0);
+    let mut reads = Vec::new();
+    n.handle_timeout(now);
+    while now < at(6500) {
+        for a in answer_writes(&mut n, now) {
+            if let Action::Load { id } = a {
+                reads.push(now);
+                // Answered 7 ms later: the key was first seen at t = 7 ms.
+                now += Duration::from_millis(7);
+                n.handle_load(id, Ok(view.clone()), now);
+                answer_writes(&mut n, now);
+            }
+        }
+        now = n.poll_timeout().unwrap().max(now);
+        n.handle_timeout(now);
+    }
+    let expired_at = at(7) + Duration::from_secs(5);
+    assert!(reads.contains(&expired_at), "no read at {expired_at:?}: {reads:?}");
+    let early = reads.iter().filter(|r| **r > at(5000) && **r < at(6000)).count();
+    assert_eq!(early, 1, "one early read, then the regular loop again: {reads:?}");
+}
+
+#[test]
 fn an_adopted_key_does_not_make_the_timer_spin() {
     // Found by the simulator (virtual time stood still): an adopted key has a belief that
     // ended at adoption, and `poll_timeout` returned that past instant until the renewal came
