@@ -290,6 +290,10 @@ pub struct Node {
     watched: Known<Option<Version>>,
     /// The leader last reported in [`NodeEvent::LeaderChanged`].
     last_leader: Known<Option<String>>,
+    /// The leader key as last read (epoch, version) and when a read first showed it so.
+    /// Unchanged for a ttl, a Kubernetes backend reports it absent; no store event marks that
+    /// moment, so a follower reads then (`arm_expiry_read`).
+    leader_seen: Option<(Epoch, Version, Instant)>,
     /// Every member seen registered in a loaded view within [`ROSTER_MEMORY_TTLS`] ttls, with
     /// when it was last seen. An election asks these too: a member whose record expired
     /// because it lost the store may still run, answer peers, and be ahead of us.
@@ -370,6 +374,7 @@ impl Node {
             watchdog_armed: false,
             last_refusal: None,
             last_leader: Known::Unknown,
+            leader_seen: None,
             view_stale: true,
             regular_load: false,
             shutting_down: false,
@@ -859,6 +864,11 @@ impl Node {
         let leader = self.view.as_ref().and_then(|v| v.leader.clone());
         self.followed = Known::Unknown;
         self.follow(leader.as_ref(), now);
+        // A replica again: read at once whom to follow, whether the key is free, or whether
+        // it is still our own (an offline demotion leaves it in the store, and only this
+        // process can take it back). No store event is due to trigger that read: nothing
+        // but our own resource changed.
+        self.schedule_cycle(now);
         self.pump(now);
     }
 
@@ -904,14 +914,19 @@ impl Node {
         }
         self.cycle_start = now;
         self.timers.set(Timer::Cycle, now + self.cfg.timing.loop_wait);
+        self.arm_expiry_read(now);
         if self.state.held().is_some() && !self.queue.contains(&StoreOp::Renew) && !self.is_in_flight(&StoreOp::Renew) {
             // Renew first: only a won renewal extends leadership (rule 2).
             self.enqueue_front(StoreOp::Renew);
         }
-        // A leader needs the view only for admin requests and the sync set: re-read when a
-        // watch says something changed, or at least once per ttl as a backstop (rule 7).
+        // A leader needs the view for admin requests, the status key, and in synchronous or
+        // failsafe mode for the members (whom the resource waits for, whom a failsafe check
+        // asks). Member publishes wake no watch, so in those modes it reads every cycle;
+        // otherwise when a watch says something changed, or at least once per ttl/2 as a
+        // backstop (rule 7).
         let view_old = self.last_load.is_none_or(|t| now >= t + self.cfg.timing.ttl / 2);
-        if (self.state.held().is_none() || self.view_stale || view_old)
+        let needs_members = self.sync_on() || self.failsafe_on();
+        if (self.state.held().is_none() || self.view_stale || view_old || needs_members)
             && !self.queue.contains(&StoreOp::Load)
             && !self.is_in_flight(&StoreOp::Load)
         {
@@ -924,6 +939,24 @@ impl Node {
         self.timers.set_no_later(Timer::Cycle, now);
     }
 
+    /// A follower reads again when the leader key it last read, if still unchanged, counts as
+    /// expired: a ttl after a read first showed it. A Kubernetes lease that is no longer
+    /// renewed is deleted by nobody and so wakes no watch; without this read the follower
+    /// would notice it at its next loop (or at a read some other write happened to cause).
+    /// Elsewhere the key vanishes and wakes every watch; there this costs at most one early
+    /// cycle per leader key, as renewals there do not change the key.
+    fn arm_expiry_read(&mut self, now: Instant) {
+        if self.state.held().is_some() {
+            return;
+        }
+        if let Some((_, _, seen)) = &self.leader_seen {
+            let expired_at = *seen + self.cfg.timing.ttl;
+            if expired_at > now {
+                self.timers.set_no_later(Timer::Cycle, expired_at);
+            }
+        }
+    }
+
     fn on_view(&mut self, view: Arc<ClusterView>, now: Instant) {
         let leader = view.leader.clone();
         let leader_name = leader.as_ref().map(|l| l.record.member.clone());
@@ -934,6 +967,14 @@ impl Node {
         if !self.watched.is(&view.revision) {
             self.watched = Known::Value(view.revision.clone());
             self.actions.push_back(Action::Watch { after: view.revision.clone() });
+        }
+        match &leader {
+            Some(l) if self.leader_seen.as_ref().is_some_and(|(e, v, _)| *e == l.epoch && *v == l.version) => {}
+            Some(l) => {
+                self.leader_seen = Some((l.epoch, l.version.clone(), now));
+                self.arm_expiry_read(now);
+            }
+            None => self.leader_seen = None,
         }
         self.remember_members(&view, now);
         self.view = Some(view);
@@ -1395,8 +1436,13 @@ impl Node {
                 };
                 match (won, epoch, holding) {
                     (true, Some(e), Some(h)) if h.lease.epoch == e && now < h.acting_until => self.promote(e, now),
-                    // Lost the CAS or the lease: re-read, and the next cycle decides again.
-                    _ => self.view_stale = true,
+                    // Lost the CAS or the lease: re-read now and decide again. The sync key's
+                    // change woke our watch while we held the key, which starts no read, and
+                    // a failover is waiting on us.
+                    _ => {
+                        self.view_stale = true;
+                        self.schedule_cycle(now);
+                    }
                 }
             }
             AfterWrite::SetStandbys(names) => {
@@ -1466,7 +1512,14 @@ impl Node {
         self.promote_waits_for_sync = None;
         self.queue.retain(|op| !matches!(op, StoreOp::Renew | StoreOp::Release(_)));
         match then {
-            Then::Disarm => self.disarm_watchdog(),
+            Then::Disarm => {
+                // A replica already: read at once, as after a completed demotion. A watch
+                // event that came while we held the key started no read.
+                self.disarm_watchdog();
+                self.schedule_cycle(now);
+            }
+            // The read that matters comes once the resource has stepped down
+            // (`handle_demoted`); this one is a backstop should the demotion hang.
             Then::Demote => self.start_demote(mode, why, false, None),
             Then::KeepDemoting => {}
         }

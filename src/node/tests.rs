@@ -701,6 +701,113 @@ fn own_key_left_after_an_offline_demotion_is_renewed_not_abandoned() {
     assert!(actions.contains(&Action::Promote { epoch: Epoch(7) }), "{actions:?}");
 }
 
+/// The first action that is a load, if any.
+fn load_in(actions: &[Action]) -> Option<RequestId> {
+    actions.iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None })
+}
+
+#[test]
+fn a_completed_offline_demotion_reads_at_once() {
+    // Issue 17: member publishes wake no watch, so no other member's write triggers the read
+    // that finds our own key left in the store after an offline demotion (simulator seed 20:
+    // re-elected a loop late). The node reads as soon as its resource has stepped down.
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
+    n.handle_promoted(Ok(()), at(30));
+    let mut now = at(30);
+    let mut demoted = false;
+    for _ in 0..1000 {
+        for a in answer_writes(&mut n, now) {
+            match a {
+                Action::Renew { id, .. } => n.handle_renew(id, Err(DcsError::unavailable("down")), now),
+                Action::Load { id } => n.handle_load(id, Err(DcsError::unavailable("down")), now),
+                Action::Demote { mode } => {
+                    assert_eq!(mode, DemoteMode::Offline);
+                    demoted = true;
+                }
+                _ => {}
+            }
+        }
+        if demoted {
+            break;
+        }
+        now = n.poll_timeout().unwrap().max(now);
+        n.handle_timeout(now);
+    }
+    assert!(demoted, "the node never demoted");
+    let confirmed = now + Duration::from_millis(1);
+    n.handle_demoted(Ok(()), confirmed);
+    let early = drain(&mut n);
+    let timeout = n.poll_timeout().unwrap();
+    assert!(
+        load_in(&early).is_some() || timeout <= confirmed,
+        "no read until {timeout:?} after the demotion was confirmed at {confirmed:?}: {early:?}"
+    );
+    n.handle_timeout(confirmed);
+    let actions: Vec<Action> = early.into_iter().chain(drain(&mut n)).collect();
+    let load = load_in(&actions).unwrap_or_else(|| panic!("a demoted node reads at once: {actions:?}"));
+    // The read shows our key: the node renews it (and acts only once that renewal wins).
+    let mine = ClusterView { leader: Some(leader_view("a", &record.token, 7)), ..view_with(None) };
+    n.handle_load(load, Ok(mine), confirmed);
+    let after = answer_writes(&mut n, confirmed);
+    assert!(after.iter().any(|a| matches!(a, Action::Renew { .. })), "{after:?}");
+    assert!(!n.is_acting_leader(confirmed), "a read alone must not restore leadership (rule 2)");
+}
+
+#[test]
+fn a_held_key_found_gone_is_followed_by_a_read_at_once() {
+    // A node that holds the key without acting (here: its acquire was answered too late)
+    // learns from a renewal that the key is gone. It is a replica already; it reads at once
+    // rather than at its next loop, since the watch event the key's deletion caused came
+    // while it held the key and started no read.
+    let mut n = node("a");
+    let (id, record) = start_and_acquire(&mut n);
+    let too_late = Lease { valid_for: Duration::from_secs(1), ..lease_from(&record, 7) };
+    n.handle_acquire(id, Ok(CasOutcome::Won(too_late)), at(20));
+    assert_eq!(n.status().role, NodeRole::Promoting, "holding the key, not acting");
+    n.handle_timeout(at(20));
+    let actions = answer_writes(&mut n, at(20));
+    let renew = actions.iter().find_map(|a| if let Action::Renew { id, .. } = a { Some(*id) } else { None });
+    let renew = renew.unwrap_or_else(|| panic!("a key held too late is renewed at once: {actions:?}"));
+    n.handle_renew(renew, Ok(CasOutcome::Lost(None)), at(30));
+    assert_eq!(n.status().role, NodeRole::Replica);
+    let timeout = n.poll_timeout().unwrap();
+    assert!(timeout <= at(30), "no read until {timeout:?}");
+    n.handle_timeout(at(30));
+    let actions = drain(&mut n);
+    assert!(load_in(&actions).is_some(), "{actions:?}");
+}
+
+#[test]
+fn a_follower_reads_when_an_unchanged_leader_key_would_count_as_expired() {
+    // A Kubernetes lease nobody renews is reported absent once a reader has seen it unchanged
+    // for a ttl; nothing is deleted, so no watch wakes the follower at that moment (member
+    // publishes no longer do either). It reads then, not at its next loop.
+    let mut n = node("a");
+    let view = view_with(Some(leader_view("b", "b/1-1", 1)));
+    let mut now = at(0);
+    let mut reads = Vec::new();
+    n.handle_timeout(now);
+    while now < at(6500) {
+        for a in answer_writes(&mut n, now) {
+            if let Action::Load { id } = a {
+                reads.push(now);
+                // Answered 7 ms later: the key was first seen at t = 7 ms.
+                now += Duration::from_millis(7);
+                n.handle_load(id, Ok(view.clone()), now);
+                answer_writes(&mut n, now);
+            }
+        }
+        now = n.poll_timeout().unwrap().max(now);
+        n.handle_timeout(now);
+    }
+    let expired_at = at(7) + Duration::from_secs(5);
+    assert!(reads.contains(&expired_at), "no read at {expired_at:?}: {reads:?}");
+    let early = reads.iter().filter(|r| **r > at(5000) && **r < at(6000)).count();
+    assert_eq!(early, 1, "one early read, then the regular loop again: {reads:?}");
+}
+
 #[test]
 fn an_adopted_key_does_not_make_the_timer_spin() {
     // Found by the simulator (virtual time stood still): an adopted key has a belief that

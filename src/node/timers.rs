@@ -5,7 +5,9 @@ use crate::time::Instant;
 /// The kinds of deadline, one slot each in [`Timers`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Timer {
-    /// The next regular cycle. Armed from the start until the node stops.
+    /// The next cycle: the regular one, or earlier when a read is due at once or when the
+    /// leader key a follower read would count as expired if unchanged. Armed from the start
+    /// until the node stops.
     Cycle,
     /// The end of the belief of leadership while promoting or leader (rule 1). Mirrors the
     /// state's `acting_until`; written only by `Node::arm_state_timers`.

@@ -28,7 +28,7 @@ use super::rng::SimRng;
 use crate::dcs::{CasOutcome, Lease, WatchEvent};
 use crate::error::DcsError;
 use crate::node::{ANY_STANDBY, Action, Input, Node, NodeConfig, NodeEvent, RequestId, ResourceStatus};
-use crate::record::{ClusterView, DecodeCache, Epoch, LeaderView, ResourceRole, Version};
+use crate::record::{ClusterView, DecodeCache, Epoch, Key, LeaderView, ResourceRole, Version};
 use crate::rules::PeerReply;
 use crate::testkit::model::{MemoryModel, SessionId};
 use crate::time::Instant;
@@ -291,6 +291,11 @@ pub(crate) struct World {
     k8s_renews: u64,
     just_released: bool,
     last_rev: u64,
+    /// The keys that wake watches ([`wakes_watches`](store::wakes_watches)) with the revision
+    /// that last wrote each, as `store_changed` last saw them.
+    watched_keys: Vec<(Key, u64)>,
+    /// The revision at which a key that wakes watches last changed (was written or deleted).
+    watched_rev: u64,
     expiry_at: Option<Nanos>,
     pub lease: Option<StoreLease>,
     lease_session: Option<SessionId>,
@@ -436,6 +441,8 @@ impl World {
             k8s_renews: 0,
             just_released: false,
             last_rev: 0,
+            watched_keys: Vec::new(),
+            watched_rev: 0,
             expiry_at: None,
             lease: None,
             lease_session: None,

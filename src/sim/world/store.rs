@@ -276,10 +276,33 @@ impl World {
         }
     }
 
+    /// Notes when a key that wakes watches last changed: a new revision on one of them, or
+    /// one of them gone. Member records are left out here and only here ([`wakes_watches`]).
+    pub(super) fn track_watched_keys(&mut self) {
+        let watched = self.model.key_revisions(SCOPE).filter(|(k, _)| wakes_watches(k));
+        if watched.eq(self.watched_keys.iter().map(|(k, r)| (k, *r))) {
+            return;
+        }
+        let watched = self.model.key_revisions(SCOPE).filter(|(k, _)| wakes_watches(k));
+        self.watched_keys = watched.map(|(k, r)| (k.clone(), r)).collect();
+        self.watched_rev = self.model.revision();
+    }
+
+    /// What a watch from `after` reports now: `Resync` from a revision history no longer
+    /// covers, `Changed` once a key that wakes watches changed after it, else nothing yet.
+    pub(super) fn watch_event(&self, after: &Version) -> Option<WatchEvent> {
+        match after.as_u64() {
+            Some(after) if after >= self.model.compacted() => (self.watched_rev > after).then_some(WatchEvent::Changed),
+            _ => Some(WatchEvent::Resync),
+        }
+    }
+
     pub(super) fn fire_watches(&mut self) {
+        self.model.expire(at(self.now));
+        self.track_watched_keys();
         for n in 0..self.slots.len() {
             let Some(after) = self.slots[n].watch.clone() else { continue };
-            if self.slots[n].node.is_none() || self.model.poll_watch(SCOPE, &after, at(self.now)).is_none() {
+            if self.slots[n].node.is_none() || self.watch_event(&after).is_none() {
                 continue;
             }
             self.slots[n].watch = None;
@@ -426,6 +449,14 @@ impl World {
     }
 
     // === faults ===
+}
+
+/// The one rule for which changes wake a watch: the leader key and the control keys, never a
+/// member record. Patroni watches the leader key alone, and the real backends follow this rule
+/// from issue 17 on: members publish on every loop, and waking every watcher on each publish
+/// costs a read per member per publish and hid election paths that waited for such a read.
+pub(super) fn wakes_watches(key: &Key) -> bool {
+    !matches!(key, Key::Member(_))
 }
 
 fn reply_id(r: &Reply) -> Option<(u8, RequestId)> {
