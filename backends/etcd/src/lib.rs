@@ -28,7 +28,7 @@
 //! With [`EtcdOptions::watch_mirror`] (the default) each client keeps one watch over the whole
 //! prefix, started by the first `load` or `watch`, and a mirror of every key under it. An
 //! idle follower then sends nothing but the shared lease keep-alive (and one watch progress
-//! probe per ttl): `load` is answered from the mirror, `watch` waits on it for a change of the
+//! probe per four ttls): `load` is answered from the mirror, `watch` waits on it for a change of the
 //! leader or a control key, and an idle leader's `renew` is a keep-alive alone, shared by
 //! every scope the process leads (`cargo bench -p leasehold-etcd --bench scale`: 1,001 scopes
 //! x 3 members in three processes, 0.7 requests/s in total at ttl 30 s).
@@ -48,8 +48,8 @@
 //!   process's last lease keep-alive was sent at most `ttl / 3 + request_timeout` ago.
 //!   Keep-alives are forwarded to the raft leader, so an answer shows that the member serving
 //!   the watch was not cut off from the cluster (a cut-off member's watch goes silent rather
-//!   than failing). A stream that does not answer a progress request within the request
-//!   timeout is re-opened. After a write with an unknown outcome the scope's next read is a
+//!   than failing). A stream that does not answer a progress request (one every four ttls)
+//!   within the request timeout is re-opened. After a write with an unknown outcome the scope's next read is a
 //!   linearizable range, so a node looking for its own token reads the store itself.
 //! * **Renewal by keep-alive proves the key is kept.** The leader key is attached to the
 //!   process lease; while the lease lives, the key can only disappear or change by a
