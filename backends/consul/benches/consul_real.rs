@@ -2,7 +2,9 @@
 //! latencies of each call, release handover and crash failover (the holder's client stops
 //! renewing, as kill -9; sessions expire somewhere between their TTL and twice it), and what an
 //! idle client costs the agent: requests counted by a proxy between the client and the agent
-//! (Consul 1.6 keeps no per-request counters it could be asked for).
+//! (Consul 1.6 keeps no per-request counters it could be asked for); and what nodes at work
+//! cost (a leader renewing and a follower loading and watching every scope every loop_wait),
+//! with the process's mirror off (the backend before it) and on.
 //! Prints why and stops when no consul binary is found.
 //!
 //! `cargo bench -p leasehold-consul --bench consul_real`
@@ -163,8 +165,11 @@ async fn looping(agent: &ConsulAgent, scopes: usize, ttl: Duration, mirror: bool
     let warm_up = loop_wait * 2;
     let end = tokio::time::Instant::now() + warm_up + 2 * ttl;
     let mut tasks = Vec::new();
-    for (dcs, mut lease) in leases {
+    // Nodes are not in step: scope i starts its loop i / scopes of a loop_wait in.
+    let offset = move |i: usize| loop_wait * u32::try_from(i).unwrap_or(0) / u32::try_from(scopes).unwrap_or(1);
+    for (i, (dcs, mut lease)) in leases.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(offset(i)).await;
             while tokio::time::Instant::now() < end {
                 lease = dcs.renew(&lease).await.expect("renew").won().expect("still ours");
                 tokio::time::sleep(loop_wait).await;
@@ -174,6 +179,7 @@ async fn looping(agent: &ConsulAgent, scopes: usize, ttl: Duration, mirror: bool
     for i in 0..scopes {
         let dcs = follower.scope(&name(i));
         tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(offset(i)).await;
             while tokio::time::Instant::now() < end {
                 let view = dcs.load().await.expect("load");
                 assert!(view.leader.is_some(), "the leader is seen");
@@ -262,4 +268,6 @@ async fn main() {
     let stock = ConsulAgent::start(ConsulAgentConfig::default()).await.expect("consul starts");
     failover(&stock, Duration::from_secs(20), 2).await;
     idle(&stock, 1, Duration::from_secs(30)).await;
+    // At Patroni's default ttl (30 s, loop_wait 10 s), with the mirror (the default).
+    looping(&stock, 1000, Duration::from_secs(30), true).await;
 }

@@ -360,6 +360,15 @@ async fn keepalive(weak: Weak<Inner>, session_ttl: Duration) {
         if client.check_running().is_err() {
             return;
         }
+        // A leader's renew renews the same session: count it, so a process leading scopes
+        // sends no keep-alive of its own while its renewals come often enough.
+        let age = lock(&client.inner.renewed).map(|sent| now().saturating_duration_since(sent));
+        if let Some(age) = age
+            && age < interval
+        {
+            pause = (interval - age).max(Duration::from_millis(1));
+            continue;
+        }
         let result = match client.renew_session().await {
             Err(e) if e.is_lease_lost() => client.ensure_session().await.map(|_| ()),
             other => other.map(|_| ()),

@@ -168,7 +168,7 @@ impl Mirror {
         if self.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let task = tokio::spawn(run(Arc::clone(self), api.clone(), wait));
+        let task = tokio::runtime::Handle::current().spawn(run(Arc::clone(self), api.clone(), wait));
         *lock(&self.task) = Some(task.abort_handle());
     }
 

@@ -2,6 +2,7 @@
 //! emulator when none is found; the output says which): what it saves, and that it still
 //! tells a leader when its key was deleted or changed behind its back. Requests are counted
 //! by a proxy between the client and the agent.
+#![allow(clippy::disallowed_methods)] // The tests spawn a waiting watch beside the write that should (not) wake it.
 
 mod common;
 
