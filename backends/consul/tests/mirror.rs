@@ -183,3 +183,47 @@ async fn without_the_mirror_loads_read_the_store_and_member_writes_wake() {
     follower.shutdown().await.expect("shutdown");
     other.shutdown().await.expect("shutdown");
 }
+
+/// A process reads its own writes from the mirror at once: the load right after a write,
+/// a member publish or a release shows it (the mirror waits to catch up, or the load reads the
+/// store), never the state before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_from_the_mirror_show_this_processes_own_writes_at_once() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+    let target = Target::start().await;
+    let (proxy, options) = proxied(&target, true);
+    let client = ConsulClient::connect(options, &timing()).await.expect("connect");
+    let dcs = client.scope("mown");
+    dcs.publish_member(&MemberRecord::new("m")).await.expect("publish");
+    assert!(
+        until_served_by_mirror(&proxy, "mown", || {
+            let dcs = dcs.clone();
+            async move { dcs.load().await.map(drop).expect("load") }
+        })
+        .await
+    );
+    let mut expect = leasehold::Expect::Absent;
+    for round in 0..10u64 {
+        let value = format!("{{\"round\":{round}}}");
+        let version = match dcs.write_control(leasehold::ControlKey::Config, expect, value.as_bytes()).await {
+            Ok(CasOutcome::Won(v)) => v,
+            other => panic!("round {round}: the config write wins: {other:?}"),
+        };
+        let view = dcs.load().await.expect("load");
+        assert_eq!(view.control_version(leasehold::ControlKey::Config), Some(&version), "round {round}: own write");
+        expect = leasehold::Expect::Version(version);
+
+        let member = MemberRecord { position: Some(round), ..MemberRecord::new("m") };
+        dcs.publish_member(&member).await.expect("publish");
+        let view = dcs.load().await.expect("load");
+        assert_eq!(view.member("m").and_then(|m| m.position), Some(round), "round {round}: own member record");
+
+        let lease = dcs.acquire(&record("m", &format!("t{round}"))).await.expect("acquire").won().expect("free");
+        let view = dcs.load().await.expect("load");
+        assert_eq!(view.leader.as_ref().map(|l| l.epoch), Some(lease.epoch), "round {round}: own acquire");
+        assert!(dcs.release(&lease).await.expect("release").is_won());
+        let view = dcs.load().await.expect("load");
+        assert!(view.leader.is_none(), "round {round}: own release: {:?}", view.leader);
+    }
+    client.shutdown().await.expect("shutdown");
+}
