@@ -2,7 +2,9 @@
 //! latencies of each call, release handover and crash failover (the holder's client stops
 //! renewing, as kill -9; sessions expire somewhere between their TTL and twice it), and what an
 //! idle client costs the agent: requests counted by a proxy between the client and the agent
-//! (Consul 1.6 keeps no per-request counters it could be asked for).
+//! (Consul 1.6 keeps no per-request counters it could be asked for); and what nodes at work
+//! cost (a leader renewing and a follower loading and watching every scope every loop_wait),
+//! with the process's mirror off (the backend before it) and on.
 //! Prints why and stops when no consul binary is found.
 //!
 //! `cargo bench -p leasehold-consul --bench consul_real`
@@ -135,6 +137,89 @@ async fn idle(agent: &ConsulAgent, scopes: usize, ttl: Duration) {
     client.shutdown().await.unwrap();
 }
 
+/// Requests per second of a leader process and of a follower process on `scopes` scopes
+/// while they do what nodes do every loop_wait (ttl / 3): the leader renews every scope it
+/// leads; the follower loads every scope, then watches it until a change or loop_wait. With
+/// `mirror` off that is what the backend did before the mirror (a renew is a session
+/// renewal and a read, a load a read, a watch a blocking query on the scope).
+async fn looping(agent: &ConsulAgent, scopes: usize, ttl: Duration, mirror: bool) {
+    let port = agent.address().rsplit(':').next().and_then(|p| p.parse().ok()).expect("agent port");
+    let (leader_proxy, follower_proxy) = (CutProxy::start(port).expect("proxy"), CutProxy::start(port).expect("proxy"));
+    let through = |proxy: &CutProxy| leasehold_consul::ConsulOptions {
+        address: format!("http://127.0.0.1:{}", proxy.port()),
+        watch_mirror: mirror,
+        ..agent.options()
+    };
+    let timing = leasehold::Timing { ttl, loop_wait: ttl / 3, ..agent.timing() };
+    let leader = ConsulClient::connect(through(&leader_proxy), &timing).await.expect("connect");
+    let follower = ConsulClient::connect(through(&follower_proxy), &timing).await.expect("connect");
+    let name = |i: usize| format!("loop{scopes}-{}-{mirror}-{i}", ttl.as_secs());
+    let mut leases = Vec::new();
+    for i in 0..scopes {
+        let (l, f) = (leader.scope(&name(i)), follower.scope(&name(i)));
+        leases.push((l.clone(), l.acquire(&record("l", "loop")).await.unwrap().won().expect("free")));
+        l.publish_member(&MemberRecord::new("l")).await.unwrap();
+        f.publish_member(&MemberRecord::new("f")).await.unwrap();
+    }
+    let loop_wait = timing.loop_wait;
+    let warm_up = loop_wait * 2;
+    let end = tokio::time::Instant::now() + warm_up + 2 * ttl;
+    let mut tasks = Vec::new();
+    // Nodes are not in step: scope i starts its loop i / scopes of a loop_wait in.
+    let offset = move |i: usize| loop_wait * u32::try_from(i).unwrap_or(0) / u32::try_from(scopes).unwrap_or(1);
+    for (i, (dcs, mut lease)) in leases.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(offset(i)).await;
+            while tokio::time::Instant::now() < end {
+                lease = dcs.renew(&lease).await.expect("renew").won().expect("still ours");
+                tokio::time::sleep(loop_wait).await;
+            }
+        }));
+    }
+    for i in 0..scopes {
+        let dcs = follower.scope(&name(i));
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(offset(i)).await;
+            while tokio::time::Instant::now() < end {
+                let view = dcs.load().await.expect("load");
+                assert!(view.leader.is_some(), "the leader is seen");
+                let left = end.saturating_duration_since(tokio::time::Instant::now()).min(loop_wait);
+                dcs.watch(view.revision.as_ref(), left).await.expect("watch");
+            }
+        }));
+    }
+    tokio::time::sleep(warm_up).await;
+    let (l0, f0) = (leader_proxy.http_requests(), follower_proxy.http_requests());
+    let started = Instant::now();
+    tokio::time::sleep(2 * ttl).await;
+    let (lc, fc) = (endpoints(&leader_proxy.http_requests(), &l0), endpoints(&follower_proxy.http_requests(), &f0));
+    let secs = started.elapsed().as_secs_f64();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let rate = |c: &RequestLines| c.values().sum::<u64>() as f64 / secs;
+    println!(
+        "  {scopes:>5} scope(s), ttl {:>2}s, loop_wait {:?}, mirror {}: leader {:.2} req/s {lc:?}; follower {:.2} req/s {fc:?}",
+        ttl.as_secs(),
+        loop_wait,
+        if mirror { "on " } else { "off" },
+        rate(&lc),
+        rate(&fc),
+    );
+    if mirror && scopes >= 1000 {
+        let mut request =
+            reqwest::Client::new().get(format!("{}/v1/kv/{}/?recurse", agent.address(), agent.options().prefix));
+        if let Some(token) = agent.master_token() {
+            request = request.header("X-Consul-Token", token);
+        }
+        let body = request.send().await.expect("read").bytes().await.expect("body");
+        let keys = serde_json::from_slice::<Vec<serde_json::Value>>(&body).map_or(0, |v| v.len());
+        println!("  one answer of the mirror's query here: {} bytes for {keys} keys", body.len());
+    }
+    leader.shutdown().await.unwrap();
+    follower.shutdown().await.unwrap();
+}
+
 /// Requests by endpoint between two proxy readings, with ids and key names cut off.
 fn endpoints(after: &RequestLines, before: &RequestLines) -> RequestLines {
     let mut out = RequestLines::new();
@@ -171,9 +256,18 @@ async fn main() {
     println!("idle (no calls; a leader key and a member key per scope; the session renewal only):");
     idle(&lowered, 1, Duration::from_secs(3)).await;
     idle(&lowered, 1000, Duration::from_secs(3)).await;
+    println!("nodes at work (renew / load + watch every loop_wait), the mirror off (as before) and on:");
+    for mirror in [false, true] {
+        looping(&lowered, 1, Duration::from_secs(3), mirror).await;
+    }
+    for mirror in [false, true] {
+        looping(&lowered, 1000, Duration::from_secs(3), mirror).await;
+    }
     drop(lowered);
     // Consul's default floor: the shortest ttl the library accepts against a stock agent.
     let stock = ConsulAgent::start(ConsulAgentConfig::default()).await.expect("consul starts");
     failover(&stock, Duration::from_secs(20), 2).await;
     idle(&stock, 1, Duration::from_secs(30)).await;
+    // At Patroni's default ttl (30 s, loop_wait 10 s), with the mirror (the default).
+    looping(&stock, 1000, Duration::from_secs(30), true).await;
 }

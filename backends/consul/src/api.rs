@@ -22,6 +22,8 @@ pub(crate) enum Kind {
 pub(crate) struct Entry {
     pub(crate) key: String,
     pub(crate) value: Vec<u8>,
+    /// `CreateIndex`: 0 when the agent did not send it.
+    pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
     pub(crate) session: Option<String>,
 }
@@ -31,6 +33,8 @@ pub(crate) struct Entry {
 struct WireEntry {
     key: String,
     value: Option<String>,
+    #[serde(default)]
+    create_index: u64,
     modify_index: u64,
     #[serde(default)]
     session: Option<String>,
@@ -48,6 +52,8 @@ struct WireSession {
 pub(crate) struct Listing {
     pub(crate) index: u64,
     pub(crate) entries: Vec<Entry>,
+    /// The answer's size in bytes (what a blocking query on the prefix costs per round).
+    pub(crate) bytes: usize,
 }
 
 /// What a session create can answer besides an error.
@@ -67,6 +73,7 @@ pub(crate) enum Acquired {
     InvalidSession,
 }
 
+#[derive(Clone)]
 pub(crate) struct Api {
     http: reqwest::Client,
     base: String,
@@ -300,6 +307,7 @@ impl Api {
                 Ok(Entry {
                     key: w.key,
                     value,
+                    create_index: w.create_index,
                     modify_index: w.modify_index,
                     session: w.session.filter(|s| !s.is_empty()),
                 })
@@ -339,8 +347,8 @@ impl Api {
             None => 0,
         };
         match status {
-            StatusCode::OK => Ok(Listing { index, entries: Self::parse_entries(&bytes)? }),
-            StatusCode::NOT_FOUND => Ok(Listing { index, entries: Vec::new() }),
+            StatusCode::OK => Ok(Listing { index, entries: Self::parse_entries(&bytes)?, bytes: bytes.len() }),
+            StatusCode::NOT_FOUND => Ok(Listing { index, entries: Vec::new(), bytes: bytes.len() }),
             s => Err(Self::status_error(s, &bytes, Kind::Read, "kv read")),
         }
     }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::api::{Acquired, Api, Created};
 use crate::dcs::ConsulDcs;
+use crate::mirror::Mirror;
 use crate::options::{ConsulOptions, session_ttl};
 
 /// The caller's monotonic clock: lease validity is measured from when a request was sent.
@@ -20,9 +21,12 @@ pub(crate) fn now() -> Instant {
     Instant::now()
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// Longest wait of the mirror's blocking query (Consul caps waits at 10 minutes).
+const MAX_MIRROR_WAIT: Duration = Duration::from_secs(600);
 
 pub(crate) struct Inner {
     pub(crate) api: Api,
@@ -44,6 +48,12 @@ pub(crate) struct Inner {
     acquire_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     stopped: AtomicBool,
     keepalive: Mutex<Option<AbortHandle>>,
+    /// The process's view of the whole prefix (one blocking query), started on first use.
+    pub(crate) mirror: Arc<Mirror>,
+    /// How old a session renewal a leader's renew may reuse instead of sending its own.
+    reuse: Duration,
+    /// Serialises session renewals, so concurrent renews share one.
+    renewing: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Inner {
@@ -51,7 +61,18 @@ impl Drop for Inner {
         if let Some(task) = lock(&self.keepalive).take() {
             task.abort();
         }
+        self.mirror.stop();
     }
+}
+
+/// How old a session renewal a leader's renew may reuse: what the timing leaves spare of
+/// the session TTL (`session_ttl - loop_wait - 2 * retry_timeout`, at most a third of it),
+/// and at least `session_ttl / 60` (at most 500 ms), so a process leading many scopes sends a
+/// few renewals a second, not one per scope. A reused renewal shortens the renewed lease by
+/// its age, never more.
+fn reuse_window(timing: &Timing, session_ttl: Duration) -> Duration {
+    let spare = session_ttl.saturating_sub(timing.loop_wait + timing.retry_timeout * 2).min(session_ttl / 3);
+    spare.max((session_ttl / 60).min(Duration::from_millis(500)))
 }
 
 /// A connection to a Consul agent for leader election: one HTTP client and one session.
@@ -108,6 +129,7 @@ impl ConsulClient {
             }
         };
         tracing::debug!(session = %id, ttl = ?session_ttl, "consul session created");
+        let options_prefix = options.prefix.clone();
         let inner = Arc::new(Inner {
             api,
             options,
@@ -120,6 +142,9 @@ impl ConsulClient {
             acquire_locks: Mutex::default(),
             stopped: AtomicBool::new(false),
             keepalive: Mutex::new(None),
+            mirror: Arc::new(Mirror::new(&options_prefix)),
+            reuse: reuse_window(timing, session_ttl),
+            renewing: tokio::sync::Mutex::new(()),
         });
         let weak = Arc::downgrade(&inner);
         // One keep-alive per client, the equivalent of etcd's lease keep-alive stream; it holds
@@ -162,6 +187,43 @@ impl ConsulClient {
         if let Some(task) = lock(&self.inner.keepalive).take() {
             task.abort();
         }
+        self.inner.mirror.stop();
+    }
+
+    /// Starts the process's mirror (one blocking query on the prefix) unless it runs or is
+    /// switched off ([`ConsulOptions::watch_mirror`]).
+    pub(crate) fn start_mirror(&self) {
+        if self.inner.options.watch_mirror && !self.inner.stopped.load(Ordering::SeqCst) {
+            let wait = self.inner.configured_ttl.clamp(Duration::from_secs(1), MAX_MIRROR_WAIT);
+            self.inner.mirror.start(&self.inner.api, wait);
+        }
+    }
+
+    /// Whether the last successful session renewal was sent within `session_ttl / 3 +
+    /// request_timeout`: the agent reached the servers' leader that recently, so a mirror
+    /// it feeds is not cut off from the cluster (a cut-off agent's blocking query goes
+    /// silent rather than failing).
+    pub(crate) fn renew_recent(&self) -> bool {
+        let limit = self.inner.session_ttl / 3 + self.inner.options.request_timeout;
+        lock(&self.inner.renewed).is_some_and(|sent| now().saturating_duration_since(sent) <= limit)
+    }
+
+    /// A session renewal sent at or after `earliest`: the last one when it is that recent,
+    /// else a new one. Concurrent callers share one request.
+    pub(crate) async fn renew_session_since(&self, earliest: Instant) -> Result<(String, Instant), DcsError> {
+        let _one_at_a_time = self.inner.renewing.lock().await;
+        let last = *lock(&self.inner.renewed);
+        if let (Some(sent), Some(id)) = (last, self.session_id())
+            && sent >= earliest
+        {
+            return Ok((id, sent));
+        }
+        self.renew_session().await
+    }
+
+    /// The oldest renewal a renew that started at `started` may reuse.
+    pub(crate) fn reuse_since(&self, started: Instant) -> Instant {
+        started.checked_sub(self.inner.reuse).unwrap_or(started)
     }
 
     /// Stops like [`stop`](Self::stop), then ends this process's session on the store
@@ -297,6 +359,15 @@ async fn keepalive(weak: Weak<Inner>, session_ttl: Duration) {
         let client = ConsulClient { inner };
         if client.check_running().is_err() {
             return;
+        }
+        // A leader's renew renews the same session: count it, so a process leading scopes
+        // sends no keep-alive of its own while its renewals come often enough.
+        let age = lock(&client.inner.renewed).map(|sent| now().saturating_duration_since(sent));
+        if let Some(age) = age
+            && age < interval
+        {
+            pause = (interval - age).max(Duration::from_millis(1));
+            continue;
         }
         let result = match client.renew_session().await {
             Err(e) if e.is_lease_lost() => client.ensure_session().await.map(|_| ()),

@@ -70,6 +70,13 @@ pub struct ConsulOptions {
     pub request_timeout: Duration,
     /// Name given to the session (shown by `consul operator` tools).
     pub session_name: String,
+    /// One blocking query per client over the whole prefix keeps a mirror of every scope
+    /// (default `true`): loads are served from it, watches wait on it, and a leader whose key
+    /// the mirror shows unchanged renews with the shared session renewal alone. `false`:
+    /// every load is a `?consistent` read, every watch its own blocking query, every renew a
+    /// session renewal plus a read (see the crate documentation, "One blocking query per
+    /// process").
+    pub watch_mirror: bool,
 }
 
 impl Default for ConsulOptions {
@@ -86,6 +93,7 @@ impl Default for ConsulOptions {
             consistency: Consistency::Default,
             request_timeout: Duration::from_secs(10),
             session_name: "leasehold".into(),
+            watch_mirror: true,
         }
     }
 }

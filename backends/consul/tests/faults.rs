@@ -152,10 +152,16 @@ async fn lock_delay_makes_acquire_lost_until_it_passes() {
 }
 
 /// Emulator only: a real agent answers a blocking query early only on its own schedule.
+/// Watches without the mirror (each its own blocking query on the scope, which any change
+/// of the scope wakes); the mirror's wakes are tested in `tests/mirror.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn early_returning_blocking_queries_do_not_fake_changes() {
     let emu = emulator(Expiry::AtTwiceTtl);
-    let (a, b) = (client(&emu).await, client(&emu).await);
+    let without_mirror = || async {
+        let options = ConsulOptions { watch_mirror: false, ..options(&emu) };
+        ConsulClient::connect(options, &timing()).await.expect("connect")
+    };
+    let (a, b) = (without_mirror().await, without_mirror().await);
     let (pa, pb) = (a.scope("pg"), b.scope("pg"));
     pb.publish_member(&MemberRecord::new("b")).await.unwrap();
     let view = pa.load().await.unwrap();
