@@ -1,0 +1,108 @@
+//! The watch-fed mirror (one persistent recursive watch per session) against a real
+//! ZooKeeper: what it wakes, and that a renewal served by it sees a deleted leader znode.
+
+use std::time::Duration;
+
+use leasehold::testkit::election::timing_for;
+use leasehold::{CasOutcome, ClusterView, Dcs, Key, LeaderRecord, Lease, MemberRecord, WatchEvent};
+use leasehold_zookeeper::testing::{ZkServer, delete_znode, test_options};
+use leasehold_zookeeper::{ZkClient, ZkDcs, ZkOptions};
+
+const TTL: Duration = Duration::from_secs(4);
+
+fn record(member: &str) -> LeaderRecord {
+    LeaderRecord { member: member.into(), token: format!("{member}-token"), api_url: None, conn_url: None }
+}
+
+async fn acquire(dcs: &ZkDcs, r: &LeaderRecord) -> Lease {
+    match dcs.acquire(r).await {
+        Ok(CasOutcome::Won(lease)) => lease,
+        other => panic!("acquire: {other:?}"),
+    }
+}
+
+/// Loads until `done` holds for the view (other clients' writes arrive by watch).
+async fn load_until(dcs: &ZkDcs, what: &str, done: impl Fn(&ClusterView) -> bool) -> ClusterView {
+    for _ in 0..100 {
+        let view = dcs.load().await.expect("load");
+        if done(&view) {
+            return view;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not seen within 100 loads");
+}
+
+async fn deleted_leader_is_lost(watch_mirror: bool) {
+    let server = ZkServer::standalone().await.expect("start ZooKeeper");
+    let options = ZkOptions { watch_mirror, ..test_options(&server) };
+    let holder = ZkClient::connect(options.clone(), &timing_for(TTL)).await.expect("connect");
+    let operator = ZkClient::connect(options.clone(), &timing_for(TTL)).await.expect("connect");
+    let dcs = holder.scope("deleted");
+    let lease = acquire(&dcs, &record("a")).await;
+    // Renewals work, and (with the mirror) start it.
+    for _ in 0..3 {
+        assert!(dcs.renew(&lease).await.expect("renew").is_won());
+    }
+    let view = dcs.load().await.expect("load");
+    assert_eq!(view.leader.map(|l| l.epoch), Some(lease.epoch));
+    delete_znode(&operator, &Key::Leader.path(&options.prefix, "deleted")).await.expect("delete");
+    load_until(&dcs, "the holder sees its leader znode deleted", |v| v.leader.is_none()).await;
+    match dcs.renew(&lease).await {
+        Ok(CasOutcome::Lost(None)) => {}
+        other => panic!("renew after the leader znode was deleted: {other:?}"),
+    }
+    // A new acquisition has a higher epoch, and renews.
+    let again = acquire(&dcs, &record("a")).await;
+    assert!(again.epoch > lease.epoch);
+    assert!(dcs.renew(&again).await.expect("renew").is_won());
+    // Renewing the old lease stays Lost: the znode is another acquisition's.
+    match dcs.renew(&lease).await {
+        Ok(CasOutcome::Lost(Some(current))) => assert_eq!(current.epoch, again.epoch),
+        other => panic!("renew of the old lease: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_znode_deleted_by_another_client_makes_the_next_renew_lost() {
+    deleted_leader_is_lost(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_mirror_a_deleted_leader_znode_is_lost_too() {
+    deleted_leader_is_lost(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_writes_wake_no_watcher_but_a_leader_change_does() {
+    let server = ZkServer::standalone().await.expect("start ZooKeeper");
+    let leader = ZkClient::connect(test_options(&server), &timing_for(TTL)).await.expect("connect");
+    let follower = ZkClient::connect(test_options(&server), &timing_for(TTL)).await.expect("connect");
+    let (a, b) = (leader.scope("wakes"), follower.scope("wakes"));
+    let lease = acquire(&a, &record("a")).await;
+    let before = load_until(&b, "the follower sees the leader", |v| v.leader.is_some()).await;
+    let cursor = before.revision.clone().expect("a view has a revision");
+    for position in 1..=3u64 {
+        a.publish_member(&MemberRecord { position: Some(position), ..MemberRecord::new("a") }).await.expect("publish");
+        load_until(&b, "the follower sees the member's new position", |v| {
+            v.members.iter().any(|m| m.value.name == "a" && m.value.position == Some(position))
+        })
+        .await;
+    }
+    // The follower's mirror has applied three member writes since `cursor`: none wakes it.
+    assert_eq!(b.watch(Some(&cursor), Duration::from_millis(300)).await.expect("watch"), WatchEvent::Timeout);
+    // A leader change does, also for a waiter that started before it.
+    let waiter = tokio::runtime::Handle::current().spawn({
+        let b = b.clone();
+        async move { b.watch(Some(&cursor), Duration::from_secs(20)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(a.release(&lease).await.expect("release").is_won());
+    assert_eq!(waiter.await.expect("waiter").expect("watch"), WatchEvent::Changed);
+    let after = b.load().await.expect("load");
+    assert!(after.leader.is_none());
+    // An unchanged member record is not written again, and still reads back.
+    a.publish_member(&MemberRecord { position: Some(3), ..MemberRecord::new("a") }).await.expect("publish");
+    let view = load_until(&b, "the member is still there", |v| v.members.iter().any(|m| m.value.name == "a")).await;
+    assert_eq!(view.members.iter().find(|m| m.value.name == "a").and_then(|m| m.value.position), Some(3));
+}
