@@ -471,8 +471,9 @@ impl Dcs for ZkDcs {
         self.noted(result)
     }
 
-    /// With a usable mirror that shows the member znode with the same record, owned by our
-    /// session, nothing is sent: the znode already is what the write would make it.
+    /// With a usable mirror that shows the member znode owned by our session, an unchanged
+    /// record sends nothing (the znode already is what the write would make it) and a
+    /// changed one is a single `setData` at the version the mirror shows.
     async fn publish_member(&self, member: &MemberRecord) -> Result<(), DcsError> {
         let session = self.session()?;
         member.validate().map_err(|e| DcsError::fatal(format!("publish_member: invalid member record: {e}")))?;
@@ -480,10 +481,23 @@ impl Dcs for ZkDcs {
         let bytes = member.encode();
         if !self.linearize.load(Ordering::SeqCst)
             && let Some(snapshot) = self.mirrored(&session).await
-            && snapshot.entries.iter().any(|(p, e)| *p == path && e.data == bytes && e.owner == session.id())
+            && let Some((_, mine)) = snapshot.entries.iter().find(|(p, e)| *p == path && e.owner == session.id())
         {
             self.shared.remember_member(&path, &bytes);
-            return Ok(());
+            if mine.data == bytes {
+                return Ok(());
+            }
+            // Our own znode at a known version: one conditional setData instead of
+            // create, stat and setData.
+            let what = "publishing a member";
+            let version = mine.version;
+            match self.shared.run(&session, Op::Write, what, |zk| zk.set_data(&path, &bytes, Some(version))).await {
+                Ok(Ok(_)) => return Ok(()),
+                // Changed or gone meanwhile: the full path below sorts it out.
+                Ok(Err(zk::Error::BadVersion | zk::Error::NoNode)) => {}
+                Ok(Err(e)) => return self.noted(Err(classify(Op::Write, what, e))),
+                Err(e) => return self.noted(Err(e)),
+            }
         }
         let result = self.publish_once(member).await;
         self.noted(result)

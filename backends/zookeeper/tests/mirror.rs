@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use leasehold::testkit::election::timing_for;
-use leasehold::{CasOutcome, ClusterView, Dcs, Key, LeaderRecord, Lease, MemberRecord, WatchEvent};
+use leasehold::{CasOutcome, ClusterView, ControlKey, Dcs, Expect, Key, LeaderRecord, Lease, MemberRecord, WatchEvent};
+use leasehold_test_servers::CutProxy;
 use leasehold_zookeeper::testing::{ZkServer, delete_znode, test_options};
 use leasehold_zookeeper::{ZkClient, ZkDcs, ZkOptions};
 
@@ -105,4 +106,50 @@ async fn member_writes_wake_no_watcher_but_a_leader_change_does() {
     a.publish_member(&MemberRecord { position: Some(3), ..MemberRecord::new("a") }).await.expect("publish");
     let view = load_until(&b, "the member is still there", |v| v.members.iter().any(|m| m.value.name == "a")).await;
     assert_eq!(view.members.iter().find(|m| m.value.name == "a").and_then(|m| m.value.position), Some(3));
+}
+
+/// Waits up to 20 s for `done`.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 20 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_made_while_disconnected_is_read_again_after_reconnecting() {
+    let server = ZkServer::standalone().await.expect("start ZooKeeper");
+    let proxy = CutProxy::start(server.client_port(0)).expect("proxy");
+    let cut_off = ZkOptions { connect: format!("127.0.0.1:{}", proxy.port()), ..test_options(&server) };
+    let timing = timing_for(Duration::from_secs(10));
+    let client = ZkClient::connect(cut_off, &timing).await.expect("connect");
+    let other = ZkClient::connect(test_options(&server), &timing).await.expect("connect");
+    let (d, o) = (client.scope("gap"), other.scope("gap"));
+    o.publish_member(&MemberRecord::new("o")).await.expect("publish");
+    let before = load_until(&d, "the member", |v| v.member("o").is_some()).await;
+    let cursor = before.revision.clone().expect("revision");
+    let session = client.session_id();
+
+    proxy.cut();
+    eventually("the client to notice the cut", || !client.is_connected()).await;
+    assert!(
+        o.write_control(ControlKey::Failover, Expect::Absent, br#"{"candidate":"o"}"#).await.expect("write").is_won()
+    );
+    proxy.heal();
+    eventually("the client to reconnect", || client.is_connected()).await;
+    assert_eq!(client.session_id(), session, "the same session resumed (a reconnect, not an expiry)");
+
+    // The watch cannot know what happened in the gap.
+    assert_eq!(d.watch(Some(&cursor), Duration::from_secs(5)).await.expect("watch"), WatchEvent::Resync);
+    // Every load from now on shows the write made in the gap, whether from the server or from
+    // the mirror once it has read the tree again (a mirror that only re-armed its watch
+    // would miss it for good).
+    for _ in 0..15 {
+        let view = d.load().await.expect("load");
+        assert!(view.failover.is_some(), "the failover key written while disconnected: {view:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
