@@ -222,7 +222,7 @@ async fn main() {
         rel.push(t.elapsed());
     }
     summary("acquire", acq);
-    summary("renew (sync + read)", ren);
+    summary("renew (mirror, else sync + read)", ren);
     summary("release (read + delete)", rel);
     let mut loads = Vec::new();
     for _ in 0..300 {
@@ -230,7 +230,7 @@ async fn main() {
         dcs.load().await.expect("load");
         loads.push(t.elapsed());
     }
-    summary("load (sync + multi-read)", loads);
+    summary("load (mirror, else sync + multi-read)", loads);
 
     // Graceful handover: the holder releases, the candidate waits on its watch.
     let other = connect(Duration::from_secs(4)).await.expect("connect");

@@ -534,13 +534,11 @@ impl Dcs for ZkDcs {
                 Some(c) => c,
                 None => return self.watch_scope(after, timeout).await,
             },
-            None if self.shared.options.watch_mirror
-                && self.shared.mirror.usable(session.number, *self.shared.generation.borrow()) =>
-            {
-                let (epoch, seq) = self.shared.mirror.cursor(&self.scope);
-                MirrorCursor { epoch, seq }
-            }
-            None => return self.watch_scope(None, timeout).await,
+            // From now: the scope's state in the mirror (which follows it from then on).
+            None => match self.mirrored(&session).await {
+                Some(snapshot) => MirrorCursor { epoch: snapshot.epoch, seq: snapshot.seq },
+                None => return self.watch_scope(None, timeout).await,
+            },
         };
         Ok(match self.shared.mirror.wait(&self.scope, cursor.epoch, cursor.seq, deadline).await {
             Seen::Changed => WatchEvent::Changed,

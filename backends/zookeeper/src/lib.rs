@@ -43,11 +43,12 @@
 //!
 //! With [`ZkOptions::watch_mirror`] (the default) each session keeps one persistent recursive
 //! watch over the whole prefix, started by the first `load`, `renew`, `publish_member` or
-//! `watch`, and a mirror of every scope's leader, member and control znodes (data, `czxid`,
-//! `mzxid`, data version, ephemeral owner). It is filled by one read of the tree (a listing
-//! of the scopes, then one member listing and one multi-read per scope) when it starts and
-//! after every disconnect, and kept current by the watch's events: ZooKeeper's events carry
-//! no data, so each created or changed znode costs the process one pipelined `getData`.
+//! `watch`, and a mirror of the leader, member and control znodes (data, `czxid`, `mzxid`,
+//! data version, ephemeral owner) of every scope the process uses. A scope is read once
+//! (one member listing and one multi-read) when it is first used and again after every
+//! disconnect, and kept current by the watch's events: ZooKeeper's events carry no data, so
+//! each created or changed znode of a scope in use costs the process one pipelined
+//! `getData`; changes in other scopes under the prefix are ignored.
 //! Then an idle follower sends nothing but the session's pings: `load` is answered from the
 //! mirror, `watch` waits on it for a leader or control change (member znodes wake nobody),
 //! `publish_member` of an unchanged record sends nothing, and an idle leader's `renew` sends

@@ -1,5 +1,7 @@
-//! One persistent recursive watch per session over the whole prefix: a mirror of every
-//! scope's znodes (data and stat).
+//! One persistent recursive watch per session over the whole prefix: a mirror of the znodes
+//! (data and stat) of every scope this process has asked about. A scope is read once when
+//! it is first asked about (and again after every disconnect); events of other scopes under
+//! the prefix are ignored, so they cost nothing.
 //!
 //! It answers [`load`](leasehold::Dcs::load) without a request, wakes
 //! [`watch`](leasehold::Dcs::watch) waiters on leader and control znode changes only, and
@@ -23,7 +25,7 @@
 //! is unknown), so any disconnect ends the mirror's epoch and the next connection reads the
 //! tree again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -191,12 +193,6 @@ impl Mirror {
         }
     }
 
-    /// The current epoch and `scope`'s wake count, for a waiter that starts now.
-    pub(crate) fn cursor(&self, scope: &str) -> (u64, u64) {
-        let state = lock(&self.state);
-        (state.epoch, state.wakes.get(scope).copied().unwrap_or(0))
-    }
-
     fn set_live(&self, live: bool, session: u64, generation: u64) {
         let mut state = lock(&self.state);
         if !live || !state.live {
@@ -353,9 +349,12 @@ fn read_scope(zk: &zk::Client, prefix: &str, scope: String) -> Step {
     })
 }
 
-/// The mirror's task: wait for a connection, arm the watch, read the tree, follow; after
+/// The mirror's task: wait for a connection, arm the watch, read the known scopes, follow; after
 /// any disconnect, start over.
 async fn run(shared: Weak<Shared>, mut requests: mpsc::UnboundedReceiver<Request>) {
+    // The scopes this process asked about: only they are mirrored, so a process serving one
+    // cluster under a prefix shared by a thousand reads no other cluster's changes.
+    let mut known: HashSet<String> = HashSet::new();
     loop {
         let Some(strong) = shared.upgrade() else { return };
         let Ok(session) = strong.session() else { return };
@@ -366,7 +365,7 @@ async fn run(shared: Weak<Shared>, mut requests: mpsc::UnboundedReceiver<Request
         let timeout = strong.options.request_timeout;
         drop(strong);
         if connected {
-            let why = follow(&shared, &session, generation, &prefix, timeout, &mut requests).await;
+            let why = follow(&shared, &session, generation, &prefix, timeout, &mut requests, &mut known).await;
             tracing::debug!(reason = %why, "ZooKeeper mirror stopped following; it reads the tree again");
         }
         if let Some(strong) = shared.upgrade() {
@@ -390,6 +389,7 @@ async fn follow(
     prefix: &str,
     timeout: Duration,
     requests: &mut mpsc::UnboundedReceiver<Request>,
+    known: &mut HashSet<String>,
 ) -> String {
     let zk = &session.zk;
     let mut watcher = match tokio::time::timeout(timeout, zk.watch(prefix, zk::AddWatchMode::PersistentRecursive)).await
@@ -398,15 +398,10 @@ async fn follow(
         Ok(Err(e)) => return format!("arming the watch failed: {e}"),
         Err(_) => return "arming the watch timed out".into(),
     };
-    let scopes = match tokio::time::timeout(timeout, zk.get_children(prefix)).await {
-        Ok(Ok((scopes, _))) => scopes,
-        Ok(Err(zk::Error::NoNode)) => Vec::new(),
-        Ok(Err(e)) => return format!("listing the scopes failed: {e}"),
-        Err(_) => return "listing the scopes timed out".into(),
-    };
+    // Armed before reading: a change after a read always arrives as an event.
     let mut queue: FuturesOrdered<Step> = FuturesOrdered::new();
-    for scope in scopes {
-        queue.push_back(read_scope(zk, prefix, scope));
+    for scope in known.iter() {
+        queue.push_back(read_scope(zk, prefix, scope.clone()));
     }
     let mut waiting: Vec<Request> = Vec::new();
     let mut head_since = now();
@@ -414,12 +409,18 @@ async fn follow(
     loop {
         tokio::select! {
             event = watcher.changed() => {
-                if let Err(why) = queue_event(zk, prefix, &event, &mut queue) {
+                if let Err(why) = queue_event(zk, prefix, known, &event, &mut queue) {
                     return why;
                 }
             }
             request = requests.recv() => match request {
-                Some(r) => waiting.push(r),
+                Some(r) => {
+                    // A scope asked about for the first time is read once, then followed.
+                    if known.insert(r.scope.clone()) {
+                        queue.push_back(read_scope(zk, prefix, r.scope.clone()));
+                    }
+                    waiting.push(r);
+                }
                 None => return "the client is gone".into(),
             },
             step = queue.next(), if !queue.is_empty() => {
@@ -442,7 +443,7 @@ async fn follow(
         head_since = now();
         // Events the library already received belong before any answer: take them first.
         while let Some(event) = watcher.changed().now_or_never() {
-            if let Err(why) = queue_event(zk, prefix, &event, &mut queue) {
+            if let Err(why) = queue_event(zk, prefix, known, &event, &mut queue) {
                 return why;
             }
         }
@@ -465,6 +466,7 @@ async fn follow(
 fn queue_event(
     zk: &zk::Client,
     prefix: &str,
+    known: &HashSet<String>,
     event: &zk::WatchedEvent,
     queue: &mut FuturesOrdered<Step>,
 ) -> Result<(), String> {
@@ -473,7 +475,7 @@ fn queue_event(
             zk::SessionState::SyncConnected => Ok(()),
             state => Err(format!("the session became {state}")),
         },
-        _ if scope_of(prefix, &event.path).is_none() => Ok(()),
+        _ if !scope_of(prefix, &event.path).is_some_and(|(scope, _)| known.contains(&scope)) => Ok(()),
         zk::EventType::NodeDeleted => {
             let path = event.path.clone();
             queue.push_back(Box::pin(async move { Ok(Applied::Node(path, None)) }));

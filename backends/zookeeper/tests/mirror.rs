@@ -6,7 +6,7 @@ use std::time::Duration;
 use leasehold::testkit::election::timing_for;
 use leasehold::{CasOutcome, ClusterView, ControlKey, Dcs, Expect, Key, LeaderRecord, Lease, MemberRecord, WatchEvent};
 use leasehold_test_servers::CutProxy;
-use leasehold_zookeeper::testing::{ZkServer, delete_znode, test_options};
+use leasehold_zookeeper::testing::{ZkServer, delete_znode, four_letter, test_options};
 use leasehold_zookeeper::{ZkClient, ZkDcs, ZkOptions};
 
 const TTL: Duration = Duration::from_secs(4);
@@ -152,4 +152,41 @@ async fn a_change_made_while_disconnected_is_read_again_after_reconnecting() {
         assert!(view.failover.is_some(), "the failover key written while disconnected: {view:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Packets the server received on the connection of session `session` (from `cons`).
+async fn session_packets(server: &ZkServer, session: i64) -> u64 {
+    let cons = four_letter(server.client_port(0), "cons").await.expect("cons");
+    let sid = format!("sid=0x{session:x},");
+    cons.lines()
+        .find(|l| l.contains(&sid))
+        .and_then(|l| l.split("recved=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("session {sid} in cons: {cons}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_in_scopes_a_process_does_not_use_cost_it_nothing() {
+    let server = ZkServer::standalone().await.expect("start ZooKeeper");
+    let timing = timing_for(Duration::from_secs(10));
+    let watcher = ZkClient::connect(test_options(&server), &timing).await.expect("connect");
+    let writer = ZkClient::connect(test_options(&server), &timing).await.expect("connect");
+    let mine = watcher.scope("mine");
+    let (w_mine, w_other) = (writer.scope("mine"), writer.scope("other"));
+    w_mine.publish_member(&MemberRecord::new("w")).await.expect("publish");
+    load_until(&mine, "the writer's member", |v| v.member("w").is_some()).await;
+    let before = session_packets(&server, watcher.session_id()).await;
+    for position in 1..=30u64 {
+        let member = MemberRecord { position: Some(position), ..MemberRecord::new("w") };
+        w_other.publish_member(&member).await.expect("publish");
+    }
+    // A change in the watcher's scope after them: once it shows, every earlier event was
+    // taken in order.
+    let last = MemberRecord { position: Some(1), ..MemberRecord::new("w") };
+    w_mine.publish_member(&last).await.expect("publish");
+    load_until(&mine, "the writer's new position", |v| v.member("w").is_some_and(|m| m.position == Some(1))).await;
+    let after = session_packets(&server, watcher.session_id()).await;
+    // Reads of its own scope's change and a few pings, not one read per write elsewhere.
+    assert!(after - before < 15, "{} packets for 30 writes in another scope", after - before);
 }
