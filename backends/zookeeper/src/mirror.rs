@@ -40,8 +40,11 @@ use zookeeper_client as zk;
 
 use crate::session::{Session, Shared, now};
 
-/// Pause before following again after the watch or a read failed.
+/// Pause before following again after the watch or a read failed; doubled after each
+/// attempt that never got live (a scope whose reads keep failing, e.g. `NoAuth`), up to
+/// `MAX_RETRY`.
 const RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -84,6 +87,8 @@ struct Request {
 
 #[derive(Default)]
 struct State {
+    /// The task follows the watch (it may still be reading the known scopes).
+    following: bool,
     /// Following, and the initial read is applied.
     live: bool,
     /// The session number and connection generation the mirror follows.
@@ -136,6 +141,8 @@ impl Mirror {
             return;
         }
         let Some(receiver) = lock(&self.receiver).take() else { return };
+        // The first callers wait for the first read instead of asking the server.
+        lock(&self.state).following = true;
         let task = shared.runtime().spawn(run(Arc::downgrade(shared), receiver));
         *lock(&self.task) = Some(task.abort_handle());
     }
@@ -164,6 +171,9 @@ impl Mirror {
         generation: u64,
         wait: Duration,
     ) -> Option<Snapshot> {
+        if !lock(&self.state).following {
+            return None;
+        }
         let (reply, answer) = oneshot::channel();
         self.requests.send(Request { scope: scope.to_string(), reply }).ok()?;
         let snapshot = tokio::time::timeout(wait, answer).await.ok()?.ok()?;
@@ -355,6 +365,7 @@ async fn run(shared: Weak<Shared>, mut requests: mpsc::UnboundedReceiver<Request
     // The scopes this process asked about: only they are mirrored, so a process serving one
     // cluster under a prefix shared by a thousand reads no other cluster's changes.
     let mut known: HashSet<String> = HashSet::new();
+    let mut pause = RETRY;
     loop {
         let Some(strong) = shared.upgrade() else { return };
         let Ok(session) = strong.session() else { return };
@@ -369,6 +380,14 @@ async fn run(shared: Weak<Shared>, mut requests: mpsc::UnboundedReceiver<Request
             tracing::debug!(reason = %why, "ZooKeeper mirror stopped following; it reads the tree again");
         }
         if let Some(strong) = shared.upgrade() {
+            let was_live = {
+                let mut state = lock(&strong.mirror.state);
+                state.following = false;
+                state.live
+            };
+            if connected {
+                pause = if was_live { RETRY } else { (pause * 2).min(MAX_RETRY) };
+            }
             strong.mirror.set_live(false, 0, 0);
         }
         // Callers waiting on the old epoch fall back to reading.
@@ -377,7 +396,7 @@ async fn run(shared: Weak<Shared>, mut requests: mpsc::UnboundedReceiver<Request
         if !connected {
             let _ = tokio::time::timeout(RETRY * 4, generations.changed()).await;
         }
-        tokio::time::sleep(RETRY).await;
+        tokio::time::sleep(if connected { pause } else { RETRY }).await;
     }
 }
 
@@ -399,6 +418,10 @@ async fn follow(
         Err(_) => return "arming the watch timed out".into(),
     };
     // Armed before reading: a change after a read always arrives as an event.
+    match shared.upgrade() {
+        Some(strong) => lock(&strong.mirror.state).following = true,
+        None => return "the client is gone".into(),
+    }
     let mut queue: FuturesOrdered<Step> = FuturesOrdered::new();
     for scope in known.iter() {
         queue.push_back(read_scope(zk, prefix, scope.clone()));
