@@ -7,7 +7,9 @@
 //! acquire) on the harness's tickTime 500 ms and again on a second server with tickTime
 //! 100 ms (ZooKeeper expires sessions on tick boundaries, so the tick is added to failover),
 //! and the server's received packets per second while clients sit idle: one scope, and 1,000
-//! scopes held on one session.
+//! scopes held on one session; then the requests per second a follower's loop and a leader's
+//! loop send, and one process renewing 1,000 scopes every second (per session, from `cons`).
+//! `ZK_BENCH_IDLE_ONLY=1` runs only that last part.
 
 use std::time::Duration;
 
@@ -97,6 +99,96 @@ async fn take_over(dcs: &ZkDcs, r: &LeaderRecord) -> Instant {
     }
 }
 
+/// Packets the server received on the connection of session `session` (from `cons`).
+async fn session_packets(port: u16, session: i64) -> u64 {
+    let cons = four_letter(port, "cons").await.expect("cons");
+    let sid = format!("sid=0x{session:x},");
+    cons.lines()
+        .find(|l| l.contains(&sid))
+        .and_then(|l| l.split("recved=").nth(1))
+        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("session {sid} in cons: {cons}"))
+}
+
+/// Requests per second received from `client`'s session while `work` runs for `window`.
+async fn session_rate(port: u16, client: &ZkClient, window: Duration) -> f64 {
+    let before = session_packets(port, client.session_id()).await;
+    tokio::time::sleep(window).await;
+    let after = session_packets(port, client.session_id()).await;
+    (after - before) as f64 / window.as_secs_f64()
+}
+
+/// A follower's loop (load, then wait for a change or `loop_wait`), and a leader's (renew and
+/// publish a member record with a new position every `loop_wait`), on one scope; then 1,000
+/// scopes led by one process, each renewed every `loop_wait`. Prints the requests per
+/// second the server received from the follower's and from the leaders' sessions.
+async fn idle_loops(server: &ZkServer, window: Duration) {
+    let port = server.client_port(0);
+    let loop_wait = Duration::from_secs(1);
+    let timing = timing_for(Duration::from_secs(10));
+    let leader = ZkClient::connect(test_options(server), &timing).await.expect("connect");
+    let follower = ZkClient::connect(test_options(server), &timing).await.expect("connect");
+    let (dl, df) = (leader.scope("loops"), follower.scope("loops"));
+    let mut lease = won(&dl, &record("a", 0)).await;
+    let leading = tokio::runtime::Handle::current().spawn(async move {
+        for position in 0u64.. {
+            lease = match dl.renew(&lease).await {
+                Ok(CasOutcome::Won(l)) => l,
+                other => panic!("renew: {other:?}"),
+            };
+            let member = MemberRecord { position: Some(position), ..MemberRecord::new("a") };
+            dl.publish_member(&member).await.expect("publish");
+            tokio::time::sleep(loop_wait).await;
+        }
+    });
+    let following = tokio::runtime::Handle::current().spawn(async move {
+        let mut wakes = 0u64;
+        loop {
+            let view = df.load().await.expect("load");
+            assert_eq!(view.leader.map(|l| l.record.member).as_deref(), Some("a"));
+            if df.watch(view.revision.as_ref(), loop_wait).await.expect("watch") != WatchEvent::Timeout {
+                wakes += 1;
+            }
+            if wakes > 1_000_000 {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (f, l) = tokio::join!(session_rate(port, &follower, window), session_rate(port, &leader, window));
+    println!(
+        "follower loop (load + watch, loop_wait 1 s), leader renews + publishes: follower {f:.2} requests/s, leader {l:.2} requests/s"
+    );
+    leading.abort();
+    following.abort();
+    drop((leader, follower));
+
+    let many = ZkClient::connect(test_options(server), &timing).await.expect("connect");
+    let handles: Vec<ZkDcs> = (0..1000).map(|i| many.scope(&format!("renew1000-{i}"))).collect();
+    let mut leases = Vec::new();
+    for (i, dcs) in handles.iter().enumerate() {
+        leases.push(won(dcs, &record("a", i)).await);
+    }
+    let renewing = tokio::runtime::Handle::current().spawn(async move {
+        loop {
+            let started = now();
+            let renewals = handles.iter().zip(leases.iter_mut()).map(|(dcs, lease)| async move {
+                match dcs.renew(lease).await {
+                    Ok(CasOutcome::Won(l)) => *lease = l,
+                    other => panic!("renew: {other:?}"),
+                }
+            });
+            futures::future::join_all(renewals).await;
+            tokio::time::sleep_until(started + loop_wait).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rate = session_rate(port, &many, window).await;
+    println!("1,000 scopes led by one process, each renewed every 1 s: {rate:.2} requests/s");
+    renewing.abort();
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let server = ZkServer::standalone().await.expect("start ZooKeeper");
@@ -105,6 +197,10 @@ async fn main() {
         let (options, timing) = (test_options(&server), timing_for(ttl));
         async move { ZkClient::connect(options, &timing).await }
     };
+    if std::env::var_os("ZK_BENCH_IDLE_ONLY").is_some() {
+        idle_loops(&server, Duration::from_secs(10)).await;
+        return;
+    }
     let client = connect(Duration::from_secs(4)).await.expect("connect");
     println!("ZooKeeper 3.8 standalone on loopback, tickTime {TICK:?}, session timeout {:?}", client.lease_ttl());
 
@@ -126,7 +222,7 @@ async fn main() {
         rel.push(t.elapsed());
     }
     summary("acquire", acq);
-    summary("renew (sync + read)", ren);
+    summary("renew (mirror, else sync + read)", ren);
     summary("release (read + delete)", rel);
     let mut loads = Vec::new();
     for _ in 0..300 {
@@ -134,7 +230,7 @@ async fn main() {
         dcs.load().await.expect("load");
         loads.push(t.elapsed());
     }
-    summary("load (sync + multi-read)", loads);
+    summary("load (mirror, else sync + multi-read)", loads);
 
     // Graceful handover: the holder releases, the candidate waits on its watch.
     let other = connect(Duration::from_secs(4)).await.expect("connect");
@@ -197,5 +293,6 @@ async fn main() {
         drop(idle);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    idle_loops(&server, window).await;
     drop(client);
 }

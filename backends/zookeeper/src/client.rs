@@ -33,6 +33,16 @@ impl std::fmt::Debug for ZkClient {
     }
 }
 
+/// How old a `sync` a mirror renewal may reuse as proof that the session is alive: what the
+/// timing leaves spare (`ttl - loop_wait - 2 * retry_timeout`, at most `ttl / 3`), and at
+/// least `ttl / 60` (at most 500 ms), so a process leading many scopes sends a few `sync`s a
+/// second, not one per renewal. A reused `sync` shortens the renewed lease by its age.
+fn reuse_window(timing: &Timing) -> Duration {
+    let ttl = timing.ttl;
+    let spare = ttl.saturating_sub(timing.loop_wait + timing.retry_timeout * 2).min(ttl / 3);
+    spare.max((ttl / 60).min(Duration::from_millis(500)))
+}
+
 impl ZkClient {
     /// Validates `options` and opens a session whose timeout is `timing.ttl` (the server may
     /// clamp it: [`lease_ttl`](Self::lease_ttl)). Give every node on this client the same
@@ -46,7 +56,7 @@ impl ZkClient {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| DcsError::fatal("ZkClient::connect must be called inside a tokio runtime"))?;
         let session = open_session(&options, timing.ttl, 1).await?;
-        Ok(ZkClient { shared: Shared::new(options, timing.ttl, session, runtime) })
+        Ok(ZkClient { shared: Shared::new(options, timing.ttl, reuse_window(timing), session, runtime) })
     }
 
     /// A handle on election scope `scope`, stored under `<prefix>/<scope>`. A scope name

@@ -1,6 +1,7 @@
 //! The [`Dcs`] trait over one scope's znodes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,10 +12,15 @@ use leasehold::{
 use zookeeper_client as zk;
 
 use crate::error::{Op, classify};
+use crate::mirror::{Seen, Snapshot};
 use crate::session::{Session, Shared, now};
 
 /// How long a healthy ensemble takes to deliver a watch event (generous; loopback is ~1 ms).
 const WATCH_LATENCY: Duration = Duration::from_millis(200);
+
+/// How long a `load` waits for the mirror to apply what it has been told before it asks the
+/// server instead.
+const MIRROR_WAIT: Duration = Duration::from_millis(500);
 
 /// Tries of a `load` whose member list changed between listing and reading.
 const SNAPSHOT_TRIES: usize = 4;
@@ -29,11 +35,19 @@ const SNAPSHOT_TRIES: usize = 4;
 ///
 /// A deleted control key is left as an empty znode (a tombstone, read as absent), so its
 /// data version keeps growing and a stale version can never match a re-created key.
+///
+/// With [`ZkOptions::watch_mirror`](crate::ZkOptions::watch_mirror) (the default) `load`,
+/// `watch`, `renew` and `publish_member` use the session's mirror when it is usable: see the
+/// crate documentation, "One watch per session". A leader learns that its znode was deleted
+/// or changed from the mirror's event (its next renewal is `Lost`), and that its session
+/// ended from the session state (`LeaseLost`).
 #[derive(Clone)]
 pub struct ZkDcs {
     shared: Arc<Shared>,
     scope: String,
     invalid: Option<String>,
+    /// A write of this handle had an unknown outcome: the next `load` asks the server.
+    linearize: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ZkDcs {
@@ -48,6 +62,27 @@ struct Cursor {
     generation: u64,
     seq: u64,
     zxid: i64,
+}
+
+/// A watch cursor from the mirror: its epoch and the scope's count of leader and control
+/// changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MirrorCursor {
+    epoch: u64,
+    seq: u64,
+}
+
+impl MirrorCursor {
+    fn version(self) -> Version {
+        Version::opaque(format!("m:{}:{}", self.epoch, self.seq))
+    }
+
+    fn parse(v: &Version) -> Option<MirrorCursor> {
+        let text = v.to_text();
+        let mut parts = text.strip_prefix("m:")?.split(':');
+        let cursor = MirrorCursor { epoch: parts.next()?.parse().ok()?, seq: parts.next()?.parse().ok()? };
+        parts.next().is_none().then_some(cursor)
+    }
 }
 
 impl Cursor {
@@ -94,8 +129,15 @@ fn epoch_of(stat: &zk::Stat) -> Epoch {
 
 /// The leader znode's content as a view, `None` if it does not decode.
 fn leader_view(path: &str, data: &[u8], stat: &zk::Stat) -> Option<LeaderView> {
+    decode_leader(path, data, stat.czxid, stat.mzxid)
+}
+
+/// A leader znode's data with its czxid (the epoch) and mzxid; garbage is logged and `None`.
+fn decode_leader(path: &str, data: &[u8], czxid: i64, mzxid: i64) -> Option<LeaderView> {
     match LeaderRecord::decode(path, data) {
-        Ok(record) => Some(LeaderView { record, epoch: epoch_of(stat), version: zxid_version(stat.mzxid) }),
+        Ok(record) => {
+            Some(LeaderView { record, epoch: Epoch(u64::try_from(czxid).unwrap_or(0)), version: zxid_version(mzxid) })
+        }
         Err(e) => {
             tracing::warn!(%path, reason = %e.reason, consequence = leasehold::record::garbage_consequence("leader"), "garbage in the leader znode");
             None
@@ -105,7 +147,69 @@ fn leader_view(path: &str, data: &[u8], stat: &zk::Stat) -> Option<LeaderView> {
 
 impl ZkDcs {
     pub(crate) fn new(shared: Arc<Shared>, scope: &str) -> ZkDcs {
-        ZkDcs { shared, scope: scope.to_string(), invalid: check_scope(scope) }
+        ZkDcs {
+            shared,
+            scope: scope.to_string(),
+            invalid: check_scope(scope),
+            linearize: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// A write with an unknown outcome makes the next `load` ask the server, so a node
+    /// looking for its own token reads the store itself.
+    fn noted<T>(&self, result: Result<T, DcsError>) -> Result<T, DcsError> {
+        if matches!(&result, Err(e) if e.is_outcome_unknown()) {
+            self.linearize.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    /// The scope as the mirror holds it, when the mirror is on and usable (started here on
+    /// first use).
+    async fn mirrored(&self, session: &Session) -> Option<Snapshot> {
+        if !self.shared.options.watch_mirror {
+            return None;
+        }
+        self.shared.mirror.start(&self.shared);
+        if !self.shared.is_connected() {
+            return None;
+        }
+        let generation = *self.shared.generation.borrow();
+        self.shared.mirror.snapshot(&self.scope, session.number, generation, MIRROR_WAIT).await
+    }
+
+    /// The scope's view from a mirror snapshot.
+    fn view_of(&self, snapshot: Snapshot) -> ClusterView {
+        let prefix = &self.shared.options.prefix;
+        let revision = MirrorCursor { epoch: snapshot.epoch, seq: snapshot.seq }.version();
+        let mut raw = RawView { revision: Some(revision), ..RawView::default() };
+        for (path, e) in snapshot.entries {
+            match Key::parse(prefix, &self.scope, &path) {
+                Some(Key::Leader) => {
+                    let epoch = Epoch(u64::try_from(e.czxid).unwrap_or(0));
+                    raw.leader = Some((RawEntry { key: path, bytes: e.data, version: zxid_version(e.mzxid) }, epoch));
+                }
+                Some(Key::Member(_)) => {
+                    raw.members.push(RawEntry { key: path, bytes: e.data, version: zxid_version(e.mzxid) });
+                }
+                // An empty control znode is a deleted key's tombstone.
+                Some(Key::Control(key)) if !e.data.is_empty() => {
+                    raw.control.push((key, RawEntry { key: path, bytes: e.data, version: version_of(e.version) }));
+                }
+                Some(Key::Control(_)) | None => {}
+            }
+        }
+        raw.decode()
+    }
+
+    /// `Some(current)` when the snapshot's leader znode is not the one `lease` holds in this
+    /// session: what `Lost` reports.
+    fn not_ours(&self, session: &Session, lease: &Lease, snapshot: &Snapshot) -> Option<Option<LeaderView>> {
+        let path = self.path(&Key::Leader);
+        let Some((_, entry)) = snapshot.entries.iter().find(|(p, _)| *p == path) else { return Some(None) };
+        let Some(current) = decode_leader(&path, &entry.data, entry.czxid, entry.mzxid) else { return Some(None) };
+        let ours = current.epoch == lease.epoch && current.record == lease.record && entry.owner == session.id();
+        (!ours).then_some(Some(current))
     }
 
     fn path(&self, key: &Key) -> String {
@@ -302,10 +406,150 @@ impl Dcs for ZkDcs {
 
     async fn load(&self) -> Result<ClusterView, DcsError> {
         let session = self.session()?;
+        if !self.linearize.swap(false, Ordering::SeqCst)
+            && let Some(snapshot) = self.mirrored(&session).await
+        {
+            return Ok(self.view_of(snapshot));
+        }
         Ok(self.snapshot(&session).await?.decode())
     }
 
     async fn acquire(&self, record: &LeaderRecord) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
+        let result = self.acquire_once(record).await;
+        self.noted(result)
+    }
+
+    /// With a usable mirror (see the crate docs), the leader znode as the mirror shows it
+    /// must still be ours (epoch = czxid, token, owner = our session), and a `sync` answered
+    /// by the ensemble at most a short reuse window before the call (one serves every scope
+    /// renewing meanwhile) proves the session alive: the session keeps the ephemeral znode,
+    /// and only a delete, which the mirror shows, removes it earlier. `valid_for` runs from
+    /// that `sync`. Without a usable mirror: a pipelined `sync` + read of the znode.
+    async fn renew(&self, lease: &Lease) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
+        let started = now();
+        let session = self.session()?;
+        let path = self.path(&Key::Leader);
+        if let Some(number) = self.shared.held_in(&path, lease.epoch)
+            && number != session.number
+        {
+            return Err(DcsError::lease_lost(
+                "the ZooKeeper session that created the leader key expired; the key went with it",
+            ));
+        }
+        if !self.shared.is_connected() {
+            return Err(self.renew_offline(&session));
+        }
+        if !self.linearize.load(Ordering::SeqCst)
+            && let Some(snapshot) = self.mirrored(&session).await
+        {
+            if let Some(lost) = self.not_ours(&session, lease, &snapshot) {
+                return Ok(CasOutcome::Lost(lost));
+            }
+            let contact = match self.shared.proof_of_life(&session, started).await {
+                Ok(at) => at,
+                Err(e) if e.is_retryable() && !self.shared.is_connected() => return Err(self.renew_offline(&session)),
+                Err(e) => return Err(e),
+            };
+            // A deletion the mirror applied while the sync was out wins.
+            let Some(snapshot) = self.mirrored(&session).await else { return self.renew_by_read(lease).await };
+            if let Some(lost) = self.not_ours(&session, lease, &snapshot) {
+                return Ok(CasOutcome::Lost(lost));
+            }
+            let mzxid = snapshot.entries.iter().find(|(p, _)| *p == path).map_or(0, |(_, e)| e.mzxid);
+            return Ok(CasOutcome::Won(Lease {
+                record: lease.record.clone(),
+                epoch: lease.epoch,
+                version: zxid_version(mzxid),
+                valid_for: (contact + session.timeout).saturating_duration_since(started).min(session.timeout),
+            }));
+        }
+        self.renew_by_read(lease).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<CasOutcome<(), Option<LeaderView>>, DcsError> {
+        let result = self.release_once(lease).await;
+        self.noted(result)
+    }
+
+    /// With a usable mirror that shows the member znode owned by our session, an unchanged
+    /// record sends nothing (the znode already is what the write would make it) and a
+    /// changed one is a single `setData` at the version the mirror shows.
+    async fn publish_member(&self, member: &MemberRecord) -> Result<(), DcsError> {
+        let session = self.session()?;
+        member.validate().map_err(|e| DcsError::fatal(format!("publish_member: invalid member record: {e}")))?;
+        let path = self.path(&Key::Member(member.name.clone()));
+        let bytes = member.encode();
+        if !self.linearize.load(Ordering::SeqCst)
+            && let Some(snapshot) = self.mirrored(&session).await
+            && let Some((_, mine)) = snapshot.entries.iter().find(|(p, e)| *p == path && e.owner == session.id())
+        {
+            self.shared.remember_member(&path, &bytes);
+            if mine.data == bytes {
+                return Ok(());
+            }
+            // Our own znode at a known version: one conditional setData instead of
+            // create, stat and setData.
+            let what = "publishing a member";
+            let version = mine.version;
+            match self.shared.run(&session, Op::Write, what, |zk| zk.set_data(&path, &bytes, Some(version))).await {
+                Ok(Ok(_)) => return Ok(()),
+                // Changed or gone meanwhile: the full path below sorts it out.
+                Ok(Err(zk::Error::BadVersion | zk::Error::NoNode)) => {}
+                Ok(Err(e)) => return self.noted(Err(classify(Op::Write, what, e))),
+                Err(e) => return self.noted(Err(e)),
+            }
+        }
+        let result = self.publish_once(member).await;
+        self.noted(result)
+    }
+
+    async fn write_control(
+        &self,
+        key: ControlKey,
+        expect: Expect,
+        value: &[u8],
+    ) -> Result<CasOutcome<Version, Option<Version>>, DcsError> {
+        let result = self.write_control_once(key, expect, value).await;
+        self.noted(result)
+    }
+
+    async fn delete_control(
+        &self,
+        key: ControlKey,
+        expect: &Version,
+    ) -> Result<CasOutcome<(), Option<Version>>, DcsError> {
+        let result = self.delete_control_once(key, expect).await;
+        self.noted(result)
+    }
+
+    /// With a usable mirror: waits for a change of the scope's leader or a control znode
+    /// (member znodes wake nobody); a cursor from an earlier mirror epoch (a disconnect or a
+    /// new session since) reports `Resync`. Without: the scope's own persistent recursive
+    /// watch, which wakes on every change in the scope.
+    async fn watch(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
+        let session = self.session()?;
+        let deadline = now() + timeout;
+        let cursor = match after {
+            Some(v) => match MirrorCursor::parse(v) {
+                Some(c) => c,
+                None => return self.watch_scope(after, timeout).await,
+            },
+            // From now: the scope's state in the mirror (which follows it from then on).
+            None => match self.mirrored(&session).await {
+                Some(snapshot) => MirrorCursor { epoch: snapshot.epoch, seq: snapshot.seq },
+                None => return self.watch_scope(None, timeout).await,
+            },
+        };
+        Ok(match self.shared.mirror.wait(&self.scope, cursor.epoch, cursor.seq, deadline).await {
+            Seen::Changed => WatchEvent::Changed,
+            Seen::Resync => WatchEvent::Resync,
+            Seen::Timeout => WatchEvent::Timeout,
+        })
+    }
+}
+
+impl ZkDcs {
+    async fn acquire_once(&self, record: &LeaderRecord) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
         let session = self.session()?;
         record.validate().map_err(|e| DcsError::fatal(format!("acquire: invalid leader record: {e}")))?;
         let what = "acquiring the leader key";
@@ -339,12 +583,13 @@ impl Dcs for ZkDcs {
         Err(DcsError::unavailable(format!("{what}: the scope directory {} keeps vanishing", self.scope_path())))
     }
 
-    /// A round trip that proves the session is alive: `sync` (through the ensemble leader,
-    /// so a follower cut off from the quorum cannot answer from stale state) and a read of
+    /// Renewal without the mirror: a round trip that proves the session is alive: `sync`
+    /// (through the ensemble leader, so a follower cut off from the quorum cannot answer from
+    /// stale state) and a read of
     /// the leader znode, which must still be ours (epoch = czxid, token, owner = our
     /// session). ZooKeeper's session heartbeat is the renewal itself; nothing is written, so
     /// watchers are not woken.
-    async fn renew(&self, lease: &Lease) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
+    async fn renew_by_read(&self, lease: &Lease) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
         let session = self.session()?;
         let path = self.path(&Key::Leader);
         if let Some(number) = self.shared.held_in(&path, lease.epoch)
@@ -398,7 +643,7 @@ impl Dcs for ZkDcs {
     /// Compare-and-delete: the znode must hold `lease`'s epoch and token and be owned by this
     /// client's session. Through another client it is `Lost`: without owning the session a
     /// delete by version could hit a znode re-created after the owner expired.
-    async fn release(&self, lease: &Lease) -> Result<CasOutcome<(), Option<LeaderView>>, DcsError> {
+    async fn release_once(&self, lease: &Lease) -> Result<CasOutcome<(), Option<LeaderView>>, DcsError> {
         let session = self.session()?;
         let what = "releasing the leader key";
         let path = self.path(&Key::Leader);
@@ -434,7 +679,7 @@ impl Dcs for ZkDcs {
         Err(DcsError::unknown(format!("{what}: the leader key kept changing")))
     }
 
-    async fn publish_member(&self, member: &MemberRecord) -> Result<(), DcsError> {
+    async fn publish_once(&self, member: &MemberRecord) -> Result<(), DcsError> {
         let session = self.session()?;
         member.validate().map_err(|e| DcsError::fatal(format!("publish_member: invalid member record: {e}")))?;
         let path = self.path(&Key::Member(member.name.clone()));
@@ -445,7 +690,7 @@ impl Dcs for ZkDcs {
         self.shared.write_member(&session, &path, &bytes).await
     }
 
-    async fn write_control(
+    async fn write_control_once(
         &self,
         key: ControlKey,
         expect: Expect,
@@ -514,7 +759,7 @@ impl Dcs for ZkDcs {
     }
 
     /// Leaves an empty znode (a tombstone) so the key's version never restarts.
-    async fn delete_control(
+    async fn delete_control_once(
         &self,
         key: ControlKey,
         expect: &Version,
@@ -538,10 +783,11 @@ impl Dcs for ZkDcs {
         }
     }
 
-    /// Waits on the scope's persistent recursive watch (armed by `load`). A cursor from
+    /// Without the mirror: waits on the scope's persistent recursive watch (armed by a `load`
+    /// that asked the server), which wakes on every change in the scope. A cursor from
     /// before a disconnect or a new session reports `Resync`: ZooKeeper does not replay
     /// events missed while disconnected (ZOOKEEPER-4698).
-    async fn watch(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
+    async fn watch_scope(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
         let session = self.session()?;
         let deadline = now() + timeout;
         let mut generations = self.shared.generation.subscribe();
@@ -594,6 +840,10 @@ mod tests {
         assert_eq!(Cursor::parse(&Version::new(5)), None);
         assert_eq!(Cursor::parse(&Version::opaque("1:2:3:4")), None);
         assert_eq!(Cursor::parse(&Version::opaque("a:b:c")), None);
+        let m = MirrorCursor { epoch: 2, seq: 9 };
+        assert_eq!(MirrorCursor::parse(&m.version()), Some(m));
+        assert_eq!(Cursor::parse(&m.version()), None);
+        assert_eq!(MirrorCursor::parse(&c.version()), None);
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub struct ZkOptions {
     /// rustls' *ring* provider as the process-wide default crypto provider if none is
     /// installed yet.
     pub tls: Option<ZkTls>,
+    /// One persistent recursive watch per session over [`prefix`](Self::prefix) keeps a
+    /// mirror of every scope (see the crate docs, "One watch per session"): `load` is
+    /// answered from it, `watch` waits on it for leader and control changes only, and an
+    /// idle leader's renewal needs no request of its own. On by default; off: every `load`
+    /// and `renew` asks the server, and `watch` arms a watch per scope.
+    pub watch_mirror: bool,
 }
 
 impl Default for ZkOptions {
@@ -108,6 +114,7 @@ impl Default for ZkOptions {
             sync_reads: true,
             detached: false,
             tls: None,
+            watch_mirror: true,
         }
     }
 }

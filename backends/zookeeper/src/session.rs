@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use zookeeper_client as zk;
 
 use crate::error::{Op, classify, interrupted};
+use crate::mirror::Mirror;
 use crate::options::{AclPolicy, ZkOptions, parse_connect};
 
 /// The caller's monotonic clock.
@@ -85,6 +86,14 @@ pub(crate) struct Shared {
     dirs: Mutex<HashSet<String>>,
     fatal: Mutex<Option<String>>,
     supervisor: Mutex<Option<AbortHandle>>,
+    /// The watch-fed view of every scope (when [`ZkOptions::watch_mirror`] is on).
+    pub(crate) mirror: Mirror,
+    /// How old a `sync` a mirror renewal may reuse as proof that the session is alive.
+    pub(crate) reuse: Duration,
+    /// Start of the last `sync` the ensemble answered, and the session number it ran in.
+    synced: Mutex<Option<(Instant, u64)>>,
+    /// One proof-of-life `sync` at a time, shared by every scope renewing meanwhile.
+    probe: tokio::sync::Mutex<()>,
 }
 
 impl Drop for Shared {
@@ -92,6 +101,7 @@ impl Drop for Shared {
         if let Some(task) = lock(&self.supervisor).take() {
             task.abort();
         }
+        self.mirror.stop();
     }
 }
 
@@ -205,6 +215,7 @@ impl Shared {
     pub(crate) fn new(
         options: ZkOptions,
         ttl: Duration,
+        reuse: Duration,
         session: Session,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Shared> {
@@ -222,10 +233,51 @@ impl Shared {
             dirs: Mutex::new(HashSet::new()),
             fatal: Mutex::new(None),
             supervisor: Mutex::new(None),
+            mirror: Mirror::default(),
+            reuse,
+            synced: Mutex::new(None),
+            probe: tokio::sync::Mutex::new(()),
         });
         let task = shared.runtime.spawn(supervise(Arc::downgrade(&shared)));
         *lock(&shared.supervisor) = Some(task.abort_handle());
         shared
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// The start of a `sync` the ensemble answered in `session`, at most [`reuse`](Self::reuse)
+    /// before `started`: proof that the ensemble leader heard from the session after that
+    /// instant, so it keeps the session (and its ephemeral znodes) for at least the session
+    /// timeout from then. One `sync` serves every renewal that comes while it is fresh.
+    pub(crate) async fn proof_of_life(&self, session: &Session, started: Instant) -> Result<Instant, DcsError> {
+        let earliest = started.checked_sub(self.reuse).unwrap_or(started);
+        let fresh = || {
+            let synced = *lock(&self.synced);
+            synced.filter(|(at, n)| *n == session.number && *at >= earliest).map(|(at, _)| at)
+        };
+        if let Some(at) = fresh() {
+            return Ok(at);
+        }
+        let _one = self.probe.lock().await;
+        if let Some(at) = fresh() {
+            return Ok(at);
+        }
+        let what = "proving the session is alive";
+        let sent = now();
+        let prefix = self.options.prefix.clone();
+        match self.run(session, Op::Read, what, |zk| zk.sync(&prefix)).await? {
+            Ok(()) => {
+                let mut synced = lock(&self.synced);
+                if synced.is_none_or(|(at, n)| n != session.number || at < sent) {
+                    *synced = Some((sent, session.number));
+                }
+                Ok(sent)
+            }
+            Err(zk::Error::SessionExpired) => Err(DcsError::lease_lost("the ZooKeeper session expired")),
+            Err(e) => Err(classify(Op::Read, what, e)),
+        }
     }
 
     pub(crate) fn create_options(&self, mode: zk::CreateMode) -> zk::CreateOptions<'_> {
@@ -253,6 +305,7 @@ impl Shared {
             task.abort();
         }
         lock(&self.scopes).clear();
+        self.mirror.stop();
         self.session.write().unwrap_or_else(PoisonError::into_inner).take();
         self.generation.send_modify(|g| *g += 1);
     }

@@ -470,6 +470,13 @@ impl Harness for ZkHarness {
     }
 }
 
+/// Deletes the znode at `path` (any version) through `client`'s session, as an operator's
+/// `delete` would: no leasehold rule is checked.
+pub async fn delete_znode(client: &ZkClient, path: &str) -> Result<(), DcsError> {
+    let session = client.shared_session()?;
+    session.zk.delete(path, None).await.map_err(|e| DcsError::unavailable_with(format!("deleting {path}"), e))
+}
+
 /// Writes `text` to stderr (test diagnostics that survive output capture on failure).
 pub fn note(text: &str) {
     let _ = writeln!(io::stderr(), "{text}");
