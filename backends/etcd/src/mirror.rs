@@ -155,7 +155,9 @@ impl Mirror {
         if !inner.options.watch_mirror || self.started.swap(true, Ordering::SeqCst) {
             return;
         }
-        let task = tokio::spawn(run(Arc::downgrade(inner)));
+        // The client owns its watch, as it owns its keep-alive (started within the caller's
+        // runtime: every `Dcs` call runs in one).
+        let task = tokio::runtime::Handle::current().spawn(run(Arc::downgrade(inner)));
         *lock(&self.task) = Some(task.abort_handle());
     }
 
