@@ -615,6 +615,20 @@ async fn metrics(State(st): Shared) -> Response {
             format!("{:.2}", p.cpu_seconds),
         );
     }
+    if let Some(view) = &s.view {
+        let mut garbage = std::collections::BTreeMap::<&str, usize>::new();
+        for p in &view.problems {
+            *garbage.entry(p.what).or_default() += 1;
+        }
+        let name = "leasehold_store_garbage_records";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Records in the scope that do not decode, by kind (a leader one blocks elections: see ctl list).\n# TYPE {name} gauge"
+        );
+        for kind in ["leader", "member", "config", "failover", "sync", "history", "status", "initialize"] {
+            let _ = writeln!(out, "{name}{{{labels},kind=\"{kind}\"}} {}", garbage.get(kind).copied().unwrap_or(0));
+        }
+    }
     let _ = writeln!(out, "# HELP leasehold_state The member's HA state.\n# TYPE leasehold_state gauge");
     for role in [NodeRole::Leader, NodeRole::Promoting, NodeRole::Demoting, NodeRole::Replica, NodeRole::Stopped] {
         let on = u8::from(s.status.role == role);

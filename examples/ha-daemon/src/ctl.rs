@@ -141,6 +141,36 @@ pub enum Format {
     Yaml,
 }
 
+/// A record in the store that does not decode, as `ctl list` shows it.
+#[derive(Debug, serde::Serialize)]
+struct Garbage {
+    kind: &'static str,
+    key: String,
+    reason: String,
+    consequence: &'static str,
+    /// For a leader key: how to clear it (nothing else will while it is bound to a live lease).
+    what_to_do: Option<String>,
+}
+
+/// The view's undecodable records with what they mean.
+fn garbage(view: &ClusterView) -> Vec<Garbage> {
+    view.problems
+        .iter()
+        .map(|p| Garbage {
+            kind: p.what,
+            key: p.key.clone(),
+            reason: p.reason.clone(),
+            consequence: leasehold::record::garbage_consequence(p.what),
+            what_to_do: (p.what == "leader").then(|| {
+                format!(
+                    "check what wrote it, then delete {} with the store's own tool (etcdctl del, zkCli delete, consul kv delete, kubectl delete lease); members elect a leader at their next loop",
+                    p.key
+                )
+            }),
+        })
+        .collect()
+}
+
 /// Prints `doc` as JSON or YAML (`Pretty` is the caller's own rendering).
 fn print_doc(format: Format, doc: &impl serde::Serialize) -> anyhow::Result<()> {
     match format {
@@ -358,6 +388,17 @@ impl Ctl {
         for r in rows.iter().filter(|r| !r.pending_restart_settings.is_empty()) {
             let _ = writeln!(out, "pending restart: {} ({})", r.name, r.pending_restart_settings.join(", "));
         }
+        for g in garbage(view) {
+            let _ = writeln!(
+                out,
+                "garbage in the store: the {} record at {} does not decode ({})",
+                g.kind, g.key, g.reason
+            );
+            let _ = writeln!(out, "  consequence: {}", g.consequence);
+            if let Some(todo) = &g.what_to_do {
+                let _ = writeln!(out, "  what to do: {todo}");
+            }
+        }
         if let Some(f) = &view.failover {
             let _ = writeln!(
                 out,
@@ -379,6 +420,7 @@ impl Ctl {
             "epoch": leader.map(|l| l.epoch.0),
             "paused": view.config.as_ref().is_some_and(|c| c.value.pause),
             "members": rows,
+            "garbage": garbage(view),
             "pending": view.failover.as_ref().map(|f| serde_json::json!({
                 "kind": if f.value.leader.is_some() { "switchover" } else { "failover" },
                 "from": f.value.leader,

@@ -258,3 +258,55 @@ fn rest_codes_and_tokens() {
     // Nothing changed.
     assert_eq!(c.leader(), Some((l, epoch)));
 }
+
+/// Issue 18: a leader key that does not decode (written by hand over the leader's) is shown by
+/// `ctl list` and `/metrics` with its consequence and what to do; no member takes over while it
+/// exists, and once an operator deletes it a member is elected again.
+#[test]
+fn a_garbage_leader_key_is_shown_blocks_elections_and_deleting_it_recovers() {
+    let c = Cluster::start(store(), 3);
+    c.wait_leader(LIMIT, |_, _| true);
+    let common::Store::Etcd { endpoint, .. } = &c.store else { unreachable!("etcd") };
+    let etcdctl = |args: &[&str]| {
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .output()
+            .expect("etcdctl runs");
+        assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out));
+    };
+    etcdctl(&["put", "/e2e/e2e/leader", "not a leader record {"]);
+
+    let list = |c: &Cluster| -> serde_json::Value {
+        let out = c.ctl(0, &["list", "--format", "json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+    };
+    c.wait_for("ctl list to show the garbage leader key and no leader", LIMIT, |c| {
+        let l = list(c);
+        l["leader"].is_null() && l["garbage"].as_array().is_some_and(|g| g.iter().any(|g| g["kind"] == "leader"))
+    });
+    let l = list(&c);
+    let g = l["garbage"].as_array().unwrap().iter().find(|g| g["kind"] == "leader").unwrap().clone();
+    assert_eq!(g["key"], "/e2e/e2e/leader", "{g}");
+    assert!(g["consequence"].as_str().unwrap().contains("elections are blocked"), "{g}");
+    assert!(g["what_to_do"].as_str().unwrap().contains("/e2e/e2e/leader"), "{g}");
+    let pretty = text(&c.ctl(0, &["list"]));
+    assert!(pretty.contains("garbage in the store: the leader record at /e2e/e2e/leader"), "{pretty}");
+    let name = &c.members[1].name;
+    let needle = format!("leasehold_store_garbage_records{{scope=\"e2e\",name=\"{name}\",kind=\"leader\"}} 1");
+    c.wait_for("/metrics to count the garbage leader key", LIMIT, |c| {
+        http("GET", &format!("{}/metrics", c.members[1].api), None, None).1.contains(&needle)
+    });
+    // The old leader lost its key (its renewal sees another record) and demotes; nobody can
+    // take the key while the garbage is there.
+    c.wait_for("no member to accept writes", LIMIT, |c| (0..3).all(|i| !c.client_write(i)));
+    assert!(list(&c)["leader"].is_null(), "no leader while the garbage key is there");
+
+    etcdctl(&["del", "/e2e/e2e/leader"]);
+    c.wait_leader(LIMIT, |_, _| true);
+    c.wait_for("the garbage to be gone from ctl list", LIMIT, |c| {
+        list(c)["garbage"].as_array().is_some_and(Vec::is_empty)
+    });
+}
