@@ -601,7 +601,53 @@ impl EtcdDcs {
     }
 }
 
+/// What [`EtcdDcs::remove_garbage_leader`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GarbageRemoval {
+    /// The undecodable leader key was deleted (it had not changed since it was read).
+    Removed {
+        /// Its `mod_revision` when it was read and deleted.
+        version: Version,
+    },
+    /// There is no leader key.
+    Absent,
+    /// The leader key decodes as a leader record: it is not garbage, nothing was deleted.
+    Valid,
+    /// It changed between the read and the delete; nothing was deleted.
+    Changed,
+}
+
 impl EtcdDcs {
+    /// Deletes the scope's leader key if it does not decode as a leader record, by a
+    /// compare-and-delete on exactly the bytes and revision read: the operator's way out of
+    /// a hand-written or corrupted key that blocks elections (no member may take a key that
+    /// exists). A valid record, of any member, is never touched.
+    pub async fn remove_garbage_leader(&self) -> Result<GarbageRemoval, DcsError> {
+        self.ready()?;
+        let key = self.leader.as_str();
+        self.inner.count();
+        let resp = timed(Op::Read, &format!("read {key}"), self.limit(), || async {
+            self.inner.etcd.kv_client().get(key, None).await
+        })
+        .await?;
+        let Some(kv) = resp.kvs().first() else { return Ok(GarbageRemoval::Absent) };
+        if LeaderRecord::decode(key, kv.value()).is_ok() {
+            return Ok(GarbageRemoval::Valid);
+        }
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(key, CompareOp::Equal, kv.mod_revision()),
+                Compare::value(key, CompareOp::Equal, kv.value().to_vec()),
+            ])
+            .and_then([TxnOp::delete(key, None)]);
+        let resp = self.txn(Op::Write, &format!("delete undecodable {key}"), txn).await?;
+        Ok(if resp.succeeded() {
+            GarbageRemoval::Removed { version: Version::new(kv.mod_revision().unsigned_abs()) }
+        } else {
+            GarbageRemoval::Changed
+        })
+    }
+
     /// A control key's current version (`None` when absent), by a linearizable read.
     async fn control_version(&self, path: &str) -> Result<Option<Version>, DcsError> {
         self.inner.count();

@@ -108,5 +108,5 @@ pub mod testing;
 pub struct ReadmeDoctests;
 
 pub use client::EtcdClient;
-pub use dcs::EtcdDcs;
+pub use dcs::{EtcdDcs, GarbageRemoval};
 pub use options::EtcdOptions;

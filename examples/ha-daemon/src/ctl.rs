@@ -121,6 +121,13 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 3600)]
         wait: u64,
     },
+    /// Delete a leader key that does not decode (it blocks elections), after its key is typed
+    /// on stdin. A valid leader record is never removed. etcd only.
+    RemoveGarbageLeader {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        force: bool,
+    },
     /// Wipe the scope's keys from the store, after the scope's name is typed on stdin.
     /// Refused while a member is registered (alive) unless `--force`.
     Remove {
@@ -163,7 +170,7 @@ fn garbage(view: &ClusterView) -> Vec<Garbage> {
             consequence: leasehold::record::garbage_consequence(p.what),
             what_to_do: (p.what == "leader").then(|| {
                 format!(
-                    "check what wrote it, then delete {} with the store's own tool (etcdctl del, zkCli delete, consul kv delete, kubectl delete lease); members elect a leader at their next loop",
+                    "check what wrote it, then delete {} (`ctl remove-garbage-leader` on etcd; else the store's own tool: zkCli delete, consul kv delete, kubectl delete lease); members elect a leader at their next loop",
                     p.key
                 )
             }),
@@ -268,6 +275,19 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
             ctl.member_action(&member, "reinit", "/reinitialize", force, Duration::from_secs(wait)).await?
         }
         CtlCommand::Remove { force } => ctl.remove(force).await?,
+        CtlCommand::RemoveGarbageLeader { force } => {
+            let view = ctl.load().await?;
+            let Some(g) = garbage(&view).into_iter().find(|g| g.kind == "leader") else {
+                bail!("the leader key decodes (or is absent): there is no garbage leader key to remove")
+            };
+            println!("the leader record at {} does not decode: {}", g.key, g.reason);
+            println!("{}", g.consequence);
+            if !force {
+                confirm(&format!("type the key ({}) to delete it:", g.key), &g.key)?;
+            }
+            println!("{}", store.remove_garbage_leader().await?);
+            0
+        }
         CtlCommand::Switchover { candidate, wait } => ctl.switchover(candidate, Duration::from_secs(wait)).await?,
         CtlCommand::Failover { candidate, wait } => ctl.failover(candidate, Duration::from_secs(wait)).await?,
         CtlCommand::ShowConfig { format } => {

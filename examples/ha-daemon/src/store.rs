@@ -159,6 +159,35 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
 }
 
 impl Store {
+    /// Deletes the scope's leader key if it does not decode (compare-and-delete on what was
+    /// read). Built for etcd; on the other stores it says which tool to use.
+    pub async fn remove_garbage_leader(&self) -> anyhow::Result<String> {
+        match &self.client {
+            #[cfg(feature = "etcd")]
+            Client::Etcd(c) => {
+                use leasehold_etcd::GarbageRemoval;
+                Ok(match c.scope(self.dcs.scope()).remove_garbage_leader().await? {
+                    GarbageRemoval::Removed { version } => {
+                        format!("removed the undecodable leader key (it was at revision {version})")
+                    }
+                    GarbageRemoval::Absent => anyhow::bail!("there is no leader key; nothing was removed"),
+                    GarbageRemoval::Valid => {
+                        anyhow::bail!("the leader key holds a valid leader record; nothing was removed")
+                    }
+                    GarbageRemoval::Changed => {
+                        anyhow::bail!(
+                            "the leader key changed while it was being removed; nothing was removed, look again"
+                        )
+                    }
+                })
+            }
+            #[allow(unreachable_patterns)] // with only etcd built in, no other client exists
+            _ => anyhow::bail!(
+                "removing a leader key is built for etcd only; delete it with the store's own tool (zkCli delete, consul kv delete, kubectl delete lease) after checking what wrote it"
+            ),
+        }
+    }
+
     /// Ends the process's lease or session (the client's `shutdown`) so its member keys
     /// vanish now. Release the leader key first (the driver's clean shutdown does).
     pub async fn close(self) {
