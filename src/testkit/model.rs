@@ -346,6 +346,7 @@ impl MemoryModel {
 
     /// The keys of `scope`, in key order, each with the revision that last wrote it: what a
     /// watch that filters by key (the simulator's) compares between two revisions.
+    #[cfg(feature = "sim")]
     pub(crate) fn key_revisions(&self, scope: &str) -> impl Iterator<Item = (&Key, u64)> {
         self.scopes.get(scope).into_iter().flat_map(|d| d.keys.iter().map(|(k, e)| (k, e.mod_revision)))
     }
