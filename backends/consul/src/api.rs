@@ -137,10 +137,19 @@ fn escape_path(key: &str) -> String {
 /// Maps a failed send or body read: nothing sent is `Unavailable`; a write that may have
 /// reached the agent is `OutcomeUnknown`.
 fn transport(e: reqwest::Error, kind: Kind, what: &str) -> DcsError {
+    // reqwest's own text names only the URL; the cause (refused, a TLS alert, an unknown CA)
+    // is in its sources.
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
     if e.is_connect() || e.is_builder() || kind == Kind::Read {
-        DcsError::unavailable_with(format!("consul {what}: {e}"), e)
+        DcsError::unavailable_with(format!("consul {what}: {text}"), e)
     } else {
-        DcsError::unknown_with(format!("consul {what}: no answer, it may have been applied: {e}"), e)
+        DcsError::unknown_with(format!("consul {what}: no answer, it may have been applied: {text}"), e)
     }
 }
 

@@ -38,9 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::options::EtcdOptions;
 
-mod pki;
-
-pub use pki::{Pki, make_pki};
+pub use leasehold_test_servers::{Pki, make_pki};
 
 /// How long to wait for members to become healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(30);

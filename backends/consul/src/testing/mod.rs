@@ -49,6 +49,9 @@ pub struct ConsulAgentConfig {
     pub session_ttl_min: Option<Duration>,
     /// Turn ACLs on: default policy deny, this bootstrap (`master`) token.
     pub acl_master_token: Option<String>,
+    /// Also serve HTTPS with this PKI's server certificate, requiring a client certificate
+    /// signed by its CA (`verify_incoming_https`); [`ConsulAgent::https_options`] connects.
+    pub tls: Option<leasehold_test_servers::Pki>,
 }
 
 /// A running `consul agent -dev`; dropping it kills it.
@@ -56,6 +59,7 @@ pub struct ConsulAgent {
     dir: TempDir,
     binary: ServerBinary,
     http_port: u16,
+    https_port: Option<u16>,
     args: Vec<String>,
     config: ConsulAgentConfig,
     agent: Guarded,
@@ -126,6 +130,20 @@ impl ConsulAgent {
         if let Some(min) = config.session_ttl_min {
             hcl.push(format!("session_ttl_min = \"{}\"", go_millis(min)));
         }
+        let https_port = match &config.tls {
+            Some(pki) => {
+                let port = free_port()?;
+                hcl.push(format!("ports {{ https = {port} }}"));
+                hcl.push(format!(
+                    "cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\nverify_incoming_https = true",
+                    pki.server_cert.display(),
+                    pki.server_key.display(),
+                    pki.ca.display()
+                ));
+                Some(port)
+            }
+            None => None,
+        };
         if let Some(token) = &config.acl_master_token {
             hcl.push(format!(
                 "acl {{ enabled = true, default_policy = \"deny\", down_policy = \"extend-cache\", tokens {{ master = \"{token}\", agent = \"{token}\" }} }}"
@@ -140,6 +158,7 @@ impl ConsulAgent {
             dir,
             binary: binary.clone(),
             http_port,
+            https_port,
             args,
             config: config.clone(),
             version: version.to_string(),
@@ -209,6 +228,21 @@ impl ConsulAgent {
             request_timeout: Duration::from_secs(5),
             ..ConsulOptions::default()
         }
+    }
+
+    /// Client options over HTTPS with the PKI's CA and client certificate, when the agent
+    /// was started with [`ConsulAgentConfig::tls`].
+    pub fn https_options(&self) -> Option<ConsulOptions> {
+        let (port, pki) = (self.https_port?, self.config.tls.as_ref()?);
+        Some(ConsulOptions {
+            address: format!("https://127.0.0.1:{port}"),
+            tls: Some(crate::ConsulTls {
+                ca_cert: Some(pki.ca.clone()),
+                client_cert: Some(pki.client_cert.clone()),
+                client_key: Some(pki.client_key.clone()),
+            }),
+            ..self.options()
+        })
     }
 
     /// A timing for clients and nodes on this agent: ttl 2 x its `session_ttl_min` (the

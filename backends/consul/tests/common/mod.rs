@@ -42,6 +42,7 @@ pub const AGENT_SESSION_TTL_MIN: Duration = Duration::from_secs(1);
 
 /// What the tests run against: a real Consul agent when one is found (see
 /// `leasehold_consul::testing`), else the in-repo emulator, saying so in one line.
+#[allow(clippy::large_enum_variant)] // one per test; boxing would only add derefs
 pub enum Target {
     /// A real `consul agent -dev` with ACLs on (master token `TOKEN`) and `session_ttl_min` 1 s.
     Real(ConsulAgent),
@@ -61,6 +62,7 @@ impl Target {
                 let config = ConsulAgentConfig {
                     session_ttl_min: Some(AGENT_SESSION_TTL_MIN),
                     acl_master_token: Some(TOKEN.into()),
+                    tls: None,
                 };
                 let agent = ConsulAgent::start(config).await.expect("consul starts");
                 announce(format!(

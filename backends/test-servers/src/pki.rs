@@ -40,7 +40,7 @@ pub fn make_pki(dir: &Path) -> Pki {
         (cert.pem(), key.serialize_pem())
     };
     let (server_pem, server_key_pem) =
-        leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "etcd");
+        leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "server");
     let (client_pem, client_key_pem) = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "leasehold");
 
     let write = |name: &str, text: &str| {
