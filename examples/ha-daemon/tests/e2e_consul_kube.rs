@@ -164,3 +164,18 @@ fn ha_daemon_on_real_kubernetes() {
         scenario(store);
     }
 }
+
+/// Issue 18: the daemon and ctl on a Consul agent that serves HTTPS only to clients with a
+/// certificate (`[consul] cacert / cert / key`): a leader is elected and a switchover to a
+/// named candidate goes through.
+#[test]
+fn consul_over_tls_elects_and_switches_over() {
+    let Some(store) = Store::consul_tls() else { return };
+    let c = Cluster::start(store, 3);
+    let (leader, epoch) = c.wait_leader(LIMIT, |_, _| true);
+    let out = c.ctl(leader, &["list"]);
+    assert!(out.status.success(), "ctl reaches the agent over TLS: {}", text(&out));
+    let (next, next_epoch) = switchover(&c, leader, epoch);
+    assert_ne!(next, leader);
+    assert!(next_epoch > epoch);
+}

@@ -133,6 +133,13 @@ pub enum Store {
         agent: leasehold_consul::testing::ConsulAgent,
         _rt: tokio::runtime::Runtime,
     },
+    /// A real Consul agent serving HTTPS and requiring client certificates (throwaway PKI);
+    /// members reach it over HTTPS only.
+    ConsulTls {
+        agent: leasehold_consul::testing::ConsulAgent,
+        _dir: tempfile::TempDir,
+        _rt: tokio::runtime::Runtime,
+    },
     /// A real kube-apiserver over its own etcd; members use an admin kubeconfig that verifies
     /// the server's certificate.
     Kubernetes {
@@ -220,6 +227,20 @@ impl Store {
         Some(Store::Consul { agent, _rt: rt })
     }
 
+    /// A real Consul agent with HTTPS and client-certificate checks; `None` as for
+    /// [`Store::consul`].
+    pub fn consul_tls() -> Option<Store> {
+        use leasehold_consul::testing::{ConsulAgent, ConsulAgentConfig};
+        ConsulAgent::binary().expect("the shared consul is usable")?;
+        let dir = tempfile::Builder::new().prefix("leasehold-ha-consul-pki-").tempdir().unwrap();
+        let pki = leasehold_test_servers::make_pki(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let config = ConsulAgentConfig { tls: Some(pki), ..ConsulAgentConfig::default() };
+        let agent = rt.block_on(ConsulAgent::start(config)).expect("consul with TLS starts");
+        announce(&format!("daemon e2e: real agent {} with HTTPS", agent.version()));
+        Some(Store::ConsulTls { agent, _dir: dir, _rt: rt })
+    }
+
     /// A real kube-apiserver (`leasehold_kube::testing`); `None` as for [`Store::consul`].
     pub fn kubernetes() -> Option<Store> {
         use leasehold_kube::testing::{KubeApiServer, KubeApiServerConfig};
@@ -251,7 +272,9 @@ impl Store {
     /// whose 10 s session-TTL floor needs ttl >= 20 s.
     pub fn timing(&self) -> &'static str {
         match self {
-            Store::Consul { .. } => "ttl = \"20s\"\nloop_wait = \"2s\"\nretry_timeout = \"4s\"\n",
+            Store::Consul { .. } | Store::ConsulTls { .. } => {
+                "ttl = \"20s\"\nloop_wait = \"2s\"\nretry_timeout = \"4s\"\n"
+            }
             _ => "ttl = \"5s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n",
         }
     }
@@ -260,6 +283,18 @@ impl Store {
     pub fn section(&self) -> String {
         match self {
             Store::Consul { agent, .. } => format!("[consul]\naddress = \"{}\"\nprefix = \"e2e\"\n", agent.address()),
+            Store::ConsulTls { agent, .. } => {
+                let options = agent.https_options().expect("the agent serves HTTPS");
+                let tls = options.tls.expect("TLS files");
+                let path = |p: Option<std::path::PathBuf>| p.expect("PKI file").display().to_string();
+                format!(
+                    "[consul]\naddress = \"{}\"\nprefix = \"e2e\"\ncacert = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                    options.address,
+                    path(tls.ca_cert),
+                    path(tls.client_cert),
+                    path(tls.client_key)
+                )
+            }
             Store::Kubernetes { kubeconfig, .. } => {
                 format!("[kubernetes]\nnamespace = \"{KUBE_NAMESPACE}\"\nkubeconfig = \"{}\"\n", kubeconfig.display())
             }
