@@ -13,7 +13,8 @@ use rcgen::{
 pub struct Pki {
     /// The CA's certificate: what clients and the server trust.
     pub ca: PathBuf,
-    /// The server's certificate, for `127.0.0.1` and `localhost`.
+    /// The server's certificate, for `127.0.0.1` and `localhost`; also good for client
+    /// authentication, so a member that serves with it can present it to its peers.
     pub server_cert: PathBuf,
     /// Its key.
     pub server_key: PathBuf,
@@ -31,17 +32,20 @@ pub fn make_pki(dir: &Path) -> Pki {
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key")).expect("CA cert");
 
-    let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
+    let leaf = |names: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>, cn: &str| {
         let mut params = CertificateParams::new(names).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &ca).expect("leaf cert");
         (cert.pem(), key.serialize_pem())
     };
-    let (server_pem, server_key_pem) =
-        leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth, "server");
-    let (client_pem, client_key_pem) = leaf(vec![], ExtendedKeyUsagePurpose::ClientAuth, "leasehold");
+    let (server_pem, server_key_pem) = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        "server",
+    );
+    let (client_pem, client_key_pem) = leaf(vec![], vec![ExtendedKeyUsagePurpose::ClientAuth], "leasehold");
 
     let write = |name: &str, text: &str| {
         let path = dir.join(name);

@@ -2,7 +2,8 @@
 //! `keyfile`, `cafile`, `verify_client`; `ctl.cacert`), the ctl verbs `topology`, `restart`,
 //! `reload`, `reinit`, `remove` and `--format yaml`, and the latency histograms on
 //! `/metrics`. Real etcd, real daemon processes, the file resource; certificates are made
-//! in-process with rcgen. Waits use deadlines; nothing asserts on elapsed time.
+//! in-process (`leasehold_test_servers::make_pki`; members serve with the server certificate
+//! and present it to peers). Waits use deadlines; nothing asserts on elapsed time.
 
 mod common;
 
@@ -12,58 +13,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{Cluster, Member, Store, TOKEN, free_port, text};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
-};
+use leasehold_test_servers::make_pki;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(40);
-
-/// PEM files: a CA, the members' certificate (server and client use, for 127.0.0.1), and a
-/// client certificate for ctl.
-struct Pki {
-    ca: PathBuf,
-    member_cert: PathBuf,
-    member_key: PathBuf,
-    ctl_cert: PathBuf,
-    ctl_key: PathBuf,
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "leasehold-ha test CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>, usages: Vec<ExtendedKeyUsagePurpose>, cn: &str| {
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = usages;
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    // Members serve with it and present it to peers that verify clients (Patroni's way).
-    let (member, member_key) = leaf(
-        vec!["127.0.0.1".into(), "localhost".into()],
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        "member",
-    );
-    let (ctl, ctl_key) = leaf(vec![], vec![ExtendedKeyUsagePurpose::ClientAuth], "ctl");
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    Pki {
-        ca: write("ca.pem", &ca.pem()),
-        member_cert: write("member.pem", &member),
-        member_key: write("member-key.pem", &member_key),
-        ctl_cert: write("ctl.pem", &ctl),
-        ctl_key: write("ctl-key.pem", &ctl_key),
-    }
-}
 
 /// A hooks directory: the file resource's hooks plus `restart`, `reload` and `reinit` hooks
 /// that log `<member> <action> <args>` to `$ACTIONS_LOG`.
@@ -192,8 +145,8 @@ fn rest_api_over_tls_with_client_certificates() {
     let tls = |i: usize| {
         format!(
             "certfile = \"{}\"\nkeyfile = \"{}\"\ncafile = \"{}\"\nverify_client = \"{}\"\n",
-            pki.member_cert.display(),
-            pki.member_key.display(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
             pki.ca.display(),
             if i == 1 { "optional" } else { "required" }
         )
@@ -201,11 +154,11 @@ fn rest_api_over_tls_with_client_certificates() {
     let ctl = format!(
         "[ctl]\ncacert = \"{}\"\ncertfile = \"{}\"\nkeyfile = \"{}\"\n",
         pki.ca.display(),
-        pki.ctl_cert.display(),
-        pki.ctl_key.display()
+        pki.client_cert.display(),
+        pki.client_key.display()
     );
     let c = start(Store::etcd(), 3, tls, &ctl);
-    let client = Some((pki.ctl_cert.as_path(), pki.ctl_key.as_path()));
+    let client = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
 
     // ctl reads every member's /status over HTTPS (a member it could not reach shows `running?`).
     let leader = wait_listed_leader(&c, 0);
@@ -297,32 +250,32 @@ fn bad_tls_files_are_refused_at_check_config_naming_the_key() {
         |cert: &Path, key: &Path| format!("certfile = \"{}\"\nkeyfile = \"{}\"\n", cert.display(), key.display());
     let missing = dir.path().join("missing.pem");
     let cases: Vec<(String, &str)> = vec![
-        (base(&files(&missing, &pki.member_key), ""), "config key `restapi.certfile`: cannot read"),
-        (base(&files(&garbage, &pki.member_key), ""), "config key `restapi.certfile`"),
-        (base(&files(&pki.member_cert, &garbage), ""), "config key `restapi.keyfile`"),
-        (base(&files(&pki.member_cert, &other_pki.member_key), ""), "config key `restapi.keyfile`"),
+        (base(&files(&missing, &pki.server_key), ""), "config key `restapi.certfile`: cannot read"),
+        (base(&files(&garbage, &pki.server_key), ""), "config key `restapi.certfile`"),
+        (base(&files(&pki.server_cert, &garbage), ""), "config key `restapi.keyfile`"),
+        (base(&files(&pki.server_cert, &other_pki.server_key), ""), "config key `restapi.keyfile`"),
         (
-            base(&format!("certfile = \"{}\"\n", pki.member_cert.display()), ""),
+            base(&format!("certfile = \"{}\"\n", pki.server_cert.display()), ""),
             "config key `restapi.keyfile`: is required",
         ),
         (
-            base(&format!("{}verify_client = \"required\"\n", files(&pki.member_cert, &pki.member_key)), ""),
+            base(&format!("{}verify_client = \"required\"\n", files(&pki.server_cert, &pki.server_key)), ""),
             "config key `restapi.cafile`",
         ),
         (
-            base(&format!("{}verify_client = \"sometimes\"\n", files(&pki.member_cert, &pki.member_key)), ""),
+            base(&format!("{}verify_client = \"sometimes\"\n", files(&pki.server_cert, &pki.server_key)), ""),
             "verify_client",
         ),
         (
-            base(&format!("{}cafile = \"{}\"\n", files(&pki.member_cert, &pki.member_key), garbage.display()), ""),
+            base(&format!("{}cafile = \"{}\"\n", files(&pki.server_cert, &pki.server_key), garbage.display()), ""),
             "config key `restapi.cafile`",
         ),
         (
-            base(&format!("{}connect_url = \"http://127.0.0.1:8008\"\n", files(&pki.member_cert, &pki.member_key)), ""),
+            base(&format!("{}connect_url = \"http://127.0.0.1:8008\"\n", files(&pki.server_cert, &pki.server_key)), ""),
             "config key `restapi.connect_url`",
         ),
         (base("", &format!("[ctl]\ncacert = \"{}\"\n", missing.display())), "config key `ctl.cacert`"),
-        (base("", &format!("[ctl]\ncertfile = \"{}\"\n", pki.ctl_cert.display())), "config key `ctl.keyfile`"),
+        (base("", &format!("[ctl]\ncertfile = \"{}\"\n", pki.client_cert.display())), "config key `ctl.keyfile`"),
     ];
     for (config, expected) in cases {
         let path = dir.path().join("bad.toml");
@@ -335,7 +288,7 @@ fn bad_tls_files_are_refused_at_check_config_naming_the_key() {
     }
     // The good files pass, and the default connect URL is https.
     let path = dir.path().join("good.toml");
-    std::fs::write(&path, base(&files(&pki.member_cert, &pki.member_key), "")).unwrap();
+    std::fs::write(&path, base(&files(&pki.server_cert, &pki.server_key), "")).unwrap();
     let out = Command::new(common::bin()).arg("--config").arg(&path).args(["run", "--check-config"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("api https://127.0.0.1:8008"), "{}", text(&out));
