@@ -44,17 +44,30 @@ impl Observed for Consul {
         leaders_of(scopes, |name| self.client.scope(name)).await
     }
 
-    /// By member and endpoint (`PUT /v1/session/renew`), ids and key names cut off.
+    /// By member and request kind (`PUT /v1/kv/service/*/leader?acquire`): ids, scope names
+    /// and query values cut off.
     async fn requests(&self) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
         for (member, proxy) in &self.proxies {
             for (line, n) in proxy.http_requests() {
-                let endpoint = line.split('/').take(4).collect::<Vec<_>>().join("/");
-                *out.entry(format!("{member} {endpoint}")).or_default() += n as f64;
+                *out.entry(format!("{member} {}", kind(&line))).or_default() += n as f64;
             }
         }
         out
     }
+}
+
+/// `PUT /v1/kv/service/c0042/members/m1?acquire=<id>` -> `PUT /v1/kv/service/*/members?acquire`;
+/// `PUT /v1/session/renew/<id>` -> `PUT /v1/session/renew`.
+fn kind(line: &str) -> String {
+    let (path, query) = line.split_once('?').unwrap_or((line, ""));
+    let parts: Vec<&str> = path.split('/').collect();
+    let path = match parts.get(2) {
+        Some(&"kv") if parts.len() > 5 => format!("{}/*/{}", parts[..4].join("/"), parts[5]),
+        _ => parts.iter().take(4).copied().collect::<Vec<_>>().join("/"),
+    };
+    let keys: Vec<&str> = query.split('&').filter_map(|kv| kv.split('=').next()).filter(|k| !k.is_empty()).collect();
+    if keys.is_empty() { path } else { format!("{path}?{}", keys.join("&")) }
 }
 
 async fn coordinator(s: Settings) {
@@ -95,7 +108,8 @@ fn main() {
     if args.first().map(String::as_str) == Some("member") {
         let (address, name, s) = (args[1].clone(), args[2].clone(), Settings::parse(&args[3..]));
         runtime.block_on(async move {
-            let options = ConsulOptions { address, request_timeout: Duration::from_secs(5), ..ConsulOptions::default() };
+            let options =
+                ConsulOptions { address, request_timeout: Duration::from_secs(5), ..ConsulOptions::default() };
             let client = ConsulClient::connect(options, &s.timing()).await.expect("connects");
             run_member(&name, &s, |scope| client.scope(scope)).await;
         });

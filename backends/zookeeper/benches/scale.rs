@@ -30,12 +30,7 @@ use leasehold_zookeeper::{ZkClient, ZkOptions};
 use tokio::time::Instant;
 
 fn options(connect: String) -> ZkOptions {
-    ZkOptions {
-        connect,
-        prefix: "/leasehold".into(),
-        request_timeout: Duration::from_secs(5),
-        ..ZkOptions::default()
-    }
+    ZkOptions { connect, prefix: "/leasehold".into(), request_timeout: Duration::from_secs(5), ..ZkOptions::default() }
 }
 
 /// The coordinator's view: its own client (its reads happen outside the idle window) and
@@ -63,10 +58,7 @@ impl Observed for Zk {
 }
 
 async fn coordinator(s: Settings) {
-    let config = ZkConfig {
-        max_session_timeout: Some(Duration::from_secs(2 * s.ttl)),
-        ..ZkConfig::new(1)
-    };
+    let config = ZkConfig { max_session_timeout: Some(Duration::from_secs(2 * s.ttl)), ..ZkConfig::new(1) };
     let server = ZkServer::start_with(config).await.expect("ZooKeeper starts");
     println!(
         "{} scopes x 3 members in 3 processes on one ZooKeeper at {} (ttl {} s, loop_wait {} s, retry_timeout {} s)",
