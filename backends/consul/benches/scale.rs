@@ -44,8 +44,7 @@ impl Observed for Consul {
         leaders_of(scopes, |name| self.client.scope(name)).await
     }
 
-    /// By member and request kind (`PUT /v1/kv/service/*/leader?acquire`): ids, scope names
-    /// and query values cut off.
+    /// By member and request kind (`PUT /v1/kv/service/*/leader`): ids and scope names cut off.
     async fn requests(&self) -> BTreeMap<String, f64> {
         let mut out = BTreeMap::new();
         for (member, proxy) in &self.proxies {
@@ -57,17 +56,14 @@ impl Observed for Consul {
     }
 }
 
-/// `PUT /v1/kv/service/c0042/members/m1?acquire=<id>` -> `PUT /v1/kv/service/*/members?acquire`;
-/// `PUT /v1/session/renew/<id>` -> `PUT /v1/session/renew`.
+/// `PUT /v1/kv/service/c0042/members/m1` -> `PUT /v1/kv/service/*/members`;
+/// `PUT /v1/session/renew/<id>` -> `PUT /v1/session/renew` (the proxy already cut the query).
 fn kind(line: &str) -> String {
-    let (path, query) = line.split_once('?').unwrap_or((line, ""));
-    let parts: Vec<&str> = path.split('/').collect();
-    let path = match parts.get(2) {
+    let parts: Vec<&str> = line.split('/').collect();
+    match parts.get(2) {
         Some(&"kv") if parts.len() > 5 => format!("{}/*/{}", parts[..4].join("/"), parts[5]),
         _ => parts.iter().take(4).copied().collect::<Vec<_>>().join("/"),
-    };
-    let keys: Vec<&str> = query.split('&').filter_map(|kv| kv.split('=').next()).filter(|k| !k.is_empty()).collect();
-    if keys.is_empty() { path } else { format!("{path}?{}", keys.join("&")) }
+    }
 }
 
 async fn coordinator(s: Settings) {
