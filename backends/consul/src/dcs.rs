@@ -323,6 +323,14 @@ impl ConsulDcs {
         let key = self.key(&Key::Member(member.name.clone()));
         let value = member.encode();
         let session = self.client.ensure_session().await?;
+        // The mirror shows this very record held by this session: nothing to write (the
+        // driver publishes every loop; only a change costs a request, as on etcd).
+        if let Some(Some(e)) = self.client.inner.mirror.get_now(&key)
+            && e.value == value
+            && e.session.as_deref() == Some(session.as_str())
+        {
+            return Ok(());
+        }
         self.client.publish_key(&key, &value, &session).await?;
         self.client.inner.mirror.wrote(&key, &value);
         self.client.remember_member(&key, &value);
