@@ -66,6 +66,7 @@
 mod client;
 mod dcs;
 mod error;
+mod mirror;
 mod names;
 mod objects;
 mod observe;
