@@ -627,10 +627,12 @@ impl Dcs for KubeDcs {
                 };
                 since = objects::rv(&object).to_string();
                 let name = objects::name(&object).to_string();
-                if names.role_of(&name).is_none() {
+                let Some(role) = names.role_of(&name) else { continue };
+                obs.observe(&name, &since, now());
+                // Member records wake nobody (the `Dcs::watch` contract allows it), as on the mirror.
+                if matches!(role, ObjectRole::Member(_)) {
                     continue;
                 }
-                obs.observe(&name, &since, now());
                 let Some(known) = known.as_mut() else { return Ok(WatchEvent::Changed) };
                 let changed = if deleted {
                     known.remove(&name).is_some()
