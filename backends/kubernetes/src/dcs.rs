@@ -305,11 +305,8 @@ impl KubeDcs {
             }
         };
         let obs = &self.inner.observations;
-        let expiry = holders
-            .iter()
-            .filter_map(|(name, d)| obs.since(name).map(|s| s + *d))
-            .filter(|at| *at > loaded_at)
-            .min();
+        let expiry =
+            holders.iter().filter_map(|(name, d)| obs.since(name).map(|s| s + *d)).filter(|at| *at > loaded_at).min();
         let wake = expiry.map_or(deadline, |at| at.min(deadline));
         if mirror.wait(&self.scope, since, wake).await || wake < deadline {
             WatchEvent::Changed

@@ -84,30 +84,30 @@ async fn member_writes_do_not_wake_a_leader_change_does_and_idle_loads_send_noth
     assert_eq!(view.leader.as_ref().map(|l| l.epoch), Some(lease.epoch), "{view:?}");
 
     // A member publish and a leader renewal while the follower waits: neither wakes it.
-    let waiting = {
-        let df = client(&target, options()).await.scope("mir");
-        load_until(&df, |v| v.leader.is_some()).await.unwrap();
-        // Let its mirror come up, so the watch below is served by it.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let view = load_until(&df, |v| v.leader.is_some()).await.unwrap();
-        tokio::spawn(async move { df.watch(view.revision.as_ref(), Duration::from_secs(3)).await })
+    let waiter = client(&target, options()).await.scope("mir");
+    load_until(&waiter, |v| v.leader.is_some()).await.unwrap();
+    // Let its mirror come up, so the watch below is served by it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = load_until(&waiter, |v| v.leader.is_some()).await.unwrap();
+    let writes = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        dm.publish_member(&MemberRecord::new("c")).await.unwrap();
+        dl.renew(&lease).await.unwrap().won().expect("ours")
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    dm.publish_member(&MemberRecord::new("c")).await.unwrap();
-    lease = dl.renew(&lease).await.unwrap().won().expect("ours");
-    assert_eq!(waiting.await.unwrap().unwrap(), WatchEvent::Timeout, "woken by a member write or a renewal");
+    let (woken, renewed) = tokio::join!(waiter.watch(view.revision.as_ref(), Duration::from_secs(3)), writes);
+    lease = renewed;
+    assert_eq!(woken.unwrap(), WatchEvent::Timeout, "woken by a member write or a renewal");
     let view = load_until(&df, |v| v.member("c").is_some()).await.unwrap();
     assert!(view.member("c").is_some(), "the member write shows in the mirror: {:?}", view.members);
 
     // A leader change wakes it.
     let view = load_until(&df, |v| v.leader.as_ref().is_some_and(|l| l.version == lease.version)).await.unwrap();
-    let waiting = {
-        let df = follower.scope("mir");
-        tokio::spawn(async move { df.watch(view.revision.as_ref(), Duration::from_secs(20)).await })
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(dl.release(&lease).await.unwrap().is_won());
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(dl.release(&lease).await.unwrap().is_won());
-    assert_eq!(waiting.await.unwrap().unwrap(), WatchEvent::Changed, "a released leader must wake the watch");
+    let (woken, ()) = tokio::join!(df.watch(view.revision.as_ref(), Duration::from_secs(20)), release);
+    assert_eq!(woken.unwrap(), WatchEvent::Changed, "a released leader must wake the watch");
     let view = load_until(&df, |v| v.leader.is_none()).await.unwrap();
     assert!(view.leader.is_none(), "the release shows: {:?}", view.leader);
     let lease = dl.acquire(&record("a")).await.unwrap().won().expect("free again");
