@@ -18,10 +18,14 @@ use leasehold_kube::{KubeClient, KubeOptions};
 const NAMESPACE: &str = "bench";
 
 async fn client(server: &KubeApiServer, ttl: Duration) -> KubeClient {
+    client_with(server, ttl, true).await
+}
+
+async fn client_with(server: &KubeApiServer, ttl: Duration, watch_mirror: bool) -> KubeClient {
     let config = server.kube_config(server.admin_token(), NAMESPACE).await.expect("config");
     leasehold_kube::install_default_crypto_provider();
     let kube = kube::Client::try_from(config).expect("kube client");
-    let options = KubeOptions { namespace: Some(NAMESPACE.into()), ..KubeOptions::default() };
+    let options = KubeOptions { namespace: Some(NAMESPACE.into()), watch_mirror, ..KubeOptions::default() };
     KubeClient::from_client(kube, NAMESPACE, options, &Timing { ttl, ..Timing::default() }).expect("client")
 }
 
@@ -203,6 +207,44 @@ async fn idle(server: &KubeApiServer, audit: &mut Audit, scopes: usize) {
     client.stop();
 }
 
+/// An idle follower's HA loop (load, then watch for `loop_wait`) over a window in which the
+/// leader (another client) does not change, with the mirror on or off: requests per second
+/// from the follower's client (its member keep-alive included).
+async fn idle_follower(server: &KubeApiServer, audit: &mut Audit, watch_mirror: bool) {
+    let (ttl, loop_wait, window) = (Duration::from_secs(30), Duration::from_secs(1), Duration::from_secs(15));
+    let leader = client(server, ttl).await;
+    let follower = client_with(server, ttl, watch_mirror).await;
+    let scope = format!("idlefollower-{watch_mirror}");
+    let (dl, df) = (leader.scope(&scope), follower.scope(&scope));
+    let lease = dl.acquire(&record("pod-a", "t")).await.expect("acquire").won().expect("free");
+    df.publish_member(&MemberRecord::new("pod-b")).await.expect("publish");
+    // Warm up: the mirror's LIST + WATCH is set up by the first loads.
+    for _ in 0..20 {
+        df.load().await.expect("load");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    audit.take();
+    let start = Instant::now();
+    let mut rounds = 0;
+    while start.elapsed() < window {
+        let view = df.load().await.expect("load");
+        assert!(view.leader.is_some(), "the leader stays shown");
+        df.watch(view.revision.as_ref(), loop_wait).await.expect("watch");
+        rounds += 1;
+    }
+    let counts = audit.take();
+    let total: u64 = counts.values().sum();
+    println!(
+        "idle follower, mirror {:<5} ttl 30 s, loop_wait 1 s, {rounds} loops in {:.0} s: {:.2} req/s ({counts:?})",
+        if watch_mirror { "on," } else { "off," },
+        start.elapsed().as_secs_f64(),
+        total as f64 / start.elapsed().as_secs_f64(),
+    );
+    dl.release(&lease).await.expect("release");
+    leader.stop();
+    follower.stop();
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -226,6 +268,9 @@ fn main() {
         println!("\nhandover and crash failover:");
         failover(&server, Duration::from_secs(2), 5).await;
         failover(&server, Duration::from_secs(5), 3).await;
+        println!("\nidle follower (load + watch per loop), Lease requests from the audit log:");
+        idle_follower(&server, &mut audit, false).await;
+        idle_follower(&server, &mut audit, true).await;
         println!("\nidle background requests (member keep-alive: 3 PUTs per ttl per published member):");
         idle(&server, &mut audit, 1).await;
         idle(&server, &mut audit, 100).await;

@@ -16,6 +16,7 @@ use tokio::task::AbortHandle;
 
 use crate::dcs::KubeDcs;
 use crate::error::{Op, api_code, classify, timed};
+use crate::mirror::{self, Mirror};
 use crate::names::{LEADER_ANNOTATION, MEMBER_ANNOTATION, ScopeNames};
 use crate::objects::{self, duration_secs, new_lease, stamp, wall_now};
 use crate::observe::Observations;
@@ -66,13 +67,18 @@ pub(crate) struct Inner {
     members: Mutex<HashMap<String, Arc<tokio::sync::Mutex<PublishedMember>>>>,
     stopped: AtomicBool,
     keepalive: Mutex<Option<AbortHandle>>,
+    /// The process-wide LIST + WATCH (`KubeOptions::watch_mirror`), started by the first
+    /// `load` or `watch` on any handle.
+    pub(crate) mirror: Option<Arc<Mirror>>,
+    mirror_task: Mutex<Option<AbortHandle>>,
+    /// Objects with a write of unknown outcome since the last LIST of their scope.
+    unsure: Mutex<std::collections::HashSet<String>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.keepalive.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            task.abort();
-        }
+        self.abort_tasks();
     }
 }
 
@@ -160,6 +166,9 @@ impl KubeClient {
         options.validate(timing).map_err(|e| DcsError::fatal(e.to_string()))?;
         crate::names::dns_label(namespace)
             .map_err(|e| DcsError::fatal(format!("kubernetes namespace {namespace:?} {e}")))?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| DcsError::fatal("KubeClient must be created inside a tokio runtime"))?;
+        let mirror = options.watch_mirror.then(|| Arc::new(Mirror::new(&options.labels)));
         let inner = Arc::new(Inner {
             api: Api::namespaced(client.clone(), namespace),
             client,
@@ -172,12 +181,14 @@ impl KubeClient {
             members: Mutex::new(HashMap::new()),
             stopped: AtomicBool::new(false),
             keepalive: Mutex::new(None),
+            mirror,
+            mirror_task: Mutex::new(None),
+            unsure: Mutex::new(Default::default()),
+            runtime,
         });
         let every = inner.ttl / 3;
-        let handle = tokio::runtime::Handle::try_current()
-            .map_err(|_| DcsError::fatal("KubeClient must be created inside a tokio runtime"))?;
         // The client owns its keep-alive, as a store client owns its session heartbeat.
-        let task = handle.spawn(keep_alive(Arc::downgrade(&inner), every));
+        let task = inner.runtime.spawn(keep_alive(Arc::downgrade(&inner), every));
         *inner.keepalive.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
         Ok(KubeClient { inner })
     }
@@ -210,9 +221,7 @@ impl KubeClient {
     /// expire them (unchanged for `leaseDurationSeconds`), as after a crash.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
-        if let Some(task) = self.inner.keepalive.lock().unwrap_or_else(PoisonError::into_inner).take() {
-            task.abort();
-        }
+        self.inner.abort_tasks();
     }
 
     /// Stops like [`stop`](Self::stop), then ends what this process holds on the store and
@@ -240,6 +249,61 @@ async fn keep_alive(inner: Weak<Inner>, every: Duration) {
 }
 
 impl Inner {
+    fn abort_tasks(&self) {
+        for slot in [&self.keepalive, &self.mirror_task] {
+            if let Some(task) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                task.abort();
+            }
+        }
+    }
+
+    /// The mirror, started on first use; `None` when switched off or stopped.
+    pub(crate) fn mirror(self: &Arc<Self>) -> Option<&Mirror> {
+        let mirror = self.mirror.as_deref()?;
+        if self.stopped.load(Ordering::SeqCst) {
+            return None;
+        }
+        let mut task = self.mirror_task.lock().unwrap_or_else(PoisonError::into_inner);
+        if task.is_none() && !self.stopped.load(Ordering::SeqCst) {
+            *task = Some(self.runtime.spawn(mirror::run(Arc::downgrade(self))).abort_handle());
+        }
+        Some(mirror)
+    }
+
+    /// A write to `name` whose outcome is unknown: loads of its scope LIST until one has.
+    fn note_unsure<T>(&self, name: &str, result: &Result<T, DcsError>) {
+        if let Err(e) = result
+            && e.is_outcome_unknown()
+            && self.mirror.is_some()
+        {
+            self.unsure.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_string());
+        }
+    }
+
+    /// Whether a write to an object `is_ours` names has an unknown outcome.
+    pub(crate) fn unsure(&self, is_ours: impl Fn(&str) -> bool) -> bool {
+        self.unsure.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|n| is_ours(n))
+    }
+
+    /// A LIST showed the objects `is_ours` names: their unknown outcomes are known now.
+    pub(crate) fn settle_unsure(&self, is_ours: impl Fn(&str) -> bool) {
+        self.unsure.lock().unwrap_or_else(PoisonError::into_inner).retain(|n| !is_ours(n));
+    }
+
+    /// Tells the mirror about an object this process read or wrote.
+    pub(crate) fn told(&self, lease: &Lease) {
+        if let Some(m) = &self.mirror {
+            m.told(lease);
+        }
+    }
+
+    /// Tells the mirror that `name` is gone as of `rv` (deleted by us, or found missing).
+    fn told_gone(&self, name: &str, rv: &str) {
+        if let Some(m) = &self.mirror {
+            m.told_gone(name, rv);
+        }
+    }
+
     pub(crate) fn check_running(&self) -> Result<(), DcsError> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(DcsError::fatal("this KubeClient was stopped"));
@@ -255,7 +319,10 @@ impl Inner {
     pub(crate) async fn get(&self, name: &str) -> Result<Option<Lease>, DcsError> {
         let what = format!("get Lease {}/{name}", self.namespace);
         match timed(Op::Read, &what, self.limit(), self.api.get(name)).await? {
-            Ok(lease) => Ok(Some(lease)),
+            Ok(lease) => {
+                self.told(&lease);
+                Ok(Some(lease))
+            }
             Err(e) if api_code(&e) == Some(404) => Ok(None),
             Err(e) => Err(classify(Op::Read, &what, e)),
         }
@@ -304,9 +371,18 @@ impl Inner {
 
     /// POST; 409 AlreadyExists is `Conflict`.
     pub(crate) async fn create(&self, lease: &Lease) -> Result<Write<Lease>, DcsError> {
+        let result = self.create_once(lease).await;
+        self.note_unsure(objects::name(lease), &result);
+        result
+    }
+
+    async fn create_once(&self, lease: &Lease) -> Result<Write<Lease>, DcsError> {
         let what = format!("create Lease {}/{}", self.namespace, objects::name(lease));
         match timed(Op::Write, &what, self.limit(), self.api.create(&PostParams::default(), lease)).await? {
-            Ok(l) => Ok(Write::Done(l)),
+            Ok(l) => {
+                self.told(&l);
+                Ok(Write::Done(l))
+            }
             Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
             Err(e) => Err(classify(Op::Write, &what, e)),
         }
@@ -317,13 +393,25 @@ impl Inner {
     /// [`objects::merge_patch`]). 409 is `Conflict`, 404 (no such object) `Missing`: unlike a
     /// PUT, a PATCH never creates.
     pub(crate) async fn patch(&self, lease: &Lease, rv: &str) -> Result<Write<Lease>, DcsError> {
+        let result = self.patch_once(lease, rv).await;
+        self.note_unsure(objects::name(lease), &result);
+        result
+    }
+
+    async fn patch_once(&self, lease: &Lease, rv: &str) -> Result<Write<Lease>, DcsError> {
         let name = objects::name(lease);
         let what = format!("patch Lease {}/{name} at resourceVersion {rv}", self.namespace);
         let patch = Patch::Merge(objects::merge_patch(lease, rv));
         match timed(Op::Write, &what, self.limit(), self.api.patch(name, &PatchParams::default(), &patch)).await? {
-            Ok(l) => Ok(Write::Done(l)),
+            Ok(l) => {
+                self.told(&l);
+                Ok(Write::Done(l))
+            }
             Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
-            Err(e) if api_code(&e) == Some(404) => Ok(Write::Missing),
+            Err(e) if api_code(&e) == Some(404) => {
+                self.told_gone(name, rv);
+                Ok(Write::Missing)
+            }
             Err(e) => Err(classify(Op::Write, &what, e)),
         }
     }
@@ -332,10 +420,19 @@ impl Inner {
     /// this process's own member Leases: a real API server creates a missing object on PUT,
     /// which is right for re-publishing a member and wrong for any compare-and-set.
     pub(crate) async fn replace(&self, lease: &Lease) -> Result<Write<Lease>, DcsError> {
+        let result = self.replace_once(lease).await;
+        self.note_unsure(objects::name(lease), &result);
+        result
+    }
+
+    async fn replace_once(&self, lease: &Lease) -> Result<Write<Lease>, DcsError> {
         let name = objects::name(lease);
         let what = format!("replace Lease {}/{name} at resourceVersion {}", self.namespace, objects::rv(lease));
         match timed(Op::Write, &what, self.limit(), self.api.replace(name, &PostParams::default(), lease)).await? {
-            Ok(l) => Ok(Write::Done(l)),
+            Ok(l) => {
+                self.told(&l);
+                Ok(Write::Done(l))
+            }
             Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
             Err(e) if api_code(&e) == Some(404) => Ok(Write::Missing),
             Err(e) => Err(classify(Op::Write, &what, e)),
@@ -344,15 +441,27 @@ impl Inner {
 
     /// DELETE with a resourceVersion precondition; 409 is `Conflict`, 404 `Missing`.
     pub(crate) async fn delete(&self, name: &str, rv: &str) -> Result<Write<()>, DcsError> {
+        let result = self.delete_once(name, rv).await;
+        self.note_unsure(name, &result);
+        result
+    }
+
+    async fn delete_once(&self, name: &str, rv: &str) -> Result<Write<()>, DcsError> {
         let what = format!("delete Lease {}/{name} at resourceVersion {rv}", self.namespace);
         let params = DeleteParams {
             preconditions: Some(Preconditions { resource_version: Some(rv.to_string()), uid: None }),
             ..DeleteParams::default()
         };
         match timed(Op::Write, &what, self.limit(), self.api.delete(name, &params)).await? {
-            Ok(_) => Ok(Write::Done(())),
+            Ok(_) => {
+                self.told_gone(name, rv);
+                Ok(Write::Done(()))
+            }
             Err(e) if api_code(&e) == Some(409) => Ok(Write::Conflict),
-            Err(e) if api_code(&e) == Some(404) => Ok(Write::Missing),
+            Err(e) if api_code(&e) == Some(404) => {
+                self.told_gone(name, rv);
+                Ok(Write::Missing)
+            }
             Err(e) => Err(classify(Op::Write, &what, e)),
         }
     }

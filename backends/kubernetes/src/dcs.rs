@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::client::{Held, Inner, Write};
 use crate::error::{Op, api_code, classify};
+use crate::mirror::{Mirror, rv_number};
 use crate::names::{EPOCH_ANNOTATION, LEADER_ANNOTATION, ObjectRole, ScopeNames, VALUE_ANNOTATION};
 use crate::objects::{self, Fingerprint, duration_secs, new_lease, stamp, wall_now};
 use crate::observe::now;
@@ -218,6 +219,102 @@ impl KubeDcs {
         Err(DcsError::unavailable(format!("epoch counter {name} kept changing under every write; try again")))
     }
 
+    /// The view of the scope's objects `items` as of `revision` (a LIST or the mirror),
+    /// judged by the expiry rule, remembered for `watch` and the next acquire.
+    fn view_of(
+        &self,
+        names: &ScopeNames,
+        items: Vec<Lease>,
+        revision: String,
+        server_now: Option<k8s_openapi::jiff::Timestamp>,
+    ) -> ClusterView {
+        let seen_at = now();
+        let ttl = self.ttl();
+        let obs = &self.inner.observations;
+        let mut raw = RawView { revision: Some(Version::opaque(revision.as_str())), ..RawView::default() };
+        let mut snapshot = Snapshot {
+            revision,
+            loaded_at: seen_at,
+            objects: HashMap::new(),
+            holders: HashMap::new(),
+            dead_members: Vec::new(),
+            counter: None,
+        };
+        let counter_name = names.epoch_counter();
+        for item in &items {
+            let (name, rv) = (objects::name(item), objects::rv(item));
+            if name == counter_name {
+                snapshot.counter = Some(item.clone());
+            }
+            let Some(role) = names.role_of(name) else { continue };
+            snapshot.objects.insert(name.to_string(), Fingerprint::of(item));
+            let entry = |bytes: Vec<u8>| RawEntry { key: name.to_string(), bytes, version: Version::opaque(rv) };
+            match role {
+                ObjectRole::Control(key) => {
+                    raw.control.push((key, entry(objects::record_bytes(item, VALUE_ANNOTATION))))
+                }
+                ObjectRole::Leader | ObjectRole::Member(_) => {
+                    if objects::holder(item).is_none() {
+                        continue;
+                    }
+                    let duration = objects::hold_duration(item, ttl);
+                    let observed = seen_at.saturating_duration_since(obs.observe(name, rv, seen_at));
+                    // Members only: a fresh reader has not watched anything yet, so it also
+                    // asks the server's clock how long ago the record was written. The
+                    // leader key keeps client-go's observer-only rule (no clock but ours
+                    // decides a takeover).
+                    let server_age = match role {
+                        ObjectRole::Member(_) => objects::server_age(item, server_now),
+                        _ => None,
+                    };
+                    let unrenewed = server_age.map_or(observed, |age| age.max(observed));
+                    if unrenewed >= duration {
+                        tracing::debug!(
+                            object = name,
+                            ?duration,
+                            ?unrenewed,
+                            "not renewed for its lease duration: gone"
+                        );
+                        if matches!(role, ObjectRole::Member(_)) && unrenewed >= duration * MEMBER_REMOVAL_AFTER {
+                            snapshot.dead_members.push((name.to_string(), rv.to_string()));
+                        }
+                        continue;
+                    }
+                    snapshot.holders.insert(name.to_string(), duration);
+                    if role == ObjectRole::Leader {
+                        let (bytes, epoch) = objects::leader_entry(item).unwrap_or_default();
+                        raw.leader = Some((entry(bytes), epoch));
+                    } else {
+                        raw.members.push(entry(objects::record_bytes(item, crate::names::MEMBER_ANNOTATION)));
+                    }
+                }
+            }
+        }
+        obs.forget(|name| names.role_of(name).is_none() || snapshot.objects.contains_key(name));
+        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
+        raw.decode()
+    }
+
+    /// `watch` served by the mirror: see [`Dcs::watch`].
+    async fn watch_mirror(&self, mirror: &Mirror, since: u64, deadline: Instant) -> WatchEvent {
+        let (holders, loaded_at) = {
+            let snapshot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+            match snapshot.as_ref().filter(|s| rv_number(&s.revision) == Some(since)) {
+                Some(s) => (s.holders.clone(), s.loaded_at),
+                None => (HashMap::new(), now()),
+            }
+        };
+        let obs = &self.inner.observations;
+        let expiry =
+            holders.iter().filter_map(|(name, d)| obs.since(name).map(|s| s + *d)).filter(|at| *at > loaded_at).min();
+        let wake = expiry.map_or(deadline, |at| at.min(deadline));
+        if mirror.wait(&self.scope, since, wake).await || wake < deadline {
+            WatchEvent::Changed
+        } else {
+            WatchEvent::Timeout
+        }
+    }
+
     /// The leader's housekeeping: deletes the member Leases the last `load` found unrenewed
     /// for [`MEMBER_REMOVAL_AFTER`] ttls, each conditional on the version it saw (a member
     /// that came back in between is kept). Failures are logged, never returned: the renewal
@@ -269,84 +366,36 @@ impl Dcs for KubeDcs {
         self.inner.configured_ttl
     }
 
-    /// One label-selected LIST. When it holds no leader Lease, one GET of the leader Lease by
-    /// name follows: an elector without our labels (client-go) may hold it, and it must be
-    /// shown and respected as a foreign holder.
+    /// From the client's mirror when it is usable (live, caught up with everything this
+    /// process wrote or was told, no write of unknown outcome in this scope since the last
+    /// LIST): no request. Otherwise one label-selected LIST. Either way, when the scope holds
+    /// no leader Lease of ours, one GET of the leader Lease by name follows: an elector
+    /// without our labels (client-go) may hold it, and it must be shown and respected as a
+    /// foreign holder.
     async fn load(&self) -> Result<ClusterView, DcsError> {
         let names = self.names()?;
-        let (mut list, server_now) = self.inner.list_dated(&names.selector()).await?;
         let leader_name = names.leader();
-        if !list.items.iter().any(|item| objects::name(item) == leader_name)
+        let counter_name = names.epoch_counter();
+        let in_scope = |name: &str| names.role_of(name).is_some() || name == counter_name;
+        let mirrored = match self.inner.mirror() {
+            Some(mirror) if !self.inner.unsure(in_scope) => mirror.view(&self.scope),
+            _ => None,
+        };
+        let (mut items, revision, server_now) = match mirrored {
+            Some(view) => (view.items, view.revision.to_string(), view.server_now),
+            None => {
+                let (list, server_now) = self.inner.list_dated(&names.selector()).await?;
+                list.items.iter().for_each(|item| self.inner.told(item));
+                self.inner.settle_unsure(in_scope);
+                (list.items, list.metadata.resource_version.unwrap_or_default(), server_now)
+            }
+        };
+        if !items.iter().any(|item| objects::name(item) == leader_name)
             && let Some(unlabelled) = self.inner.get(&leader_name).await?
         {
-            list.items.push(unlabelled);
+            items.push(unlabelled);
         }
-        let revision = list.metadata.resource_version.clone().unwrap_or_default();
-        let seen_at = now();
-        let ttl = self.ttl();
-        let obs = &self.inner.observations;
-        let mut raw = RawView { revision: Some(Version::opaque(revision.as_str())), ..RawView::default() };
-        let mut snapshot = Snapshot {
-            revision,
-            loaded_at: seen_at,
-            objects: HashMap::new(),
-            holders: HashMap::new(),
-            dead_members: Vec::new(),
-            counter: None,
-        };
-        let counter_name = names.epoch_counter();
-        for item in &list.items {
-            let (name, rv) = (objects::name(item), objects::rv(item));
-            if name == counter_name {
-                snapshot.counter = Some(item.clone());
-            }
-            let Some(role) = names.role_of(name) else { continue };
-            snapshot.objects.insert(name.to_string(), Fingerprint::of(item));
-            let entry = |bytes: Vec<u8>| RawEntry { key: name.to_string(), bytes, version: Version::opaque(rv) };
-            match role {
-                ObjectRole::Control(key) => {
-                    raw.control.push((key, entry(objects::record_bytes(item, VALUE_ANNOTATION))))
-                }
-                ObjectRole::Leader | ObjectRole::Member(_) => {
-                    if objects::holder(item).is_none() {
-                        continue;
-                    }
-                    let duration = objects::hold_duration(item, ttl);
-                    let observed = seen_at.saturating_duration_since(obs.observe(name, rv, seen_at));
-                    // Members only: a fresh reader has not watched anything yet, so it also
-                    // asks the server's clock how long ago the record was written. The
-                    // leader key keeps client-go's observer-only rule (no clock but ours
-                    // decides a takeover).
-                    let server_age = match role {
-                        ObjectRole::Member(_) => objects::server_age(item, server_now),
-                        _ => None,
-                    };
-                    let unrenewed = server_age.map_or(observed, |age| age.max(observed));
-                    if unrenewed >= duration {
-                        tracing::debug!(
-                            object = name,
-                            ?duration,
-                            ?unrenewed,
-                            "not renewed for its lease duration: gone"
-                        );
-                        if matches!(role, ObjectRole::Member(_)) && unrenewed >= duration * MEMBER_REMOVAL_AFTER {
-                            snapshot.dead_members.push((name.to_string(), rv.to_string()));
-                        }
-                        continue;
-                    }
-                    snapshot.holders.insert(name.to_string(), duration);
-                    if role == ObjectRole::Leader {
-                        let (bytes, epoch) = objects::leader_entry(item).unwrap_or_default();
-                        raw.leader = Some((entry(bytes), epoch));
-                    } else {
-                        raw.members.push(entry(objects::record_bytes(item, crate::names::MEMBER_ANNOTATION)));
-                    }
-                }
-            }
-        }
-        obs.forget(|name| names.role_of(name).is_none() || snapshot.objects.contains_key(name));
-        *self.snapshot.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
-        Ok(raw.decode())
+        Ok(self.view_of(names, items, revision, server_now))
     }
 
     async fn acquire(&self, record: &LeaderRecord) -> Result<CasOutcome<HeldLease, Option<LeaderView>>, DcsError> {
@@ -498,13 +547,24 @@ impl Dcs for KubeDcs {
         }
     }
 
-    /// Watches the scope's Leases from `after` (a list resourceVersion from `load`). Only
-    /// changes readers care about wake it: renewals that touch nothing but `renewTime` do
-    /// not. It also wakes when a holder shown by that load would expire by the observer rule.
-    /// 410 Gone (an ERROR event or the HTTP status) is [`WatchEvent::Resync`].
+    /// Waits for a change of the scope after `after` (a resourceVersion from `load`). Only
+    /// changes of the leader and control Leases wake it: member heartbeats and records, and
+    /// leader renewals that touch nothing but `renewTime`, do not. It also wakes when a holder
+    /// shown by that load would expire by the observer rule.
+    ///
+    /// Served by the client's mirror while it is live and holds the scope's leader Lease (no
+    /// request); otherwise one WATCH of the scope's Leases, where 410 Gone (an ERROR event or
+    /// the HTTP status) is [`WatchEvent::Resync`]. A mirror that stops being live or relists
+    /// wakes its waiters with [`WatchEvent::Changed`]: the next `load` reads afresh.
     async fn watch(&self, after: Option<&Version>, timeout: Duration) -> Result<WatchEvent, DcsError> {
         let names = self.names()?;
         let deadline = now() + timeout;
+        if let Some(mirror) = self.inner.mirror()
+            && mirror.holds(&names.leader())
+            && let Some(since) = after.map_or(Some(mirror.revision()), |v| rv_number(&v.to_text()))
+        {
+            return Ok(self.watch_mirror(mirror, since, deadline).await);
+        }
         let mut since = match after {
             Some(v) => v.to_text(),
             None => self.current_revision(names).await?,
@@ -564,10 +624,12 @@ impl Dcs for KubeDcs {
                 };
                 since = objects::rv(&object).to_string();
                 let name = objects::name(&object).to_string();
-                if names.role_of(&name).is_none() {
+                let Some(role) = names.role_of(&name) else { continue };
+                obs.observe(&name, &since, now());
+                // Member records wake nobody (the `Dcs::watch` contract allows it), as on the mirror.
+                if matches!(role, ObjectRole::Member(_)) {
                     continue;
                 }
-                obs.observe(&name, &since, now());
                 let Some(known) = known.as_mut() else { return Ok(WatchEvent::Changed) };
                 let changed = if deleted {
                     known.remove(&name).is_some()

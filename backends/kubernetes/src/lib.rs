@@ -45,6 +45,23 @@
 //! * 401 and 403 are [`DcsError::Fatal`](leasehold::DcsError) with a message naming the
 //!   fix; the RBAC Role the backend needs is in `backends/kubernetes/manifests/`.
 //!
+//! # One watch per process: the mirror
+//!
+//! With [`KubeOptions::watch_mirror`] (the default) each [`KubeClient`] keeps one
+//! label-selected LIST + WATCH (`app.kubernetes.io/managed-by=leasehold` and the extra labels)
+//! over the namespace, started by the first `load` or `watch`: a mirror of every scope's
+//! Leases with their resourceVersions. `load` is served from it without a request while the
+//! watch is established, it has caught up with every resourceVersion this process's own
+//! writes returned or its lost compare-and-sets read (and shows what it deleted as gone), and
+//! no write in the scope had an unknown outcome since the scope's last LIST; otherwise `load`
+//! LISTs as before. 410 Gone relists once. The expiry rule is unchanged: as the mirror
+//! applies events it records when this process first saw each (object, resourceVersion), and
+//! a gap-free watch proves the object unchanged since. `watch` wakes only on leader and
+//! control Lease changes (and holder expiry). An idle follower sends nothing but its member
+//! keep-alive. Renewals do not use the mirror: Kubernetes has no shared lease, so each leader
+//! Lease is renewed by its own conditional PATCH, one request per Lease per renewal; a leader
+//! learns that its Lease was changed or deleted from that PATCH's 409 or 404.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), leasehold::DcsError> {
 //! use leasehold::{Dcs, Timing};
@@ -66,6 +83,7 @@
 mod client;
 mod dcs;
 mod error;
+mod mirror;
 mod names;
 mod objects;
 mod observe;

@@ -46,6 +46,10 @@ pub struct KubeOptions {
     /// Upper bound on one API request (watches excepted). A read that runs out is
     /// `Unavailable`, a write `OutcomeUnknown`.
     pub request_timeout: Duration,
+    /// Serve reads and wake-ups from one label-selected LIST + WATCH per client over all its
+    /// scopes (see [`KubeDcs`](crate::KubeDcs)): an idle follower then sends nothing but its
+    /// member keep-alive. Off: every `load` is a LIST and every `watch` its own WATCH.
+    pub watch_mirror: bool,
 }
 
 impl Default for KubeOptions {
@@ -56,6 +60,7 @@ impl Default for KubeOptions {
             prefix: String::new(),
             labels: BTreeMap::new(),
             request_timeout: Duration::from_secs(10),
+            watch_mirror: true,
         }
     }
 }

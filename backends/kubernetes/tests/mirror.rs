@@ -1,0 +1,134 @@
+//! The per-client mirror (one LIST + WATCH per client): member writes and leader renewals do
+//! not wake a watch, a leader change does, and an idle follower's `load` and `watch` send no
+//! request (counted from the real API server's audit log; with `watch_mirror` off the same
+//! loop LISTs every time, which shows the count can fail). Needs a real kube-apiserver: on
+//! the emulator only the wake-ups are checked.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::{NAMESPACE, Target, options, timing_for};
+use leasehold::{ClusterView, Dcs, DcsError, LeaderRecord, MemberRecord, WatchEvent};
+use leasehold_kube::testing::KubeApiServerConfig;
+use leasehold_kube::{KubeClient, KubeDcs, KubeOptions};
+
+const TTL: Duration = Duration::from_secs(10);
+
+async fn client(target: &Target, options: KubeOptions) -> KubeClient {
+    let kube = target.kube(Some(target.admin_token())).await;
+    KubeClient::from_client(kube, NAMESPACE, options, &timing_for(TTL)).expect("client")
+}
+
+fn record(member: &str) -> LeaderRecord {
+    LeaderRecord { member: member.into(), token: format!("t-{member}"), api_url: None, conn_url: None }
+}
+
+/// Lease requests by verb in the audit log since the last call (one per audit ID).
+struct Audit {
+    path: std::path::PathBuf,
+    seen: HashSet<String>,
+}
+
+impl Audit {
+    fn take(&mut self) -> BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if event.pointer("/objectRef/resource").and_then(|v| v.as_str()) != Some("leases") {
+                continue;
+            }
+            let id = event["auditID"].as_str().unwrap_or_default().to_string();
+            if self.seen.insert(id) {
+                *counts.entry(event["verb"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+/// Loads until `seen` holds (the mirror may lag a moment behind another client's write).
+async fn load_until(dcs: &KubeDcs, seen: impl Fn(&ClusterView) -> bool) -> Result<ClusterView, DcsError> {
+    for _ in 0..100 {
+        let view = dcs.load().await?;
+        if seen(&view) {
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dcs.load().await
+}
+
+/// An idle follower loop (load, then a short watch) `rounds` times.
+async fn idle_rounds(dcs: &KubeDcs, rounds: usize) -> Vec<WatchEvent> {
+    let mut events = Vec::new();
+    for _ in 0..rounds {
+        let view = dcs.load().await.expect("load");
+        assert_eq!(view.leader.as_ref().map(|l| l.record.member.as_str()), Some("a"), "the leader stays shown");
+        events.push(dcs.watch(view.revision.as_ref(), Duration::from_millis(50)).await.expect("watch"));
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_writes_do_not_wake_a_leader_change_does_and_idle_loads_send_nothing() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+    let target = Target::start_with(KubeApiServerConfig { audit: true, ..KubeApiServerConfig::default() }).await;
+    let (leader, follower, member) =
+        (client(&target, options()).await, client(&target, options()).await, client(&target, options()).await);
+    let (dl, df, dm) = (leader.scope("mir"), follower.scope("mir"), member.scope("mir"));
+    let mut lease = dl.acquire(&record("a")).await.unwrap().won().expect("free");
+    let view = load_until(&df, |v| v.leader.as_ref().is_some_and(|l| l.version == lease.version)).await.unwrap();
+    assert_eq!(view.leader.as_ref().map(|l| l.epoch), Some(lease.epoch), "{view:?}");
+
+    // A member publish and a leader renewal while the follower waits: neither wakes it.
+    let waiter = client(&target, options()).await.scope("mir");
+    load_until(&waiter, |v| v.leader.is_some()).await.unwrap();
+    // Let its mirror come up, so the watch below is served by it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = load_until(&waiter, |v| v.leader.is_some()).await.unwrap();
+    let writes = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        dm.publish_member(&MemberRecord::new("c")).await.unwrap();
+        dl.renew(&lease).await.unwrap().won().expect("ours")
+    };
+    let (woken, renewed) = tokio::join!(waiter.watch(view.revision.as_ref(), Duration::from_secs(3)), writes);
+    lease = renewed;
+    assert_eq!(woken.unwrap(), WatchEvent::Timeout, "woken by a member write or a renewal");
+    let view = load_until(&df, |v| v.member("c").is_some()).await.unwrap();
+    assert!(view.member("c").is_some(), "the member write shows in the mirror: {:?}", view.members);
+
+    // A leader change wakes it.
+    let view = load_until(&df, |v| v.leader.as_ref().is_some_and(|l| l.version == lease.version)).await.unwrap();
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(dl.release(&lease).await.unwrap().is_won());
+    };
+    let (woken, ()) = tokio::join!(df.watch(view.revision.as_ref(), Duration::from_secs(20)), release);
+    assert_eq!(woken.unwrap(), WatchEvent::Changed, "a released leader must wake the watch");
+    let view = load_until(&df, |v| v.leader.is_none()).await.unwrap();
+    assert!(view.leader.is_none(), "the release shows: {:?}", view.leader);
+    let lease = dl.acquire(&record("a")).await.unwrap().won().expect("free again");
+    load_until(&df, |v| v.leader.as_ref().is_some_and(|l| l.version == lease.version)).await.unwrap();
+
+    // Request counts: only on a real API server (the audit log).
+    let Target::Real(server) = &target else {
+        println!("emulator: request counts not checked");
+        return;
+    };
+    member.stop(); // its keep-alive would show in the counts
+    let mut audit = Audit { path: server.audit_log(), seen: HashSet::new() };
+    let off = client(&target, KubeOptions { watch_mirror: false, ..options() }).await.scope("mir");
+    let _ = audit.take();
+    let mirrored = idle_rounds(&df, 20).await;
+    let with_mirror = audit.take();
+    idle_rounds(&off, 20).await;
+    let without = audit.take();
+    println!("idle follower, 20 rounds: mirror {with_mirror:?}, no mirror {without:?}");
+    assert!(mirrored.iter().all(|e| *e == WatchEvent::Timeout), "nothing changed: {mirrored:?}");
+    assert_eq!(with_mirror.values().sum::<u64>(), 0, "an idle follower on the mirror sends nothing: {with_mirror:?}");
+    assert!(without.get("list").copied().unwrap_or(0) >= 20, "without the mirror every load LISTs: {without:?}");
+    assert!(dl.release(&lease).await.unwrap().is_won());
+}
