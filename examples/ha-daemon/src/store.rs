@@ -143,6 +143,7 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
                 prefix: s.prefix.clone(),
                 labels: s.labels.clone(),
                 request_timeout: timing.retry_timeout,
+                ..KubeOptions::default()
             };
             let client = KubeClient::connect(options, timing).await?;
             (Arc::new(client.scope(scope)), Client::Kubernetes(client))
