@@ -169,15 +169,12 @@ impl EtcdDcs {
     }
 
     /// The scope's view from the mirror's entries (full keys) at `revision`.
-    fn view_of<'a>(
-        &self,
-        revision: Option<u64>,
-        entries: impl Iterator<Item = (&'a str, RawEntry, u64)>,
-    ) -> ClusterView {
+    /// `entries` are each key with its `create_revision` (the leader key's epoch).
+    fn view_of(&self, revision: Option<u64>, entries: impl Iterator<Item = (RawEntry, u64)>) -> ClusterView {
         let prefix = &self.inner.options.prefix;
         let mut raw = RawView { revision: revision.map(Version::new), ..RawView::default() };
-        for (path, entry, created) in entries {
-            match Key::parse(prefix, &self.scope, path) {
+        for (entry, created) in entries {
+            match Key::parse(prefix, &self.scope, &entry.key) {
                 Some(Key::Leader) => raw.leader = Some((entry, Epoch(created))),
                 Some(Key::Member(_)) => raw.members.push(entry),
                 Some(Key::Control(c)) => raw.control.push((c, entry)),
@@ -270,12 +267,10 @@ impl Dcs for EtcdDcs {
             if let Some((revision, entries)) =
                 self.inner.mirror.snapshot(&self.inner, &self.base, seen, MIRROR_WAIT).await
             {
-                let entries = entries.into_iter().map(|(key, e)| {
-                    let created = e.created;
-                    (key.clone(), RawEntry { key, bytes: e.value, version: Version::new(e.modified) }, created)
-                });
-                let entries: Vec<_> = entries.collect();
-                return Ok(self.view_of(Some(revision), entries.iter().map(|(k, e, c)| (k.as_str(), e.clone(), *c))));
+                let entries = entries
+                    .into_iter()
+                    .map(|(key, e)| (RawEntry { key, bytes: e.value, version: Version::new(e.modified) }, e.created));
+                return Ok(self.view_of(Some(revision), entries));
             }
         }
         self.inner.count();
@@ -289,15 +284,13 @@ impl Dcs for EtcdDcs {
             // Later reads from the mirror must not go back before this one.
             self.inner.saw(r);
         }
-        let entries: Vec<(String, RawEntry, u64)> = resp
+        // A key that is not UTF-8 is none of ours (it cannot parse as a scope key).
+        let entries = resp
             .kvs()
             .iter()
-            .filter_map(|kv| {
-                let path = std::str::from_utf8(kv.key()).ok()?.to_string();
-                Some((path, kv_entry(kv), kv.create_revision().unsigned_abs()))
-            })
-            .collect();
-        Ok(self.view_of(revision, entries.iter().map(|(k, e, c)| (k.as_str(), e.clone(), *c))))
+            .filter(|kv| std::str::from_utf8(kv.key()).is_ok())
+            .map(|kv| (kv_entry(kv), kv.create_revision().unsigned_abs()));
+        Ok(self.view_of(revision, entries))
     }
 
     async fn acquire(&self, record: &LeaderRecord) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
