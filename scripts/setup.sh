@@ -9,7 +9,9 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # puts on its classpath (pulled in by zookeeper today, named so a packaging change is caught);
 # xz-utils: the Consul/Kubernetes test harnesses decompress ../shared/servers/*.xz; openssl: the
 # kube-apiserver harness makes its service-account key pair; etcd-client: its etcdctl compacts
-# the API server's etcd in the watch-Resync check.
+# the API server's etcd in the watch-Resync check and writes the hand-made leader key of the
+# daemon's garbage-key test; libssl-dev + pkg-config: Consul's HTTPS client (native-tls), built
+# into the daemon and exercised against a TLS agent.
 PACKAGES=(protobuf-compiler libprotobuf-dev libssl-dev pkg-config g++ etcd-server etcd-client zookeeper
   libnetty-java libslf4j-java default-jre-headless postgresql curl procps xz-utils openssl)
 missing=()
