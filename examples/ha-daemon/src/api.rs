@@ -625,7 +625,9 @@ async fn metrics(State(st): Shared) -> Response {
             out,
             "# HELP {name} Records in the scope that do not decode, by kind (a leader one blocks elections: see ctl list).\n# TYPE {name} gauge"
         );
-        for kind in ["leader", "member", "config", "failover", "sync", "history", "status", "initialize"] {
+        // Every kind of record the store holds: the leader, members, each control key.
+        let kinds = ["leader", "member"].into_iter().chain(leasehold::ControlKey::ALL.iter().map(|k| k.name()));
+        for kind in kinds {
             let _ = writeln!(out, "{name}{{{labels},kind=\"{kind}\"}} {}", garbage.get(kind).copied().unwrap_or(0));
         }
     }
