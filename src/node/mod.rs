@@ -1117,6 +1117,19 @@ impl Node {
         }
     }
 
+    /// A store may grant less than the ttl (Consul guarantees a session only for its TTL,
+    /// ttl / 2): the loop's renewal could then come after the belief ran out. Renew early
+    /// enough that a renewal failing for the whole retry budget, or for half the belief if
+    /// that is shorter, still ends inside it. With a full-ttl grant this is later than the
+    /// next loop and changes nothing.
+    fn renew_before_belief_ends(&mut self, sent_at: Instant, acting_until: Instant, now: Instant) {
+        let budget = self.cfg.timing.retry_timeout.min(acting_until.saturating_since(sent_at) / 2);
+        let due = acting_until.saturating_sub(budget).max(now);
+        if self.timers.get(Timer::Cycle).is_none_or(|cycle| due < cycle) {
+            self.timers.set_no_later(Timer::RenewRetry, due);
+        }
+    }
+
     fn take_lease(&mut self, lease: Lease, sent_at: Instant, now: Instant) {
         let acting_until = sent_at + self.cfg.timing.belief_for(lease.valid_for);
         let epoch = lease.epoch;
@@ -1131,6 +1144,7 @@ impl Node {
             return;
         }
         self.hold(Held { lease, acting_until });
+        self.renew_before_belief_ends(sent_at, acting_until, now);
         if fresh {
             self.events.push_back(NodeEvent::Acquired { epoch });
         }

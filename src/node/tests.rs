@@ -1530,3 +1530,38 @@ fn a_shutdown_whose_release_gets_no_answer_still_stops() {
     n.handle(Input::Timeout, at(200) + Timing::fast().retry_timeout + Duration::from_millis(1));
     assert!(n.is_stopped(), "a shutdown must not wait forever for a release");
 }
+
+/// Consul guarantees a session only for its TTL (ttl / 2): a lease granted for less than
+/// the loop leaves room for must be renewed before its belief runs out, not at the next loop.
+#[test]
+fn a_lease_shorter_than_the_loop_is_renewed_before_its_belief_runs_out() {
+    let mut n = node("a");
+    let short = Duration::from_millis(1800); // belief 0.8 s, loop 1 s
+    let (id, record) = start_and_acquire(&mut n);
+    let mut lease = Lease { valid_for: short, ..lease_from(&record, 7) };
+    n.handle_acquire(id, Ok(CasOutcome::Won(lease.clone())), at(20));
+    answer_writes(&mut n, at(20));
+    n.handle_promoted(Ok(()), at(30));
+    answer_writes(&mut n, at(30));
+    let mut renewals = 0;
+    while renewals < 5 {
+        let deadline = n.status().lease_deadline.expect("holds the key");
+        let wake = n.poll_timeout().expect("a timer is armed");
+        assert!(wake < deadline, "next wake-up {wake:?} is not before the belief ends at {deadline:?}");
+        n.handle_timeout(wake);
+        for a in drain(&mut n) {
+            match a {
+                Action::Renew { id, lease: l } => {
+                    renewals += 1;
+                    lease = Lease { valid_for: short, ..l };
+                    n.handle_renew(id, Ok(CasOutcome::Won(lease.clone())), wake + Duration::from_millis(5));
+                }
+                Action::Load { id } => n.handle_load(id, Ok(view_with(None)), wake),
+                Action::Demote { .. } => panic!("demoted at {wake:?}: the renewal came after the belief ran out"),
+                _ => {}
+            }
+        }
+        answer_writes(&mut n, wake);
+        assert!(n.is_acting_leader(wake), "still the leader at {wake:?}");
+    }
+}

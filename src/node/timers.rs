@@ -21,7 +21,8 @@ pub(super) enum Timer {
     Probe,
     /// The failsafe check in flight counts as not confirmed.
     FailsafeCheck,
-    /// Send a failed renewal again.
+    /// Renew outside the loop: a failed renewal again, or one due before the next loop
+    /// because the store granted less than the loop leaves room for.
     RenewRetry,
 }
 
