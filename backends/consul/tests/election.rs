@@ -48,3 +48,34 @@ async fn a_node_with_another_ttl_than_the_client_is_refused() {
     client.shutdown().await.expect("shutdown destroys the session");
     assert!(!target.session_exists(&id).await, "no session after shutdown");
 }
+
+/// Consul keeps a session only for its TTL (ttl / 2) after a renewal, so a leader's belief can
+/// be shorter than its loop: here 0.6 s against a 0.8 s loop. The leader must renew inside
+/// the belief instead of once per loop, or it loses leadership at every loop (it did at
+/// Patroni's 30 / 10 / 10, where the session is 15 s and the belief 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_keeps_a_lease_shorter_than_its_loop() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+    let target = Target::start().await;
+    let timing = leasehold::Timing {
+        ttl: Duration::from_secs(2),
+        loop_wait: Duration::from_millis(800),
+        retry_timeout: Duration::from_millis(550),
+        safety_margin: Duration::from_millis(400),
+        ..leasehold::Timing::default()
+    };
+    let client = ConsulClient::connect(target.options(), &timing).await.expect("connect");
+    assert!(
+        timing.belief_for(client.lease_ttl()) < timing.loop_wait,
+        "the premise: the belief a renewal gives is shorter than the loop"
+    );
+    let election = Election::new(Arc::new(client.scope("short-lease")), "n1", timing.clone()).expect("election");
+    let term = election.campaign().await.expect("campaign");
+    // Ten loops; the term must survive every one of them.
+    for _ in 0..10 {
+        tokio::time::sleep(timing.loop_wait).await;
+        assert!(!term.is_lost(), "leadership lost although the store was healthy");
+    }
+    election.resign().await;
+    client.shutdown().await.expect("shutdown");
+}
