@@ -160,33 +160,36 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
 }
 
 impl Store {
-    /// Deletes the scope's leader key if it does not decode (compare-and-delete on what was
-    /// read). Built for etcd; on the other stores it says which tool to use.
+    /// Deletes the scope's leader key if it does not decode, only if it still holds exactly
+    /// what was read (etcd: its bytes and mod revision; ZooKeeper: the znode's data version;
+    /// Consul: `?cas=<ModifyIndex>`; Kubernetes: resourceVersion and uid preconditions). A
+    /// valid record is never removed; every outcome but a removal is an error that says so.
     pub async fn remove_garbage_leader(&self) -> anyhow::Result<String> {
-        match &self.client {
+        use leasehold::GarbageRemoval;
+        let scope = self.dcs.scope();
+        // What the store calls the version it compared, for the message.
+        let (outcome, version_name): (GarbageRemoval, &str) = match &self.client {
             #[cfg(feature = "etcd")]
-            Client::Etcd(c) => {
-                use leasehold_etcd::GarbageRemoval;
-                Ok(match c.scope(self.dcs.scope()).remove_garbage_leader().await? {
-                    GarbageRemoval::Removed { version } => {
-                        format!("removed the undecodable leader key (it was at revision {version})")
-                    }
-                    GarbageRemoval::Absent => anyhow::bail!("there is no leader key; nothing was removed"),
-                    GarbageRemoval::Valid => {
-                        anyhow::bail!("the leader key holds a valid leader record; nothing was removed")
-                    }
-                    GarbageRemoval::Changed => {
-                        anyhow::bail!(
-                            "the leader key changed while it was being removed; nothing was removed, look again"
-                        )
-                    }
-                })
+            Client::Etcd(c) => (c.scope(scope).remove_garbage_leader().await?, "revision"),
+            #[cfg(feature = "zookeeper")]
+            Client::Zookeeper(c) => (c.scope(scope).remove_garbage_leader().await?, "zxid"),
+            #[cfg(feature = "consul")]
+            Client::Consul(c) => (c.scope(scope).remove_garbage_leader().await?, "ModifyIndex"),
+            #[cfg(feature = "kubernetes")]
+            Client::Kubernetes(c) => (c.scope(scope).remove_garbage_leader().await?, "resourceVersion"),
+        };
+        Ok(match outcome {
+            GarbageRemoval::Removed { version } => {
+                format!("removed the undecodable leader key (it was at {version_name} {version})")
             }
-            #[allow(unreachable_patterns)] // with only etcd built in, no other client exists
-            _ => anyhow::bail!(
-                "removing a leader key is built for etcd only; delete it with the store's own tool (zkCli delete, consul kv delete, kubectl delete lease) after checking what wrote it"
-            ),
-        }
+            GarbageRemoval::Absent => anyhow::bail!("there is no leader key; nothing was removed"),
+            GarbageRemoval::Valid => {
+                anyhow::bail!("the leader key holds a valid leader record; nothing was removed")
+            }
+            GarbageRemoval::Changed => {
+                anyhow::bail!("the leader key changed while it was being removed; nothing was removed, look again")
+            }
+        })
     }
 
     /// Ends the process's lease or session (the client's `shutdown`) so its member keys
@@ -207,3 +210,4 @@ impl Store {
         }
     }
 }
+
