@@ -455,10 +455,7 @@ impl Inner {
     async fn delete_once(&self, name: &str, rv: &str, uid: Option<&str>) -> Result<Write<()>, DcsError> {
         let what = format!("delete Lease {}/{name} at resourceVersion {rv}", self.namespace);
         let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                resource_version: Some(rv.to_string()),
-                uid: uid.map(str::to_string),
-            }),
+            preconditions: Some(Preconditions { resource_version: Some(rv.to_string()), uid: uid.map(str::to_string) }),
             ..DeleteParams::default()
         };
         match timed(Op::Write, &what, self.limit(), self.api.delete(name, &params)).await? {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::{
-    CasOutcome, ClusterView, ControlKey, Dcs, DcsError, Epoch, Expect, GarbageRemoval, Key, LeaderRecord, LeaderView, Lease,
-    MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
+    CasOutcome, ClusterView, ControlKey, Dcs, DcsError, Epoch, Expect, GarbageRemoval, Key, LeaderRecord, LeaderView,
+    Lease, MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
 };
 use zookeeper_client as zk;
 

@@ -19,7 +19,8 @@ async fn only_an_undecodable_leader_znode_is_removed() {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
     let server = Arc::new(ZkServer::standalone().await.expect("start ZooKeeper"));
     let harness = ZkHarness::new(server, Duration::from_secs(4)).await.expect("harness");
-    let client = ZkClient::connect(harness.options.clone(), &timing_for(Duration::from_secs(4))).await.expect("connect");
+    let client =
+        ZkClient::connect(harness.options.clone(), &timing_for(Duration::from_secs(4))).await.expect("connect");
     let dcs = client.scope("garbage");
     assert_eq!(dcs.remove_garbage_leader().await.expect("absent"), GarbageRemoval::Absent);
 
