@@ -45,6 +45,17 @@ pub(crate) fn consul_options(
     }
 }
 
+/// Why a session timeout the ZooKeeper server changed is refused, naming the `ttl` key.
+#[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+fn zk_clamped_message(asked: std::time::Duration, got: std::time::Duration) -> String {
+    let bound = if got > asked { "minSessionTimeout" } else { "maxSessionTimeout" };
+    format!(
+        "config key `ttl`: ZooKeeper negotiated a session timeout of {got:?} instead of the ttl {asked:?} \
+         (the server clamps it to [minSessionTimeout, maxSessionTimeout], by default [2, 20] x tickTime; \
+         here its {bound} applies): set ttl to {got:?} or change the server's session timeout bounds"
+    )
+}
+
 /// Whether the backend for section `kind` is compiled into this binary.
 #[allow(clippy::match_like_matches_macro)] // each arm depends on a feature; with all on, clippy sees constants
 pub fn built_in(kind: &str) -> bool {
@@ -114,12 +125,12 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
                 ..ZkOptions::default()
             };
             let client = ZkClient::connect(options, timing).await?;
+            // The leader znode lives as long as the session: a clamped timeout would make
+            // the leader's key outlast (or fall short of) the ttl every member plans with.
             if client.ttl_clamped() {
-                tracing::warn!(
-                    asked = ?timing.ttl,
-                    got = ?client.lease_ttl(),
-                    "ZooKeeper clamped the session timeout; the lease follows the server's value"
-                );
+                let got = client.lease_ttl();
+                client.shutdown().await.ok();
+                anyhow::bail!("{}", zk_clamped_message(timing.ttl, got));
             }
             (Arc::new(client.scope(scope)), Client::Zookeeper(client))
         }
@@ -211,3 +222,16 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_clamped_session_timeout_names_ttl_and_the_bound() {
+        let up = super::zk_clamped_message(Duration::from_secs(3), Duration::from_secs(4));
+        assert!(up.starts_with("config key `ttl`"), "{up}");
+        assert!(up.contains("4s instead of the ttl 3s") && up.contains("minSessionTimeout applies"), "{up}");
+        let down = super::zk_clamped_message(Duration::from_secs(60), Duration::from_secs(40));
+        assert!(down.contains("40s instead of the ttl 60s") && down.contains("maxSessionTimeout applies"), "{down}");
+    }
+}

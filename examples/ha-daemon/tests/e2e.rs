@@ -75,6 +75,31 @@ fn crash_failover_on_zookeeper() {
     crash_failover(Store::zookeeper());
 }
 
+/// A ZooKeeper server whose minSessionTimeout (6 s) is above the ttl (5 s) would clamp the
+/// session timeout: the daemon and ctl refuse to run on it, naming `ttl` and both values,
+/// instead of leading with a key that outlives the ttl the other members plan with.
+#[test]
+fn a_session_timeout_zookeeper_clamps_is_refused_naming_ttl() {
+    use leasehold_zookeeper::testing::{ZkConfig, ZkServer};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = ZkConfig { min_session_timeout: Some(Duration::from_secs(6)), ..ZkConfig::new(1) };
+    let server = rt.block_on(ZkServer::start_with(config)).expect("ZooKeeper starts");
+    let mut c = Cluster::start(Store::Zookeeper { server, _rt: rt }, 1);
+    let expected = "config key `ttl`: ZooKeeper negotiated a session timeout of 6s instead of the ttl 5s";
+    let out = c.ctl(0, &["list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(expected), "{}", text(&out));
+    assert!(text(&out).contains("minSessionTimeout"), "{}", text(&out));
+    c.wait_for("the daemon to refuse the clamped session timeout", LIMIT, |c| c.log(0).contains(expected));
+    let until = std::time::Instant::now() + LIMIT;
+    let proc = c.members[0].proc.as_mut().expect("started");
+    while proc.is_running() {
+        assert!(std::time::Instant::now() < until, "the daemon still runs on a clamped session timeout");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(c.leader().is_none(), "no member leads");
+}
+
 /// A graceful switchover through `ctl`, then the history records it; pause blocks failover.
 #[test]
 fn switchover_history_and_pause() {
