@@ -80,9 +80,9 @@ pub use node::{Action, DemoteMode, Input, Node, NodeConfig, NodeEvent, ResourceS
 #[cfg(feature = "tokio")]
 pub use probe::{PeerProbe, RecordProbe};
 pub use record::{
-    ClusterView, ConfigRecord, ControlKey, DecodeCache, Epoch, FailoverRecord, HistoryEntry, HistoryRecord,
-    InitializeRecord, Key, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record, ResourceRole,
-    StatusRecord, SyncRecord, Tags, Version, Versioned,
+    ClusterView, ConfigRecord, ControlKey, DecodeCache, Epoch, FailoverRecord, GarbageRemoval, HistoryEntry,
+    HistoryRecord, InitializeRecord, Key, LeaderRecord, LeaderView, MemberRecord, RawEntry, RawView, Record,
+    ResourceRole, StatusRecord, SyncRecord, Tags, Version, Versioned,
 };
 #[cfg(feature = "tokio")]
 pub use resource::Resource;

@@ -710,6 +710,25 @@ pub fn garbage_consequence(kind: &str) -> &'static str {
     }
 }
 
+/// What removing an undecodable leader key did (each backend's `remove_garbage_leader`: the
+/// operator's way out of a hand-written or corrupted key that blocks elections). The key is
+/// deleted only if it still holds exactly what was read, and never if it decodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GarbageRemoval {
+    /// The undecodable leader key was deleted (it had not changed since it was read).
+    Removed {
+        /// Its version when it was read and deleted (etcd: `mod_revision`; ZooKeeper: the
+        /// znode's `mzxid`; Consul: `ModifyIndex`; Kubernetes: `resourceVersion`).
+        version: Version,
+    },
+    /// There is no leader key.
+    Absent,
+    /// The leader key decodes as a leader record: it is not garbage, nothing was deleted.
+    Valid,
+    /// It changed (or went) between the read and the delete; nothing was deleted.
+    Changed,
+}
+
 fn decode_or_report<T: Record + Clone + Send + Sync + 'static>(
     entry: &RawEntry,
     problems: &mut Vec<DecodeError>,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::{
-    CasOutcome, ClusterView, ControlKey, Dcs, DcsError, Epoch, Expect, Key, LeaderRecord, LeaderView, Lease,
-    MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
+    CasOutcome, ClusterView, ControlKey, Dcs, DcsError, Epoch, Expect, GarbageRemoval, Key, LeaderRecord, LeaderView,
+    Lease, MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
 };
 
 use crate::api::{Acquired, Entry};
@@ -141,6 +141,31 @@ impl ConsulDcs {
             }
         }
         raw
+    }
+}
+
+impl ConsulDcs {
+    /// Deletes the scope's leader key if it does not decode as a leader record, by a
+    /// `DELETE ?cas=<ModifyIndex>` on exactly the entry read: the operator's way out of a
+    /// hand-written or corrupted key that blocks elections (a session holds it, so no member
+    /// can acquire it). A valid record, of any member, held or not, is never touched.
+    ///
+    /// Consul answers `true` to a cas delete of a key that is already gone, so a key someone
+    /// else deleted in between is reported `Removed` too: either way it is gone.
+    pub async fn remove_garbage_leader(&self) -> Result<GarbageRemoval, DcsError> {
+        self.check()?;
+        let key = self.key(&Key::Leader);
+        let Some(e) = self.get(&key).await? else { return Ok(GarbageRemoval::Absent) };
+        if LeaderRecord::decode(&e.key, &e.value).is_ok() {
+            return Ok(GarbageRemoval::Valid);
+        }
+        let deleted = self.client.inner.api.delete_cas(&key, e.modify_index).await;
+        if self.note(deleted)? {
+            self.client.inner.mirror.deleted(&key, e.modify_index);
+            Ok(GarbageRemoval::Removed { version: Version::new(e.modify_index) })
+        } else {
+            Ok(GarbageRemoval::Changed)
+        }
     }
 }
 

@@ -594,21 +594,9 @@ impl EtcdDcs {
     }
 }
 
-/// What [`EtcdDcs::remove_garbage_leader`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GarbageRemoval {
-    /// The undecodable leader key was deleted (it had not changed since it was read).
-    Removed {
-        /// Its `mod_revision` when it was read and deleted.
-        version: Version,
-    },
-    /// There is no leader key.
-    Absent,
-    /// The leader key decodes as a leader record: it is not garbage, nothing was deleted.
-    Valid,
-    /// It changed between the read and the delete; nothing was deleted.
-    Changed,
-}
+/// What [`EtcdDcs::remove_garbage_leader`] did: the core crate's type, named here too so
+/// existing callers keep compiling.
+pub use leasehold::GarbageRemoval;
 
 impl EtcdDcs {
     /// Deletes the scope's leader key if it does not decode as a leader record, by a

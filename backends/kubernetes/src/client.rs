@@ -441,15 +441,21 @@ impl Inner {
 
     /// DELETE with a resourceVersion precondition; 409 is `Conflict`, 404 `Missing`.
     pub(crate) async fn delete(&self, name: &str, rv: &str) -> Result<Write<()>, DcsError> {
-        let result = self.delete_once(name, rv).await;
+        self.delete_exact(name, rv, None).await
+    }
+
+    /// DELETE with a resourceVersion and, when given, a uid precondition (the object must be
+    /// that very one, not a namesake created since); 409 is `Conflict`, 404 `Missing`.
+    pub(crate) async fn delete_exact(&self, name: &str, rv: &str, uid: Option<&str>) -> Result<Write<()>, DcsError> {
+        let result = self.delete_once(name, rv, uid).await;
         self.note_unsure(name, &result);
         result
     }
 
-    async fn delete_once(&self, name: &str, rv: &str) -> Result<Write<()>, DcsError> {
+    async fn delete_once(&self, name: &str, rv: &str, uid: Option<&str>) -> Result<Write<()>, DcsError> {
         let what = format!("delete Lease {}/{name} at resourceVersion {rv}", self.namespace);
         let params = DeleteParams {
-            preconditions: Some(Preconditions { resource_version: Some(rv.to_string()), uid: None }),
+            preconditions: Some(Preconditions { resource_version: Some(rv.to_string()), uid: uid.map(str::to_string) }),
             ..DeleteParams::default()
         };
         match timed(Op::Write, &what, self.limit(), self.api.delete(name, &params)).await? {

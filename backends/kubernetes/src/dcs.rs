@@ -346,6 +346,33 @@ impl KubeDcs {
     }
 }
 
+impl KubeDcs {
+    /// Deletes the scope's leader Lease if its holder's record does not decode as a leader
+    /// record, with preconditions on exactly the resourceVersion and uid read: the operator's
+    /// way out of a hand-edited or corrupted Lease (members take it over only after seeing it
+    /// unchanged for its lease duration, and a hand-made one may be rewritten meanwhile). A
+    /// valid record, ours or a foreign holder's (client-go), is never touched, and a Lease
+    /// without a holder is no leader key (`Absent`). The epoch keeps growing afterwards: it
+    /// comes from the scope's counter Lease, which is left alone.
+    pub async fn remove_garbage_leader(&self) -> Result<leasehold::GarbageRemoval, DcsError> {
+        use leasehold::GarbageRemoval;
+        let name = self.names()?.leader();
+        let Some(lease) = self.inner.get(&name).await? else { return Ok(GarbageRemoval::Absent) };
+        let Some((bytes, _)) = objects::leader_entry(&lease) else { return Ok(GarbageRemoval::Absent) };
+        if LeaderRecord::decode(&name, &bytes).is_ok() {
+            return Ok(GarbageRemoval::Valid);
+        }
+        let rv = objects::rv(&lease).to_string();
+        Ok(match self.inner.delete_exact(&name, &rv, lease.metadata.uid.as_deref()).await? {
+            Write::Done(()) => {
+                self.forget_held(&name);
+                GarbageRemoval::Removed { version: Version::opaque(rv) }
+            }
+            Write::Conflict | Write::Missing => GarbageRemoval::Changed,
+        })
+    }
+}
+
 #[async_trait]
 impl Dcs for KubeDcs {
     fn scope(&self) -> &str {

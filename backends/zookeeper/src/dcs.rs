@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::{
-    CasOutcome, ClusterView, ControlKey, Dcs, DcsError, Epoch, Expect, Key, LeaderRecord, LeaderView, Lease,
-    MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
+    CasOutcome, ClusterView, ControlKey, Dcs, DcsError, Epoch, Expect, GarbageRemoval, Key, LeaderRecord, LeaderView,
+    Lease, MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
 };
 use zookeeper_client as zk;
 
@@ -545,6 +545,41 @@ impl Dcs for ZkDcs {
             Seen::Resync => WatchEvent::Resync,
             Seen::Timeout => WatchEvent::Timeout,
         })
+    }
+}
+
+impl ZkDcs {
+    /// Deletes the scope's leader znode if it does not decode as a leader record, by a delete
+    /// at exactly the data version read: the operator's way out of a hand-written or corrupted
+    /// znode that blocks elections (no member may create a znode that exists). A valid record,
+    /// of any member, is never touched.
+    ///
+    /// ZooKeeper can condition a delete on the data version only. A znode deleted and
+    /// created again between the read and the delete starts at version 0 again, so a garbage
+    /// znode at version 0 that someone else deletes and a member re-creates in that instant
+    /// would be deleted too (the member then loses its key and demotes; nothing unsafe, but
+    /// an election is lost). Etcd, Consul and Kubernetes compare a never-reused revision.
+    pub async fn remove_garbage_leader(&self) -> Result<GarbageRemoval, DcsError> {
+        let session = self.session()?;
+        let what = "removing an undecodable leader key";
+        let path = self.path(&Key::Leader);
+        // Through the ensemble leader first: a lagging server could show an old value.
+        let scope_path = self.scope_path();
+        match self.shared.run(&session, Op::Read, what, |zk| zk.sync(&scope_path)).await? {
+            Ok(()) | Err(zk::Error::NoNode) => {}
+            Err(e) => return Err(classify(Op::Read, what, e)),
+        }
+        let Some((data, stat)) = self.read_leader(&session, what).await? else { return Ok(GarbageRemoval::Absent) };
+        if LeaderRecord::decode(&path, &data).is_ok() {
+            return Ok(GarbageRemoval::Valid);
+        }
+        let result = match self.shared.run(&session, Op::Write, what, |zk| zk.delete(&path, Some(stat.version))).await {
+            Ok(Ok(())) => Ok(GarbageRemoval::Removed { version: zxid_version(stat.mzxid) }),
+            Ok(Err(zk::Error::NoNode | zk::Error::BadVersion)) => Ok(GarbageRemoval::Changed),
+            Ok(Err(e)) => Err(classify(Op::Write, what, e)),
+            Err(e) => Err(e),
+        };
+        self.noted(result)
     }
 }
 

@@ -477,6 +477,28 @@ pub async fn delete_znode(client: &ZkClient, path: &str) -> Result<(), DcsError>
     session.zk.delete(path, None).await.map_err(|e| DcsError::unavailable_with(format!("deleting {path}"), e))
 }
 
+/// Writes `data` at `path` through `client`'s session, as an operator's `set` (or, when the
+/// znode is missing, `create`, persistent) would: no leasehold rule is checked. A znode that
+/// exists keeps its owner: garbage written over an ephemeral leader znode stays owned by the
+/// holder's session.
+pub async fn write_znode(client: &ZkClient, path: &str, data: &[u8]) -> Result<(), DcsError> {
+    let session = client.shared_session()?;
+    let failed = |e| DcsError::unavailable_with(format!("writing {path}"), e);
+    match session.zk.set_data(path, data, None).await {
+        Ok(_) => Ok(()),
+        Err(zk::Error::NoNode) => {
+            let parent = &path[..path.rfind('/').unwrap_or(0)];
+            let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+            match session.zk.mkdir(parent, &persistent).await {
+                Ok(()) | Err(zk::Error::NodeExists) => {}
+                Err(e) => return Err(failed(e)),
+            }
+            session.zk.create(path, data, &persistent).await.map(|_| ()).map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
 /// Writes `text` to stderr (test diagnostics that survive output capture on failure).
 pub fn note(text: &str) {
     let _ = writeln!(io::stderr(), "{text}");

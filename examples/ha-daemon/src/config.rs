@@ -961,7 +961,13 @@ fn validate_hooks(raw_hooks: RawHooks, base: &Path) -> Result<HooksConfig, Confi
 /// The shortest lease etcd grants with its default election timeout (1000 ms).
 const ETCD_MIN_TTL: Duration = Duration::from_secs(2);
 
-/// The store's rules on a timing (etcd's minimum lease, Consul's session floor, ...).
+/// The session timeouts a ZooKeeper server grants with its default settings: it clamps a
+/// request to `[minSessionTimeout, maxSessionTimeout]`, by default `[2, 20] x tickTime`, and
+/// tickTime defaults to 2000 ms.
+pub(crate) const ZK_DEFAULT_SESSION_TIMEOUTS: (Duration, Duration) = (Duration::from_secs(4), Duration::from_secs(40));
+
+/// The store's rules on a timing (etcd's minimum lease, Consul's session floor, ZooKeeper's
+/// session timeout range, ...).
 pub(crate) fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(), ConfigError> {
     let kind = store.kind();
     if !crate::store::built_in(kind) {
@@ -1031,6 +1037,21 @@ pub(crate) fn validate_store(store: &StoreConfig, timing: &Timing) -> Result<(),
             if s.cert.is_some() != s.key.is_some() {
                 let key = if s.cert.is_some() { "zookeeper.key" } else { "zookeeper.cert" };
                 return Err(ConfigError::new(key, "cert and key must be set together"));
+            }
+            // The session timeout is the ttl; a server clamps it, and the leader key (an
+            // ephemeral znode) would then live longer or shorter than every member plans with.
+            let (min, max) = ZK_DEFAULT_SESSION_TIMEOUTS;
+            if timing.ttl < min || timing.ttl > max {
+                return Err(ConfigError::new(
+                    "ttl",
+                    format!(
+                        "{:?} is outside the session timeouts ZooKeeper grants with its default settings: \
+                         [minSessionTimeout, maxSessionTimeout] = [2, 20] x tickTime = [{min:?}, {max:?}] at tickTime 2000 ms, \
+                         and it would clamp the session timeout (the ttl); a server with another tickTime or \
+                         explicit min/maxSessionTimeout has other bounds, but the ttl must be within these",
+                        timing.ttl
+                    ),
+                ));
             }
         }
         StoreConfig::Consul(s) => {
@@ -1183,6 +1204,34 @@ mod tests {
         assert_eq!(zk("verify = false").unwrap_err().key, "zookeeper.cacert");
         assert_eq!(zk("cacert = \"/ca.pem\"\ncert = \"/c.pem\"").unwrap_err().key, "zookeeper.key");
         assert_eq!(zk("cacert = \"/ca.pem\"\nkey = \"/k.pem\"").unwrap_err().key, "zookeeper.cert");
+    }
+
+    /// A ttl a ZooKeeper server with default settings would clamp (its session timeout range
+    /// is [2, 20] x tickTime = [4 s, 40 s]) is refused naming `ttl`, the rule and that another
+    /// tickTime differs; the bounds themselves are accepted.
+    #[test]
+    fn a_ttl_outside_zookeepers_default_session_timeouts_is_refused() {
+        let zk = |timing: &str| {
+            let text = format!(
+                "scope = \"demo\"\nname = \"n1\"\n{timing}\n[hooks]\ndir = {:?}\n[zookeeper]\nhosts = [\"127.0.0.1:2181\"]\n",
+                hooks_dir().display().to_string()
+            );
+            parse(&text)
+        };
+        let short = "ttl = \"3s\"\nloop_wait = \"1s\"\nretry_timeout = \"1s\"\nsafety_margin = \"500ms\"";
+        let e = zk(short).unwrap_err();
+        assert_eq!(e.key, "ttl", "{e}");
+        for needle in ["3s is outside", "[2, 20] x tickTime = [4s, 40s]", "tickTime 2000 ms", "another tickTime"] {
+            assert!(e.message.contains(needle), "{needle:?} in {e}");
+        }
+        let e = zk("ttl = \"41s\"").unwrap_err();
+        assert_eq!(e.key, "ttl", "{e}");
+        assert!(e.message.contains("41s is outside"), "{e}");
+        let low = "ttl = \"4s\"\nloop_wait = \"1s\"\nretry_timeout = \"1s\"\nsafety_margin = \"500ms\"";
+        assert!(zk(low).is_ok(), "{:?}", zk(low).err());
+        assert!(zk("ttl = \"40s\"").is_ok(), "{:?}", zk("ttl = \"40s\"").err());
+        // The default ttl (30 s) is within the range.
+        assert!(zk("").is_ok(), "{:?}", zk("").err());
     }
 
     /// Issue 14: a ttl Consul cannot honour (its session TTL has a 10 s floor, and the

@@ -122,7 +122,8 @@ pub enum CtlCommand {
         wait: u64,
     },
     /// Delete a leader key that does not decode (it blocks elections), after its key is typed
-    /// on stdin. A valid leader record is never removed. etcd only.
+    /// on stdin: only if it still holds exactly what was read (etcd, ZooKeeper, Consul and
+    /// Kubernetes alike). A valid leader record is never removed.
     RemoveGarbageLeader {
         /// Do not ask for confirmation.
         #[arg(long)]
@@ -170,7 +171,7 @@ fn garbage(view: &ClusterView) -> Vec<Garbage> {
             consequence: leasehold::record::garbage_consequence(p.what),
             what_to_do: (p.what == "leader").then(|| {
                 format!(
-                    "check what wrote it, then delete {} (`ctl remove-garbage-leader` on etcd; else the store's own tool: zkCli delete, consul kv delete, kubectl delete lease); members elect a leader at their next loop",
+                    "check what wrote it, then delete {} with `ctl remove-garbage-leader` (it deletes the key only if it still holds what was read, never a valid record); members elect a leader at their next loop",
                     p.key
                 )
             }),

@@ -45,6 +45,17 @@ pub(crate) fn consul_options(
     }
 }
 
+/// Why a session timeout the ZooKeeper server changed is refused, naming the `ttl` key.
+#[cfg_attr(not(feature = "zookeeper"), allow(dead_code))]
+fn zk_clamped_message(asked: std::time::Duration, got: std::time::Duration) -> String {
+    let bound = if got > asked { "minSessionTimeout" } else { "maxSessionTimeout" };
+    format!(
+        "config key `ttl`: ZooKeeper negotiated a session timeout of {got:?} instead of the ttl {asked:?} \
+         (the server clamps it to [minSessionTimeout, maxSessionTimeout], by default [2, 20] x tickTime; \
+         here its {bound} applies): set ttl to {got:?} or change the server's session timeout bounds"
+    )
+}
+
 /// Whether the backend for section `kind` is compiled into this binary.
 #[allow(clippy::match_like_matches_macro)] // each arm depends on a feature; with all on, clippy sees constants
 pub fn built_in(kind: &str) -> bool {
@@ -114,12 +125,12 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
                 ..ZkOptions::default()
             };
             let client = ZkClient::connect(options, timing).await?;
+            // The leader znode lives as long as the session: a clamped timeout would make
+            // the leader's key outlast (or fall short of) the ttl every member plans with.
             if client.ttl_clamped() {
-                tracing::warn!(
-                    asked = ?timing.ttl,
-                    got = ?client.lease_ttl(),
-                    "ZooKeeper clamped the session timeout; the lease follows the server's value"
-                );
+                let got = client.lease_ttl();
+                client.shutdown().await.ok();
+                anyhow::bail!("{}", zk_clamped_message(timing.ttl, got));
             }
             (Arc::new(client.scope(scope)), Client::Zookeeper(client))
         }
@@ -160,33 +171,36 @@ pub async fn connect(store: &StoreConfig, scope: &str, timing: &Timing) -> anyho
 }
 
 impl Store {
-    /// Deletes the scope's leader key if it does not decode (compare-and-delete on what was
-    /// read). Built for etcd; on the other stores it says which tool to use.
+    /// Deletes the scope's leader key if it does not decode, only if it still holds exactly
+    /// what was read (etcd: its bytes and mod revision; ZooKeeper: the znode's data version;
+    /// Consul: `?cas=<ModifyIndex>`; Kubernetes: resourceVersion and uid preconditions). A
+    /// valid record is never removed; every outcome but a removal is an error that says so.
     pub async fn remove_garbage_leader(&self) -> anyhow::Result<String> {
-        match &self.client {
+        use leasehold::GarbageRemoval;
+        let scope = self.dcs.scope();
+        // What the store calls the version it compared, for the message.
+        let (outcome, version_name): (GarbageRemoval, &str) = match &self.client {
             #[cfg(feature = "etcd")]
-            Client::Etcd(c) => {
-                use leasehold_etcd::GarbageRemoval;
-                Ok(match c.scope(self.dcs.scope()).remove_garbage_leader().await? {
-                    GarbageRemoval::Removed { version } => {
-                        format!("removed the undecodable leader key (it was at revision {version})")
-                    }
-                    GarbageRemoval::Absent => anyhow::bail!("there is no leader key; nothing was removed"),
-                    GarbageRemoval::Valid => {
-                        anyhow::bail!("the leader key holds a valid leader record; nothing was removed")
-                    }
-                    GarbageRemoval::Changed => {
-                        anyhow::bail!(
-                            "the leader key changed while it was being removed; nothing was removed, look again"
-                        )
-                    }
-                })
+            Client::Etcd(c) => (c.scope(scope).remove_garbage_leader().await?, "revision"),
+            #[cfg(feature = "zookeeper")]
+            Client::Zookeeper(c) => (c.scope(scope).remove_garbage_leader().await?, "zxid"),
+            #[cfg(feature = "consul")]
+            Client::Consul(c) => (c.scope(scope).remove_garbage_leader().await?, "ModifyIndex"),
+            #[cfg(feature = "kubernetes")]
+            Client::Kubernetes(c) => (c.scope(scope).remove_garbage_leader().await?, "resourceVersion"),
+        };
+        Ok(match outcome {
+            GarbageRemoval::Removed { version } => {
+                format!("removed the undecodable leader key (it was at {version_name} {version})")
             }
-            #[allow(unreachable_patterns)] // with only etcd built in, no other client exists
-            _ => anyhow::bail!(
-                "removing a leader key is built for etcd only; delete it with the store's own tool (zkCli delete, consul kv delete, kubectl delete lease) after checking what wrote it"
-            ),
-        }
+            GarbageRemoval::Absent => anyhow::bail!("there is no leader key; nothing was removed"),
+            GarbageRemoval::Valid => {
+                anyhow::bail!("the leader key holds a valid leader record; nothing was removed")
+            }
+            GarbageRemoval::Changed => {
+                anyhow::bail!("the leader key changed while it was being removed; nothing was removed, look again")
+            }
+        })
     }
 
     /// Ends the process's lease or session (the client's `shutdown`) so its member keys
@@ -205,5 +219,19 @@ impl Store {
         if let Err(e) = result {
             tracing::warn!(error = %e, "closing the store session");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_clamped_session_timeout_names_ttl_and_the_bound() {
+        let up = super::zk_clamped_message(Duration::from_secs(3), Duration::from_secs(4));
+        assert!(up.starts_with("config key `ttl`"), "{up}");
+        assert!(up.contains("4s instead of the ttl 3s") && up.contains("minSessionTimeout applies"), "{up}");
+        let down = super::zk_clamped_message(Duration::from_secs(60), Duration::from_secs(40));
+        assert!(down.contains("40s instead of the ttl 60s") && down.contains("maxSessionTimeout applies"), "{down}");
     }
 }

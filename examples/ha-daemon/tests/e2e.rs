@@ -75,6 +75,26 @@ fn crash_failover_on_zookeeper() {
     crash_failover(Store::zookeeper());
 }
 
+/// A ZooKeeper server whose minSessionTimeout (6 s) is above the ttl (5 s) would clamp the
+/// session timeout: the daemon and ctl refuse to run on it, naming `ttl` and both values,
+/// instead of leading with a key that outlives the ttl the other members plan with.
+#[test]
+fn a_session_timeout_zookeeper_clamps_is_refused_naming_ttl() {
+    use leasehold_zookeeper::testing::{ZkConfig, ZkServer};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = ZkConfig { min_session_timeout: Some(Duration::from_secs(6)), ..ZkConfig::new(1) };
+    let server = rt.block_on(ZkServer::start_with(config)).expect("ZooKeeper starts");
+    let mut c = Cluster::start(Store::Zookeeper { server, _rt: rt }, 1);
+    let expected = "config key `ttl`: ZooKeeper negotiated a session timeout of 6s instead of the ttl 5s";
+    let out = c.ctl(0, &["list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(expected), "{}", text(&out));
+    assert!(text(&out).contains("minSessionTimeout"), "{}", text(&out));
+    c.wait_for("the daemon to refuse the clamped session timeout", LIMIT, |c| c.log(0).contains(expected));
+    c.wait_exited(0, LIMIT);
+    assert!(c.leader().is_none(), "no member leads");
+}
+
 /// A graceful switchover through `ctl`, then the history records it; pause blocks failover.
 #[test]
 fn switchover_history_and_pause() {
@@ -265,24 +285,47 @@ fn rest_codes_and_tokens() {
 /// valid record) a member is elected again.
 #[test]
 fn a_garbage_leader_key_is_shown_blocks_elections_and_deleting_it_recovers() {
-    let c = Cluster::start(store(), 3);
+    garbage_leader_key(store(), |c| {
+        let common::Store::Etcd { endpoint, .. } = &c.store else { unreachable!("etcd") };
+        let out = std::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .args(["put", "/e2e/e2e/leader", "not a leader record {"])
+            .output()
+            .expect("etcdctl runs");
+        assert!(out.status.success(), "etcdctl put: {}", text(&out));
+    });
+}
+
+/// The same on ZooKeeper: garbage set over the leader's ephemeral znode stays owned by the
+/// old leader's live session, so it blocks elections until `ctl remove-garbage-leader`
+/// deletes it at the data version it read.
+#[test]
+fn a_garbage_leader_znode_blocks_elections_until_ctl_removes_it() {
+    garbage_leader_key(Store::zookeeper(), |c| {
+        let common::Store::Zookeeper { server, .. } = &c.store else { unreachable!("zookeeper") };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            use leasehold_zookeeper::testing::{test_options, write_znode};
+            let timing = leasehold::testkit::election::timing_for(Duration::from_secs(4));
+            let client = leasehold_zookeeper::ZkClient::connect(test_options(server), &timing).await.expect("connect");
+            write_znode(&client, "/e2e/e2e/leader", b"not a leader record {").await.expect("set garbage");
+            client.shutdown().await.expect("close the session");
+        });
+    });
+}
+
+/// Runs the garbage leader scenario on a three-member cluster over `store`, whose key is
+/// `/e2e/e2e/leader`; `write_garbage` writes bytes that do not decode over the leader's key.
+fn garbage_leader_key(store: Store, write_garbage: impl FnOnce(&Cluster)) {
+    let c = Cluster::start(store, 3);
     let (leader, epoch) = c.wait_leader(LIMIT, |_, _| true);
     // A valid leader record is never removed.
     let out = c.ctl(0, &["remove-garbage-leader", "--force"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("no garbage leader key"), "{}", text(&out));
     assert_eq!(c.leader(), Some((leader, epoch)), "the leader keeps its key");
-    let common::Store::Etcd { endpoint, .. } = &c.store else { unreachable!("etcd") };
-    let etcdctl = |args: &[&str]| {
-        let out = std::process::Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .args(args)
-            .output()
-            .expect("etcdctl runs");
-        assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out));
-    };
-    etcdctl(&["put", "/e2e/e2e/leader", "not a leader record {"]);
+    write_garbage(&c);
 
     let list = |c: &Cluster| -> serde_json::Value {
         let out = c.ctl(0, &["list", "--format", "json"]);

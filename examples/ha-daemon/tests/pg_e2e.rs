@@ -14,18 +14,12 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Proc, Store, free_port, http_get_blocking};
-use leasehold_test_servers::CutProxy;
-use serde_json::Value;
+use common::pg::{PgCluster, PgSpec, connect, kill_postmaster, no_extra, postmaster_pid};
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const SU_PASSWORD: &str = "e2e-super-pw";
 const LIMIT: Duration = Duration::from_secs(60);
 const TTL_SECS: u64 = 5;
 
@@ -33,47 +27,10 @@ const TTL_SECS: u64 = 5;
 /// turn load into spurious failovers.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Member {
-    name: String,
-    config: PathBuf,
-    api: String,
-    pg_port: u16,
-    data: PathBuf,
-    proxy: CutProxy,
-    proc: Option<Proc>,
-}
-
-/// Stops a member's postmaster by its pid (SIGKILL) when the test ends, pass or fail.
-struct PgGuard(PathBuf);
-
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        kill_postmaster(&self.0);
-    }
-}
-
-fn postmaster_pid(data: &Path) -> Option<i32> {
-    std::fs::read_to_string(data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
-}
-
-fn kill_postmaster(data: &Path) {
-    if let Some(pid) = postmaster_pid(data) {
-        // SAFETY: kill(2) on the pid PostgreSQL wrote for this test's own data directory.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-    }
-}
-
 /// One cluster at a time, and only where PostgreSQL 15 is installed (saying so otherwise).
 fn postgres_turn() -> Option<std::sync::MutexGuard<'static, ()>> {
     let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    if !Path::new(PG_BIN).join("pg_rewind").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
-        return None;
-    }
-    Some(serial)
+    common::pg::installed("pg_rewind").then_some(serial)
 }
 
 /// The writer's table, created on the primary at `port`.
@@ -85,17 +42,25 @@ fn create_acked_table(port: u16) {
     });
 }
 
-/// Fields drop in order: daemons, then postmasters (their guards read `postmaster.pid`), then
-/// the store, and the directory last (dropped first, it took the pid files with it and the
-/// postmasters outlived the test).
+/// Three members on the shared fixture, each reaching etcd through a proxy the test can cut.
 struct Cluster {
     sync: bool,
     /// Synchronous mode: how many standbys a healthy sync key names.
     sync_count: usize,
-    members: Vec<Member>,
-    _guards: Vec<PgGuard>,
-    _store: Store,
-    dir: tempfile::TempDir,
+    pg: PgCluster,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = PgCluster;
+    fn deref(&self) -> &PgCluster {
+        &self.pg
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut PgCluster {
+        &mut self.pg
+    }
 }
 
 impl Cluster {
@@ -122,54 +87,21 @@ impl Cluster {
             .lines()
             .find_map(|l| l.strip_prefix("synchronous_node_count = "))
             .map_or(1, |n| n.trim().parse().expect("a count"));
-        let store = Store::etcd();
-        let Store::Etcd { endpoint, .. } = &store else { unreachable!() };
-        let etcd_port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
-        let dir = tempfile::Builder::new().prefix("lh-pg-").tempdir().unwrap();
-        // PostgreSQL runs as `postgres` when the test runs as root: it must reach the tree.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let mut members = Vec::new();
-        let mut guards = Vec::new();
-        for i in 1..=3 {
-            let name = format!("n{i}");
-            let (api_port, pg_port) = (free_port(), free_port());
-            let home = dir.path().join(&name);
-            std::fs::create_dir_all(&home).unwrap();
-            std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-            let data = home.join("data");
-            let proxy = CutProxy::start(etcd_port).expect("proxy binds");
-            let config = dir.path().join(format!("{name}.toml"));
-            let tags = if nosync_third && i == 3 { "[tags]\nnosync = true" } else { "" };
-            std::fs::write(
-                &config,
-                format!(
-                    "scope = \"pg\"\nname = \"{name}\"\nttl = \"{TTL_SECS}s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n\
-                     safety_margin = \"1s\"\n{top}\n{tags}\n\
-                     [watchdog]\nmode = \"off\"\n\
-                     [restapi]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{}\"\n\
-                     [postgresql]\ndata_dir = \"{}\"\nbin_dir = \"{PG_BIN}\"\nlisten = \"127.0.0.1:{pg_port}\"\npg_ctl_timeout = 60\n{extra}\n\
-                     [postgresql.parameters]\nfsync = \"off\"\nshared_buffers = \"16MB\"\n\
-                     [postgresql.authentication.superuser]\nusername = \"postgres\"\npassword = \"{SU_PASSWORD}\"\n\
-                     [postgresql.authentication.replication]\nusername = \"replicator\"\npassword = \"e2e-repl-pw\"\n\
-                     [etcd]\nendpoints = [\"http://127.0.0.1:{}\"]\nprefix = \"/pg-e2e\"\n",
-                    common::TOKEN,
-                    data.display(),
-                    proxy.port()
-                ),
-            )
-            .unwrap();
-            guards.push(PgGuard(data.clone()));
-            members.push(Member {
-                name,
-                config,
-                api: format!("http://127.0.0.1:{api_port}"),
-                pg_port,
-                data,
-                proxy,
-                proc: None,
-            });
+        fn nosync(i: usize) -> String {
+            if i == 2 { "[tags]\nnosync = true".into() } else { String::new() }
         }
-        let mut c = Cluster { sync, sync_count, members, dir, _guards: guards, _store: store };
+        let spec = PgSpec {
+            members: 3,
+            scope: "pg",
+            prefix: "/pg-e2e",
+            top: format!(
+                "ttl = \"{TTL_SECS}s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\nsafety_margin = \"1s\"\n{top}"
+            ),
+            postgresql: extra.to_string(),
+            member_extra: if nosync_third { nosync } else { no_extra },
+            proxies: true,
+        };
+        let mut c = Cluster { sync, sync_count, pg: PgCluster::new(&spec) };
         // n1 bootstraps; the others join once it leads (so a nosync member never bootstraps).
         c.start_member(0);
         c.wait("n1 leads", |c| c.leader().filter(|&(i, _)| i == 0));
@@ -177,25 +109,6 @@ impl Cluster {
             c.start_member(i);
         }
         c
-    }
-
-    fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("{}.log", self.members[i].name))
-    }
-
-    fn start_member(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
-        let m = &mut self.members[i];
-        m.proc = Some(common::spawn_daemon(&m.name, &m.config, log));
-    }
-
-    fn log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
-    }
-
-    fn status(&self, i: usize) -> Option<Value> {
-        let (code, body) = http_get_blocking(&format!("{}/status", self.members[i].api))?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
     }
 
     /// The one member acting as leader with a running primary, and its epoch.
@@ -265,22 +178,10 @@ impl Cluster {
     fn dump(&self) {
         if std::env::var_os("PG_E2E_KEEP").is_some() {
             let kept = self.dir.path().with_extension("kept");
-            let _ = Command::new("cp").arg("-a").arg(self.dir.path()).arg(&kept).status();
+            let _ = std::process::Command::new("cp").arg("-a").arg(self.dir.path()).arg(&kept).status();
             eprintln!("==== logs copied to {}", kept.display());
         }
-        for i in 0..3 {
-            eprintln!("==== {} status: {:?}", self.members[i].name, self.status(i));
-            let log = self.log(i);
-            let tail: Vec<&str> = log.lines().rev().take(60).collect();
-            eprintln!("==== {} log:\n{}", self.members[i].name, tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-            let pglog = std::fs::read_to_string(format!("{}.log", self.members[i].data.display())).unwrap_or_default();
-            let tail: Vec<&str> = pglog.lines().rev().take(15).collect();
-            eprintln!(
-                "==== {} postgres log:\n{}",
-                self.members[i].name,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            );
-        }
+        self.pg.dump(60);
     }
 }
 
@@ -290,18 +191,6 @@ struct Writer {
     acked: Arc<Mutex<Vec<i64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
-}
-
-async fn connect(port: u16) -> Option<tokio_postgres::Client> {
-    let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1").port(port).user("postgres").password(SU_PASSWORD).dbname("postgres");
-    c.connect_timeout(Duration::from_secs(1));
-    let (client, conn) =
-        tokio::time::timeout(Duration::from_secs(2), c.connect(tokio_postgres::NoTls)).await.ok()?.ok()?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Some(client)
 }
 
 async fn writable(port: u16) -> Option<tokio_postgres::Client> {
@@ -426,16 +315,11 @@ fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
             kill_postmaster(&c.members[old].data);
         }
         Fault::Pause => c.members[old].proc.as_ref().unwrap().freeze(),
-        Fault::StoreCut => c.members[old].proxy.cut(),
+        Fault::StoreCut => c.members[old].proxy().cut(),
         Fault::Switchover => {
             let (_, _, sync) = c.healthy().unwrap_or_default();
             let candidate = if sync.is_empty() { c.members[(old + 1) % 3].name.clone() } else { sync };
-            let out = Command::new(common::bin())
-                .arg("--config")
-                .arg(&c.members[old].config)
-                .args(["ctl", "switchover", "--candidate", &candidate, "--wait", "40"])
-                .output()
-                .expect("ctl runs");
+            let out = c.ctl(old, &["switchover", "--candidate", &candidate, "--wait", "40"]);
             if !out.status.success() {
                 c.dump();
                 panic!("switchover to {candidate}: {}", common::text(&out));
@@ -450,7 +334,7 @@ fn fault_then(c: &mut Cluster, w: &Writer, fault: Fault, path: Rejoin) {
             std::thread::sleep(Duration::from_secs(TTL_SECS));
             c.members[old].proc.as_ref().unwrap().thaw();
         }
-        Fault::StoreCut => c.members[old].proxy.heal(),
+        Fault::StoreCut => c.members[old].proxy().heal(),
         Fault::Switchover => {}
     }
     w.wait_progress(c, 20);
@@ -733,14 +617,14 @@ fn failsafe_leader_keeps_its_primary_through_a_store_outage() {
     let logs_before: Vec<usize> = (0..3).map(|i| c.log(i).len()).collect();
     eprintln!("---- store cut for every member; leader {} (epoch {epoch})", c.members[l].name);
     for member in &c.members {
-        member.proxy.cut();
+        member.proxy().cut();
     }
     std::thread::sleep(Duration::from_secs(2 * TTL_SECS));
     let during = w.acked().len();
     std::thread::sleep(Duration::from_secs(1));
     let committed_in_outage = w.acked().len() - during;
     for member in &c.members {
-        member.proxy.heal();
+        member.proxy().heal();
     }
     let (l2, epoch2) = c.wait("the leader takes its key back", |c| c.leader().filter(|&(_, e)| e > epoch));
     w.wait_progress(&c, 20);
@@ -777,9 +661,7 @@ fn dynamic_parameters_are_reloaded_and_pending_restarts_reported() {
     let Some(_serial) = postgres_turn() else { return };
     let c = Cluster::start(false, "");
     c.wait_healthy();
-    let ctl = |args: &[&str]| {
-        Command::new(common::bin()).arg("--config").arg(&c.members[0].config).arg("ctl").args(args).output().unwrap()
-    };
+    let ctl = |args: &[&str]| c.ctl(0, args);
     let out = ctl(&["edit-config", "--force", "--pg", "work_mem=7MB", "--pg", "max_connections=123"]);
     assert!(out.status.success(), "{}", common::text(&out));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -7,142 +7,44 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Proc, Store, free_port, http_get_blocking, text};
-use serde_json::Value;
+use common::pg::{PgCluster, PgSpec, no_extra, postmaster_pid, sql};
+use common::text;
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-const SU_PASSWORD: &str = "ops-super-pw";
 const LIMIT: Duration = Duration::from_secs(90);
 
-/// Stops a postmaster by its pid (SIGKILL) when the test ends, pass or fail.
-struct PgGuard(PathBuf);
+/// Two members on the shared fixture: n1 leads, n2 replicates.
+struct Cluster(PgCluster);
 
-impl Drop for PgGuard {
-    fn drop(&mut self) {
-        if let Some(pid) = postmaster_pid(&self.0) {
-            // SAFETY: kill(2) on the pid PostgreSQL wrote for this test's own data directory.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-        }
+impl std::ops::Deref for Cluster {
+    type Target = PgCluster;
+    fn deref(&self) -> &PgCluster {
+        &self.0
     }
-}
-
-fn postmaster_pid(data: &Path) -> Option<i32> {
-    std::fs::read_to_string(data.join("postmaster.pid")).ok()?.lines().next()?.trim().parse().ok()
-}
-
-/// One SQL statement on the instance at `port` as the superuser; the first column of the
-/// first row.
-fn sql(port: u16, statement: &str) -> Option<String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1").port(port).user("postgres").password(SU_PASSWORD).dbname("postgres");
-        cfg.connect_timeout(Duration::from_secs(2));
-        let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.ok()?;
-        tokio::spawn(conn);
-        let msgs = client.simple_query(statement).await.ok()?;
-        Some(
-            msgs.into_iter()
-                .find_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).unwrap_or("").to_string()),
-                    _ => None,
-                })
-                .unwrap_or_default(),
-        )
-    })
-}
-
-struct Member {
-    name: String,
-    config: PathBuf,
-    api: String,
-    pg_port: u16,
-    data: PathBuf,
-    proc: Option<Proc>,
-}
-
-/// Fields drop in order: daemons, postmasters, the store, the directory.
-struct Cluster {
-    members: Vec<Member>,
-    _guards: Vec<PgGuard>,
-    _store: Store,
-    dir: tempfile::TempDir,
 }
 
 impl Cluster {
     fn start() -> Cluster {
-        let store = Store::etcd();
-        let section = store.section();
-        let dir = tempfile::Builder::new().prefix("lh-pg-ops-").tempdir().unwrap();
-        // PostgreSQL runs as `postgres` when the test runs as root: it must reach the tree.
-        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let mut members = Vec::new();
-        let mut guards = Vec::new();
-        for i in 1..=2 {
-            let name = format!("n{i}");
-            let (api_port, pg_port) = (free_port(), free_port());
-            let home = dir.path().join(&name);
-            std::fs::create_dir_all(&home).unwrap();
-            std::fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-            let data = home.join("data");
-            let config = dir.path().join(format!("{name}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "scope = \"pgops\"\nname = \"{name}\"\nttl = \"5s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\n\
-                     safety_margin = \"1s\"\n[watchdog]\nmode = \"off\"\n\
-                     [restapi]\nlisten = \"127.0.0.1:{api_port}\"\ntoken = \"{}\"\n\
-                     [postgresql]\ndata_dir = \"{}\"\nbin_dir = \"{PG_BIN}\"\nlisten = \"127.0.0.1:{pg_port}\"\npg_ctl_timeout = 60\n\
-                     [postgresql.parameters]\nfsync = \"off\"\nshared_buffers = \"16MB\"\n\
-                     [postgresql.authentication.superuser]\nusername = \"postgres\"\npassword = \"{SU_PASSWORD}\"\n\
-                     [postgresql.authentication.replication]\nusername = \"replicator\"\npassword = \"ops-repl-pw\"\n{section}",
-                    common::TOKEN,
-                    data.display(),
-                ),
-            )
-            .unwrap();
-            guards.push(PgGuard(data.clone()));
-            members.push(Member {
-                name,
-                config,
-                api: format!("http://127.0.0.1:{api_port}"),
-                pg_port,
-                data,
-                proc: None,
-            });
-        }
-        let mut c = Cluster { members, dir, _guards: guards, _store: store };
-        c.start_member(0);
+        let spec = PgSpec {
+            members: 2,
+            scope: "pgops",
+            prefix: "/pg-ops",
+            top: "ttl = \"5s\"\nloop_wait = \"1s\"\nretry_timeout = \"1500ms\"\nsafety_margin = \"1s\"".into(),
+            postgresql: String::new(),
+            member_extra: no_extra,
+            proxies: false,
+        };
+        let mut c = Cluster(PgCluster::new(&spec));
+        c.0.start_member(0);
         c.wait("n1 leads", |c| c.status(0).filter(|s| s["acting"] == true && s["role"] == "primary"));
-        c.start_member(1);
+        c.0.start_member(1);
         c.wait("n2 replicates", |c| c.status(1).filter(|s| s["role"] == "replica" && s["running"] == true));
         c
     }
 
-    fn start_member(&mut self, i: usize) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{}.log", self.members[i].name)))
-            .unwrap();
-        let m = &mut self.members[i];
-        m.proc = Some(common::spawn_daemon(&m.name, &m.config, log));
-    }
-
-    fn status(&self, i: usize) -> Option<Value> {
-        let (code, body) = http_get_blocking(&format!("{}/status", self.members[i].api))?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
-    }
-
     fn ctl(&self, args: &[&str]) -> std::process::Output {
-        Command::new(common::bin()).arg("--config").arg(&self.members[0].config).arg("ctl").args(args).output().unwrap()
+        self.0.ctl(0, args)
     }
 
     fn wait<T>(&self, what: &str, mut check: impl FnMut(&Cluster) -> Option<T>) -> T {
@@ -153,21 +55,14 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        for i in 0..2 {
-            eprintln!("==== {} status: {:?}", self.members[i].name, self.status(i));
-            let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name)))
-                .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("==== log:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        }
+        self.dump(40);
         panic!("{what}: not reached within {LIMIT:?}");
     }
 }
 
 #[test]
 fn restart_reload_and_reinit_on_postgresql() {
-    if !Path::new(PG_BIN).join("pg_basebackup").exists() {
-        eprintln!("skipped: PostgreSQL 15 is not installed at {PG_BIN} (scripts/setup.sh installs it)");
+    if !common::pg::installed("pg_basebackup") {
         return;
     }
     let c = Cluster::start();
@@ -202,7 +97,7 @@ fn restart_reload_and_reinit_on_postgresql() {
     assert_ne!(postmaster_pid(&c.members[1].data), Some(replica_pid), "n2 runs a new postmaster");
     c.wait("n2 replicates again", |c| c.status(1).filter(|s| s["role"] == "replica" && s["running"] == true));
     c.wait("the leader's rows are on n2", |_| sql(p2, "select n from before_reinit").filter(|v| v == "18"));
-    let log = std::fs::read_to_string(c.dir.path().join("n2.log")).unwrap_or_default();
+    let log = c.log(1);
     assert!(log.contains("reinitializing"), "n2's log says it reinitialized");
     assert!(log.contains("cloned with pg_basebackup"), "n2 cloned");
 }

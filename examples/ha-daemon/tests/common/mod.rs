@@ -7,6 +7,8 @@
 // for those deadlines; the workspace bans clock reads only to keep the library's core pure.
 #![allow(clippy::disallowed_methods)]
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -476,6 +478,18 @@ impl Cluster {
             "==== resource events:\n{}",
             std::fs::read_to_string(self.resource_dir.join("events")).unwrap_or_default()
         );
+    }
+
+    /// Waits until member `i`'s daemon has exited by itself; panics with the logs after `limit`.
+    pub fn wait_exited(&mut self, i: usize, limit: Duration) {
+        let until = Instant::now() + limit;
+        while self.members[i].proc.as_mut().is_some_and(Proc::is_running) {
+            if Instant::now() >= until {
+                self.dump();
+                panic!("{} still runs after {limit:?}", self.members[i].name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// `leasehold-ha ctl <args>` with member `via`'s config.
