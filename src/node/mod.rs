@@ -48,7 +48,7 @@ use crate::record::{
     LeaderView, MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version,
 };
 use crate::rules::{self, ElectionFacts, PeerReply, Reason, Verdict, WatchdogHealth};
-use crate::time::Instant;
+use crate::time::{Instant, WallTime};
 use known::Known;
 use state::{Held, State};
 use timers::{Timer, Timers};
@@ -178,7 +178,7 @@ enum StoreOp {
     Release(Lease),
     Publish(MemberRecord),
     Write { key: ControlKey, expect: Expect, value: Vec<u8>, then: AfterWrite },
-    Delete { key: ControlKey, expect: Version },
+    Delete { key: ControlKey, expect: Version, then: AfterWrite },
 }
 
 /// What to do when a control write completes.
@@ -333,6 +333,22 @@ pub struct Node {
     failsafe_confirmed: Option<Instant>,
     /// Synchronous mode: the standbys the resource was last asked to wait for.
     resource_standbys: Vec<String>,
+    /// The last wall-clock reading ([`Input::WallClock`]) and the instant it was taken at.
+    wall: Option<(Instant, WallTime)>,
+}
+
+/// Where a scheduled switchover stands for the leader it is aimed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schedule {
+    /// Not scheduled, or its time has come: act now.
+    Due,
+    /// Its time comes in this long.
+    Later(Duration),
+    /// Its time passed this long ago, more than 1.5 loop_wait (Patroni's bound): the leader
+    /// was not running then, and acting now would surprise the operator. Dropped.
+    Stale(Duration),
+    /// No wall-clock time given yet, or the cluster is paused: wait.
+    Wait,
 }
 
 impl Node {
@@ -364,6 +380,7 @@ impl Node {
             published: None,
             roster: BTreeMap::new(),
             resource_standbys: Vec::new(),
+            wall: None,
             cycle_start: now,
             timers,
             renew_failing_since: None,
@@ -406,6 +423,7 @@ impl Node {
             Input::WatchdogFailed => self.handle_watchdog_failed(now),
             Input::ResourceStatus(status) => self.handle_resource_status(status, now),
             Input::Shutdown => self.handle_shutdown(now),
+            Input::WallClock(wall) => self.wall = Some((now, wall)),
         }
     }
 
@@ -417,7 +435,7 @@ impl Node {
             AdminRequest::Switchover { .. } if self.state.held().is_none() => {
                 return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
             }
-            AdminRequest::Switchover { candidate: Some(c) } | AdminRequest::Failover { candidate: c } => {
+            AdminRequest::Switchover { candidate: Some(c), .. } | AdminRequest::Failover { candidate: c } => {
                 Some(c.clone())
             }
             _ => None,
@@ -427,7 +445,7 @@ impl Node {
         }
         let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
         let (key, expect, value) = match request {
-            AdminRequest::Switchover { candidate } => {
+            AdminRequest::Switchover { candidate, scheduled_at } => {
                 if self.state.held().is_none() {
                     return Err(AdminError::NotLeader {
                         leader: view.leader.as_ref().map(|l| l.record.member.clone()),
@@ -436,14 +454,35 @@ impl Node {
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
                 }
-                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate };
+                if let Some(at) = scheduled_at {
+                    let wall = self.wall_now(now).ok_or(AdminError::WallClockUnknown)?;
+                    if at <= wall {
+                        return Err(AdminError::ScheduledInPast { at, now: wall });
+                    }
+                    if self.paused() {
+                        return Err(AdminError::ScheduledWhilePaused);
+                    }
+                }
+                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate, scheduled_at };
                 (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::CancelScheduledSwitchover => {
+                let Some(expect) =
+                    view.failover.as_ref().filter(|f| f.value.scheduled_at.is_some()).map(|f| f.version.clone())
+                else {
+                    return Err(AdminError::NothingScheduled);
+                };
+                let id = self.next_request_id();
+                let then = AfterWrite::Admin(id);
+                self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect, then });
+                self.pump(now);
+                return Ok(id);
             }
             AdminRequest::Failover { candidate } => {
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
                 }
-                let rec = FailoverRecord { leader: None, candidate: Some(candidate) };
+                let rec = FailoverRecord { leader: None, candidate: Some(candidate), scheduled_at: None };
                 (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
             }
             AdminRequest::Pause | AdminRequest::Resume => {
@@ -621,6 +660,13 @@ impl Node {
                 self.enqueue_front(StoreOp::Renew);
             }
         }
+        if self.timers.is_due(Timer::Scheduled, now) {
+            // A scheduled switchover falls due: decide on a fresh read (it may have been
+            // cancelled meanwhile).
+            self.timers.clear(Timer::Scheduled);
+            self.view_stale = true;
+            self.timers.set_no_later(Timer::Cycle, now);
+        }
         if self.timers.is_due(Timer::Cycle, now) {
             self.start_cycle(now);
         }
@@ -730,7 +776,7 @@ impl Node {
         let Some(f) = self.take_in_flight(id) else { return };
         match (f.op, result) {
             (StoreOp::Publish(record), Ok(_)) => self.published = Some(record),
-            (StoreOp::Write { then, .. }, Ok(won)) => self.after_write(then, won, now),
+            (StoreOp::Write { then, .. } | StoreOp::Delete { then, .. }, Ok(won)) => self.after_write(then, won, now),
             (_, Ok(_)) => {}
             (op, Err(e)) => self.on_store_error(op, e, now),
         }
@@ -1237,7 +1283,11 @@ impl Node {
         self.actions.push_back(Action::Promote { epoch });
         // A new leader clears a satisfied or stale failover request.
         if let Some(f) = self.view.as_ref().and_then(|v| v.failover.as_ref()) {
-            self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
+            self.queue.push_back(StoreOp::Delete {
+                key: ControlKey::Failover,
+                expect: f.version.clone(),
+                then: AfterWrite::Nothing,
+            });
         }
     }
 
@@ -1282,21 +1332,61 @@ impl Node {
         if self.sync_on() && self.state.acting_epoch().is_some() {
             self.maintain_sync_set(&view);
         }
-        if let Some(f) = &view.failover {
-            let req = &f.value;
-            let me = self.cfg.name.as_str();
-            let aimed_at_me =
-                req.leader.as_deref() == Some(me) || (req.leader.is_none() && req.candidate.as_deref() != Some(me));
-            if req.candidate.as_deref() == Some(me) || !aimed_at_me {
-                // Satisfied (we lead) or addressed to a former leader: clear it.
-                self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
-            } else if self.state.acting_epoch().is_some() && self.probe.is_none() {
-                let peers: Vec<MemberRecord> =
-                    view.members.iter().map(|m| &m.value).filter(|m| m.name != me).cloned().collect();
-                let id = self.next_request_id();
-                self.start_probe(id, ProbePurpose::Switchover { candidate: req.candidate.clone() }, now);
-                self.actions.push_back(Action::ProbePeers { id, peers });
+        let Some(f) = &view.failover else {
+            self.timers.clear(Timer::Scheduled);
+            return;
+        };
+        let req = &f.value;
+        let me = self.cfg.name.as_str();
+        let aimed_at_me =
+            req.leader.as_deref() == Some(me) || (req.leader.is_none() && req.candidate.as_deref() != Some(me));
+        if req.candidate.as_deref() == Some(me) || !aimed_at_me {
+            // Satisfied (we lead) or addressed to a former leader (also a scheduled one: the
+            // leader it was meant for is gone): clear it.
+            self.timers.clear(Timer::Scheduled);
+            self.queue.push_back(StoreOp::Delete {
+                key: ControlKey::Failover,
+                expect: f.version.clone(),
+                then: AfterWrite::Nothing,
+            });
+            return;
+        }
+        match self.schedule_of(req, now) {
+            Schedule::Due => self.timers.clear(Timer::Scheduled),
+            Schedule::Later(wait) => {
+                if self.timers.get(Timer::Scheduled) != Some(now + wait) {
+                    tracing::info!(node = %self.cfg.name, at = ?req.scheduled_at, in_secs = wait.as_secs(), "awaiting the scheduled switchover");
+                }
+                self.timers.set(Timer::Scheduled, now + wait);
+                return;
             }
+            Schedule::Stale(late) => {
+                tracing::warn!(
+                    node = %self.cfg.name,
+                    at = ?req.scheduled_at,
+                    late_secs = late.as_secs(),
+                    "dropping a scheduled switchover whose time passed more than 1.5 loop_wait ago (this leader was not running its loop then)"
+                );
+                self.timers.clear(Timer::Scheduled);
+                self.queue.push_back(StoreOp::Delete {
+                    key: ControlKey::Failover,
+                    expect: f.version.clone(),
+                    then: AfterWrite::Nothing,
+                });
+                return;
+            }
+            Schedule::Wait => {
+                self.timers.clear(Timer::Scheduled);
+                tracing::debug!(node = %self.cfg.name, at = ?req.scheduled_at, "a scheduled switchover waits: paused, or no wall-clock time yet");
+                return;
+            }
+        }
+        if self.state.acting_epoch().is_some() && self.probe.is_none() {
+            let peers: Vec<MemberRecord> =
+                view.members.iter().map(|m| &m.value).filter(|m| m.name != me).cloned().collect();
+            let id = self.next_request_id();
+            self.start_probe(id, ProbePurpose::Switchover { candidate: req.candidate.clone() }, now);
+            self.actions.push_back(Action::ProbePeers { id, peers });
         }
     }
 
@@ -1317,7 +1407,11 @@ impl Node {
             self.demote(DemoteMode::Graceful, "switchover requested", true, now);
         } else {
             tracing::warn!(node = %self.cfg.name, ?candidate, "switchover refused: no healthy candidate");
-            self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
+            self.queue.push_back(StoreOp::Delete {
+                key: ControlKey::Failover,
+                expect: f.version.clone(),
+                then: AfterWrite::Nothing,
+            });
         }
     }
 
@@ -1592,7 +1686,8 @@ impl Node {
     fn on_store_error(&mut self, op: StoreOp, e: DcsError, now: Instant) {
         // Whoever waits on a write hears of its failure, also when the store call timed out.
         match &op {
-            StoreOp::Write { then: AfterWrite::Admin(admin), .. } => {
+            StoreOp::Write { then: AfterWrite::Admin(admin), .. }
+            | StoreOp::Delete { then: AfterWrite::Admin(admin), .. } => {
                 tracing::warn!(node = %self.cfg.name, error = %e, "admin write failed");
                 self.events.push_back(NodeEvent::AdminDone { id: *admin, ok: false });
             }
@@ -1626,7 +1721,8 @@ impl Node {
                 self.lose_lease(now, DemoteMode::ImmediateNoLock, "session or lease lost");
             }
             StoreOp::Renew => self.renew_failed(e, now),
-            StoreOp::Write { then: AfterWrite::Admin(_) | AfterWrite::PromoteAfterSync, .. } => {}
+            StoreOp::Write { then: AfterWrite::Admin(_) | AfterWrite::PromoteAfterSync, .. }
+            | StoreOp::Delete { then: AfterWrite::Admin(_), .. } => {}
             // As in `handle_release`: the key expires by itself, so a shutdown ends with its
             // release whatever the answer, also when none came within retry_timeout.
             StoreOp::Release(_) if self.shutting_down => {
@@ -1893,7 +1989,7 @@ impl Node {
             StoreOp::Write { key, expect, value, .. } => {
                 Action::WriteControl { id, key: *key, expect: expect.clone(), value: value.clone() }
             }
-            StoreOp::Delete { key, expect } => Action::DeleteControl { id, key: *key, expect: expect.clone() },
+            StoreOp::Delete { key, expect, .. } => Action::DeleteControl { id, key: *key, expect: expect.clone() },
         };
         self.in_flight = Some(InFlight { id, op, sent_at: now });
         self.timers.set(Timer::Request, now + self.cfg.timing.retry_timeout);
@@ -2001,6 +2097,24 @@ impl Node {
         self.config_record().and_then(|c| c.maximum_lag_on_failover).unwrap_or(self.cfg.timing.maximum_lag_on_failover)
     }
 
+    /// The wall-clock time at `now`: the last reading moved on by the monotonic clock.
+    fn wall_now(&self, now: Instant) -> Option<WallTime> {
+        self.wall.map(|(at, wall)| wall.saturating_add(now.saturating_since(at)))
+    }
+
+    /// Whether the leader named by `req` acts on it at `now` (Patroni's
+    /// `should_run_scheduled_action`, without its sleep: a timer wakes us at the time).
+    fn schedule_of(&self, req: &FailoverRecord, now: Instant) -> Schedule {
+        let Some(at) = req.scheduled_at else { return Schedule::Due };
+        let Some(wall) = self.wall_now(now).filter(|_| !self.paused()) else { return Schedule::Wait };
+        let ahead = wall.millis_until(at);
+        if ahead > 0 {
+            return Schedule::Later(Duration::from_millis(ahead.unsigned_abs()));
+        }
+        let late = Duration::from_millis(ahead.unsigned_abs());
+        if late > self.cfg.timing.loop_wait.mul_f64(1.5) { Schedule::Stale(late) } else { Schedule::Due }
+    }
+
     fn keepalive_watchdog(&mut self) {
         if self.watchdog_armed {
             self.actions.push_back(Action::KeepAliveWatchdog);
@@ -2041,5 +2155,7 @@ fn check_candidate(view: &ClusterView, candidate: &str) -> Result<(), AdminError
     Ok(())
 }
 
+#[cfg(test)]
+mod scheduled_tests;
 #[cfg(test)]
 mod tests;

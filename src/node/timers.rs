@@ -23,10 +23,12 @@ pub(super) enum Timer {
     FailsafeCheck,
     /// Send a failed renewal again.
     RenewRetry,
+    /// A scheduled switchover aimed at us falls due: read the cluster then, and act on it.
+    Scheduled,
 }
 
 impl Timer {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 }
 
 /// One optional deadline per [`Timer`]; [`next`](Timers::next) is what
