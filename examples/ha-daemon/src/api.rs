@@ -43,6 +43,7 @@ use leasehold::driver::{DriverHandle, DriverState, Resource};
 use leasehold::node::{AdminError, AdminRequest, NodeRole};
 use leasehold::{MemberRecord, ResourceRole};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, RwLock};
 
@@ -752,8 +753,9 @@ pub struct CandidateBody {
     pub leader: Option<String>,
     /// `POST /switchover` only: switch over at this time (RFC 3339 with an offset, like
     /// `2026-12-07T03:00+00:00`) instead of now (Patroni's field).
+    /// A string; any other JSON type is refused naming the field.
     #[serde(default)]
-    pub scheduled_at: Option<String>,
+    pub scheduled_at: Option<Value>,
 }
 
 /// A 400 naming the shape the endpoint expects; nothing is acted on.
@@ -791,8 +793,14 @@ fn bad_time(field: &str, why: impl std::fmt::Display) -> Response {
 
 /// Reads an optional schedule field: absent or `null` is "now"; else an RFC 3339 time with
 /// an offset that lies in the future by this process's wall clock.
-fn parse_schedule(field: &str, text: Option<&str>) -> Result<Option<WallTime>, Box<Response>> {
-    let Some(text) = text else { return Ok(None) };
+fn parse_schedule(field: &str, value: Option<&Value>) -> Result<Option<WallTime>, Box<Response>> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            return Err(Box::new(bad_time(field, format!("must be a string with an RFC 3339 time, not {other}"))));
+        }
+    };
     let at = WallTime::parse(text).map_err(|e| Box::new(bad_time(field, e)))?;
     let now = wall_clock();
     if at <= now {
@@ -816,7 +824,7 @@ async fn switchover(State(st): Shared, headers: HeaderMap, body: axum::body::Byt
         Ok(b) => b,
         Err(r) => return *r,
     };
-    let scheduled_at = match parse_schedule("scheduled_at", b.scheduled_at.as_deref()) {
+    let scheduled_at = match parse_schedule("scheduled_at", b.scheduled_at.as_ref()) {
         Ok(at) => at,
         Err(r) => return *r,
     };
@@ -850,7 +858,7 @@ async fn failover(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes
         Ok(b) => b,
         Err(r) => return *r,
     };
-    if b.scheduled_at.is_some() {
+    if b.scheduled_at.as_ref().is_some_and(|v| !v.is_null()) {
         return bad_time("scheduled_at", "a failover cannot be scheduled; schedule a switchover");
     }
     let Some(candidate) = b.candidate else { return bad_body(shape, "\"candidate\" is missing") };
@@ -973,7 +981,7 @@ impl Action {
 struct RestartBody {
     /// Restart at this time (RFC 3339 with an offset) instead of now (Patroni's field).
     #[serde(default)]
-    schedule: Option<String>,
+    schedule: Option<Value>,
 }
 
 async fn restart(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -985,7 +993,7 @@ async fn restart(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes)
         Ok(b) => b,
         Err(r) => return *r,
     };
-    match parse_schedule("schedule", b.schedule.as_deref()) {
+    match parse_schedule("schedule", b.schedule.as_ref()) {
         Ok(None) => member_action(&st, &headers, &[], Action::Restart).await,
         Ok(Some(at)) => schedule_restart(&st, at),
         Err(r) => *r,
