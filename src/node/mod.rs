@@ -45,7 +45,7 @@ use crate::dcs::{CasOutcome, Expect, Lease};
 use crate::error::DcsError;
 use crate::record::{
     ClusterView, ConfigRecord, ControlKey, Epoch, FailoverRecord, HistoryEntry, HistoryRecord, LeaderRecord,
-    LeaderView, MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version,
+    LeaderView, MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version, Versioned,
 };
 use crate::rules::{self, ElectionFacts, PeerReply, Reason, Verdict, WatchdogHealth};
 use crate::time::{Instant, WallTime};
@@ -1142,7 +1142,7 @@ impl Node {
             peers: replies,
             paused: self.paused(),
             synchronous: self.sync_on().then_some(sync),
-            failover: view.failover.as_ref().map(|f| &f.value),
+            failover: self.in_force(view.failover.as_ref(), now),
             watchdog_required: self.cfg.watchdog == WatchdogMode::Required,
             watchdog: self.watchdog,
             in_pre_promote_backoff: self.backoff_until.is_some_and(|t| now < t),
@@ -1203,7 +1203,7 @@ impl Node {
             // as primary; Patroni makes no automatic promotions in maintenance mode. A manual
             // switchover or failover in progress is not automatic: it promotes (a pause that
             // arrived mid-switchover would otherwise leave no primary until resume).
-            let requested = self.view.as_ref().is_some_and(|v| v.failover.is_some());
+            let requested = self.in_force(self.view.as_ref().and_then(|v| v.failover.as_ref()), now).is_some();
             let already_primary = self.resource.running && self.resource.role == ResourceRole::Primary;
             if !already_primary && !requested {
                 return;
@@ -1227,7 +1227,9 @@ impl Node {
             // may hold writes acknowledged synchronously that we lack. Give the key back.
             // (A manual switchover or failover naming us bypasses the sync set in the rules,
             // so it does here too.)
-            let named = view.failover.as_ref().is_some_and(|f| f.value.candidate.as_deref() == Some(&self.cfg.name));
+            let named = self
+                .in_force(view.failover.as_ref(), now)
+                .is_some_and(|f| f.candidate.as_deref() == Some(&self.cfg.name));
             if let Some(s) = view.sync.as_ref().map(|s| &s.value)
                 && !s.contains(&self.cfg.name)
                 && !named
@@ -1259,12 +1261,12 @@ impl Node {
     }
 
     /// Asks the resource to promote under `epoch`, on the key we hold.
-    fn promote(&mut self, epoch: Epoch, _now: Instant) {
+    fn promote(&mut self, epoch: Epoch, now: Instant) {
         let view = self.view.as_deref();
         // No history key at all (garbage in it has a version): the first leader recorded.
         let first = view.is_some_and(|v| v.control_version(ControlKey::History).is_none());
-        let reason = match view.and_then(|v| v.failover.as_ref()) {
-            Some(f) if f.value.leader.is_some() => "switchover",
+        let reason = match self.in_force(view.and_then(|v| v.failover.as_ref()), now) {
+            Some(f) if f.leader.is_some() => "switchover",
             Some(_) => "manual failover",
             None if first => "bootstrap",
             None => "failover",
@@ -2100,6 +2102,20 @@ impl Node {
     /// The wall-clock time at `now`: the last reading moved on by the monotonic clock.
     fn wall_now(&self, now: Instant) -> Option<WallTime> {
         self.wall.map(|(at, wall)| wall.saturating_add(now.saturating_since(at)))
+    }
+
+    /// The failover request `f` if it is in force at `now`: not scheduled, or its time has
+    /// come on our wall clock. A schedule still ahead (or with no wall clock known) is not: a
+    /// leader lost before that time leaves an ordinary failover, under every rule; a named
+    /// candidate's bypass of the lag and sync checks must not come from a switchover that the
+    /// leader never checked. A member whose clock runs behind sees a started switchover as
+    /// not in force for a moment: it then follows the ordinary rules, which are safe.
+    fn in_force<'v>(&self, f: Option<&'v Versioned<FailoverRecord>>, now: Instant) -> Option<&'v FailoverRecord> {
+        let f = &f?.value;
+        match f.scheduled_at {
+            None => Some(f),
+            Some(at) => self.wall_now(now).is_some_and(|wall| at <= wall).then_some(f),
+        }
     }
 
     /// Whether the leader named by `req` acts on it at `now` (Patroni's

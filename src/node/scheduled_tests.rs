@@ -276,3 +276,49 @@ fn a_schedule_needs_a_leader_in_the_record() {
         r#"{"leader":"a","candidate":"b","scheduled_at":"2026-12-07T03:00:00+00:00"}"#
     );
 }
+
+/// A replica named in a paused cluster may take over only from a request in force: a
+/// switchover scheduled for later (its leader gone before it) is not one.
+#[test]
+fn a_replica_heeds_a_scheduled_request_only_once_its_time_has_come() {
+    let race = |scheduled: WallTime| {
+        let mut cfg = NodeConfig::new("b", 0xabc);
+        cfg.timing = Timing::fast();
+        let mut n = Node::new(cfg, at(0)).unwrap();
+        n.handle(Input::WallClock(wall(0)), at(0));
+        n.handle_resource_status(
+            ResourceStatus { running: true, role: ResourceRole::Replica, ..Default::default() },
+            at(0),
+        );
+        n.handle_timeout(at(0));
+        let Some(Action::Load { id }) = n.poll_action() else { panic!("first action must be a load") };
+        let v = ClusterView {
+            revision: Some(Version::new(1)),
+            failover: Some(Versioned {
+                value: FailoverRecord {
+                    leader: Some("a".into()),
+                    candidate: Some("b".into()),
+                    scheduled_at: Some(scheduled),
+                },
+                version: Version::new(3),
+            }),
+            config: Some(Versioned {
+                value: ConfigRecord { pause: true, ..Default::default() },
+                version: Version::new(4),
+            }),
+            ..ClusterView::default()
+        };
+        n.handle_load(id, Ok(v), at(10));
+        let mut actions = answer_writes(&mut n, at(10));
+        if let Some(probe) = probes(&actions) {
+            n.handle_peer_replies(probe, Vec::new(), at(20));
+            actions.extend(answer_writes(&mut n, at(20)));
+        }
+        (actions.iter().any(|a| matches!(a, Action::Acquire { .. })), n.status().last_refusal)
+    };
+    let (raced, refusal) = race(wall(60_000));
+    assert!(!raced, "a schedule still ahead is an ordinary (here paused) failover");
+    assert_eq!(refusal, Some(Reason::Paused));
+    let (raced, refusal) = race(wall(-100));
+    assert!(raced, "once due, the named candidate takes over even in pause ({refusal:?})");
+}
