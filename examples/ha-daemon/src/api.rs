@@ -1014,6 +1014,7 @@ fn schedule_restart(st: &Arc<ApiState>, at: WallTime) -> Response {
     }
     let weak = Arc::downgrade(st);
     let late_limit = st.config.timing.loop_wait.mul_f64(1.5);
+    #[allow(clippy::disallowed_methods)] // the daemon owns its tasks; it waits for the schedule
     let task = tokio::spawn(async move {
         // Sleep in steps, re-reading the wall clock, so a stepped system clock is followed.
         loop {
