@@ -590,8 +590,10 @@ impl Ctl {
             request["scheduled_at"] = Value::String(at.to_string());
         }
         let mut answer = self.post(&urls, "/switchover", request.clone()).await;
-        if let (Some((400, _)), Some(c)) = (&answer, &candidate)
+        // Only the leader's stale view is worth a retry, not a refused time.
+        if let (Some((400, body)), Some(c)) = (&answer, &candidate)
             && view.member(c).is_some()
+            && body.get("error").and_then(Value::as_str).is_some_and(|e| e.contains("not a registered member"))
         {
             answer = self.retry_after_reread(&urls, "/switchover", request).await;
         }
