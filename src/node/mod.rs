@@ -1356,7 +1356,11 @@ impl Node {
         match self.schedule_of(req, now) {
             Schedule::Due => self.timers.clear(Timer::Scheduled),
             Schedule::Later(wait) => {
-                if self.timers.get(Timer::Scheduled) != Some(now + wait) {
+                // Logged when first seen or moved (a stepped clock), not at every read.
+                let due = now + wait;
+                let moved =
+                    self.timers.get(Timer::Scheduled).is_none_or(|t| (t - due).max(due - t) > Duration::from_secs(1));
+                if moved {
                     tracing::info!(node = %self.cfg.name, at = ?req.scheduled_at, in_secs = wait.as_secs(), "awaiting the scheduled switchover");
                 }
                 self.timers.set(Timer::Scheduled, now + wait);
