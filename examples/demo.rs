@@ -261,8 +261,12 @@ async fn main() {
     let to = members.iter().find(|m| m.driver.is_some() && m.name != from).map(|m| m.name.clone()).unwrap();
     say(start, format!("== switchover {from} -> {to}"));
     let asked = Instant::now();
-    let ok =
-        members[second].driver.as_ref().unwrap().admin(AdminRequest::Switchover { candidate: Some(to.clone()) }).await;
+    let ok = members[second]
+        .driver
+        .as_ref()
+        .unwrap()
+        .admin(AdminRequest::Switchover { candidate: Some(to.clone()), scheduled_at: None })
+        .await;
     say(start, format!("switchover request written: {ok:?}"));
     let Some(third) = wait_for_leader(&members, Some(&from), Duration::from_secs(30)).await else {
         panic!("switchover did not complete within 30 s");

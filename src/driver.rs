@@ -211,6 +211,12 @@ pub fn spawn(
     Ok(DriverHandle { state: state_rx, events, commands, task, origin: base })
 }
 
+/// The system's wall-clock time (before 1970 reads as 1970).
+fn wall_clock() -> crate::time::WallTime {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    crate::time::WallTime::from_unix_millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
+
 struct Driver {
     node: Node,
     base: tokio::time::Instant,
@@ -245,6 +251,9 @@ impl Driver {
         let mut commands_open = true;
         loop {
             let now = self.now();
+            // The wall clock, for scheduled switchovers; read each turn so a step of the
+            // system clock (NTP) is followed.
+            self.node.handle(Input::WallClock(wall_clock()), now);
             self.node.handle(Input::Timeout, now);
             self.dispatch(now);
             self.publish(now);

@@ -87,6 +87,6 @@ pub use record::{
 #[cfg(feature = "tokio")]
 pub use resource::Resource;
 pub use rules::{ElectionFacts, PeerReply, Reason, Verdict, WatchdogHealth};
-pub use time::{Clock, Instant};
+pub use time::{Clock, Instant, WallTime, WallTimeError};
 #[cfg(feature = "tokio")]
 pub use watchdog::{LinuxWatchdog, NoWatchdog, Watchdog};

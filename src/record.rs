@@ -282,7 +282,10 @@ impl Record for MemberRecord {
 
 /// A manual switchover (`leader` set) or failover (`candidate` only) request.
 ///
-/// JSON: `{"leader"?: "n1", "candidate"?: "n2"}`; at least one must be set.
+/// JSON: `{"leader"?: "n1", "candidate"?: "n2", "scheduled_at"?: "2026-12-07T03:00:00+00:00"}`;
+/// at least one of `leader` and `candidate` must be set, and only a switchover (with a
+/// `leader`) may be scheduled. `scheduled_at` is Patroni's field: an RFC 3339 time with an
+/// offset. The schedule lives in the store, so it survives a restart of the leader's process.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct FailoverRecord {
     /// For a switchover: the current leader that must step down.
@@ -291,6 +294,9 @@ pub struct FailoverRecord {
     /// The member that should take over; `None` lets the rules pick.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<String>,
+    /// A scheduled switchover: the leader steps down at this time, not before (`None`: now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<crate::time::WallTime>,
 }
 
 impl Record for FailoverRecord {
@@ -304,6 +310,9 @@ impl Record for FailoverRecord {
         }
         if let Some(c) = &self.candidate {
             check_name("candidate", c)?;
+        }
+        if self.scheduled_at.is_some() && self.leader.is_none() {
+            return Err("scheduled_at is set without a leader: only a switchover can be scheduled".into());
         }
         Ok(())
     }

@@ -221,7 +221,7 @@ async fn switchover_hands_leadership_to_the_named_member() {
         .driver
         .as_ref()
         .unwrap()
-        .admin(AdminRequest::Switchover { candidate: Some(target_name.clone()) })
+        .admin(AdminRequest::Switchover { candidate: Some(target_name.clone()), scheduled_at: None })
         .await
         .expect("the leader accepts a switchover");
     assert!(accepted, "switchover refused\n{}", cluster.dump());
@@ -242,8 +242,12 @@ async fn a_non_leader_refuses_a_switchover() {
     let cluster = Cluster::new(&["a", "b"]);
     let leader = cluster.wait_for_leader(None).await;
     let other = 1 - leader;
-    let answer =
-        cluster.members[other].driver.as_ref().unwrap().admin(AdminRequest::Switchover { candidate: None }).await;
+    let answer = cluster.members[other]
+        .driver
+        .as_ref()
+        .unwrap()
+        .admin(AdminRequest::Switchover { candidate: None, scheduled_at: None })
+        .await;
     assert!(answer.is_err(), "a replica accepted a switchover: {answer:?}");
 }
 

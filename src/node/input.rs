@@ -10,6 +10,7 @@ use crate::dcs::{CasOutcome, Lease, WatchEvent};
 use crate::error::DcsError;
 use crate::record::{ClusterView, Epoch, LeaderView, ResourceRole};
 use crate::rules::{PeerReply, Reason};
+use crate::time::WallTime;
 
 /// What the local resource reports about itself (the `status` hook).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +39,13 @@ pub enum AdminRequest {
         /// Preferred successor.
         #[serde(default)]
         candidate: Option<String>,
+        /// Step down at this wall-clock time rather than now (Patroni's `scheduled_at`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheduled_at: Option<WallTime>,
     },
+    /// Cancel a scheduled switchover that has not happened yet (Patroni's `DELETE
+    /// /switchover`, `patronictl flush <cluster> switchover`). Any member may send it.
+    CancelScheduledSwitchover,
     /// Promote `candidate` even without a healthy leader.
     Failover {
         /// The member to promote.
@@ -75,6 +82,25 @@ pub enum AdminError {
     /// Pause or resume that would not change anything.
     #[error("the cluster is already {0}")]
     NoChange(&'static str),
+    /// A switchover scheduled at a time that has passed.
+    #[error("cannot schedule a switchover in the past: {at} is before now ({now})")]
+    ScheduledInPast {
+        /// The time asked for.
+        at: WallTime,
+        /// The node's wall clock.
+        now: WallTime,
+    },
+    /// A switchover scheduled while the cluster is paused (Patroni refuses it too: a paused
+    /// cluster runs no scheduled action).
+    #[error("cannot schedule a switchover while the cluster is paused; resume it first")]
+    ScheduledWhilePaused,
+    /// The node has not been given the wall-clock time yet
+    /// ([`Input::WallClock`]), so it cannot tell whether a schedule lies in the future.
+    #[error("this member does not know the wall-clock time yet; retry in a moment")]
+    WallClockUnknown,
+    /// A cancel with no scheduled switchover pending.
+    #[error("no switchover is scheduled")]
+    NothingScheduled,
 }
 
 /// Something that happened, for logs, metrics, the simulator and the demo.
@@ -201,4 +227,9 @@ pub enum Input {
     /// Stop cleanly: a leader demotes gracefully and releases the key once the resource
     /// confirms; anyone else stops at once.
     Shutdown,
+    /// The wall-clock time at the `now` this input comes with. The node keeps the last
+    /// reading and extrapolates it on the monotonic clock; only scheduled switchovers use it.
+    /// Send it at least once a loop (the tokio driver sends it before every timeout), so a
+    /// wall clock stepped by NTP is followed. Without it, a scheduled switchover waits.
+    WallClock(WallTime),
 }

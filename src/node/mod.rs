@@ -45,10 +45,10 @@ use crate::dcs::{CasOutcome, Expect, Lease};
 use crate::error::DcsError;
 use crate::record::{
     ClusterView, ConfigRecord, ControlKey, Epoch, FailoverRecord, HistoryEntry, HistoryRecord, LeaderRecord,
-    LeaderView, MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version,
+    LeaderView, MemberRecord, Record, ResourceRole, StatusRecord, SyncRecord, Tags, Version, Versioned,
 };
 use crate::rules::{self, ElectionFacts, PeerReply, Reason, Verdict, WatchdogHealth};
-use crate::time::Instant;
+use crate::time::{Instant, WallTime};
 use known::Known;
 use state::{Held, State};
 use timers::{Timer, Timers};
@@ -178,7 +178,7 @@ enum StoreOp {
     Release(Lease),
     Publish(MemberRecord),
     Write { key: ControlKey, expect: Expect, value: Vec<u8>, then: AfterWrite },
-    Delete { key: ControlKey, expect: Version },
+    Delete { key: ControlKey, expect: Version, then: AfterWrite },
 }
 
 /// What to do when a control write completes.
@@ -333,6 +333,22 @@ pub struct Node {
     failsafe_confirmed: Option<Instant>,
     /// Synchronous mode: the standbys the resource was last asked to wait for.
     resource_standbys: Vec<String>,
+    /// The last wall-clock reading ([`Input::WallClock`]) and the instant it was taken at.
+    wall: Option<(Instant, WallTime)>,
+}
+
+/// Where a scheduled switchover stands for the leader it is aimed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Schedule {
+    /// Not scheduled, or its time has come: act now.
+    Due,
+    /// Its time comes in this long.
+    Later(Duration),
+    /// Its time passed this long ago, more than 1.5 loop_wait (Patroni's bound): the leader
+    /// was not running then, and acting now would surprise the operator. Dropped.
+    Stale(Duration),
+    /// No wall-clock time given yet, or the cluster is paused: wait.
+    Wait,
 }
 
 impl Node {
@@ -364,6 +380,7 @@ impl Node {
             published: None,
             roster: BTreeMap::new(),
             resource_standbys: Vec::new(),
+            wall: None,
             cycle_start: now,
             timers,
             renew_failing_since: None,
@@ -406,6 +423,7 @@ impl Node {
             Input::WatchdogFailed => self.handle_watchdog_failed(now),
             Input::ResourceStatus(status) => self.handle_resource_status(status, now),
             Input::Shutdown => self.handle_shutdown(now),
+            Input::WallClock(wall) => self.wall = Some((now, wall)),
         }
     }
 
@@ -417,7 +435,7 @@ impl Node {
             AdminRequest::Switchover { .. } if self.state.held().is_none() => {
                 return Err(AdminError::NotLeader { leader: view.leader.as_ref().map(|l| l.record.member.clone()) });
             }
-            AdminRequest::Switchover { candidate: Some(c) } | AdminRequest::Failover { candidate: c } => {
+            AdminRequest::Switchover { candidate: Some(c), .. } | AdminRequest::Failover { candidate: c } => {
                 Some(c.clone())
             }
             _ => None,
@@ -427,7 +445,7 @@ impl Node {
         }
         let view = self.view.as_ref().ok_or(AdminError::NotReady)?;
         let (key, expect, value) = match request {
-            AdminRequest::Switchover { candidate } => {
+            AdminRequest::Switchover { candidate, scheduled_at } => {
                 if self.state.held().is_none() {
                     return Err(AdminError::NotLeader {
                         leader: view.leader.as_ref().map(|l| l.record.member.clone()),
@@ -436,14 +454,35 @@ impl Node {
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
                 }
-                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate };
+                if let Some(at) = scheduled_at {
+                    let wall = self.wall_now(now).ok_or(AdminError::WallClockUnknown)?;
+                    if at <= wall {
+                        return Err(AdminError::ScheduledInPast { at, now: wall });
+                    }
+                    if self.paused() {
+                        return Err(AdminError::ScheduledWhilePaused);
+                    }
+                }
+                let rec = FailoverRecord { leader: Some(self.cfg.name.clone()), candidate, scheduled_at };
                 (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
+            }
+            AdminRequest::CancelScheduledSwitchover => {
+                let Some(expect) =
+                    view.failover.as_ref().filter(|f| f.value.scheduled_at.is_some()).map(|f| f.version.clone())
+                else {
+                    return Err(AdminError::NothingScheduled);
+                };
+                let id = self.next_request_id();
+                let then = AfterWrite::Admin(id);
+                self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect, then });
+                self.pump(now);
+                return Ok(id);
             }
             AdminRequest::Failover { candidate } => {
                 if view.failover.is_some() {
                     return Err(AdminError::AlreadyPending);
                 }
-                let rec = FailoverRecord { leader: None, candidate: Some(candidate) };
+                let rec = FailoverRecord { leader: None, candidate: Some(candidate), scheduled_at: None };
                 (ControlKey::Failover, expect_for(view, ControlKey::Failover), rec.encode())
             }
             AdminRequest::Pause | AdminRequest::Resume => {
@@ -621,6 +660,13 @@ impl Node {
                 self.enqueue_front(StoreOp::Renew);
             }
         }
+        if self.timers.is_due(Timer::Scheduled, now) {
+            // A scheduled switchover falls due: decide on a fresh read (it may have been
+            // cancelled meanwhile).
+            self.timers.clear(Timer::Scheduled);
+            self.view_stale = true;
+            self.timers.set_no_later(Timer::Cycle, now);
+        }
         if self.timers.is_due(Timer::Cycle, now) {
             self.start_cycle(now);
         }
@@ -730,7 +776,7 @@ impl Node {
         let Some(f) = self.take_in_flight(id) else { return };
         match (f.op, result) {
             (StoreOp::Publish(record), Ok(_)) => self.published = Some(record),
-            (StoreOp::Write { then, .. }, Ok(won)) => self.after_write(then, won, now),
+            (StoreOp::Write { then, .. } | StoreOp::Delete { then, .. }, Ok(won)) => self.after_write(then, won, now),
             (_, Ok(_)) => {}
             (op, Err(e)) => self.on_store_error(op, e, now),
         }
@@ -1096,7 +1142,7 @@ impl Node {
             peers: replies,
             paused: self.paused(),
             synchronous: self.sync_on().then_some(sync),
-            failover: view.failover.as_ref().map(|f| &f.value),
+            failover: self.in_force(view.failover.as_ref(), now),
             watchdog_required: self.cfg.watchdog == WatchdogMode::Required,
             watchdog: self.watchdog,
             in_pre_promote_backoff: self.backoff_until.is_some_and(|t| now < t),
@@ -1171,7 +1217,7 @@ impl Node {
             // as primary; Patroni makes no automatic promotions in maintenance mode. A manual
             // switchover or failover in progress is not automatic: it promotes (a pause that
             // arrived mid-switchover would otherwise leave no primary until resume).
-            let requested = self.view.as_ref().is_some_and(|v| v.failover.is_some());
+            let requested = self.in_force(self.view.as_ref().and_then(|v| v.failover.as_ref()), now).is_some();
             let already_primary = self.resource.running && self.resource.role == ResourceRole::Primary;
             if !already_primary && !requested {
                 return;
@@ -1195,7 +1241,9 @@ impl Node {
             // may hold writes acknowledged synchronously that we lack. Give the key back.
             // (A manual switchover or failover naming us bypasses the sync set in the rules,
             // so it does here too.)
-            let named = view.failover.as_ref().is_some_and(|f| f.value.candidate.as_deref() == Some(&self.cfg.name));
+            let named = self
+                .in_force(view.failover.as_ref(), now)
+                .is_some_and(|f| f.candidate.as_deref() == Some(&self.cfg.name));
             if let Some(s) = view.sync.as_ref().map(|s| &s.value)
                 && !s.contains(&self.cfg.name)
                 && !named
@@ -1227,12 +1275,12 @@ impl Node {
     }
 
     /// Asks the resource to promote under `epoch`, on the key we hold.
-    fn promote(&mut self, epoch: Epoch, _now: Instant) {
+    fn promote(&mut self, epoch: Epoch, now: Instant) {
         let view = self.view.as_deref();
         // No history key at all (garbage in it has a version): the first leader recorded.
         let first = view.is_some_and(|v| v.control_version(ControlKey::History).is_none());
-        let reason = match view.and_then(|v| v.failover.as_ref()) {
-            Some(f) if f.value.leader.is_some() => "switchover",
+        let reason = match self.in_force(view.and_then(|v| v.failover.as_ref()), now) {
+            Some(f) if f.leader.is_some() => "switchover",
             Some(_) => "manual failover",
             None if first => "bootstrap",
             None => "failover",
@@ -1251,7 +1299,11 @@ impl Node {
         self.actions.push_back(Action::Promote { epoch });
         // A new leader clears a satisfied or stale failover request.
         if let Some(f) = self.view.as_ref().and_then(|v| v.failover.as_ref()) {
-            self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
+            self.queue.push_back(StoreOp::Delete {
+                key: ControlKey::Failover,
+                expect: f.version.clone(),
+                then: AfterWrite::Nothing,
+            });
         }
     }
 
@@ -1296,21 +1348,65 @@ impl Node {
         if self.sync_on() && self.state.acting_epoch().is_some() {
             self.maintain_sync_set(&view);
         }
-        if let Some(f) = &view.failover {
-            let req = &f.value;
-            let me = self.cfg.name.as_str();
-            let aimed_at_me =
-                req.leader.as_deref() == Some(me) || (req.leader.is_none() && req.candidate.as_deref() != Some(me));
-            if req.candidate.as_deref() == Some(me) || !aimed_at_me {
-                // Satisfied (we lead) or addressed to a former leader: clear it.
-                self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
-            } else if self.state.acting_epoch().is_some() && self.probe.is_none() {
-                let peers: Vec<MemberRecord> =
-                    view.members.iter().map(|m| &m.value).filter(|m| m.name != me).cloned().collect();
-                let id = self.next_request_id();
-                self.start_probe(id, ProbePurpose::Switchover { candidate: req.candidate.clone() }, now);
-                self.actions.push_back(Action::ProbePeers { id, peers });
+        let Some(f) = &view.failover else {
+            self.timers.clear(Timer::Scheduled);
+            return;
+        };
+        let req = &f.value;
+        let me = self.cfg.name.as_str();
+        let aimed_at_me =
+            req.leader.as_deref() == Some(me) || (req.leader.is_none() && req.candidate.as_deref() != Some(me));
+        if req.candidate.as_deref() == Some(me) || !aimed_at_me {
+            // Satisfied (we lead) or addressed to a former leader (also a scheduled one: the
+            // leader it was meant for is gone): clear it.
+            self.timers.clear(Timer::Scheduled);
+            self.queue.push_back(StoreOp::Delete {
+                key: ControlKey::Failover,
+                expect: f.version.clone(),
+                then: AfterWrite::Nothing,
+            });
+            return;
+        }
+        match self.schedule_of(req, now) {
+            Schedule::Due => self.timers.clear(Timer::Scheduled),
+            Schedule::Later(wait) => {
+                // Logged when first seen or moved (a stepped clock), not at every read.
+                let due = now + wait;
+                let moved =
+                    self.timers.get(Timer::Scheduled).is_none_or(|t| (t - due).max(due - t) > Duration::from_secs(1));
+                if moved {
+                    tracing::info!(node = %self.cfg.name, at = ?req.scheduled_at, in_secs = wait.as_secs(), "awaiting the scheduled switchover");
+                }
+                self.timers.set(Timer::Scheduled, now + wait);
+                return;
             }
+            Schedule::Stale(late) => {
+                tracing::warn!(
+                    node = %self.cfg.name,
+                    at = ?req.scheduled_at,
+                    late_secs = late.as_secs(),
+                    "dropping a scheduled switchover whose time passed more than 1.5 loop_wait ago (this leader was not running its loop then)"
+                );
+                self.timers.clear(Timer::Scheduled);
+                self.queue.push_back(StoreOp::Delete {
+                    key: ControlKey::Failover,
+                    expect: f.version.clone(),
+                    then: AfterWrite::Nothing,
+                });
+                return;
+            }
+            Schedule::Wait => {
+                self.timers.clear(Timer::Scheduled);
+                tracing::debug!(node = %self.cfg.name, at = ?req.scheduled_at, "a scheduled switchover waits: paused, or no wall-clock time yet");
+                return;
+            }
+        }
+        if self.state.acting_epoch().is_some() && self.probe.is_none() {
+            let peers: Vec<MemberRecord> =
+                view.members.iter().map(|m| &m.value).filter(|m| m.name != me).cloned().collect();
+            let id = self.next_request_id();
+            self.start_probe(id, ProbePurpose::Switchover { candidate: req.candidate.clone() }, now);
+            self.actions.push_back(Action::ProbePeers { id, peers });
         }
     }
 
@@ -1331,7 +1427,11 @@ impl Node {
             self.demote(DemoteMode::Graceful, "switchover requested", true, now);
         } else {
             tracing::warn!(node = %self.cfg.name, ?candidate, "switchover refused: no healthy candidate");
-            self.queue.push_back(StoreOp::Delete { key: ControlKey::Failover, expect: f.version.clone() });
+            self.queue.push_back(StoreOp::Delete {
+                key: ControlKey::Failover,
+                expect: f.version.clone(),
+                then: AfterWrite::Nothing,
+            });
         }
     }
 
@@ -1606,7 +1706,8 @@ impl Node {
     fn on_store_error(&mut self, op: StoreOp, e: DcsError, now: Instant) {
         // Whoever waits on a write hears of its failure, also when the store call timed out.
         match &op {
-            StoreOp::Write { then: AfterWrite::Admin(admin), .. } => {
+            StoreOp::Write { then: AfterWrite::Admin(admin), .. }
+            | StoreOp::Delete { then: AfterWrite::Admin(admin), .. } => {
                 tracing::warn!(node = %self.cfg.name, error = %e, "admin write failed");
                 self.events.push_back(NodeEvent::AdminDone { id: *admin, ok: false });
             }
@@ -1640,7 +1741,8 @@ impl Node {
                 self.lose_lease(now, DemoteMode::ImmediateNoLock, "session or lease lost");
             }
             StoreOp::Renew => self.renew_failed(e, now),
-            StoreOp::Write { then: AfterWrite::Admin(_) | AfterWrite::PromoteAfterSync, .. } => {}
+            StoreOp::Write { then: AfterWrite::Admin(_) | AfterWrite::PromoteAfterSync, .. }
+            | StoreOp::Delete { then: AfterWrite::Admin(_), .. } => {}
             // As in `handle_release`: the key expires by itself, so a shutdown ends with its
             // release whatever the answer, also when none came within retry_timeout.
             StoreOp::Release(_) if self.shutting_down => {
@@ -1907,7 +2009,7 @@ impl Node {
             StoreOp::Write { key, expect, value, .. } => {
                 Action::WriteControl { id, key: *key, expect: expect.clone(), value: value.clone() }
             }
-            StoreOp::Delete { key, expect } => Action::DeleteControl { id, key: *key, expect: expect.clone() },
+            StoreOp::Delete { key, expect, .. } => Action::DeleteControl { id, key: *key, expect: expect.clone() },
         };
         self.in_flight = Some(InFlight { id, op, sent_at: now });
         self.timers.set(Timer::Request, now + self.cfg.timing.retry_timeout);
@@ -2015,6 +2117,38 @@ impl Node {
         self.config_record().and_then(|c| c.maximum_lag_on_failover).unwrap_or(self.cfg.timing.maximum_lag_on_failover)
     }
 
+    /// The wall-clock time at `now`: the last reading moved on by the monotonic clock.
+    fn wall_now(&self, now: Instant) -> Option<WallTime> {
+        self.wall.map(|(at, wall)| wall.saturating_add(now.saturating_since(at)))
+    }
+
+    /// The failover request `f` if it is in force at `now`: not scheduled, or its time has
+    /// come on our wall clock. A schedule still ahead (or with no wall clock known) is not: a
+    /// leader lost before that time leaves an ordinary failover, under every rule; a named
+    /// candidate's bypass of the lag and sync checks must not come from a switchover that the
+    /// leader never checked. A member whose clock runs behind sees a started switchover as
+    /// not in force for a moment: it then follows the ordinary rules, which are safe.
+    fn in_force<'v>(&self, f: Option<&'v Versioned<FailoverRecord>>, now: Instant) -> Option<&'v FailoverRecord> {
+        let f = &f?.value;
+        match f.scheduled_at {
+            None => Some(f),
+            Some(at) => self.wall_now(now).is_some_and(|wall| at <= wall).then_some(f),
+        }
+    }
+
+    /// Whether the leader named by `req` acts on it at `now` (Patroni's
+    /// `should_run_scheduled_action`, without its sleep: a timer wakes us at the time).
+    fn schedule_of(&self, req: &FailoverRecord, now: Instant) -> Schedule {
+        let Some(at) = req.scheduled_at else { return Schedule::Due };
+        let Some(wall) = self.wall_now(now).filter(|_| !self.paused()) else { return Schedule::Wait };
+        let ahead = wall.millis_until(at);
+        if ahead > 0 {
+            return Schedule::Later(Duration::from_millis(ahead.unsigned_abs()));
+        }
+        let late = Duration::from_millis(ahead.unsigned_abs());
+        if late > self.cfg.timing.loop_wait.mul_f64(1.5) { Schedule::Stale(late) } else { Schedule::Due }
+    }
+
     fn keepalive_watchdog(&mut self) {
         if self.watchdog_armed {
             self.actions.push_back(Action::KeepAliveWatchdog);
@@ -2055,5 +2189,7 @@ fn check_candidate(view: &ClusterView, candidate: &str) -> Result<(), AdminError
     Ok(())
 }
 
+#[cfg(test)]
+mod scheduled_tests;
 #[cfg(test)]
 mod tests;

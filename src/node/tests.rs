@@ -316,7 +316,7 @@ fn switchover_demotes_then_releases() {
     b.role = ResourceRole::Replica;
     view.members.push(Versioned { value: b.clone(), version: Version::new(2) });
     view.failover = Some(Versioned {
-        value: FailoverRecord { leader: Some("a".into()), candidate: Some("b".into()) },
+        value: FailoverRecord { leader: Some("a".into()), candidate: Some("b".into()), scheduled_at: None },
         version: Version::new(3),
     });
     n.handle_load(load, Ok(view), at(1030));
@@ -358,7 +358,7 @@ fn an_accepted_admin_request_starts_a_cycle_at_once() {
     n.handle_load(load.expect("a watch event makes the leader re-read"), Ok(view), at(1010));
     answer_writes(&mut n, at(1010));
     let next_regular = n.poll_timeout().unwrap();
-    n.handle_admin(AdminRequest::Switchover { candidate: Some("b".into()) }, at(1100)).unwrap();
+    n.handle_admin(AdminRequest::Switchover { candidate: Some("b".into()), scheduled_at: None }, at(1100)).unwrap();
     let write =
         drain(&mut n).iter().find_map(|a| if let Action::WriteControl { id, .. } = a { Some(*id) } else { None });
     n.handle_write(write.expect("the failover key is written"), Ok(true), at(1110));
@@ -453,7 +453,7 @@ fn a_candidate_missing_from_a_stale_view_makes_the_leader_re_read_at_once() {
     n.handle_acquire(id, Ok(CasOutcome::Won(lease_from(&record, 7))), at(20));
     n.handle_promoted(Ok(()), at(30));
     answer_writes(&mut n, at(30));
-    let switch_to_c = || AdminRequest::Switchover { candidate: Some("c".into()) };
+    let switch_to_c = || AdminRequest::Switchover { candidate: Some("c".into()), scheduled_at: None };
     assert_eq!(n.handle_admin(switch_to_c(), at(100)), Err(AdminError::UnknownMember("c".into())));
     // c registers: the watch fires, the leader's view is now known to be old. Still refused
     // (no request is written for a name nobody has seen), but the leader re-reads at once.
@@ -479,7 +479,7 @@ fn history_names_a_switchover_even_when_the_request_is_cleared_during_promotion(
     let load = drain(&mut n).iter().find_map(|a| if let Action::Load { id } = a { Some(*id) } else { None });
     let mut view = view_with(None);
     view.failover = Some(Versioned {
-        value: FailoverRecord { leader: Some("a".into()), candidate: Some("b".into()) },
+        value: FailoverRecord { leader: Some("a".into()), candidate: Some("b".into()), scheduled_at: None },
         version: Version::new(4),
     });
     n.handle_load(load.unwrap(), Ok(view), at(10));
@@ -989,7 +989,7 @@ fn a_pause_during_a_switchover_still_ends_with_a_primary() {
     view.config =
         Some(Versioned { value: ConfigRecord { pause: true, ..ConfigRecord::default() }, version: Version::new(2) });
     view.failover = Some(Versioned {
-        value: FailoverRecord { leader: Some("c".into()), candidate: None },
+        value: FailoverRecord { leader: Some("c".into()), candidate: None, scheduled_at: None },
         version: Version::new(3),
     });
     n.handle_load(load.expect("a load"), Ok(view), at(10));

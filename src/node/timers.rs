@@ -24,10 +24,12 @@ pub(super) enum Timer {
     /// Renew outside the loop: a failed renewal again, or one due before the next loop
     /// because the store granted less than the loop leaves room for.
     RenewRetry,
+    /// A scheduled switchover aimed at us falls due: read the cluster then, and act on it.
+    Scheduled,
 }
 
 impl Timer {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 }
 
 /// One optional deadline per [`Timer`]; [`next`](Timers::next) is what

@@ -355,7 +355,9 @@ fn watch_timeout(bounds: &StoreBounds) -> Duration {
 fn control_value(key: ControlKey, n: u64) -> Vec<u8> {
     match key {
         ControlKey::Config => ConfigRecord { maximum_lag_on_failover: Some(n), ..ConfigRecord::default() }.encode(),
-        ControlKey::Failover => FailoverRecord { leader: None, candidate: Some(format!("m{n}")) }.encode(),
+        ControlKey::Failover => {
+            FailoverRecord { leader: None, candidate: Some(format!("m{n}")), scheduled_at: None }.encode()
+        }
         ControlKey::Sync => SyncRecord { leader: format!("m{n}"), sync_standby: vec!["s".into()] }.encode(),
         ControlKey::Initialize => InitializeRecord { system_id: format!("id-{n}") }.encode(),
         ControlKey::History => HistoryRecord::from(vec![HistoryEntry {

@@ -13,6 +13,8 @@
 //! | `GET /metrics` | Prometheus text | |
 //! | `POST /switchover`, `/failover`, `/pause`, `/resume`, `/failsafe` | `Authorization: Bearer <restapi.token>` | 401 bad token, 403 no token configured |
 //! | `POST /restart`, `/reload`, `/reinitialize` | the same token; the resource did it | 501 the resource cannot, 409 reinitialize on the leader, 500 it failed |
+//! | `POST /switchover` with `scheduled_at`, `POST /restart` with `schedule` | the same token; 202 scheduled | 400 a bad or past time (naming the field), 409 one already scheduled |
+//! | `DELETE /switchover`, `DELETE /restart` | the same token; 200 the schedule is cancelled | 404 nothing is scheduled |
 //!
 //! Every GET also answers HEAD with the same status code and no body. With
 //! `restapi.certfile` the API is served over HTTPS ([`serve`]); with `verify_client =
@@ -36,10 +38,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::{IncomingStream, Listener};
+use leasehold::WallTime;
 use leasehold::driver::{DriverHandle, DriverState, Resource};
 use leasehold::node::{AdminError, AdminRequest, NodeRole};
 use leasehold::{MemberRecord, ResourceRole};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, RwLock};
 
@@ -90,6 +94,9 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Serializes restart, reload and reinitialize: one operator action at a time.
     pub action_lock: Mutex<()>,
+    /// The scheduled restart of this member's resource, if any, and the task waiting for it.
+    /// It lives in this process, as Patroni's does: a restart of the daemon forgets it.
+    pub scheduled_restart: std::sync::Mutex<Option<(WallTime, tokio::task::JoinHandle<()>)>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -120,6 +127,7 @@ impl ApiState {
             actions,
             metrics,
             action_lock: Mutex::new(()),
+            scheduled_restart: std::sync::Mutex::new(None),
         })
     }
 
@@ -183,6 +191,32 @@ pub struct StatusDoc {
     /// parameters the server applies only on restart (`postgresql.parameters.max_connections`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_restart_settings: Vec<String>,
+    /// A restart of this member's resource scheduled through `POST /restart` (Patroni's
+    /// `scheduled_restart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_restart: Option<ScheduledRestart>,
+    /// A switchover scheduled in the store (Patroni's `scheduled_switchover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_switchover: Option<ScheduledSwitchover>,
+}
+
+/// A scheduled restart as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRestart {
+    /// When (RFC 3339).
+    pub schedule: WallTime,
+}
+
+/// A scheduled switchover as `/status` shows it (Patroni's field names).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledSwitchover {
+    /// When (RFC 3339).
+    pub at: WallTime,
+    /// The leader that steps down then.
+    pub from: Option<String>,
+    /// The member that should take over (`null`: the best one).
+    #[serde(default)]
+    pub to: Option<String>,
 }
 
 /// Lower-case name of a node role.
@@ -236,6 +270,11 @@ fn status_doc(cfg: &DaemonConfig, s: &DriverState) -> StatusDoc {
             .as_ref()
             .map(|v| crate::dynamic::read(&crate::dynamic::current(v).0).0.pending_restart(&cfg.timing))
             .unwrap_or_default(),
+        scheduled_restart: None,
+        scheduled_switchover: s.view.as_ref().and_then(|v| v.failover.as_ref()).and_then(|f| {
+            let f = &f.value;
+            f.scheduled_at.map(|at| ScheduledSwitchover { at, from: f.leader.clone(), to: f.candidate.clone() })
+        }),
     }
 }
 
@@ -258,12 +297,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/liveness", get(liveness))
         .route("/readiness", get(readiness))
         .route("/metrics", get(metrics))
-        .route("/switchover", post(switchover))
+        .route("/switchover", post(switchover).delete(cancel_switchover))
         .route("/failover", post(failover))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/failsafe", post(failsafe))
-        .route("/restart", post(restart))
+        .route("/restart", post(restart).delete(cancel_restart))
         .route("/reload", post(reload))
         .route("/reinitialize", post(reinitialize))
         .layer(axum::middleware::from_fn_with_state(state.clone(), client_cert_for_posts))
@@ -408,6 +447,7 @@ async fn check(st: &ApiState, ok: impl FnOnce(&DriverState, &StatusDoc) -> bool)
     let Some(s) = st.fresh_state().await else { return unavailable() };
     let mut doc = status_doc(&st.config, &s);
     settings_pending_restart(st, &mut doc);
+    doc.scheduled_restart = st.scheduled_restart_at().map(|schedule| ScheduledRestart { schedule });
     let code = if ok(&s, &doc) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(doc)).into_response()
 }
@@ -419,6 +459,7 @@ async fn status(State(st): Shared) -> Response {
         doc.pending_restart = a.pending_restart().await;
     }
     settings_pending_restart(&st, &mut doc);
+    doc.scheduled_restart = st.scheduled_restart_at().map(|schedule| ScheduledRestart { schedule });
     (StatusCode::OK, Json(doc)).into_response()
 }
 
@@ -681,8 +722,12 @@ async fn admin(st: &ApiState, headers: &HeaderMap, request: AdminRequest) -> Res
         Ok(false) => (StatusCode::CONFLICT, serde_json::json!({"error": "lost a race with another writer; retry"})),
         Err(e) => {
             let code = match &e {
-                AdminError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-                AdminError::UnknownMember(_) | AdminError::CandidateIneligible(_) => StatusCode::BAD_REQUEST,
+                AdminError::NotReady | AdminError::WallClockUnknown => StatusCode::SERVICE_UNAVAILABLE,
+                AdminError::UnknownMember(_)
+                | AdminError::CandidateIneligible(_)
+                | AdminError::ScheduledInPast { .. }
+                | AdminError::ScheduledWhilePaused => StatusCode::BAD_REQUEST,
+                AdminError::NothingScheduled => StatusCode::NOT_FOUND,
                 _ => StatusCode::CONFLICT,
             };
             let leader = match &e {
@@ -706,6 +751,11 @@ pub struct CandidateBody {
     /// cluster's leader, so a request aimed at a leader that has since changed acts on nothing.
     #[serde(default)]
     pub leader: Option<String>,
+    /// `POST /switchover` only: switch over at this time (RFC 3339 with an offset, like
+    /// `2026-12-07T03:00+00:00`) instead of now (Patroni's field).
+    /// A string; any other JSON type is refused naming the field.
+    #[serde(default)]
+    pub scheduled_at: Option<Value>,
 }
 
 /// A 400 naming the shape the endpoint expects; nothing is acted on.
@@ -733,8 +783,38 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(
     serde_json::from_value(value).map_err(|e| Box::new(bad_body(expected, e)))
 }
 
-const CANDIDATE_SHAPE: &str =
-    "empty or a JSON object {\"candidate\": \"<member>\", \"leader\": \"<member>\"} (both optional)";
+const CANDIDATE_SHAPE: &str = "empty or a JSON object {\"candidate\": \"<member>\", \"leader\": \"<member>\", \"scheduled_at\": \"<RFC 3339 time>\"} (all optional)";
+
+/// A 400 for a time field that does not parse or lies in the past; nothing is acted on.
+fn bad_time(field: &str, why: impl std::fmt::Display) -> Response {
+    let msg = format!("{field}: {why}");
+    (StatusCode::BAD_REQUEST, Json(serde_json::json!({"error": msg, "field": field}))).into_response()
+}
+
+/// Reads an optional schedule field: absent or `null` is "now"; else an RFC 3339 time with
+/// an offset that lies in the future by this process's wall clock.
+fn parse_schedule(field: &str, value: Option<&Value>) -> Result<Option<WallTime>, Box<Response>> {
+    let text = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(text)) => text,
+        Some(other) => {
+            return Err(Box::new(bad_time(field, format!("must be a string with an RFC 3339 time, not {other}"))));
+        }
+    };
+    let at = WallTime::parse(text).map_err(|e| Box::new(bad_time(field, e)))?;
+    let now = wall_clock();
+    if at <= now {
+        return Err(Box::new(bad_time(field, format!("{at} is in the past (now: {now})"))));
+    }
+    Ok(Some(at))
+}
+
+/// This process's wall-clock time.
+#[allow(clippy::disallowed_methods)] // schedules are wall-clock times
+fn wall_clock() -> WallTime {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    WallTime::from_unix_millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
+}
 
 async fn switchover(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     if let Err(r) = authorize(&st, &headers) {
@@ -742,6 +822,10 @@ async fn switchover(State(st): Shared, headers: HeaderMap, body: axum::body::Byt
     }
     let b: CandidateBody = match parse_body(&body, true, CANDIDATE_SHAPE) {
         Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let scheduled_at = match parse_schedule("scheduled_at", b.scheduled_at.as_ref()) {
+        Ok(at) => at,
         Err(r) => return *r,
     };
     if let Err(r) = check_leader_field(&st, b.leader.as_deref()).await {
@@ -752,7 +836,17 @@ async fn switchover(State(st): Shared, headers: HeaderMap, body: axum::body::Byt
     {
         return *r;
     }
-    admin(&st, &headers, AdminRequest::Switchover { candidate: b.candidate }).await
+    admin(&st, &headers, AdminRequest::Switchover { candidate: b.candidate, scheduled_at }).await
+}
+
+/// Patroni's `DELETE /switchover`: cancels a scheduled switchover (any member may). 200
+/// cancelled, 404 none is scheduled, 409 the failover key changed meanwhile.
+async fn cancel_switchover(State(st): Shared, headers: HeaderMap) -> Response {
+    let response = admin(&st, &headers, AdminRequest::CancelScheduledSwitchover).await;
+    if response.status() == StatusCode::ACCEPTED {
+        return (StatusCode::OK, Json(serde_json::json!({"deleted": "scheduled switchover"}))).into_response();
+    }
+    response
 }
 
 async fn failover(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
@@ -764,6 +858,9 @@ async fn failover(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes
         Ok(b) => b,
         Err(r) => return *r,
     };
+    if b.scheduled_at.as_ref().is_some_and(|v| !v.is_null()) {
+        return bad_time("scheduled_at", "a failover cannot be scheduled; schedule a switchover");
+    }
     let Some(candidate) = b.candidate else { return bad_body(shape, "\"candidate\" is missing") };
     if let Err(r) = check_leader_field(&st, b.leader.as_deref()).await {
         return *r;
@@ -878,8 +975,103 @@ impl Action {
     }
 }
 
+/// Body of `POST /restart`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartBody {
+    /// Restart at this time (RFC 3339 with an offset) instead of now (Patroni's field).
+    #[serde(default)]
+    schedule: Option<Value>,
+}
+
 async fn restart(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    member_action(&st, &headers, &body, Action::Restart).await
+    if let Err(r) = authorize(&st, &headers) {
+        return *r;
+    }
+    let shape = "empty or a JSON object {\"schedule\": \"<RFC 3339 time>\"}";
+    let b: RestartBody = match parse_body(&body, true, shape) {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    match parse_schedule("schedule", b.schedule.as_ref()) {
+        Ok(None) => member_action(&st, &headers, &[], Action::Restart).await,
+        Ok(Some(at)) => schedule_restart(&st, at),
+        Err(r) => *r,
+    }
+}
+
+/// Schedules the restart: a task waits for the time on the wall clock and then restarts as
+/// `POST /restart` does (after any action running then). 202 scheduled, 409 one is already,
+/// 501 the resource cannot restart.
+fn schedule_restart(st: &Arc<ApiState>, at: WallTime) -> Response {
+    let reply = |code: StatusCode, msg: String| (code, Json(serde_json::json!({"error": msg}))).into_response();
+    let Some(actions) = st.actions.clone() else {
+        return reply(StatusCode::NOT_IMPLEMENTED, "this member's resource cannot restart".into());
+    };
+    let mut slot = st.scheduled_restart.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((other, _)) = slot.as_ref() {
+        return reply(StatusCode::CONFLICT, format!("another restart is already scheduled at {other}"));
+    }
+    let weak = Arc::downgrade(st);
+    let late_limit = st.config.timing.loop_wait.mul_f64(1.5);
+    #[allow(clippy::disallowed_methods)] // the daemon owns its tasks; it waits for the schedule
+    let task = tokio::spawn(async move {
+        // Sleep in steps, re-reading the wall clock, so a stepped system clock is followed.
+        loop {
+            let ahead = wall_clock().millis_until(at);
+            if ahead <= 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(ahead.unsigned_abs().min(1000))).await;
+        }
+        let Some(st) = weak.upgrade() else { return };
+        // From here on the restart is under way: a cancel finds nothing to cancel.
+        let mine = st.scheduled_restart.lock().unwrap_or_else(|e| e.into_inner()).take_if(|(t, _)| *t == at);
+        if mine.is_none() {
+            return;
+        }
+        let late = Duration::from_millis(at.millis_until(wall_clock()).max(0).unsigned_abs());
+        if late > late_limit {
+            // The process was suspended past the time (Patroni drops such a schedule too).
+            tracing::warn!(%at, late_secs = late.as_secs(), "dropping a scheduled restart whose time passed long ago");
+            return;
+        }
+        tracing::info!(%at, "scheduled restart");
+        let _one_at_a_time = st.action_lock.lock().await;
+        #[allow(clippy::disallowed_methods)] // the action's duration goes into /metrics
+        let started = std::time::Instant::now();
+        let result = actions.restart().await;
+        st.metrics.resource_action("restart", started.elapsed(), result.is_ok());
+        match result {
+            Ok(()) => tracing::info!(%at, "scheduled restart done"),
+            Err(e) => tracing::warn!(%at, error = %e, "scheduled restart failed"),
+        }
+    });
+    *slot = Some((at, task));
+    (StatusCode::ACCEPTED, Json(serde_json::json!({"scheduled": "restart", "schedule": at}))).into_response()
+}
+
+/// Patroni's `DELETE /restart`: cancels this member's scheduled restart. 200 cancelled, 404
+/// none is scheduled (or it has started).
+async fn cancel_restart(State(st): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&st, &headers) {
+        return *r;
+    }
+    let taken = st.scheduled_restart.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match taken {
+        Some((at, task)) => {
+            task.abort();
+            (StatusCode::OK, Json(serde_json::json!({"deleted": "scheduled restart", "schedule": at}))).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, Json(serde_json::json!({"error": "no restart is scheduled"}))).into_response(),
+    }
+}
+
+impl ApiState {
+    /// When this member's scheduled restart is due, if one is.
+    pub fn scheduled_restart_at(&self) -> Option<WallTime> {
+        self.scheduled_restart.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(at, _)| *at)
+    }
 }
 
 async fn reload(State(st): Shared, headers: HeaderMap, body: axum::body::Bytes) -> Response {

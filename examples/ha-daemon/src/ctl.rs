@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use leasehold::{ClusterView, ControlKey, Dcs, Expect, FailoverRecord, Record};
+use leasehold::{ClusterView, ControlKey, Dcs, Expect, FailoverRecord, Record, WallTime};
 use serde_json::Value;
 
 use crate::api::StatusDoc;
@@ -27,14 +27,19 @@ pub enum CtlCommand {
         #[arg(long, value_enum, default_value_t = Format::Pretty)]
         format: Format,
     },
-    /// The leader steps down gracefully, to `--candidate` or the best member.
+    /// The leader steps down gracefully, to `--candidate` or the best member; now, or at
+    /// `--scheduled` (cancel with `flush switchover`).
     Switchover {
         /// The member that should take over.
         #[arg(long)]
         candidate: Option<String>,
-        /// How long to wait for the new leader, in seconds.
+        /// How long to wait for the new leader, in seconds (not with `--scheduled`).
         #[arg(long, default_value_t = 60)]
         wait: u64,
+        /// Switch over at this time instead of now: RFC 3339 with an offset, e.g.
+        /// `2026-12-07T03:00+00:00` (`now`: at once). The schedule is kept in the store.
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
     },
     /// Promote `--candidate`, also when there is no healthy leader.
     Failover {
@@ -100,6 +105,20 @@ pub enum CtlCommand {
         /// How long to wait for the restart, in seconds.
         #[arg(long, default_value_t = 120)]
         wait: u64,
+        /// Restart at this time instead of now: RFC 3339 with an offset, e.g.
+        /// `2026-12-07T03:00+00:00` (`now`: at once). Kept by the member's daemon; cancel with
+        /// `flush restart`.
+        #[arg(long, value_name = "TIME")]
+        scheduled: Option<String>,
+    },
+    /// Cancel what is scheduled: `flush switchover` (the cluster's), `flush restart [MEMBER]...`
+    /// (every member's, or those named), as patronictl's `flush`.
+    Flush {
+        /// `switchover` or `restart`.
+        #[arg(value_enum)]
+        target: FlushTarget,
+        /// `restart` only: the members whose schedules to cancel (default: all).
+        members: Vec<String>,
     },
     /// Make a member's resource re-read its configuration (its `POST /reload`).
     Reload {
@@ -136,6 +155,24 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// What `flush` cancels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlushTarget {
+    /// The scheduled switchover (in the store).
+    Switchover,
+    /// Scheduled restarts (kept by each member's daemon).
+    Restart,
+}
+
+/// Reads a `--scheduled` value: `None` for `now`, else an RFC 3339 time with an offset.
+fn parse_scheduled(text: Option<&str>) -> anyhow::Result<Option<WallTime>> {
+    match text.map(str::trim) {
+        None => Ok(None),
+        Some(t) if t.eq_ignore_ascii_case("now") => Ok(None),
+        Some(t) => WallTime::parse(t).map(Some).context("--scheduled"),
+    }
 }
 
 /// How `list`, `history` and `topology` print.
@@ -266,9 +303,17 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
             }
             0
         }
-        CtlCommand::Restart { member, force, wait } => {
-            ctl.member_action(&member, "restart", "/restart", force, Duration::from_secs(wait)).await?
+        CtlCommand::Restart { member, force, wait, scheduled } => match parse_scheduled(scheduled.as_deref())? {
+            None => ctl.member_action(&member, "restart", "/restart", force, Duration::from_secs(wait)).await?,
+            Some(at) => ctl.schedule_restart(&member, at, force).await?,
+        },
+        CtlCommand::Flush { target: FlushTarget::Switchover, members } => {
+            if !members.is_empty() {
+                bail!("flush switchover takes no member names (the switchover is the cluster's)");
+            }
+            ctl.flush_switchover().await?
         }
+        CtlCommand::Flush { target: FlushTarget::Restart, members } => ctl.flush_restart(&members).await?,
         CtlCommand::Reload { member, force } => {
             ctl.member_action(&member, "reload", "/reload", force, Duration::from_secs(60)).await?
         }
@@ -289,7 +334,10 @@ pub async fn run(config: DaemonConfig, command: CtlCommand) -> anyhow::Result<i3
             println!("{}", store.remove_garbage_leader().await?);
             0
         }
-        CtlCommand::Switchover { candidate, wait } => ctl.switchover(candidate, Duration::from_secs(wait)).await?,
+        CtlCommand::Switchover { candidate, wait, scheduled } => {
+            let at = parse_scheduled(scheduled.as_deref())?;
+            ctl.switchover(candidate, at, Duration::from_secs(wait)).await?
+        }
         CtlCommand::Failover { candidate, wait } => ctl.failover(candidate, Duration::from_secs(wait)).await?,
         CtlCommand::ShowConfig { format } => {
             let (doc, _, note) = dynamic::current(&ctl.load().await?);
@@ -364,6 +412,7 @@ impl Ctl {
                         .as_ref()
                         .map(|s| s.pending_restart_settings.clone())
                         .unwrap_or_default(),
+                    scheduled_restart: st.as_ref().and_then(|s| s.scheduled_restart.as_ref()).map(|r| r.schedule),
                 }
             })
             .collect()
@@ -423,11 +472,18 @@ impl Ctl {
         if let Some(f) = &view.failover {
             let _ = writeln!(
                 out,
-                "pending: {} (from {}, to {})",
+                "{}: {} (from {}, to {}){}",
+                if f.value.scheduled_at.is_some() { "scheduled" } else { "pending" },
                 if f.value.leader.is_some() { "switchover" } else { "failover" },
                 f.value.leader.as_deref().unwrap_or("no leader"),
-                f.value.candidate.as_deref().unwrap_or("the best member")
+                f.value.candidate.as_deref().unwrap_or("the best member"),
+                f.value.scheduled_at.map(|at| format!(" at {at}")).unwrap_or_default()
             );
+        }
+        for r in rows {
+            if let Some(at) = r.scheduled_restart {
+                let _ = writeln!(out, "scheduled: restart of {} at {at}", r.name);
+            }
         }
         out
     }
@@ -446,6 +502,7 @@ impl Ctl {
                 "kind": if f.value.leader.is_some() { "switchover" } else { "failover" },
                 "from": f.value.leader,
                 "to": f.value.candidate,
+                "scheduled_at": f.value.scheduled_at,
             })),
         })
     }
@@ -513,29 +570,44 @@ impl Ctl {
         }
     }
 
-    async fn switchover(&self, candidate: Option<String>, wait: Duration) -> anyhow::Result<i32> {
+    async fn switchover(
+        &self,
+        candidate: Option<String>,
+        scheduled_at: Option<WallTime>,
+        wait: Duration,
+    ) -> anyhow::Result<i32> {
         let view = self.load().await?;
         let Some(leader) = view.leader.clone() else { bail!("there is no leader to switch over from; use failover") };
         let from = leader.record.member.clone();
         println!(
-            "switchover from {from} (epoch {}) to {}",
+            "switchover from {from} (epoch {}) to {}{}",
             leader.epoch,
-            candidate.as_deref().unwrap_or("the best member")
+            candidate.as_deref().unwrap_or("the best member"),
+            scheduled_at.map(|at| format!(" at {at}")).unwrap_or_default()
         );
         let urls: Vec<String> = Self::api_of(&view, &from).into_iter().collect();
-        let request = serde_json::json!({"candidate": candidate});
+        let mut request = serde_json::json!({"candidate": candidate});
+        if let Some(at) = scheduled_at {
+            request["scheduled_at"] = Value::String(at.to_string());
+        }
         let mut answer = self.post(&urls, "/switchover", request.clone()).await;
-        if let (Some((400, _)), Some(c)) = (&answer, &candidate)
+        // Only the leader's stale view is worth a retry, not a refused time.
+        if let (Some((400, body)), Some(c)) = (&answer, &candidate)
             && view.member(c).is_some()
+            && body.get("error").and_then(Value::as_str).is_some_and(|e| e.contains("not a registered member"))
         {
             answer = self.retry_after_reread(&urls, "/switchover", request).await;
         }
         match answer {
             Some((code, body)) => Self::report(code, &body)?,
             None => {
-                self.write_failover(&view, FailoverRecord { leader: Some(from.clone()), candidate: candidate.clone() })
-                    .await?
+                let rec = FailoverRecord { leader: Some(from.clone()), candidate: candidate.clone(), scheduled_at };
+                self.write_failover(&view, rec).await?
             }
+        }
+        if let Some(at) = scheduled_at {
+            println!("switchover scheduled at {at}; `list` shows it, `flush switchover` cancels it");
+            return Ok(0);
         }
         self.wait_for_new_leader(&from, candidate.as_deref(), wait).await
     }
@@ -564,10 +636,105 @@ impl Ctl {
         match answer {
             Some((code, body)) => Self::report(code, &body)?,
             None => {
-                self.write_failover(&view, FailoverRecord { leader: None, candidate: Some(candidate.clone()) }).await?
+                let rec = FailoverRecord { leader: None, candidate: Some(candidate.clone()), scheduled_at: None };
+                self.write_failover(&view, rec).await?
             }
         }
         self.wait_for_new_leader(&old, Some(&candidate), wait).await
+    }
+
+    /// DELETEs `path` at the first API among `urls` that answers; `None` if none did.
+    async fn delete(&self, urls: &[String], path: &str) -> Option<(u16, Value)> {
+        for url in urls {
+            let mut req = self.http.delete(format!("{url}{path}"));
+            if let Some(t) = &self.config.restapi.token {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Ok(r) => {
+                    let code = r.status().as_u16();
+                    return Some((code, r.json().await.unwrap_or(Value::Null)));
+                }
+                Err(e) => println!("{url} did not answer: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Cancels the scheduled switchover: through a member's API (the leader's first), or by
+    /// deleting the failover key directly (compare-and-delete) when no API answers.
+    async fn flush_switchover(&self) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        let Some(f) = view.failover.as_ref().filter(|f| f.value.scheduled_at.is_some()) else {
+            bail!("no switchover is scheduled in {}", self.config.scope);
+        };
+        println!("cancelling the {}", describe_failover(&f.value));
+        let leader = view.leader.as_ref().map(|l| l.record.member.clone()).unwrap_or_default();
+        let mut urls: Vec<String> = Self::api_of(&view, &leader).into_iter().collect();
+        urls.extend(view.members.iter().filter_map(|m| m.value.api_url.clone()));
+        urls.dedup();
+        match self.delete(&urls, "/switchover").await {
+            Some((200, _)) => println!("scheduled switchover cancelled"),
+            Some((code, body)) => Self::report(code, &body)?,
+            None => match self.dcs.delete_control(ControlKey::Failover, &f.version).await? {
+                leasehold::CasOutcome::Won(()) => println!("deleted the failover key directly"),
+                leasehold::CasOutcome::Lost(_) => bail!("the failover key changed meanwhile; look again with list"),
+            },
+        }
+        Ok(0)
+    }
+
+    /// Schedules a restart of `member` through its API (`POST /restart` with `schedule`).
+    async fn schedule_restart(&self, member: &str, at: WallTime, force: bool) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        if view.member(member).is_none() {
+            bail!("{member:?} is not a registered member of {}", self.config.scope);
+        }
+        let Some(api) = Self::api_of(&view, member) else { bail!("{member} publishes no REST API URL") };
+        if !force {
+            let q = format!("restart member {member} of {} at {at}? Type yes to confirm:", self.config.scope);
+            confirm(&q, "yes")?;
+        }
+        let body = serde_json::json!({"schedule": at.to_string()});
+        let Some((code, body)) = self.post(&[api], "/restart", body).await else {
+            bail!("{member}'s API did not answer; nothing was scheduled")
+        };
+        Self::report(code, &body)?;
+        println!("restart of {member} scheduled at {at}; `list` shows it, `flush restart {member}` cancels it");
+        Ok(0)
+    }
+
+    /// Cancels the scheduled restarts of `members` (all registered members when empty).
+    async fn flush_restart(&self, members: &[String]) -> anyhow::Result<i32> {
+        let view = self.load().await?;
+        let names: Vec<String> = if members.is_empty() {
+            view.members.iter().map(|m| m.value.name.clone()).collect()
+        } else {
+            members.to_vec()
+        };
+        let mut failed = false;
+        for name in &names {
+            let Some(api) = Self::api_of(&view, name) else {
+                println!("{name}: not registered or no REST API URL");
+                failed = true;
+                continue;
+            };
+            match self.delete(&[api], "/restart").await {
+                Some((200, body)) => println!(
+                    "{name}: scheduled restart at {} cancelled",
+                    body.get("schedule").and_then(Value::as_str).unwrap_or("?")
+                ),
+                Some((404, _)) => println!("{name}: no restart is scheduled"),
+                Some((code, body)) => {
+                    let why =
+                        body.get("error").and_then(Value::as_str).map_or_else(|| body.to_string(), str::to_string);
+                    println!("{name}: refused ({code}): {why}");
+                    failed = true;
+                }
+                None => failed = true,
+            }
+        }
+        Ok(i32::from(failed))
     }
 
     async fn edit_config(
@@ -827,6 +994,9 @@ struct MemberRow {
     /// Settings waiting for a restart, by name (the dynamic timing, PostgreSQL parameters).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pending_restart_settings: Vec<String>,
+    /// A restart of this member scheduled at its daemon (`POST /restart` with `schedule`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scheduled_restart: Option<WallTime>,
 }
 
 fn role_name(role: leasehold::ResourceRole) -> &'static str {
@@ -850,5 +1020,6 @@ fn history_table(view: &ClusterView) -> String {
 fn describe_failover(f: &FailoverRecord) -> String {
     let kind = if f.leader.is_some() { "switchover" } else { "failover" };
     let from = f.leader.as_deref().map(|l| format!(" from {l}")).unwrap_or_default();
-    format!("{kind}{from} to {}", f.candidate.as_deref().unwrap_or("the best member"))
+    let at = f.scheduled_at.map(|at| format!(" scheduled at {at}")).unwrap_or_default();
+    format!("{kind}{from} to {}{at}", f.candidate.as_deref().unwrap_or("the best member"))
 }
