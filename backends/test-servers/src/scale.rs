@@ -13,7 +13,7 @@
 //! also while a failed assertion unwinds).
 //!
 //! Flags (after `--` of `cargo bench`): `--scopes 1001 --ttl 30 --loop-wait 10
-//! --retry-timeout 10 --idle 60` (the defaults); see [`Settings`].
+//! --retry-timeout 10 --idle 60 --ramp 0` (the defaults); see [`Settings`].
 // A bench harness reads the wall clock and runs tasks and processes; the rule is for the library.
 #![allow(clippy::disallowed_methods)]
 
@@ -45,27 +45,30 @@ pub struct Settings {
     pub retry_timeout: u64,
     /// The idle window measured, in seconds (`--idle`, default 60).
     pub idle: u64,
+    /// Seconds over which each member process starts its drivers, evenly spread (`--ramp`,
+    /// default 0: all at once, the cold start of a whole fleet).
+    pub ramp: u64,
 }
 
 impl Settings {
-    const FLAGS: [&'static str; 5] = ["--scopes", "--ttl", "--loop-wait", "--retry-timeout", "--idle"];
+    const FLAGS: [&'static str; 6] = ["--scopes", "--ttl", "--loop-wait", "--retry-timeout", "--idle", "--ramp"];
 
     /// Reads the flags out of `args`; anything else (cargo's own `--bench`) is skipped.
     /// A flag without a number is an error naming the flag.
     pub fn parse(args: &[String]) -> Result<Settings, String> {
-        let mut values = [1001, 30, 10, 10, 60];
+        let mut values = [1001, 30, 10, 10, 60, 0];
         let mut it = args.iter();
         while let Some(flag) = it.next() {
             let Some(slot) = Self::FLAGS.iter().position(|f| f == flag) else { continue };
             let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
             values[slot] = value.parse().map_err(|_| format!("{flag}: {value:?} is not a whole number"))?;
         }
-        let [scopes, ttl, loop_wait, retry_timeout, idle] = values;
+        let [scopes, ttl, loop_wait, retry_timeout, idle, ramp] = values;
         let scopes = usize::try_from(scopes).map_err(|_| format!("--scopes: {scopes} is too large"))?;
         if scopes == 0 {
             return Err("--scopes: must be at least 1".into());
         }
-        Ok(Settings { scopes, ttl, loop_wait, retry_timeout, idle })
+        Ok(Settings { scopes, ttl, loop_wait, retry_timeout, idle, ramp })
     }
 
     /// The drivers' timing.
@@ -80,7 +83,7 @@ impl Settings {
 
     /// The flags that [`Settings::parse`] reads back into these settings.
     pub fn args(&self) -> Vec<String> {
-        let values = [self.scopes as u64, self.ttl, self.loop_wait, self.retry_timeout, self.idle];
+        let values = [self.scopes as u64, self.ttl, self.loop_wait, self.retry_timeout, self.idle, self.ramp];
         Self::FLAGS.iter().zip(values).flat_map(|(k, v)| [k.to_string(), v.to_string()]).collect()
     }
 }
@@ -184,7 +187,8 @@ pub fn main<S: ScaleStore>() {
     }
 }
 
-/// `member` mode: one driver per scope; prints `ready`, then runs until killed.
+/// `member` mode: one driver per scope (spread over `ramp`); prints `ready` once all run,
+/// then runs until killed.
 async fn run_member<D: Dcs + 'static>(name: &str, s: &Settings, scope: impl Fn(&str) -> D) {
     let incarnation = u64::from(std::process::id());
     let mut handles = Vec::with_capacity(s.scopes);
@@ -196,6 +200,9 @@ async fn run_member<D: Dcs + 'static>(name: &str, s: &Settings, scope: impl Fn(&
             driver::spawn(cfg, dcs, Arc::new(Stub::default()), Arc::new(RecordProbe::default()), Box::new(NoWatchdog))
                 .expect("valid timing");
         handles.push(handle);
+        if s.ramp > 0 {
+            tokio::time::sleep(Duration::from_secs(s.ramp) / u32::try_from(s.scopes).unwrap_or(u32::MAX)).await;
+        }
     }
     println!("ready");
     std::future::pending::<()>().await;
@@ -288,12 +295,13 @@ async fn leaders<S: ScaleStore>(client: &S::Client, scopes: usize) -> BTreeMap<u
 async fn coordinator<S: ScaleStore>(s: Settings) {
     let Some(store) = S::start(&s).await else { return };
     println!(
-        "{} scopes x 3 members in 3 processes on one {} (ttl {} s, loop_wait {} s, retry_timeout {} s)",
+        "{} scopes x 3 members in 3 processes on one {} (ttl {} s, loop_wait {} s, retry_timeout {} s, drivers started over {} s)",
         s.scopes,
         store.describe(),
         s.ttl,
         s.loop_wait,
-        s.retry_timeout
+        s.retry_timeout,
+        s.ramp
     );
     let started = Instant::now();
     let members = Members::start(&s, |i| store.endpoint(i)).expect("member processes start");
@@ -315,6 +323,10 @@ async fn measure<S: ScaleStore>(s: &Settings, store: &S, mut members: Members, s
         if led.len() == s.scopes {
             println!("every scope led after {:.1} s: {per:?}", started.elapsed().as_secs_f64());
             break;
+        }
+        if poll % 30 == 0 {
+            // A run that does not converge shows how far it got.
+            println!("  {:.0} s: {} of {} scopes led {per:?}", started.elapsed().as_secs_f64(), led.len(), s.scopes);
         }
         // Unwinding drops `members`, which kills every member process by pid.
         assert!(
@@ -402,7 +414,7 @@ mod tests {
     #[test]
     fn settings_round_trip_through_their_flags() {
         let s = Settings::parse(&args("--bench --scopes 30 --ttl 12 --idle 5")).expect("valid");
-        assert_eq!((s.scopes, s.ttl, s.loop_wait, s.retry_timeout, s.idle), (30, 12, 10, 10, 5));
+        assert_eq!((s.scopes, s.ttl, s.loop_wait, s.retry_timeout, s.idle, s.ramp), (30, 12, 10, 10, 5, 0));
         assert_eq!(Settings::parse(&s.args()), Ok(s));
     }
 
