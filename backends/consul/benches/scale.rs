@@ -63,7 +63,7 @@ impl ScaleStore for Consul {
 
     fn describe(&self) -> String {
         format!(
-            "Consul {} at {} (session TTL {:?} for ttl {:?})",
+            "{} at {} (session TTL {:?} for ttl {:?})",
             self.agent.version(),
             self.agent.address(),
             self.client.lease_ttl(),
