@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::client::{Held, Inner, Write};
 use crate::error::{Op, api_code, classify};
-use crate::mirror::{Mirror, rv_number};
+use crate::mirror::{CATCH_UP_WAIT, Mirror, rv_number};
 use crate::names::{EPOCH_ANNOTATION, LEADER_ANNOTATION, ObjectRole, ScopeNames, VALUE_ANNOTATION};
 use crate::objects::{self, Fingerprint, duration_secs, new_lease, stamp, wall_now};
 use crate::observe::now;
@@ -394,8 +394,9 @@ impl Dcs for KubeDcs {
     }
 
     /// From the client's mirror when it is usable (live, caught up with everything this
-    /// process wrote or was told, no write of unknown outcome in this scope since the last
-    /// LIST): no request. Otherwise one label-selected LIST. Either way, when the scope holds
+    /// process wrote or was told in this scope, waiting up to 500 ms for that; no write of
+    /// unknown outcome in this scope since the last LIST): no request. Otherwise one
+    /// label-selected LIST. Either way, when the scope holds
     /// no leader Lease of ours, one GET of the leader Lease by name follows: an elector
     /// without our labels (client-go) may hold it, and it must be shown and respected as a
     /// foreign holder.
@@ -405,7 +406,7 @@ impl Dcs for KubeDcs {
         let counter_name = names.epoch_counter();
         let in_scope = |name: &str| names.role_of(name).is_some() || name == counter_name;
         let mirrored = match self.inner.mirror() {
-            Some(mirror) if !self.inner.unsure(in_scope) => mirror.view(&self.scope),
+            Some(mirror) if !self.inner.unsure(in_scope) => mirror.view(&self.scope, in_scope, CATCH_UP_WAIT).await,
             _ => None,
         };
         let (mut items, revision, server_now) = match mirrored {

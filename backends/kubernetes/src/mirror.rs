@@ -16,14 +16,17 @@
 //! version is gap-free, so an object the mirror still shows at version `v` has not been
 //! written since the mirror first saw `v`.
 //!
-//! The mirror is used only while it is *live* (a watch is established) and has caught up
-//! with every resourceVersion this process was told about: objects its own writes returned,
-//! objects it read while resolving a lost compare-and-set, and objects it deleted (or found
-//! missing) which the mirror must show gone or rewritten. resourceVersions are compared as
+//! A scope's load is served by the mirror only while it is *live* (a watch is established)
+//! and has caught up with every resourceVersion this process was told about *in that scope*:
+//! objects its own writes returned, objects it read while resolving a lost compare-and-set,
+//! and objects it deleted (or found missing) which the mirror must show gone or rewritten.
+//! Per scope, so that a process writing in hundreds of scopes (a renewal per leader per loop)
+//! does not make every other scope's load wait for the watch; a load waits up to
+//! [`CATCH_UP_WAIT`] for its own scope before it falls back to a LIST. resourceVersions are compared as
 //! integers (what every API server over etcd hands out); a version that is not a number
 //! makes the mirror unusable, and reads fall back to a LIST.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -42,6 +45,9 @@ use crate::observe::now;
 
 /// Pause before retrying after a failed LIST or WATCH.
 const RETRY: Duration = Duration::from_millis(250);
+/// How long a load waits for the mirror to show this process's own latest write in its scope
+/// (the watch delivers it within milliseconds on a healthy server) before it LISTs instead.
+pub(crate) const CATCH_UP_WAIT: Duration = Duration::from_millis(500);
 /// `timeoutSeconds` of each WATCH: the server ends it then and the mirror re-watches from
 /// the last version it saw (a bookmark usually arrives just before).
 const WATCH_SECONDS: u32 = 290;
@@ -72,10 +78,14 @@ struct State {
     /// after 410 may have skipped changes).
     synced_at: u64,
     objects: HashMap<String, Lease>,
+    /// The names of `objects` by their scope label: a load reads its scope only.
+    by_scope: HashMap<String, HashSet<String>>,
     /// Per scope, the resourceVersion of its last leader or control object change.
     wakes: HashMap<String, u64>,
-    /// The highest resourceVersion this process was told about by its own requests.
-    seen: u64,
+    /// Per scope, the highest resourceVersion this process was told about by its own requests.
+    seen: HashMap<String, u64>,
+    /// The same for objects without a scope label: they hold back every scope.
+    seen_unscoped: u64,
     /// Objects this process deleted, or found missing, at a version: the mirror must show
     /// them absent or newer before it is used.
     gone: HashMap<String, u64>,
@@ -85,15 +95,31 @@ struct State {
     server_clock: Option<(k8s_openapi::jiff::Timestamp, Instant)>,
 }
 
+fn scope_of(lease: &Lease) -> Option<&str> {
+    lease.metadata.labels.as_ref()?.get(SCOPE_LABEL).map(String::as_str)
+}
+
 impl State {
-    fn caught_up(&mut self) -> bool {
-        if !self.live || self.opaque || self.revision < self.seen {
+    /// Whether `scope`'s objects (`in_scope` names them, deleted ones included) show
+    /// everything this process was told about them.
+    fn caught_up(&mut self, scope: &str, in_scope: impl Fn(&str) -> bool) -> bool {
+        let seen = self.seen.get(scope).copied().unwrap_or(0).max(self.seen_unscoped);
+        if !self.live || self.opaque || self.revision < seen {
             return false;
         }
         let objects = &self.objects;
         self.gone
             .retain(|name, at| objects.get(name).is_some_and(|o| rv_number(objects::rv(o)).is_none_or(|v| v <= *at)));
-        self.gone.is_empty()
+        !self.gone.keys().any(|name| in_scope(name))
+    }
+
+    fn index(&mut self, lease: &Lease, name: &str, present: bool) {
+        let Some(scope) = scope_of(lease) else { return };
+        if present {
+            self.by_scope.entry(scope.to_string()).or_default().insert(name.to_string());
+        } else if let Some(names) = self.by_scope.get_mut(scope) {
+            names.remove(name);
+        }
     }
 
     fn wakes_scope(lease: &Lease) -> Option<String> {
@@ -109,7 +135,14 @@ impl State {
             return;
         };
         self.revision = self.revision.max(rv);
-        let before = if deleted { self.objects.remove(&name) } else { self.objects.insert(name, lease.clone()) };
+        let before =
+            if deleted { self.objects.remove(&name) } else { self.objects.insert(name.clone(), lease.clone()) };
+        if let Some(b) = &before {
+            self.index(b, &name, false);
+        }
+        if !deleted {
+            self.index(&lease, &name, true);
+        }
         let changed = match (&before, deleted) {
             (Some(_), true) => true,
             (None, true) => false,
@@ -165,9 +198,13 @@ impl Mirror {
             return;
         }
         let mut state = self.state();
-        match rv_number(objects::rv(lease)) {
-            Some(rv) => state.seen = state.seen.max(rv),
-            None => state.opaque = true,
+        match (rv_number(objects::rv(lease)), scope_of(lease)) {
+            (Some(rv), Some(scope)) => {
+                let seen = state.seen.entry(scope.to_string()).or_insert(rv);
+                *seen = (*seen).max(rv);
+            }
+            (Some(rv), None) => state.seen_unscoped = state.seen_unscoped.max(rv),
+            (None, _) => state.opaque = true,
         }
     }
 
@@ -184,23 +221,48 @@ impl Mirror {
         }
     }
 
-    /// The objects labelled with `scope`, if the mirror is usable now.
-    pub(crate) fn view(&self, scope: &str) -> Option<MirrorView> {
-        let mut state = self.state();
-        if !state.caught_up() {
-            return None;
+    /// The objects labelled with `scope` once the mirror is usable for it, waiting up to
+    /// `wait` while it is live but behind this process's own requests in the scope; `None`
+    /// if it is not usable by then.
+    pub(crate) async fn view(
+        &self,
+        scope: &str,
+        in_scope: impl Fn(&str) -> bool,
+        wait: Duration,
+    ) -> Option<MirrorView> {
+        let until = now() + wait;
+        let mut generation = self.generation.subscribe();
+        loop {
+            {
+                let mut state = self.state();
+                if state.caught_up(scope, &in_scope) {
+                    return Some(Self::view_of(&state, scope));
+                }
+                if !state.live || state.opaque {
+                    return None;
+                }
+            }
+            tokio::select! {
+                changed = generation.changed() => if changed.is_err() { return None },
+                () = tokio::time::sleep_until(until) => return None,
+            }
         }
+    }
+
+    fn view_of(state: &State, scope: &str) -> MirrorView {
         let items = state
-            .objects
-            .values()
-            .filter(|o| o.metadata.labels.as_ref().and_then(|l| l.get(SCOPE_LABEL)).is_some_and(|s| s == scope))
+            .by_scope
+            .get(scope)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| state.objects.get(name))
             .cloned()
             .collect();
         let server_now = state.server_clock.and_then(|(date, at)| {
             let elapsed = i64::try_from(now().saturating_duration_since(at).as_secs()).ok()?;
             k8s_openapi::jiff::Timestamp::from_second(date.as_second().checked_add(elapsed)?).ok()
         });
-        Some(MirrorView { revision: state.revision, items, server_now })
+        MirrorView { revision: state.revision, items, server_now }
     }
 
     /// The highest resourceVersion the mirror applied.
@@ -249,11 +311,14 @@ impl Mirror {
             return;
         };
         let mut fresh = HashMap::new();
+        state.by_scope.clear();
         for item in items {
             if rv_number(objects::rv(&item)).is_none() {
                 state.opaque = true;
             }
-            fresh.insert(objects::name(&item).to_string(), item);
+            let name = objects::name(&item).to_string();
+            state.index(&item, &name, true);
+            fresh.insert(name, item);
         }
         state.objects = fresh;
         state.revision = state.revision.max(revision);
@@ -369,5 +434,65 @@ pub(crate) async fn run(inner: Weak<Inner>) {
             mirror.set_live(false);
             tokio::time::sleep(RETRY).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn lease(scope: &str, name: &str, rv: u64) -> Lease {
+        let labels = BTreeMap::from([
+            (MANAGED_BY.to_string(), "leasehold".to_string()),
+            (SCOPE_LABEL.to_string(), scope.to_string()),
+            (ROLE_LABEL.to_string(), "member".to_string()),
+        ]);
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                resource_version: Some(rv.to_string()),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..Lease::default()
+        }
+    }
+
+    fn in_scope(scope: &'static str) -> impl Fn(&str) -> bool {
+        move |name: &str| name.starts_with(scope)
+    }
+
+    /// A write in one scope holds back loads of that scope until the watch shows it, and no
+    /// other scope's.
+    #[test]
+    fn own_writes_hold_back_only_their_own_scope() {
+        let mirror = Mirror::new(&BTreeMap::new());
+        mirror.reset(vec![lease("a", "a-m1", 5), lease("b", "b-m1", 6)], "6", None);
+        mirror.state().live = true;
+        mirror.told(&lease("a", "a-m1", 9));
+        let mut state = mirror.state();
+        assert!(!state.caught_up("a", in_scope("a")), "scope a must wait for its write at 9");
+        assert!(state.caught_up("b", in_scope("b")), "scope b has nothing pending");
+        state.apply(lease("a", "a-m1", 9), false);
+        assert!(state.caught_up("a", in_scope("a")), "the watch delivered 9");
+        let view = Mirror::view_of(&state, "a");
+        assert_eq!(view.items.iter().map(objects::rv).collect::<Vec<_>>(), ["9"], "only scope a's object");
+    }
+
+    /// A deletion this process made holds back its scope until the mirror shows it gone.
+    #[test]
+    fn an_own_deletion_holds_back_only_its_scope() {
+        let mirror = Mirror::new(&BTreeMap::new());
+        mirror.reset(vec![lease("a", "a-leader", 5), lease("b", "b-m1", 6)], "6", None);
+        mirror.state().live = true;
+        mirror.told_gone("a-leader", "5");
+        let mut state = mirror.state();
+        assert!(!state.caught_up("a", in_scope("a")));
+        assert!(state.caught_up("b", in_scope("b")));
+        state.apply(lease("a", "a-leader", 7), true);
+        assert!(state.caught_up("a", in_scope("a")));
+        assert!(Mirror::view_of(&state, "a").items.is_empty(), "the deleted object left the index");
     }
 }
