@@ -8,73 +8,16 @@
 mod common;
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Member, Store, TOKEN, free_port, text};
+use common::actions::{actions_log, start};
+use common::{Cluster, Store, TOKEN, text};
 use leasehold_test_servers::make_pki;
 use serde_json::Value;
 
 const LIMIT: Duration = Duration::from_secs(40);
-
-/// A hooks directory: the file resource's hooks plus `restart`, `reload` and `reinit` hooks
-/// that log `<member> <action> <args>` to `$ACTIONS_LOG`.
-fn hooks_with_actions(dir: &Path) -> PathBuf {
-    let hooks = dir.join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    for f in ["promote", "demote", "follow", "status", "write", "lib.sh"] {
-        std::os::unix::fs::symlink(common::hooks_dir().join(f), hooks.join(f)).unwrap();
-    }
-    for action in ["restart", "reload", "reinit"] {
-        let p = hooks.join(action);
-        std::fs::write(&p, format!("#!/bin/sh\necho \"$LEASEHOLD_NAME {action} $*\" >> \"$ACTIONS_LOG\"\n")).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    }
-    hooks
-}
-
-/// Writes configs for `n` members (`restapi_extra(i)` is added to member i's `[restapi]`,
-/// `tail` to every file) and starts them.
-fn start(store: Store, n: usize, restapi_extra: impl Fn(usize) -> String, tail: &str) -> Cluster {
-    let dir = tempfile::Builder::new().prefix("leasehold-ha-ops-").tempdir().unwrap();
-    let resource_dir = dir.path().join("resource");
-    std::fs::create_dir_all(&resource_dir).unwrap();
-    let hooks = hooks_with_actions(dir.path());
-    let log = dir.path().join("actions.log");
-    let mut members = Vec::new();
-    for i in 0..n {
-        let name = format!("n{}", i + 1);
-        let port = free_port();
-        let extra = restapi_extra(i);
-        let scheme = if extra.contains("certfile") { "https" } else { "http" };
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "scope = \"ops\"\nname = \"{name}\"\n{}safety_margin = \"1s\"\nconn_url = \"file://{name}\"\n\
-                 [watchdog]\nmode = \"off\"\n[restapi]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n{extra}\
-                 [hooks]\ndir = \"{}\"\n[hooks.env]\nFILE_RESOURCE_DIR = \"{}\"\nACTIONS_LOG = \"{}\"\n{}{tail}",
-                store.timing(),
-                hooks.display(),
-                resource_dir.display(),
-                log.display(),
-                store.section()
-            ),
-        )
-        .unwrap();
-        members.push(Member { name, config, api: format!("{scheme}://127.0.0.1:{port}"), proc: None });
-    }
-    let mut cluster = Cluster { members, resource_dir, dir, store };
-    for i in 0..n {
-        cluster.start_member(i);
-    }
-    cluster
-}
-
-fn actions_log(c: &Cluster) -> String {
-    std::fs::read_to_string(c.dir.path().join("actions.log")).unwrap_or_default()
-}
 
 /// `ctl <args>` through member `via`'s config with `input` on stdin.
 fn ctl_with_input(c: &Cluster, via: usize, args: &[&str], input: &str) -> Output {
@@ -157,7 +100,7 @@ fn rest_api_over_tls_with_client_certificates() {
         pki.client_cert.display(),
         pki.client_key.display()
     );
-    let c = start(Store::etcd(), 3, tls, &ctl);
+    let c = start(Store::etcd(), "ops", 3, tls, &ctl);
     let client = Some((pki.client_cert.as_path(), pki.client_key.as_path()));
 
     // ctl reads every member's /status over HTTPS (a member it could not reach shows `running?`).
@@ -303,7 +246,7 @@ fn yaml(c: &Cluster, args: &[&str]) -> serde_yaml_ng::Value {
 
 #[test]
 fn ctl_verbs_topology_restart_reload_reinit_remove_and_metrics() {
-    let mut c = start(Store::etcd(), 3, |_| String::new(), "");
+    let mut c = start(Store::etcd(), "ops", 3, |_| String::new(), "");
     let leader = wait_listed_leader(&c, 0);
     let li = c.members.iter().position(|m| m.name == leader).unwrap();
     let replica = c.members.iter().map(|m| m.name.clone()).find(|n| *n != leader).unwrap();

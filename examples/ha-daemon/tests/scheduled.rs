@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Cluster, Member, Store, TOKEN, free_port, http, text};
+use common::actions::{self, actions_log};
+use common::{Cluster, Store, TOKEN, http, text};
 use leasehold::WallTime;
 use serde_json::Value;
 
@@ -22,58 +22,9 @@ fn in_secs(secs: i64) -> String {
     WallTime::from_unix_millis(now.as_millis() as i64 + secs * 1000).to_string()
 }
 
-/// The file resource's hooks plus a `restart` hook that logs `<member> restart` to
-/// `$ACTIONS_LOG`.
-fn hooks_with_restart(dir: &Path) -> PathBuf {
-    let hooks = dir.join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    for f in ["promote", "demote", "follow", "status", "write", "lib.sh"] {
-        std::os::unix::fs::symlink(common::hooks_dir().join(f), hooks.join(f)).unwrap();
-    }
-    let p = hooks.join("restart");
-    std::fs::write(&p, "#!/bin/sh\necho \"$LEASEHOLD_NAME restart\" >> \"$ACTIONS_LOG\"\n").unwrap();
-    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    hooks
-}
-
-/// `n` members on etcd with the restart hook.
+/// `n` members on etcd whose `restart` hook logs to the actions log.
 fn start(n: usize) -> Cluster {
-    let store = Store::etcd();
-    let dir = tempfile::Builder::new().prefix("leasehold-ha-sched-").tempdir().unwrap();
-    let resource_dir = dir.path().join("resource");
-    std::fs::create_dir_all(&resource_dir).unwrap();
-    let hooks = hooks_with_restart(dir.path());
-    let log = dir.path().join("actions.log");
-    let mut members = Vec::new();
-    for i in 0..n {
-        let name = format!("n{}", i + 1);
-        let port = free_port();
-        let config = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "scope = \"sched\"\nname = \"{name}\"\n{}safety_margin = \"1s\"\nconn_url = \"file://{name}\"\n\
-                 [watchdog]\nmode = \"off\"\n[restapi]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"{TOKEN}\"\n\
-                 [hooks]\ndir = \"{}\"\n[hooks.env]\nFILE_RESOURCE_DIR = \"{}\"\nACTIONS_LOG = \"{}\"\n{}",
-                store.timing(),
-                hooks.display(),
-                resource_dir.display(),
-                log.display(),
-                store.section()
-            ),
-        )
-        .unwrap();
-        members.push(Member { name, config, api: format!("http://127.0.0.1:{port}"), proc: None });
-    }
-    let mut cluster = Cluster { members, resource_dir, dir, store };
-    for i in 0..n {
-        cluster.start_member(i);
-    }
-    cluster
-}
-
-fn actions_log(c: &Cluster) -> String {
-    std::fs::read_to_string(c.dir.path().join("actions.log")).unwrap_or_default()
+    actions::start(Store::etcd(), "sched", n, |_| String::new(), "")
 }
 
 /// `ctl list --format json`, parsed.

@@ -7,6 +7,7 @@
 // for those deadlines; the workspace bans clock reads only to keep the library's core pure.
 #![allow(clippy::disallowed_methods)]
 
+pub mod actions;
 pub mod pg;
 
 use std::path::{Path, PathBuf};
