@@ -3,23 +3,16 @@
 
 use std::time::Duration;
 
+use super::tests::{answer_writes, at, drain};
 use super::*;
 use crate::dcs::WatchEvent;
 use crate::record::{Version, Versioned};
-
-fn at(ms: u64) -> Instant {
-    Instant::from_origin(Duration::from_millis(ms))
-}
 
 /// Wall-clock time at `at(0)` in these tests: 2026-12-07T03:00:00Z.
 const WALL0: i64 = 1_796_612_400_000;
 
 fn wall(ms_after: i64) -> WallTime {
     WallTime::from_unix_millis(WALL0 + ms_after)
-}
-
-fn drain(n: &mut Node) -> Vec<Action> {
-    std::iter::from_fn(|| n.poll_action()).collect()
 }
 
 fn lease_from(record: &LeaderRecord) -> Lease {
@@ -83,20 +76,6 @@ fn leader(wall_clock: bool) -> (Node, LeaderRecord) {
     );
     answer_writes(&mut n, at(30));
     (n, record)
-}
-
-/// Answers every store write with success; returns the other actions.
-fn answer_writes(n: &mut Node, now: Instant) -> Vec<Action> {
-    let mut out = Vec::new();
-    while let Some(a) = n.poll_action() {
-        match a {
-            Action::PublishMember { id, .. } | Action::WriteControl { id, .. } | Action::DeleteControl { id, .. } => {
-                n.handle_write(id, Ok(true), now)
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Runs one cycle at `now` in which the leader renews and reads `v`; returns what follows.

@@ -7,7 +7,7 @@ use super::*;
 use crate::dcs::WatchEvent;
 use crate::record::{Version, Versioned};
 
-fn at(ms: u64) -> Instant {
+pub(super) fn at(ms: u64) -> Instant {
     Instant::from_origin(Duration::from_millis(ms))
 }
 
@@ -24,7 +24,7 @@ fn replica() -> ResourceStatus {
     ResourceStatus { running: true, role: ResourceRole::Replica, ..Default::default() }
 }
 
-fn drain(n: &mut Node) -> Vec<Action> {
+pub(super) fn drain(n: &mut Node) -> Vec<Action> {
     std::iter::from_fn(|| n.poll_action()).collect()
 }
 
@@ -63,7 +63,7 @@ fn start_and_acquire(n: &mut Node) -> (RequestId, LeaderRecord) {
 }
 
 /// Answers every queued store write with success until a non-write action shows up.
-fn answer_writes(n: &mut Node, now: Instant) -> Vec<Action> {
+pub(super) fn answer_writes(n: &mut Node, now: Instant) -> Vec<Action> {
     let mut out = Vec::new();
     while let Some(a) = n.poll_action() {
         match a {
