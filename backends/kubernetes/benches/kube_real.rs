@@ -8,11 +8,11 @@
 // A benchmark times real waiting with the wall clock.
 #![allow(clippy::disallowed_methods)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use leasehold::{CasOutcome, Dcs, LeaderRecord, MemberRecord, Timing, WatchEvent};
-use leasehold_kube::testing::{KubeApiServer, KubeApiServerConfig};
+use leasehold_kube::testing::{KubeApiServer, KubeApiServerConfig, LeaseAudit};
 use leasehold_kube::{KubeClient, KubeOptions};
 
 const NAMESPACE: &str = "bench";
@@ -31,30 +31,6 @@ async fn client_with(server: &KubeApiServer, ttl: Duration, watch_mirror: bool) 
 
 fn record(member: &str, token: &str) -> LeaderRecord {
     LeaderRecord { member: member.into(), token: token.into(), api_url: None, conn_url: None }
-}
-
-/// Lease requests by verb, from the audit log (one entry per audit ID).
-struct Audit {
-    path: std::path::PathBuf,
-    seen: HashSet<String>,
-}
-
-impl Audit {
-    fn take(&mut self) -> BTreeMap<String, u64> {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let mut counts = BTreeMap::new();
-        for line in text.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if event.pointer("/objectRef/resource").and_then(|v| v.as_str()) != Some("leases") {
-                continue;
-            }
-            let id = event["auditID"].as_str().unwrap_or_default().to_string();
-            if self.seen.insert(id) {
-                *counts.entry(event["verb"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> f64 {
@@ -83,7 +59,7 @@ async fn timed<T>(samples: &mut Vec<Duration>, f: impl std::future::Future<Outpu
     out
 }
 
-async fn per_call(server: &KubeApiServer, audit: &mut Audit) {
+async fn per_call(server: &KubeApiServer, audit: &mut LeaseAudit) {
     const ROUNDS: u64 = 200;
     let ttl = Duration::from_secs(30);
     let (leader, follower) = (client(server, ttl).await, client(server, ttl).await);
@@ -181,7 +157,7 @@ async fn failover(server: &KubeApiServer, ttl: Duration, rounds: usize) {
 
 /// Background Lease requests of a client that only exists, with `scopes` scopes each holding
 /// one published member of it (the member keep-alive, every ttl/3), over three ttls.
-async fn idle(server: &KubeApiServer, audit: &mut Audit, scopes: usize) {
+async fn idle(server: &KubeApiServer, audit: &mut LeaseAudit, scopes: usize) {
     let ttl = Duration::from_secs(3);
     let window = ttl * 3;
     let client = client(server, ttl).await;
@@ -210,7 +186,7 @@ async fn idle(server: &KubeApiServer, audit: &mut Audit, scopes: usize) {
 /// An idle follower's HA loop (load, then watch for `loop_wait`) over a window in which the
 /// leader (another client) does not change, with the mirror on or off: requests per second
 /// from the follower's client (its member keep-alive included).
-async fn idle_follower(server: &KubeApiServer, audit: &mut Audit, watch_mirror: bool) {
+async fn idle_follower(server: &KubeApiServer, audit: &mut LeaseAudit, watch_mirror: bool) {
     let (ttl, loop_wait, window) = (Duration::from_secs(30), Duration::from_secs(1), Duration::from_secs(15));
     let leader = client(server, ttl).await;
     let follower = client_with(server, ttl, watch_mirror).await;
@@ -262,7 +238,7 @@ fn main() {
             server.version(),
             server.url()
         );
-        let mut audit = Audit { path: server.audit_log(), seen: HashSet::new() };
+        let mut audit = LeaseAudit::new(server.audit_log());
         println!("Lease requests per call (from the audit log) and latency:");
         per_call(&server, &mut audit).await;
         println!("\nhandover and crash failover:");

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use common::{NAMESPACE, Target, options, timing_for};
 use leasehold::{ClusterView, Dcs, DcsError, LeaderRecord, MemberRecord, WatchEvent};
-use leasehold_kube::testing::KubeApiServerConfig;
+use leasehold_kube::testing::{KubeApiServerConfig, LeaseAudit};
 use leasehold_kube::{KubeClient, KubeDcs, KubeOptions};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -23,30 +22,6 @@ async fn client(target: &Target, options: KubeOptions) -> KubeClient {
 
 fn record(member: &str) -> LeaderRecord {
     LeaderRecord { member: member.into(), token: format!("t-{member}"), api_url: None, conn_url: None }
-}
-
-/// Lease requests by verb in the audit log since the last call (one per audit ID).
-struct Audit {
-    path: std::path::PathBuf,
-    seen: HashSet<String>,
-}
-
-impl Audit {
-    fn take(&mut self) -> BTreeMap<String, u64> {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-        let mut counts = BTreeMap::new();
-        for line in text.lines() {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            if event.pointer("/objectRef/resource").and_then(|v| v.as_str()) != Some("leases") {
-                continue;
-            }
-            let id = event["auditID"].as_str().unwrap_or_default().to_string();
-            if self.seen.insert(id) {
-                *counts.entry(event["verb"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
-            }
-        }
-        counts
-    }
 }
 
 /// Loads until `seen` holds (the mirror may lag a moment behind another client's write).
@@ -119,7 +94,7 @@ async fn member_writes_do_not_wake_a_leader_change_does_and_idle_loads_send_noth
         return;
     };
     member.stop(); // its keep-alive would show in the counts
-    let mut audit = Audit { path: server.audit_log(), seen: HashSet::new() };
+    let mut audit = LeaseAudit::new(server.audit_log());
     let off = client(&target, KubeOptions { watch_mirror: false, ..options() }).await.scope("mir");
     let _ = audit.take();
     let mirrored = idle_rounds(&df, 20).await;
@@ -154,7 +129,7 @@ async fn loads_after_own_writes_in_many_scopes_are_served_by_the_mirror() {
     }
     // The mirror is up once a load shows the last acquisition.
     load_until(&scopes[7], |v| v.leader.is_some()).await.unwrap();
-    let mut audit = Audit { path: server.audit_log(), seen: HashSet::new() };
+    let mut audit = LeaseAudit::new(server.audit_log());
     let _ = audit.take();
     let mut loads = 0;
     for _round in 0..3 {

@@ -29,6 +29,7 @@
 //! # drop(client); Ok(()) }
 //! ```
 
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -392,5 +393,37 @@ impl KubeApiServer {
     /// The last lines of the API server's log.
     pub fn log_tail(&self, lines: usize) -> String {
         self.apiserver.log_tail(lines)
+    }
+}
+
+/// Lease requests by verb, read from a [`KubeApiServer::audit_log`]; each audit ID is counted
+/// once across calls, so [`take`](LeaseAudit::take) gives what arrived since the last call.
+#[derive(Debug)]
+pub struct LeaseAudit {
+    path: PathBuf,
+    seen: HashSet<String>,
+}
+
+impl LeaseAudit {
+    /// Counts from the audit log at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        LeaseAudit { path, seen: HashSet::new() }
+    }
+
+    /// Lease requests by verb (`get`, `list`, `patch`, ...) not counted by an earlier call.
+    pub fn take(&mut self) -> BTreeMap<String, u64> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let mut counts = BTreeMap::new();
+        for line in text.lines() {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if event.pointer("/objectRef/resource").and_then(|v| v.as_str()) != Some("leases") {
+                continue;
+            }
+            let id = event["auditID"].as_str().unwrap_or_default().to_string();
+            if self.seen.insert(id) {
+                *counts.entry(event["verb"].as_str().unwrap_or("?").to_string()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 }
