@@ -96,6 +96,10 @@ pub struct StoreBounds {
     pub max_expiry: Duration,
     /// Longest delay, in a healthy store, between a change and a `watch` call returning.
     pub watch_latency: Duration,
+    /// Latest moment, after a process stops, at which other clients are guaranteed to see
+    /// its member records gone. At least `max_expiry`; longer where a backend keeps member
+    /// records on a longer lease than leader keys (etcd's `member_ttl`).
+    pub member_expiry: Duration,
 }
 
 /// One election scope in a consensus store.

@@ -93,6 +93,7 @@ token = "$token"
 $resource
 [etcd]
 endpoints = ["$LH_EP"]
+${LH_ETCD_MEMBER_TTL:+member_ttl = \"$LH_ETCD_MEMBER_TTL\"}
 EOF
   LH_PGDATAS+=("$dir/data")
 }

@@ -129,7 +129,7 @@ pub const EXPIRY_WITHIN_MAX: &str = "leader key expires within max_expiry after 
 pub const RENEW_AFTER_TAKEOVER: &str = "renew of a taken-over lease is Lost";
 /// The same member name re-acquiring after expiry gets a greater epoch.
 pub const EPOCH_AFTER_EXPIRY: &str = "epoch increases on re-acquisition after expiry";
-/// A crashed client's member record vanishes within `max_expiry` (plus slack).
+/// A crashed client's member record vanishes within `member_expiry` (plus slack).
 pub const MEMBER_EXPIRES_WITH_OWNER: &str = "member records expire with their owner";
 /// A live but idle client's member record stays, for longer than the ttl.
 pub const MEMBER_LIVES_WITH_OWNER: &str = "member records live while their idle owner lives";
@@ -969,9 +969,9 @@ async fn member_expiry(suite: &Suite<'_>) {
     load_until(lives, &*dobs, |view| view.member("b").is_some()).await;
     a.crash().await;
     let crashed = now();
-    let deadline = crashed + bounds.max_expiry + expiry_slack(&bounds);
+    let deadline = crashed + bounds.member_expiry + expiry_slack(&bounds);
     // `b` stays idle from here: no calls through its client at all.
-    let idle_until = published + bounds.max_expiry.max(bounds.ttl) + bounds.ttl / 2;
+    let idle_until = published + bounds.member_expiry.max(bounds.ttl) + bounds.ttl / 2;
     let mut a_gone = false;
     loop {
         let started = now();
@@ -989,8 +989,8 @@ async fn member_expiry(suite: &Suite<'_>) {
             expires.ensure(
                 started <= deadline,
                 format_args!(
-                    "the crashed client's member `a` to be gone within max_expiry {:?} + slack {:?}",
-                    bounds.max_expiry,
+                    "the crashed client's member `a` to be gone within member_expiry {:?} + slack {:?}",
+                    bounds.member_expiry,
                     expiry_slack(&bounds)
                 ),
                 format_args!("still there {:?} after the crash", started - crashed),

@@ -62,7 +62,8 @@ impl Shared {
 
     fn bounds(&self) -> StoreBounds {
         // A keep-alive in flight when the holder dies can extend its keys by one period.
-        StoreBounds { ttl: self.ttl, max_expiry: self.ttl + keep_alive_period(self.ttl), watch_latency: WATCH_LATENCY }
+        let max_expiry = self.ttl + keep_alive_period(self.ttl);
+        StoreBounds { ttl: self.ttl, max_expiry, watch_latency: WATCH_LATENCY, member_expiry: max_expiry }
     }
 }
 

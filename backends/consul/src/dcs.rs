@@ -487,7 +487,8 @@ impl Dcs for ConsulDcs {
     /// long to invalidate) plus the lock-delay that then blocks re-acquisition.
     fn bounds(&self) -> StoreBounds {
         let ttl = self.client.inner.session_ttl;
-        StoreBounds { ttl, max_expiry: 2 * ttl + self.client.inner.options.lock_delay, watch_latency: WATCH_LATENCY }
+        let max_expiry = 2 * ttl + self.client.inner.options.lock_delay;
+        StoreBounds { ttl, max_expiry, watch_latency: WATCH_LATENCY, member_expiry: max_expiry }
     }
 
     fn configured_ttl(&self) -> Duration {

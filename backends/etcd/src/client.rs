@@ -48,6 +48,32 @@ pub(crate) struct Published {
 
 pub(crate) type Waiter = oneshot::Sender<Result<Ack, DcsError>>;
 
+/// Which of the process's leases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Which {
+    /// The process lease (ttl): leader keys, and member keys without a member lease.
+    Process,
+    /// The member lease (`EtcdOptions::member_ttl`).
+    Members,
+}
+
+impl Which {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Which::Process => "process",
+            Which::Members => "member",
+        }
+    }
+}
+
+/// The lease that carries member keys when [`EtcdOptions::member_ttl`] is set, with its own
+/// keep-alive task.
+pub(crate) struct MemberLease {
+    pub(crate) ttl: Duration,
+    pub(crate) lease: Mutex<LeaseState>,
+    refresh: mpsc::UnboundedSender<Waiter>,
+}
+
 pub(crate) struct Inner {
     pub(crate) etcd: Client,
     pub(crate) options: EtcdOptions,
@@ -71,24 +97,32 @@ pub(crate) struct Inner {
     /// How old an acknowledged keep-alive a renewal may reuse instead of sending its own.
     pub(crate) reuse: Duration,
     refresh: mpsc::UnboundedSender<Waiter>,
+    /// The member lease, when member keys have one of their own.
+    pub(crate) members: Option<MemberLease>,
     stopped: AtomicBool,
-    keeper: Mutex<Option<AbortHandle>>,
+    /// The keep-alive tasks (process lease, member lease).
+    keepers: Mutex<Vec<AbortHandle>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.keeper.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        for task in self.keepers.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
             task.abort();
         }
     }
 }
 
-/// How old a keep-alive a renewal may reuse: what the timing leaves spare
-/// (`ttl - loop_wait - 2 * retry_timeout`, at most `ttl / 3`), and at least `ttl / 60` (at
-/// most 500 ms) so a process leading many scopes sends a few keep-alives a second, not one
-/// per renewal. A reused keep-alive shortens the renewed lease by its age, never more.
+/// How old a keep-alive a renewal may reuse: while the belief it still gives the node
+/// ([`Timing::belief_for`]) exceeds `retry_timeout` by a loop (at most `ttl / 10`), and at
+/// least `ttl / 60` (at most 500 ms) so a process leading many scopes sends a few
+/// keep-alives a second, not one per renewal. The node renews again `retry_timeout` before
+/// its belief ends (`Node`'s early renewal), which is then older than this window: so a
+/// leader keeps Patroni's promise (a store outage shorter than `retry_timeout` costs no
+/// leadership) with one keep-alive per `belief - retry_timeout` instead of one per loop. A
+/// reused keep-alive shortens the renewed lease by its age, never more.
 fn reuse_window(timing: &Timing, ttl: Duration) -> Duration {
-    let spare = ttl.saturating_sub(timing.loop_wait + timing.retry_timeout * 2).min(ttl / 3);
+    let slack = timing.loop_wait.min(ttl / 10);
+    let spare = timing.belief_for(ttl).saturating_sub(timing.retry_timeout + slack);
     spare.max((ttl / 60).min(Duration::from_millis(500)))
 }
 
@@ -115,6 +149,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// so a holder that stops renewing loses its keys a TTL after its last renew, as in Patroni.
 /// When etcd reports the lease gone, the task grants a new one and re-writes this process's
 /// member keys; leader keys are gone with the old lease and renewals of them are `Lost`.
+///
+/// With [`EtcdOptions::member_ttl`] the member keys live on a second lease of that TTL, kept
+/// alive in the background every third of it; the ttl lease then carries only leader keys,
+/// gets no background keep-alive and lapses while the process leads nothing (an acquisition
+/// first sends a keep-alive, which grants a new lease when the old one may have lapsed).
 #[derive(Clone)]
 pub struct EtcdClient {
     pub(crate) inner: Arc<Inner>,
@@ -206,6 +245,33 @@ impl EtcdClient {
             tracing::info!(asked = ?timing.ttl, granted = ?ttl, "etcd granted another lease TTL than timing.ttl");
         }
         let (refresh, requests) = mpsc::unbounded_channel();
+        let members = match options.member_ttl {
+            None => None,
+            Some(member_ttl) => {
+                let asked = i64::try_from(member_ttl.as_secs_f64().ceil() as u64).unwrap_or(i64::MAX);
+                let sent = now();
+                let grant = timed(Op::Write, "grant the member lease", options.dial_timeout, || async {
+                    etcd.lease_client().grant(asked, None).await
+                })
+                .await
+                .map_err(unreachable)?;
+                if !grant.error().is_empty() || grant.ttl() <= 0 {
+                    return Err(DcsError::unavailable(format!(
+                        "etcd did not grant the member lease (ttl {}): {}",
+                        grant.ttl(),
+                        grant.error()
+                    )));
+                }
+                let ttl = Duration::from_secs(grant.ttl().unsigned_abs());
+                let (refresh, requests) = mpsc::unbounded_channel();
+                let lease = LeaseState { id: grant.id(), expires: sent + ttl, sent, lost: false };
+                Some((MemberLease { ttl, lease: Mutex::new(lease), refresh }, requests))
+            }
+        };
+        let (members, member_requests) = match members {
+            Some((lease, requests)) => (Some(lease), Some(requests)),
+            None => (None, None),
+        };
         let inner = Arc::new(Inner {
             etcd,
             options,
@@ -214,17 +280,22 @@ impl EtcdClient {
             lease: Mutex::new(LeaseState { id: grant.id(), expires: sent + ttl, sent, lost: false }),
             published: Mutex::new(BTreeMap::new()),
             held: Mutex::new(BTreeSet::new()),
-            requests: AtomicU64::new(2),
+            requests: AtomicU64::new(if members.is_some() { 3 } else { 2 }),
             mirror: Mirror::default(),
             seen: AtomicU64::new(0),
             reuse: reuse_window(timing, ttl),
             refresh,
+            members,
             stopped: AtomicBool::new(false),
-            keeper: Mutex::new(None),
+            keepers: Mutex::new(Vec::new()),
         });
-        // The client owns its keep-alive, as a store client owns its session heartbeat.
-        let task = runtime.spawn(keeper::run(Arc::downgrade(&inner), requests));
-        *lock(&inner.keeper) = Some(task.abort_handle());
+        // The client owns its keep-alives, as a store client owns its session heartbeat.
+        let task = runtime.spawn(keeper::run(Arc::downgrade(&inner), Which::Process, requests));
+        lock(&inner.keepers).push(task.abort_handle());
+        if let Some(requests) = member_requests {
+            let task = runtime.spawn(keeper::run(Arc::downgrade(&inner), Which::Members, requests));
+            lock(&inner.keepers).push(task.abort_handle());
+        }
         tracing::debug!(lease = grant.id(), ?ttl, "etcd process lease granted");
         Ok(EtcdClient { inner })
     }
@@ -269,7 +340,7 @@ impl EtcdClient {
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         self.inner.mirror.stop();
-        if let Some(task) = lock(&self.inner.keeper).take() {
+        for task in lock(&self.inner.keepers).drain(..) {
             task.abort();
         }
     }
@@ -280,13 +351,19 @@ impl EtcdClient {
     /// with [`Dcs::release`](leasehold::Dcs::release) first for an orderly step-down.
     pub async fn shutdown(&self) -> Result<(), DcsError> {
         self.stop();
-        let id = lock(&self.inner.lease).id;
-        self.inner.count();
-        timed(Op::Write, "revoke the process lease", self.inner.options.request_timeout, || async {
-            self.inner.etcd.lease_client().revoke(id).await
-        })
-        .await
-        .map(|_| ())
+        let mut leases = vec![(Which::Process, lock(&self.inner.lease).id)];
+        if let Some(members) = &self.inner.members {
+            leases.push((Which::Members, lock(&members.lease).id));
+        }
+        for (which, id) in leases {
+            self.inner.count();
+            let what = format!("revoke the {} lease", which.name());
+            timed(Op::Write, &what, self.inner.options.request_timeout, || async {
+                self.inner.etcd.lease_client().revoke(id).await
+            })
+            .await?;
+        }
+        Ok(())
     }
 }
 
@@ -303,20 +380,69 @@ impl Inner {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The lease to attach new keys to; unavailable while a lost lease is being replaced.
-    pub(crate) fn current_lease(&self) -> Result<LeaseState, DcsError> {
-        let lease = *lock(&self.lease);
+    /// The state of lease `which` (the process lease when there is no member lease).
+    pub(crate) fn lease_state(&self, which: Which) -> &Mutex<LeaseState> {
+        match (which, &self.members) {
+            (Which::Members, Some(members)) => &members.lease,
+            _ => &self.lease,
+        }
+    }
+
+    /// The TTL etcd granted lease `which`.
+    pub(crate) fn lease_ttl(&self, which: Which) -> Duration {
+        match (which, &self.members) {
+            (Which::Members, Some(members)) => members.ttl,
+            _ => self.ttl,
+        }
+    }
+
+    /// The lease member keys are attached to.
+    pub(crate) fn member_lease(&self) -> Which {
+        if self.members.is_some() { Which::Members } else { Which::Process }
+    }
+
+    /// Whether lease `which` carries this process's member keys.
+    pub(crate) fn carries_members(&self, which: Which) -> bool {
+        self.member_lease() == which
+    }
+
+    /// Whether lease `which` gets a keep-alive every third of its TTL with nobody asking:
+    /// a member lease always; the process lease while it carries member keys and no leader
+    /// key is held (while one is held, only renewals keep it alive, so a holder that stops
+    /// renewing loses its keys a TTL later). A process lease that carries nothing is left to
+    /// lapse and granted anew by the next acquire's keep-alive.
+    pub(crate) fn kept_in_background(&self, which: Which) -> bool {
+        match which {
+            Which::Members => true,
+            Which::Process => self.members.is_none() && lock(&self.held).is_empty(),
+        }
+    }
+
+    /// Lease `which` to attach new keys to; unavailable while a lost lease is being replaced.
+    pub(crate) fn current(&self, which: Which) -> Result<LeaseState, DcsError> {
+        let lease = *lock(self.lease_state(which));
         if lease.lost {
-            self.poke();
-            return Err(DcsError::unavailable("the process lease expired; a new one is being granted, retry"));
+            self.poke(which);
+            let name = which.name();
+            return Err(DcsError::unavailable(format!("the {name} lease expired; a new one is being granted, retry")));
         }
         Ok(lease)
     }
 
-    /// Asks the keeper for a keep-alive without waiting (it also re-grants a lost lease).
-    pub(crate) fn poke(&self) {
+    /// The process lease to attach new keys to; see [`current`](Self::current).
+    pub(crate) fn current_lease(&self) -> Result<LeaseState, DcsError> {
+        self.current(Which::Process)
+    }
+
+    /// Asks lease `which`'s keeper for a keep-alive without waiting (it also re-grants a
+    /// lost lease).
+    pub(crate) fn poke(&self, which: Which) {
         let (tx, _rx) = oneshot::channel();
-        let _ = self.refresh.send(tx);
+        let refresh = match (which, &self.members) {
+            (Which::Members, Some(members)) => &members.refresh,
+            _ => &self.refresh,
+        };
+        let _ = refresh.send(tx);
     }
 
     /// An acknowledged keep-alive sent at or after `earliest`: the last one when it is recent
@@ -327,13 +453,6 @@ impl Inner {
             return Ok(Ack { id: lease.id, expires: lease.expires });
         }
         self.keep_alive().await
-    }
-
-    /// Whether the last acknowledged keep-alive was sent within `ttl / 3 + request_timeout`:
-    /// the member this client talks to reached etcd's raft leader that recently.
-    pub(crate) fn keep_alive_recent(&self) -> bool {
-        let lease = *lock(&self.lease);
-        !lease.lost && now().saturating_duration_since(lease.sent) <= self.ttl / 3 + self.options.request_timeout
     }
 
     /// Notes that this process was told about `revision`.
@@ -362,5 +481,34 @@ impl Inner {
                 self.saw(h.revision().unsigned_abs());
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loop's renewal reuses the keep-alive of the loop before, and the node's early
+    /// renewal (`retry_timeout` before its belief ends) never does: otherwise a leader would
+    /// keep acting on a keep-alive too old to leave it `retry_timeout` of store outage.
+    #[test]
+    fn loops_reuse_a_keep_alive_and_the_early_renewal_sends_one() {
+        let secs = Duration::from_secs;
+        let tight = Timing { ttl: secs(20), loop_wait: secs(1), retry_timeout: secs(3), ..Timing::default() };
+        // The test harness's (testing::timing).
+        let ms = Duration::from_millis;
+        let tests = Timing {
+            ttl: secs(2),
+            loop_wait: ms(400),
+            retry_timeout: ms(600),
+            safety_margin: ms(400),
+            ..Timing::default()
+        };
+        for timing in [Timing::default(), tight, tests] {
+            let window = reuse_window(&timing, timing.ttl);
+            let early = timing.belief_for(timing.ttl) - timing.retry_timeout;
+            assert!(window >= timing.loop_wait, "{timing:?}: a loop's renewal cannot reuse ({window:?})");
+            assert!(window < early, "{timing:?}: the early renewal at {early:?} would reuse ({window:?})");
+        }
     }
 }

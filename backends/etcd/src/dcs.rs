@@ -13,7 +13,7 @@ use leasehold::{
     MemberRecord, RawEntry, RawView, Record, StoreBounds, Version, WatchEvent,
 };
 
-use crate::client::{Inner, Published, lock, now};
+use crate::client::{Inner, Published, Which, lock, now};
 use crate::error::{Op, classify, is_compacted, never_sent, timed};
 use crate::mirror::Entry;
 
@@ -201,7 +201,7 @@ impl EtcdDcs {
         };
         if !ours(&entry) {
             lock(&self.inner.held).remove(&self.leader);
-            self.inner.poke();
+            self.inner.poke(Which::Process);
             return Ok(CasOutcome::Lost(entry.and_then(|e| self.leader_of(&e))));
         }
         let earliest = started.checked_sub(self.inner.reuse).unwrap_or(started);
@@ -214,7 +214,7 @@ impl EtcdDcs {
             Err(e) => return Err(e),
         };
         // A deletion or change the mirror applied while the keep-alive was out wins.
-        match self.inner.mirror.get(&self.inner, &self.leader, 0, Duration::ZERO).await {
+        match self.inner.mirror.get(&self.leader, 0, Duration::ZERO).await {
             Some(now_entry) if !ours(&now_entry) => {
                 lock(&self.inner.held).remove(&self.leader);
                 return Ok(CasOutcome::Lost(now_entry.and_then(|e| self.leader_of(&e))));
@@ -252,7 +252,9 @@ impl Dcs for EtcdDcs {
     }
 
     fn bounds(&self) -> StoreBounds {
-        StoreBounds { ttl: self.inner.ttl, max_expiry: self.inner.ttl + EXPIRY_SLACK, watch_latency: WATCH_LATENCY }
+        let max_expiry = self.inner.ttl + EXPIRY_SLACK;
+        let member_expiry = self.inner.lease_ttl(self.inner.member_lease()) + EXPIRY_SLACK;
+        StoreBounds { ttl: self.inner.ttl, max_expiry, watch_latency: WATCH_LATENCY, member_expiry }
     }
 
     fn configured_ttl(&self) -> Duration {
@@ -264,9 +266,7 @@ impl Dcs for EtcdDcs {
         self.inner.mirror.start(&self.inner);
         if !self.linearize.swap(false, Ordering::SeqCst) {
             let seen = self.inner.seen.load(Ordering::SeqCst);
-            if let Some((revision, entries)) =
-                self.inner.mirror.snapshot(&self.inner, &self.base, seen, MIRROR_WAIT).await
-            {
+            if let Some((revision, entries)) = self.inner.mirror.snapshot(&self.base, seen, MIRROR_WAIT).await {
                 let entries = entries
                     .into_iter()
                     .map(|(key, e)| (RawEntry { key, bytes: e.value, version: Version::new(e.modified) }, e.created));
@@ -296,17 +296,33 @@ impl Dcs for EtcdDcs {
     async fn acquire(&self, record: &LeaderRecord) -> Result<CasOutcome<Lease, Option<LeaderView>>, DcsError> {
         self.ready()?;
         let started = now();
+        // A process lease that carries no member keys is not kept alive while this process
+        // leads nothing: make sure it lives (the keeper grants a new one if it may have
+        // lapsed) before a key is attached to it. One request more per acquisition.
+        let first = match &self.inner.members {
+            Some(_) => match self.inner.keep_alive().await {
+                Ok(ack) => Some(ack),
+                Err(DcsError::LeaseLost { message }) => {
+                    return Err(DcsError::unavailable(format!("{message}; a new lease is being granted, retry")));
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
         let lease = self.inner.current_lease()?;
         let txn = Txn::new()
             .when([Compare::create_revision(self.leader.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(self.leader.as_str(), record.encode(), Some(PutOptions::new().with_lease(lease.id)))])
             .or_else([TxnOp::get(self.leader.as_str(), None)]);
         let what = format!("acquire {}", self.leader);
-        let (kept, resp) = tokio::join!(self.inner.keep_alive(), self.txn(Op::Write, &what, txn));
+        let (kept, resp) = match first {
+            Some(ack) => (Ok(ack), self.txn(Op::Write, &what, txn).await),
+            None => tokio::join!(self.inner.keep_alive(), self.txn(Op::Write, &what, txn)),
+        };
         let resp = match resp {
             Err(DcsError::LeaseLost { message }) => {
                 // The txn failed as a whole: nothing was written. The keeper grants a new lease.
-                self.inner.poke();
+                self.inner.poke(Which::Process);
                 return Err(DcsError::unavailable(format!("{message}; a new lease is being granted, retry")));
             }
             other => other?,
@@ -338,7 +354,7 @@ impl Dcs for EtcdDcs {
         })?;
         if !self.linearize.load(Ordering::SeqCst) {
             let seen = self.inner.seen.load(Ordering::SeqCst);
-            if let Some(entry) = self.inner.mirror.get(&self.inner, &self.leader, seen, MIRROR_WAIT).await {
+            if let Some(entry) = self.inner.mirror.get(&self.leader, seen, MIRROR_WAIT).await {
                 return self.renew_by_keep_alive(held, lease.id, started, entry).await;
             }
         }
@@ -356,7 +372,7 @@ impl Dcs for EtcdDcs {
         let resp = resp?;
         if !resp.succeeded() {
             lock(&self.inner.held).remove(&self.leader);
-            self.inner.poke();
+            self.inner.poke(Which::Process);
             return Ok(CasOutcome::Lost(leader_view(got(&resp))));
         }
         let ack = match kept {
@@ -393,7 +409,7 @@ impl Dcs for EtcdDcs {
         }
         lock(&self.inner.held).remove(&self.leader);
         // Background keep-alives resume once no leader key is held.
-        self.inner.poke();
+        self.inner.poke(Which::Process);
         Ok(CasOutcome::Won(()))
     }
 
@@ -404,7 +420,8 @@ impl Dcs for EtcdDcs {
         }
         let key = Key::Member(member.name.clone()).path(&self.inner.options.prefix, &self.scope);
         let bytes = member.encode();
-        let lease = self.inner.current_lease()?;
+        let which = self.inner.member_lease();
+        let lease = self.inner.current(which)?;
         let unchanged =
             lock(&self.inner.published).get(&key).is_some_and(|p| p.bytes == bytes && p.written_with == Some(lease.id));
         if unchanged {
@@ -421,7 +438,7 @@ impl Dcs for EtcdDcs {
                 Ok(())
             }
             Err(DcsError::LeaseLost { message }) => {
-                self.inner.poke();
+                self.inner.poke(which);
                 Err(DcsError::unavailable(format!("{message}; the keeper re-writes the member under a new lease")))
             }
             Err(e) => Err(e),

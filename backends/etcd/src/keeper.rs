@@ -1,5 +1,7 @@
-//! The task that keeps the process lease alive, shares keep-alives between concurrent
-//! renewals, and replaces the lease (re-writing member keys) when etcd reports it gone.
+//! The tasks that keep the process's leases alive, share keep-alives between concurrent
+//! renewals, and replace a lease (re-writing member keys) when etcd reports it gone. One
+//! task per lease: the process lease (leader keys, and member keys unless
+//! `EtcdOptions::member_ttl` gives them a lease of their own) and that member lease.
 //!
 //! etcd-client sends one keep-alive per `LeaseKeeper::keep_alive` call and never on its own
 //! (reference/crates.md section 1), so this task owns the timer and the stream.
@@ -11,7 +13,7 @@ use etcd_client::{Error, LeaseKeepAliveStream, LeaseKeeper};
 use leasehold::DcsError;
 use tokio::sync::mpsc;
 
-use crate::client::{Ack, Inner, Waiter, lock, now};
+use crate::client::{Ack, Inner, Waiter, Which, lock, now};
 use crate::error::{Op, classify, is_lease_not_found, never_sent, timed};
 
 /// Attempts at one keep-alive (new streams after a broken one), within the request timeout.
@@ -33,13 +35,15 @@ fn copy(e: &DcsError) -> DcsError {
 }
 
 /// Runs until the client is dropped or stopped.
-pub(crate) async fn run(inner: Weak<Inner>, mut requests: mpsc::UnboundedReceiver<Waiter>) {
+pub(crate) async fn run(inner: Weak<Inner>, which: Which, mut requests: mpsc::UnboundedReceiver<Waiter>) {
     let mut stream: Stream = None;
     loop {
         let every = match inner.upgrade() {
             None => return,
-            Some(inner) if lock(&inner.lease).lost => (inner.ttl / 3).min(Duration::from_secs(1)),
-            Some(inner) => inner.ttl / 3,
+            Some(inner) if lock(inner.lease_state(which)).lost => {
+                (inner.lease_ttl(which) / 3).min(Duration::from_secs(1))
+            }
+            Some(inner) => inner.lease_ttl(which) / 3,
         };
         let mut waiters = Vec::new();
         tokio::select! {
@@ -54,14 +58,12 @@ pub(crate) async fn run(inner: Weak<Inner>, mut requests: mpsc::UnboundedReceive
             waiters.push(w);
         }
         let Some(inner) = inner.upgrade() else { return };
-        let lost = lock(&inner.lease).lost;
-        if waiters.is_empty() && !lost && !lock(&inner.held).is_empty() {
-            // A leader key is held: only its renewals keep the lease alive (see EtcdClient).
+        if waiters.is_empty() && !inner.kept_in_background(which) {
             continue;
         }
-        let result = round(&inner, &mut stream).await;
+        let result = round(&inner, which, &mut stream).await;
         if let Err(e) = &result {
-            tracing::warn!(error = %e, "etcd lease keep-alive failed");
+            tracing::warn!(error = %e, lease = which.name(), "etcd lease keep-alive failed");
         }
         for w in waiters {
             let _ = w.send(result.as_ref().map(|a| *a).map_err(copy));
@@ -69,14 +71,27 @@ pub(crate) async fn run(inner: Weak<Inner>, mut requests: mpsc::UnboundedReceive
     }
 }
 
-/// One keep-alive (after re-granting a lost lease and re-writing owed member keys).
-async fn round(inner: &Inner, stream: &mut Stream) -> Result<Ack, DcsError> {
-    if lock(&inner.lease).lost {
+/// One keep-alive (after re-granting a lost lease and re-writing owed member keys). A
+/// process lease nobody kept alive (see [`Inner::kept_in_background`]) that may have expired
+/// is granted anew instead.
+async fn round(inner: &Inner, which: Which, stream: &mut Stream) -> Result<Ack, DcsError> {
+    let state = *lock(inner.lease_state(which));
+    let lapsed = !inner.kept_in_background(which)
+        && lock(&inner.held).is_empty()
+        && now() + inner.options.request_timeout >= state.expires;
+    if state.lost || lapsed {
         *stream = None;
-        regrant(inner).await?;
+        regrant(inner, which).await?;
+        let lease = *lock(inner.lease_state(which));
+        if lapsed && !state.lost {
+            // The grant is this round's proof of life.
+            return Ok(Ack { id: lease.id, expires: lease.expires });
+        }
     }
-    let id = lock(&inner.lease).id;
-    republish(inner, id).await;
+    let id = lock(inner.lease_state(which)).id;
+    if inner.carries_members(which) {
+        republish(inner, id).await;
+    }
     let limit = inner.options.request_timeout;
     let sent = now();
     let deadline = sent + limit;
@@ -85,13 +100,13 @@ async fn round(inner: &Inner, stream: &mut Stream) -> Result<Ack, DcsError> {
         attempts += 1;
         let reused = stream.is_some();
         inner.count();
-        let answer = tokio::time::timeout_at(deadline, keep_alive_once(inner, stream, id)).await;
+        let answer = tokio::time::timeout_at(deadline, keep_alive_once(inner, which, stream, id)).await;
         match answer {
             Err(_) => {
                 *stream = None;
                 return Err(DcsError::unavailable(format!("lease keep-alive: no answer within {limit:?}")));
             }
-            Ok(Err(e)) if is_lease_not_found(&e) => return Err(lease_gone(inner, id, stream).await),
+            Ok(Err(e)) if is_lease_not_found(&e) => return Err(lease_gone(inner, which, id, stream).await),
             // A stream on a connection that died, or a member that cannot be reached: open
             // a new stream, which the balancer may place on another member.
             Ok(Err(e)) if (reused || never_sent(&e)) && attempts < RETRIES => {
@@ -103,10 +118,10 @@ async fn round(inner: &Inner, stream: &mut Stream) -> Result<Ack, DcsError> {
                 *stream = None;
                 return Err(classify(Op::Read, "lease keep-alive", e));
             }
-            Ok(Ok(ttl)) if ttl <= 0 => return Err(lease_gone(inner, id, stream).await),
+            Ok(Ok(ttl)) if ttl <= 0 => return Err(lease_gone(inner, which, id, stream).await),
             Ok(Ok(ttl)) => {
                 let expires = sent + Duration::from_secs(ttl.unsigned_abs());
-                let mut lease = lock(&inner.lease);
+                let mut lease = lock(inner.lease_state(which));
                 if lease.id == id && expires > lease.expires {
                     lease.expires = expires;
                     lease.sent = sent;
@@ -119,7 +134,7 @@ async fn round(inner: &Inner, stream: &mut Stream) -> Result<Ack, DcsError> {
 
 /// One keep-alive on the open stream, or opening a stream (which sends the first one).
 /// The remaining TTL etcd reports.
-async fn keep_alive_once(inner: &Inner, stream: &mut Stream, id: i64) -> Result<i64, Error> {
+async fn keep_alive_once(inner: &Inner, which: Which, stream: &mut Stream, id: i64) -> Result<i64, Error> {
     match stream {
         Some((keeper, messages)) => {
             keeper.keep_alive().await?;
@@ -132,34 +147,38 @@ async fn keep_alive_once(inner: &Inner, stream: &mut Stream, id: i64) -> Result<
             // Opening the stream sends the first keep-alive and fails if the lease is gone.
             let opened = inner.etcd.lease_client().keep_alive(id).await?;
             *stream = Some(opened);
-            Ok(i64::try_from(inner.ttl.as_secs()).unwrap_or(i64::MAX))
+            Ok(i64::try_from(inner.lease_ttl(which).as_secs()).unwrap_or(i64::MAX))
         }
     }
 }
 
 /// etcd says lease `id` is gone, and with it every key attached to it.
-async fn lease_gone(inner: &Inner, id: i64, stream: &mut Stream) -> DcsError {
+async fn lease_gone(inner: &Inner, which: Which, id: i64, stream: &mut Stream) -> DcsError {
     *stream = None;
     {
-        let mut lease = lock(&inner.lease);
+        let mut lease = lock(inner.lease_state(which));
         if lease.id == id {
             lease.lost = true;
         }
     }
-    lock(&inner.held).clear();
-    tracing::warn!(lease = id, "the etcd process lease expired; its leader and member keys are gone");
-    if let Err(e) = regrant(inner).await {
+    if which == Which::Process {
+        lock(&inner.held).clear();
+    }
+    let keys = if inner.carries_members(which) { "its leader and member keys" } else { "its leader keys" };
+    tracing::warn!(lease = id, "the etcd {} lease expired; {keys} are gone", which.name());
+    if let Err(e) = regrant(inner, which).await {
         tracing::warn!(error = %e, "granting a new etcd lease failed; will retry");
     }
-    DcsError::lease_lost(format!("etcd reports the process lease {id:x} expired or revoked"))
+    DcsError::lease_lost(format!("etcd reports the {} lease {id:x} expired or revoked", which.name()))
 }
 
-/// Grants a new lease and re-writes the member keys under it.
-async fn regrant(inner: &Inner) -> Result<(), DcsError> {
-    let ttl = i64::try_from(inner.ttl.as_secs()).unwrap_or(i64::MAX);
+/// Grants a new lease and, when it carries them, re-writes the member keys under it.
+pub(crate) async fn regrant(inner: &Inner, which: Which) -> Result<(), DcsError> {
+    let ttl = i64::try_from(inner.lease_ttl(which).as_secs()).unwrap_or(i64::MAX);
     let sent = now();
     inner.count();
-    let grant = timed(Op::Write, "grant a new process lease", inner.options.request_timeout, || async {
+    let what = format!("grant a new {} lease", which.name());
+    let grant = timed(Op::Write, &what, inner.options.request_timeout, || async {
         inner.etcd.lease_client().grant(ttl, None).await
     })
     .await?;
@@ -167,20 +186,21 @@ async fn regrant(inner: &Inner) -> Result<(), DcsError> {
         return Err(DcsError::unavailable(format!("etcd did not grant a new lease: {}", grant.error())));
     }
     {
-        let mut lease = lock(&inner.lease);
+        let mut lease = lock(inner.lease_state(which));
         lease.id = grant.id();
         lease.expires = sent + Duration::from_secs(grant.ttl().unsigned_abs());
         lease.sent = sent;
         lease.lost = false;
     }
-    for entry in lock(&inner.published).values_mut() {
-        entry.written_with = None;
+    tracing::info!(lease = grant.id(), "granted a new etcd {} lease", which.name());
+    if inner.carries_members(which) {
+        for entry in lock(&inner.published).values_mut() {
+            entry.written_with = None;
+        }
+        republish(inner, grant.id()).await;
     }
-    tracing::info!(lease = grant.id(), "granted a new etcd process lease");
-    republish(inner, grant.id()).await;
     Ok(())
 }
-
 /// Writes every member key not yet written with lease `id`.
 async fn republish(inner: &Inner, id: i64) {
     let owed: Vec<(String, Vec<u8>)> = lock(&inner.published)

@@ -12,7 +12,9 @@
 //! # Rules
 //!
 //! * One lease per [`EtcdClient`] (one per process), shared by every scope: a thousand
-//!   scopes cost one keep-alive stream.
+//!   scopes cost one keep-alive stream. With [`EtcdOptions::member_ttl`], member keys get a
+//!   second, longer lease: an idle follower then keeps only that one alive (every
+//!   `member_ttl / 3`), and the ttl lease is granted anew by the next acquisition.
 //! * Acquire: txn `create_revision(leader) == 0` → put with the lease. The key's
 //!   `create_revision` is the fencing [`Epoch`](leasehold::Epoch): every acquisition creates the
 //!   key anew at a higher store revision.
@@ -44,13 +46,14 @@
 //!   process was told about (its writes, what lost compare-and-sets and ranges returned),
 //!   else it reads the prefix again (progress notifications are not trusted for this: before
 //!   etcd 3.4.25 / 3.5.8 one may overtake events, etcd issue 15220).
-//! * **The mirror is used only while it can be current:** its stream is established, and this
-//!   process's last lease keep-alive was sent at most `ttl / 3 + request_timeout` ago.
-//!   Keep-alives are forwarded to the raft leader, so an answer shows that the member serving
-//!   the watch was not cut off from the cluster (a cut-off member's watch goes silent rather
-//!   than failing). A stream that does not answer a progress request (one every four ttls)
-//!   within the request timeout is re-opened. After a write with an unknown outcome the scope's next read is a
-//!   linearizable range, so a node looking for its own token reads the store itself.
+//! * **The mirror is used only while it can be current:** its stream is established, which
+//!   says the member serving it has a raft leader: every stream asks etcd to require one
+//!   (etcd-client's `with_require_leader`), and etcd cancels such streams once the member has
+//!   had no leader for three election timeouts; a member cut off from the majority loses its
+//!   leader within one. A frozen member or dead connection is found by the HTTP/2 pings, and
+//!   a stream that does not answer a progress request (one every four ttls) within the
+//!   request timeout is re-opened. After a write with an unknown outcome the scope's next
+//!   read is a linearizable range, so a node looking for its own token reads the store itself.
 //! * **Renewal by keep-alive proves the key is kept.** The leader key is attached to the
 //!   process lease; while the lease lives, the key can only disappear or change by a
 //!   delete or a put. leasehold never writes over a live key (acquire is create-only) and
@@ -62,11 +65,14 @@
 //!   ending (revoked, expired during a partition) is the keep-alive's answer:
 //!   [`DcsError::LeaseLost`](leasehold::DcsError).
 //! * A renewal may reuse a keep-alive sent shortly before it instead of sending its own:
-//!   within what the timing leaves spare (`ttl - loop_wait - 2 * retry_timeout`, at most
-//!   `ttl / 3`) and at least `min(ttl / 60, 500 ms)`, so a process leading a thousand scopes
-//!   sends about two keep-alives a second. The renewed lease is shorter by the reused
+//!   while the belief it still gives exceeds `retry_timeout` by a loop (at most ttl / 10),
+//!   and at least `min(ttl / 60, 500 ms)` old, so a process leading a thousand scopes sends
+//!   about two keep-alives a second. The node renews again `retry_timeout` before its belief
+//!   ends, which always sends one: an idle leader at ttl 30 / loop_wait 10 / retry_timeout 10
+//!   sends a keep-alive about every 15 s and still rides out any store outage shorter than
+//!   `retry_timeout` (Patroni's promise). The renewed lease is shorter by the reused
 //!   keep-alive's age, never longer than what etcd granted.
-//!
+
 //! Without the mirror, or while it is not usable, reads are linearizable ranges and each
 //! `watch` opens its own stream on the scope.
 //! * A frozen member is detected by HTTP/2 pings ([`EtcdOptions::keepalive_interval`]) and

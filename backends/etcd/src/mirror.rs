@@ -13,11 +13,15 @@
 //! change leadership is conditional, so a view that is older by the watch delay changes how
 //! soon a node acts, never what it may do. The mirror is used only while
 //!
-//! * the stream is established (from the created response until it breaks), and
-//! * this process's last lease keep-alive was sent at most `ttl / 3 + request_timeout` ago:
-//!   keep-alives are forwarded to etcd's raft leader, so an answer shows the member we talk
-//!   to is not cut off from the cluster (a cut-off member's watch goes silent, it does not
-//!   fail), and
+//! * the stream is established (from the created response until it breaks), which also
+//!   says the member we watch through is not cut off from the cluster: the client asks
+//!   every stream to require a raft leader (etcd-client's `with_require_leader`), and etcd
+//!   cancels such streams once the member has had no leader for three election timeouts
+//!   (its `monitorLeader`; a member cut off from the majority loses its leader within one
+//!   election timeout: it stops hearing heartbeats and becomes a candidate, and a leader
+//!   cut off steps down by check-quorum). A frozen member or a dead connection is found by
+//!   the HTTP/2 pings (`keepalive_interval`). Test:
+//!   `tests/faults.rs::a_mirror_on_a_member_without_a_raft_leader_stops_serving_loads`; and
 //! * it has caught up with every revision this process was told about (its own writes, and
 //!   what lost compare-and-sets returned), so a process reads its own writes.
 //!
@@ -172,14 +176,8 @@ impl Mirror {
     /// The keys under `base` and the revision they are the state at, once the mirror has
     /// applied revision `seen`; `None` when the mirror may not stand in for a read (not
     /// live, or not caught up within `wait`).
-    pub(crate) async fn snapshot(
-        &self,
-        inner: &Inner,
-        base: &str,
-        seen: u64,
-        wait: Duration,
-    ) -> Option<(u64, Vec<(String, Entry)>)> {
-        self.caught_up(inner, seen, wait).await?;
+    pub(crate) async fn snapshot(&self, base: &str, seen: u64, wait: Duration) -> Option<(u64, Vec<(String, Entry)>)> {
+        self.caught_up(seen, wait).await?;
         let state = lock(&self.state);
         if !state.live {
             return None;
@@ -195,15 +193,15 @@ impl Mirror {
 
     /// The key `key` as the mirror holds it (`Some(None)`: absent), under the same
     /// conditions as [`snapshot`](Self::snapshot).
-    pub(crate) async fn get(&self, inner: &Inner, key: &str, seen: u64, wait: Duration) -> Option<Option<Entry>> {
-        self.caught_up(inner, seen, wait).await?;
+    pub(crate) async fn get(&self, key: &str, seen: u64, wait: Duration) -> Option<Option<Entry>> {
+        self.caught_up(seen, wait).await?;
         let state = lock(&self.state);
         state.live.then(|| state.keys.get(key).cloned())
     }
 
     /// Waits until the mirror is usable and has applied `seen`.
-    async fn caught_up(&self, inner: &Inner, seen: u64, wait: Duration) -> Option<()> {
-        if !lock(&self.state).live || !inner.keep_alive_recent() {
+    async fn caught_up(&self, seen: u64, wait: Duration) -> Option<()> {
+        if !lock(&self.state).live {
             return None;
         }
         let mut applied = self.applied.subscribe();

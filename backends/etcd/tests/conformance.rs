@@ -25,3 +25,17 @@ async fn conformance_on_a_three_node_cluster() {
     println!("{report}");
     assert_eq!(report.passed, ALL_CHECKS, "every check passes on three etcd nodes, none skipped");
 }
+
+/// Member keys on a lease of their own (`EtcdOptions::member_ttl`): the process lease then
+/// lapses while a process leads nothing, and every acquisition grants it anew first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_with_a_member_lease() {
+    init_tracing();
+    let server = EtcdServer::start().await.expect("etcd starts");
+    let timing = server.timing();
+    let options = leasehold_etcd::EtcdOptions { member_ttl: Some(timing.ttl * 3), ..server.options() };
+    let harness = EtcdHarness::new(options, timing).await;
+    let report = run_suite(&harness).await;
+    println!("{report}");
+    assert_eq!(report.passed, ALL_CHECKS, "every check passes with a member lease, none skipped");
+}

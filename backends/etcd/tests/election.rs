@@ -46,3 +46,58 @@ async fn a_node_with_another_ttl_than_the_client_is_refused() {
     election.resign().await;
     client.shutdown().await.expect("shutdown revokes the lease");
 }
+
+/// `EtcdOptions::member_ttl`: member keys on a lease of their own. A process that leads
+/// nothing keeps only that lease alive; its ttl lease lapses, and an acquisition after
+/// several idle ttls still wins at once, on a fresh ttl lease, and renews. When the process
+/// stops, its leader key goes with the ttl lease while its member record stays on the longer
+/// member lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_member_lease_an_idle_process_still_acquires_at_once_and_its_leader_key_expires_first() {
+    use leasehold::{CasOutcome, MemberRecord};
+    init_tracing();
+    let server = EtcdServer::start().await.expect("etcd starts");
+    let timing = server.timing();
+    let options = leasehold_etcd::EtcdOptions { member_ttl: Some(timing.ttl * 5), ..server.options() };
+    let client = EtcdClient::connect(options.clone(), &timing).await.expect("client connects");
+    let observer = EtcdClient::connect(server.options(), &timing).await.expect("observer connects");
+    let (dcs, seen) = (client.scope("memberlease"), observer.scope("memberlease"));
+    dcs.publish_member(&MemberRecord::new("a")).await.expect("publish");
+    let first_lease = client.lease_id();
+    // Idle for more than the ttl lease lives: only the member lease is kept alive.
+    tokio::time::sleep(timing.ttl * 2).await;
+    assert!(seen.load().await.expect("load").member("a").is_some(), "the member record lives on its own lease");
+
+    let record = common::leader("a", "a-token");
+    let lease = match dcs.acquire(&record).await.expect("acquire after idling is not an error") {
+        CasOutcome::Won(lease) => lease,
+        CasOutcome::Lost(other) => panic!("nobody else holds the key: {other:?}"),
+    };
+    assert_ne!(client.lease_id(), first_lease, "the lapsed ttl lease was granted anew");
+    let mut raw = client.raw();
+    let key_lease = |resp: etcd_client::GetResponse| resp.kvs().first().map(|kv| kv.lease());
+    let leader_lease = key_lease(raw.get("/service/memberlease/leader", None).await.expect("get"));
+    let member_lease = key_lease(raw.get("/service/memberlease/members/a", None).await.expect("get"));
+    assert_eq!(leader_lease, Some(client.lease_id()), "the leader key is on the ttl lease");
+    assert!(member_lease.is_some() && member_lease != leader_lease, "the member key is on the member lease");
+    let mut held = lease;
+    for _ in 0..4 {
+        tokio::time::sleep(timing.loop_wait).await;
+        held = match dcs.renew(&held).await.expect("renew") {
+            CasOutcome::Won(lease) => lease,
+            CasOutcome::Lost(other) => panic!("renewal lost to {other:?}"),
+        };
+    }
+
+    client.stop();
+    let mut leader_gone_with_member_listed = false;
+    for _ in 0..200 {
+        let view = seen.load().await.expect("load");
+        if view.leader.is_none() {
+            leader_gone_with_member_listed = view.member("a").is_some();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(leader_gone_with_member_listed, "the leader key expires with the ttl lease, before the member record");
+}

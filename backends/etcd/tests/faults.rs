@@ -300,3 +300,48 @@ async fn an_unreachable_cluster_is_a_clear_unavailable_error() {
     let text = err.to_string();
     assert!(text.contains(&options.endpoints[0]), "the message names the endpoint: {text}");
 }
+
+/// The mirror's only proof that the member it watches through is not cut off from the
+/// cluster is etcd's require-leader rule: a member that has had no raft leader for three
+/// election timeouts cancels every stream that asked for one (this crate always asks). With
+/// the two other members frozen, member 0 loses its leader: loads must stop being answered
+/// from the mirror (they fail, as a range on a leaderless member does) instead of serving the
+/// last state for as long as the stream stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_on_a_member_without_a_raft_leader_stops_serving_loads() {
+    init_tracing();
+    let cluster = EtcdCluster::start(3).await.expect("cluster starts");
+    let only_first = EtcdOptions { endpoints: vec![cluster.endpoint(0)], ..cluster.options() };
+    let a = connect(only_first).await;
+    let da = a.scope("cut");
+    // Until the mirror serves loads (a load from it sends no request).
+    let mut served_by_mirror = false;
+    for _ in 0..100 {
+        let before = a.requests();
+        da.load().await.expect("load while the cluster is whole");
+        if a.requests() == before {
+            served_by_mirror = true;
+            break;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served_by_mirror, "the mirror never served a load");
+    cluster.pause(1).expect("SIGSTOP member 1");
+    cluster.pause(2).expect("SIGSTOP member 2");
+    // Bounded only so a regression ends the test: etcd cancels within about four election
+    // timeouts (4 s by default).
+    let mut outcome = None;
+    for _ in 0..600 {
+        match da.load().await {
+            Ok(_) => sleep(Duration::from_millis(100)).await,
+            Err(e) => {
+                outcome = Some(e);
+                break;
+            }
+        }
+    }
+    cluster.resume(1).expect("SIGCONT member 1");
+    cluster.resume(2).expect("SIGCONT member 2");
+    let e = outcome.expect("loads kept being answered by a member without a raft leader");
+    assert!(e.is_retryable(), "a leaderless member's load fails as unavailable, not fatal: {e}");
+}

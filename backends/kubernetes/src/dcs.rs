@@ -386,7 +386,7 @@ impl Dcs for KubeDcs {
     /// the key gone at most `2 * ttl` after the holder's last renew call: `max_expiry`.
     fn bounds(&self) -> StoreBounds {
         let ttl = self.ttl();
-        StoreBounds { ttl, max_expiry: ttl * 2, watch_latency: Duration::from_secs(1) }
+        StoreBounds { ttl, max_expiry: ttl * 2, watch_latency: Duration::from_secs(1), member_expiry: ttl * 2 }
     }
 
     fn configured_ttl(&self) -> Duration {

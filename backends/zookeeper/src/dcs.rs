@@ -397,7 +397,7 @@ impl Dcs for ZkDcs {
     /// to the leader every half tick, hence `max_expiry` = 1.5 x the timeout.
     fn bounds(&self) -> StoreBounds {
         let ttl = self.shared.timeout();
-        StoreBounds { ttl, max_expiry: ttl + ttl / 2, watch_latency: WATCH_LATENCY }
+        StoreBounds { ttl, max_expiry: ttl + ttl / 2, watch_latency: WATCH_LATENCY, member_expiry: ttl + ttl / 2 }
     }
 
     fn configured_ttl(&self) -> Duration {

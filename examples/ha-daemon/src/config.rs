@@ -228,6 +228,12 @@ pub struct EtcdSection {
     /// PEM private key of `cert`.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// A lease of its own for the member keys, with this TTL (at least `ttl`); unset, they
+    /// share the leader's ttl lease as in Patroni. A longer one makes an idle member send a
+    /// keep-alive every `member_ttl / 3` instead of every `ttl / 3`; a member that died stays
+    /// listed until it runs out. Leader keys always keep the ttl.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub member_ttl: Option<Duration>,
 }
 
 /// `[zookeeper]`
@@ -1455,6 +1461,26 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!(plain.key, "etcd.endpoints", "{plain}");
+    }
+
+    #[test]
+    fn an_etcd_member_ttl_shorter_than_the_ttl_is_refused_naming_the_key() {
+        let with = |value: &str| {
+            parse(&base("").replace(
+                "endpoints = [\"http://127.0.0.1:2379\"]",
+                &format!("endpoints = [\"http://127.0.0.1:2379\"]\nmember_ttl = {value}"),
+            ))
+        };
+        let e = with("\"10s\"").unwrap_err();
+        assert_eq!(e.key, "etcd.member_ttl", "{e}");
+        assert!(e.message.contains("shorter than timing.ttl"), "{e}");
+        let e = with("\"soon\"").unwrap_err();
+        assert!(e.to_string().contains("member_ttl"), "{e}");
+        let c = with("120").unwrap();
+        let StoreConfig::Etcd(s) = &c.store else { panic!("an etcd section") };
+        assert_eq!(s.member_ttl, Some(Duration::from_secs(120)));
+        #[cfg(feature = "etcd")]
+        assert_eq!(crate::store::etcd_options(s, &c.timing).member_ttl, Some(Duration::from_secs(120)));
     }
 
     #[test]

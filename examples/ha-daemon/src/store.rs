@@ -20,6 +20,7 @@ pub(crate) fn etcd_options(s: &crate::config::EtcdSection, timing: &Timing) -> l
         key_file: s.key.clone(),
         request_timeout: timing.retry_timeout,
         dial_timeout: timing.retry_timeout,
+        member_ttl: s.member_ttl,
         ..leasehold_etcd::EtcdOptions::default()
     }
 }
