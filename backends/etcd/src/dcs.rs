@@ -427,21 +427,24 @@ impl Dcs for EtcdDcs {
         if unchanged {
             return Ok(());
         }
-        lock(&self.inner.published).insert(key.clone(), Published { bytes: bytes.clone(), written_with: None });
-        match self.inner.put_member(&key, bytes.clone(), lease.id).await {
-            Ok(()) => {
-                if let Some(entry) = lock(&self.inner.published).get_mut(&key)
-                    && entry.bytes == bytes
-                {
-                    entry.written_with = Some(lease.id);
-                }
-                Ok(())
-            }
+        // Claimed before the put, so the keeper's re-publish running meanwhile does not write
+        // the same bytes a second time; owed again (re-written by the keeper) if it fails.
+        let claim = Published { bytes: bytes.clone(), written_with: Some(lease.id) };
+        lock(&self.inner.published).insert(key.clone(), claim);
+        let result = self.inner.put_member(&key, bytes.clone(), lease.id).await;
+        if result.is_err()
+            && let Some(entry) = lock(&self.inner.published).get_mut(&key)
+            && entry.bytes == bytes
+            && entry.written_with == Some(lease.id)
+        {
+            entry.written_with = None;
+        }
+        match result {
             Err(DcsError::LeaseLost { message }) => {
                 self.inner.poke(which);
                 Err(DcsError::unavailable(format!("{message}; the keeper re-writes the member under a new lease")))
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 

@@ -26,8 +26,8 @@
 //!   what lost compare-and-sets returned), so a process reads its own writes.
 //!
 //! Otherwise callers fall back to a linearizable range, as without a mirror. A stream that
-//! answers nothing for a progress request (one every four ttls) within the request timeout is
-//! treated as broken.
+//! answers nothing for a progress request (one every four lease ttls) within the request
+//! timeout is treated as broken.
 //! Progress answers never advance the mirror's revision (see `caught_up` for why).
 
 use std::collections::{BTreeMap, HashMap};
@@ -354,10 +354,11 @@ async fn follow(inner: &Inner, after: u64) -> Option<u64> {
         }
         Err(_) => return Some(after),
     };
-    // A progress request every four ttls: a stream that answers nothing is treated as broken.
-    // Rare, because it is a request an idle process would otherwise not send; a dead
-    // connection is found sooner by the HTTP/2 pings, and a cut-off member by the keep-alive.
-    let every = inner.ttl * 4;
+    // A progress request every four lease ttls (of the member lease when there is one): a
+    // stream that answers nothing is treated as broken. Rare, because it is a request an idle
+    // process would otherwise not send; a dead connection is found sooner by the HTTP/2
+    // pings, and a member without a raft leader cancels the stream (require-leader).
+    let every = inner.lease_ttl(inner.member_lease()) * 4;
     let mut next_probe = now() + every;
     let mut probe_due: Option<Instant> = None;
     let mut resync_check: Option<Instant> = None;

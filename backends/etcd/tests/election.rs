@@ -101,3 +101,28 @@ async fn with_a_member_lease_an_idle_process_still_acquires_at_once_and_its_lead
     }
     assert!(leader_gone_with_member_listed, "the leader key expires with the ttl lease, before the member record");
 }
+
+/// A member record is written once per change, also while the lease keeper's round (which
+/// re-writes owed member keys) runs at the same moment: an acquisition's keep-alive here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_record_is_written_once_per_change_while_the_keeper_runs() {
+    use leasehold::{CasOutcome, MemberRecord};
+    init_tracing();
+    let server = EtcdServer::start().await.expect("etcd starts");
+    let timing = server.timing();
+    let client = EtcdClient::connect(server.options(), &timing).await.expect("client connects");
+    let holder = EtcdClient::connect(server.options(), &timing).await.expect("holder connects");
+    let taken = holder.scope("taken");
+    assert!(matches!(taken.acquire(&common::leader("h", "h-token")).await, Ok(CasOutcome::Won(_))));
+    let (dcs, other) = (client.scope("once"), client.scope("taken"));
+    let (changes, mine) = (40, common::leader("a", "a-token"));
+    for position in 1..=changes {
+        let record = MemberRecord { position: Some(position), ..MemberRecord::new("a") };
+        let (published, _) = tokio::join!(dcs.publish_member(&record), other.acquire(&mine));
+        published.expect("publish");
+    }
+    let mut raw = client.raw();
+    let resp = raw.get("/service/once/members/a", None).await.expect("get");
+    let version = resp.kvs().first().map(|kv| kv.version()).expect("the member key exists");
+    assert_eq!(version, i64::try_from(changes).unwrap(), "one put per change, none twice");
+}
