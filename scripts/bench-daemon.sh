@@ -21,6 +21,8 @@
 #   BENCH_PATRONI   1 when the anchor dir exists (BENCH_PATRONI_DIR, default
 #                   ../shared/anchors/patroni from the repository root), else 0
 #   BENCH_OUT       also write the table there (raw results beside it: .results, .patroni.json)
+#   LH_ETCD_MEMBER_TTL  sets [etcd] member_ttl for our members (for example 180s; unset:
+#                   member keys on the ttl lease, as Patroni's)
 #   BENCH_KEEP=1 keeps the work dir and logs; BENCH_TRACE=1 runs with set -x;
 #   BENCH_SKIP_SETUP=1 skips scripts/setup.sh.
 # Not part of CI: ~45 minutes with the defaults (about half of it Patroni's).
@@ -92,7 +94,7 @@ sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 
 say "etcd"
 lh_start_etcd "$WORK"
-note "etcd on $LH_EP; profiles: $SPECS; modes: $MODES; repetitions: $REPS; load: $(cat /proc/loadavg)"
+note "etcd on $LH_EP; profiles: $SPECS; modes: $MODES; repetitions: $REPS; etcd member_ttl: ${LH_ETCD_MEMBER_TTL:-unset}; load: $(cat /proc/loadavg)"
 TOKEN=bench-$RANDOM$RANDOM
 
 # State of the current repetition.
