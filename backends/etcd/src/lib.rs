@@ -72,9 +72,10 @@
 //!   sends a keep-alive about every 15 s and still rides out any store outage shorter than
 //!   `retry_timeout` (Patroni's promise). The renewed lease is shorter by the reused
 //!   keep-alive's age, never longer than what etcd granted.
-
+//!
 //! Without the mirror, or while it is not usable, reads are linearizable ranges and each
 //! `watch` opens its own stream on the scope.
+//!
 //! * A frozen member is detected by HTTP/2 pings ([`EtcdOptions::keepalive_interval`]) and
 //!   per-request timeouts; calls then go to the other endpoints.
 //! * A wrong user or password is [`DcsError::Fatal`](leasehold::DcsError); an unreachable
