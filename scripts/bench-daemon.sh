@@ -21,6 +21,9 @@
 #   BENCH_PATRONI   1 when the anchor dir exists (BENCH_PATRONI_DIR, default
 #                   ../shared/anchors/patroni from the repository root), else 0
 #   BENCH_OUT       also write the table there (raw results beside it: .results, .patroni.json)
+#   BENCH_IDLE_SETTLE  seconds between bootstrap and the idle window (default max(5, 2 x
+#                   loop_wait), as Patroni's bench); longer shows the cost once PostgreSQL
+#                   writes no more WAL (the window's WAL bytes are printed as idle_wal_bytes)
 #   LH_ETCD_MEMBER_TTL  sets [etcd] member_ttl for our members (for example 180s; unset:
 #                   member keys on the ttl lease, as Patroni's)
 #   BENCH_KEEP=1 keeps the work dir and logs; BENCH_TRACE=1 runs with set -x;
@@ -177,19 +180,27 @@ stop_cluster() {
 idle_window() { # <ttl> <loop_wait> <seconds>
   local secs=$3 i hz a b
   hz=$(getconf CLK_TCK)
-  sleep "$(($2 * 2 > 5 ? $2 * 2 : 5))" # let the bootstrap's writes settle (Patroni's: max(3, 2 loop_wait))
+  # Let the bootstrap's writes settle (Patroni's: max(3, 2 loop_wait)); BENCH_IDLE_SETTLE
+  # waits longer, for a window in which PostgreSQL itself writes no WAL.
+  sleep "${BENCH_IDLE_SETTLE:-$(($2 * 2 > 5 ? $2 * 2 : 5))}"
   declare -A c0 k0 pg0 pgp
   for i in 1 2 3; do
     read -r c0[$i] k0[$i] < <(lh_proc_cpu_ticks "${DAEMON[$i]}")
     # shellcheck disable=SC2046
     pg0[$i]=$(lh_pids_cpu_ticks $(lh_pg_pids "$RDIR/n$i/data"))
   done
-  local before after t0 dt l
+  local before after t0 dt l wal0 wal1
+  l=$(leader_index || echo 0)
+  # WAL the primary wrote in the window: each change of its position is a status write and
+  # a member publish per member (positions are published when they change).
+  wal0=$([ "$l" = 0 ] || lh_psql_value "${PGPORT[$l]}" "select pg_current_wal_lsn() - '0/0'" || true)
   before=$(lh_etcd_grpc_counts)
   t0=$(lh_now)
   sleep "$secs"
   after=$(lh_etcd_grpc_counts)
   dt=$(lh_since "$t0")
+  wal1=$([ "$l" = 0 ] || lh_psql_value "${PGPORT[$l]}" "select pg_current_wal_lsn() - '0/0'" || true)
+  [ -z "$wal0" ] || [ -z "$wal1" ] || record "$COL" idle_wal_bytes "$((wal1 - wal0))"
   l=$(leader_index || echo 0)
   pct() { awk -v d="$1" -v hz="$hz" -v t="$dt" 'BEGIN { printf "%.3f", 100 * d / hz / t }'; }
   for i in 1 2 3; do
