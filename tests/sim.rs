@@ -663,3 +663,30 @@ fn comparing_a_stale_own_position_with_fresh_peers_is_caught() {
     eprintln!("replaced during the freeze, per seed: {replaced:?}");
     assert!(replaced.iter().any(|r| !r), "every seed failed over, so the scenario cannot see the mutual refusal");
 }
+
+/// A leader cut `FromStore` (its requests reach the store, no answer comes back) loses its key
+/// before the cut heals, on every profile: its client gives the silent connection up and cannot
+/// reconnect while answers cannot come back, so its keep-alives and renewals stop reaching the
+/// store, its session (or Kubernetes lease) runs out, and another member takes over. Before the
+/// simulator modelled connections, the cut leader's keep-alives kept its key for the whole cut.
+#[test]
+fn a_leader_cut_from_store_answers_loses_its_key_during_the_cut() {
+    let s = Duration::from_secs;
+    let (cut_at, cut_for) = (s(10), s(25));
+    for profile in StoreProfile::ALL {
+        let base = || Scenario::with_config(cfg(3, profile)).seed(3);
+        let first = base().run().picture.promotions().first().map(|p| p.node).expect("a first leader");
+        let cut = Fault::StorePartition { node: first, direction: Direction::FromStore, duration: cut_for };
+        let r = base().fault(cut_at, cut).run();
+        r.assert_holds(&InvariantId::ALL);
+        let promotions = r.picture.promotions();
+        assert!(
+            promotions.first().is_some_and(|p| p.node == first && p.at < cut_at),
+            "{profile}: n{first} leads when it is cut:\n{r}"
+        );
+        assert!(
+            promotions.iter().any(|p| p.node != first && p.at > cut_at && p.at < cut_at + cut_for),
+            "{profile}: nobody took over from n{first} while it heard nothing from the store:\n{r}"
+        );
+    }
+}

@@ -14,7 +14,9 @@ pub enum Direction {
     Both,
     /// Requests from the node are lost; the store's messages still arrive.
     ToStore,
-    /// Replies and watch events to the node are lost; its requests still arrive.
+    /// Replies and watch events to the node are lost; its requests still arrive until its
+    /// client gives the silent connection up (`StoreProfile::dead_connection_after`), and
+    /// then no more until the cut heals (a reconnect needs an answer too).
     FromStore,
 }
 

@@ -62,6 +62,19 @@ impl StoreProfile {
         }
     }
 
+    /// How long a client waits for any answer on its connection, while it has requests
+    /// outstanding, before it takes the connection for dead and drops it. ZooKeeper: the
+    /// client's read timeout, two thirds of the session timeout. etcd: the gRPC HTTP/2 ping
+    /// interval plus its timeout (5 s + 5 s by default, a third of Patroni's ttl); Consul and
+    /// Kubernetes: the HTTP request timeout (Patroni's retry_timeout, also a third of its ttl).
+    /// The simulator's connection rule (`World::connection_carries`) uses it.
+    pub fn dead_connection_after(self, ttl: Duration) -> Duration {
+        match self {
+            StoreProfile::ZooKeeper => ttl * 2 / 3,
+            _ => ttl / 3,
+        }
+    }
+
     /// ZooKeeper: the longest a client needs to reconnect after a partition heals, as a
     /// fraction of ttl.
     pub fn reconnect_delay(self, ttl: Duration) -> Duration {

@@ -232,6 +232,11 @@ pub(crate) struct Slot {
     stall: u32,
     slow: Duration,
     reconnect_until: Nanos,
+    /// The first request sent since the store last answered this node, while unanswered
+    /// ([`World::connection_carries`]).
+    unanswered_since: Option<Nanos>,
+    /// The node's client gave its store connection up for dead; cleared by the next answer.
+    connection_dead: bool,
     status_sent: Option<ResourceStatus>,
     pub down: bool,
     restart_after: Option<Duration>,
@@ -409,6 +414,8 @@ impl World {
                 stall: 0,
                 slow: Duration::ZERO,
                 reconnect_until: 0,
+                unanswered_since: None,
+                connection_dead: false,
                 status_sent: None,
                 down: false,
                 restart_after: None,
@@ -651,6 +658,7 @@ impl World {
             Ev::Arrive { n, session, req } => self.store_arrive(n, session, *req),
             Ev::Reply { n, inc, reply } => {
                 if inc == self.slots[n].inc && self.slots[n].node.is_some() {
+                    self.heard_from_store(n);
                     self.deliver(n, *reply);
                     self.settle(n);
                 }
@@ -682,6 +690,7 @@ impl World {
             }
             Ev::WatchFire { n, inc } => {
                 if inc == self.slots[n].inc {
+                    self.heard_from_store(n);
                     let now = self.slots[n].local(self.now);
                     if let Some(node) = self.slots[n].node.as_mut() {
                         node.handle(Input::Watched(WatchEvent::Changed), now);
@@ -719,7 +728,9 @@ impl World {
             }
             Ev::Keepalive { n, inc } => {
                 if inc == self.slots[n].inc && self.slots[n].node.is_some() {
-                    self.send_to_store(n, Req::Keepalive);
+                    if self.keeps_alive_in_background(n) {
+                        self.send_to_store(n, Req::Keepalive);
+                    }
                     let d = self.cfg.timing.ttl / 3;
                     self.after(d, Ev::Keepalive { n, inc });
                 }

@@ -17,6 +17,45 @@ impl World {
         from == to || self.peer_cut[from * self.cfg.nodes + to] == 0
     }
 
+    /// Whether a request node `n` sends now gets onto a working connection to the store. The
+    /// one rule for connection liveness: every real client talks to its store over a
+    /// connection (gRPC over HTTP/2 for etcd, a TCP session for ZooKeeper, HTTP for Consul and
+    /// Kubernetes). When answers stop coming while requests are outstanding, the client gives
+    /// the connection up after [`StoreProfile::dead_connection_after`] (its ping, read or
+    /// request timeout), and a new one needs a round trip (a TCP handshake) that a cut of the
+    /// store-to-node direction blocks too. So a node cut `FromStore` stops reaching the store
+    /// soon after the cut begins - session keep-alives included, and its session then expires -
+    /// instead of keeping its session and leader key alive for the whole cut. The first answer
+    /// that reaches the node revives the connection ([`heard_from_store`](Self::heard_from_store)).
+    /// Draws nothing from the RNG; without a `FromStore` cut it lets every request through.
+    pub(super) fn connection_carries(&mut self, n: usize) -> bool {
+        let detect = ns(self.cfg.profile.dead_connection_after(self.cfg.timing.ttl));
+        let now = self.now;
+        let s = &mut self.slots[n];
+        match s.unanswered_since {
+            None => s.unanswered_since = Some(now),
+            Some(since) if now.saturating_sub(since) >= detect => s.connection_dead = true,
+            Some(_) => {}
+        }
+        !s.connection_dead || s.from_store_cut == 0
+    }
+
+    /// Whether node `n`'s session gets a keep-alive of its own every ttl/3. etcd: not while
+    /// the node holds the leader key - the real backend (`kept_in_background` in
+    /// backends/etcd/src/client.rs) then keeps its lease alive by the leader's renewals alone,
+    /// so a leader that stops renewing loses its key a ttl later whatever its connection does.
+    pub(super) fn keeps_alive_in_background(&self, n: usize) -> bool {
+        self.cfg.profile != StoreProfile::Etcd
+            || self.slots[n].node.as_ref().is_none_or(|node| node.status().epoch.is_none())
+    }
+
+    /// Something from the store reached node `n`: its connection works.
+    pub(super) fn heard_from_store(&mut self, n: usize) {
+        let s = &mut self.slots[n];
+        s.unanswered_since = None;
+        s.connection_dead = false;
+    }
+
     pub(super) fn alive(&self, n: usize) -> bool {
         self.slots[n].node.is_some() && !self.slots[n].paused
     }

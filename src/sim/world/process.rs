@@ -28,6 +28,9 @@ impl World {
         slot.k8s_seen = None;
         slot.k8s_expired = None;
         slot.status_sent = None;
+        // A new process opens a new connection.
+        slot.unanswered_since = None;
+        slot.connection_dead = false;
         slot.res.running = true;
         slot.res.role = Role::Replica(None);
         slot.res.sync_standbys.clear();

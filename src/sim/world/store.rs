@@ -5,7 +5,7 @@ use super::*;
 
 impl World {
     pub(super) fn send_to_store(&mut self, n: usize, req: Req) {
-        if self.slots[n].to_store_cut > 0 || self.lost() {
+        if self.slots[n].to_store_cut > 0 || !self.connection_carries(n) || self.lost() {
             self.unknown_as_won(n, &req);
             return;
         }
