@@ -126,6 +126,25 @@ fn reuse_window(timing: &Timing, ttl: Duration) -> Duration {
     spare.max((ttl / 60).min(Duration::from_millis(500)))
 }
 
+/// Grants lease `which` at connect: `ttl` rounded up to whole seconds (etcd may raise it to
+/// its minimum); the granted TTL is `expires - sent`.
+async fn grant(etcd: &Client, which: Which, ttl: Duration, limit: Duration) -> Result<LeaseState, DcsError> {
+    let asked = i64::try_from(ttl.as_secs_f64().ceil() as u64).unwrap_or(i64::MAX);
+    let sent = now();
+    let what = format!("grant the {} lease", which.name());
+    let grant = timed(Op::Write, &what, limit, || async { etcd.lease_client().grant(asked, None).await }).await?;
+    if !grant.error().is_empty() || grant.ttl() <= 0 {
+        return Err(DcsError::unavailable(format!(
+            "etcd did not grant the {} lease (ttl {}): {}",
+            which.name(),
+            grant.ttl(),
+            grant.error()
+        )));
+    }
+    let expires = sent + Duration::from_secs(grant.ttl().unsigned_abs());
+    Ok(LeaseState { id: grant.id(), expires, sent, lost: false })
+}
+
 /// The current instant on the monotonic clock.
 #[allow(clippy::disallowed_methods)] // a store client measures its own lease on the real clock
 pub(crate) fn now() -> Instant {
@@ -225,22 +244,8 @@ impl EtcdClient {
             timed(Op::Read, "connect", options.dial_timeout, || Client::connect(&options.endpoints, Some(co.clone())))
                 .await
                 .map_err(unreachable)?;
-        let asked = Duration::from_secs(timing.ttl.as_secs_f64().ceil() as u64);
-        let ttl_secs = i64::try_from(asked.as_secs()).unwrap_or(i64::MAX);
-        let sent = now();
-        let grant = timed(Op::Write, "grant the process lease", options.dial_timeout, || async {
-            etcd.lease_client().grant(ttl_secs, None).await
-        })
-        .await
-        .map_err(unreachable)?;
-        if !grant.error().is_empty() || grant.ttl() <= 0 {
-            return Err(DcsError::unavailable(format!(
-                "etcd did not grant the process lease (ttl {}): {}",
-                grant.ttl(),
-                grant.error()
-            )));
-        }
-        let ttl = Duration::from_secs(grant.ttl().unsigned_abs());
+        let process = grant(&etcd, Which::Process, timing.ttl, options.dial_timeout).await.map_err(unreachable)?;
+        let ttl = process.expires - process.sent;
         if ttl != timing.ttl {
             tracing::info!(asked = ?timing.ttl, granted = ?ttl, "etcd granted another lease TTL than timing.ttl");
         }
@@ -248,23 +253,10 @@ impl EtcdClient {
         let members = match options.member_ttl {
             None => None,
             Some(member_ttl) => {
-                let asked = i64::try_from(member_ttl.as_secs_f64().ceil() as u64).unwrap_or(i64::MAX);
-                let sent = now();
-                let grant = timed(Op::Write, "grant the member lease", options.dial_timeout, || async {
-                    etcd.lease_client().grant(asked, None).await
-                })
-                .await
-                .map_err(unreachable)?;
-                if !grant.error().is_empty() || grant.ttl() <= 0 {
-                    return Err(DcsError::unavailable(format!(
-                        "etcd did not grant the member lease (ttl {}): {}",
-                        grant.ttl(),
-                        grant.error()
-                    )));
-                }
-                let ttl = Duration::from_secs(grant.ttl().unsigned_abs());
+                let lease =
+                    grant(&etcd, Which::Members, member_ttl, options.dial_timeout).await.map_err(unreachable)?;
                 let (refresh, requests) = mpsc::unbounded_channel();
-                let lease = LeaseState { id: grant.id(), expires: sent + ttl, sent, lost: false };
+                let ttl = lease.expires - lease.sent;
                 Some((MemberLease { ttl, lease: Mutex::new(lease), refresh }, requests))
             }
         };
@@ -277,7 +269,7 @@ impl EtcdClient {
             options,
             ttl,
             configured_ttl: timing.ttl,
-            lease: Mutex::new(LeaseState { id: grant.id(), expires: sent + ttl, sent, lost: false }),
+            lease: Mutex::new(process),
             published: Mutex::new(BTreeMap::new()),
             held: Mutex::new(BTreeSet::new()),
             requests: AtomicU64::new(if members.is_some() { 3 } else { 2 }),
@@ -296,7 +288,7 @@ impl EtcdClient {
             let task = runtime.spawn(keeper::run(Arc::downgrade(&inner), Which::Members, requests));
             lock(&inner.keepers).push(task.abort_handle());
         }
-        tracing::debug!(lease = grant.id(), ?ttl, "etcd process lease granted");
+        tracing::debug!(lease = process.id, ?ttl, "etcd process lease granted");
         Ok(EtcdClient { inner })
     }
 
