@@ -50,8 +50,12 @@ pub struct EtcdOptions {
     /// `member_ttl / 3` instead of every `ttl / 3`, and a process that leads nothing keeps no
     /// ttl lease alive (its next acquisition grants one first: one request more on a
     /// failover). What it costs: a member that died stays listed, with its last record, until
-    /// `member_ttl` has passed. Election safety does not depend on it: a leader key always
-    /// lives on the ttl lease, and peers are probed before a failover.
+    /// `member_ttl` has passed; whatever reads member records sees it that long. In
+    /// particular a synchronous-mode leader keeps waiting for a synchronous standby that
+    /// died until its record expires (commits can wait up to `member_ttl` instead of the
+    /// ttl), so leave it unset there unless that is acceptable. Election safety does not
+    /// depend on it: a leader key always lives on the ttl lease, and peers are probed before
+    /// a failover.
     pub member_ttl: Option<Duration>,
 }
 
