@@ -172,7 +172,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// With [`EtcdOptions::member_ttl`] the member keys live on a second lease of that TTL, kept
 /// alive in the background every third of it; the ttl lease then carries only leader keys,
 /// gets no background keep-alive and lapses while the process leads nothing (an acquisition
-/// first sends a keep-alive, which grants a new lease when the old one may have lapsed).
+/// first sends a keep-alive; etcd answers that a lapsed lease is gone, the keeper grants a new
+/// one, and a second keep-alive refreshes it).
 #[derive(Clone)]
 pub struct EtcdClient {
     pub(crate) inner: Arc<Inner>,
@@ -402,7 +403,7 @@ impl Inner {
     /// a member lease always; the process lease while it carries member keys and no leader
     /// key is held (while one is held, only renewals keep it alive, so a holder that stops
     /// renewing loses its keys a TTL later). A process lease that carries nothing is left to
-    /// lapse and granted anew by the next acquire's keep-alive.
+    /// lapse; the next acquisition's keep-alive finds it gone and the keeper grants a new one.
     pub(crate) fn kept_in_background(&self, which: Which) -> bool {
         match which {
             Which::Members => true,

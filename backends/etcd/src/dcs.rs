@@ -297,14 +297,19 @@ impl Dcs for EtcdDcs {
         self.ready()?;
         let started = now();
         // A process lease that carries no member keys is not kept alive while this process
-        // leads nothing: make sure it lives (the keeper grants a new one if it may have
-        // lapsed) before a key is attached to it. One request more per acquisition.
+        // leads nothing and may have lapsed: make sure it lives before a key is attached to
+        // it. A keep-alive of a lapsed lease fails and the keeper grants a new one, which the
+        // second keep-alive then refreshes. One or two requests more per acquisition.
         let first = match &self.inner.members {
             Some(_) => match self.inner.keep_alive().await {
                 Ok(ack) => Some(ack),
-                Err(DcsError::LeaseLost { message }) => {
-                    return Err(DcsError::unavailable(format!("{message}; a new lease is being granted, retry")));
-                }
+                Err(DcsError::LeaseLost { .. }) => match self.inner.keep_alive().await {
+                    Ok(ack) => Some(ack),
+                    Err(DcsError::LeaseLost { message }) => {
+                        return Err(DcsError::unavailable(format!("{message}; a new lease is being granted, retry")));
+                    }
+                    Err(e) => return Err(e),
+                },
                 Err(e) => return Err(e),
             },
             None => None,

@@ -71,22 +71,13 @@ pub(crate) async fn run(inner: Weak<Inner>, which: Which, mut requests: mpsc::Un
     }
 }
 
-/// One keep-alive (after re-granting a lost lease and re-writing owed member keys). A
-/// process lease nobody kept alive (see [`Inner::kept_in_background`]) that may have expired
-/// is granted anew instead.
+/// One keep-alive (after re-granting a lost lease and re-writing owed member keys). A lease
+/// is granted anew only once etcd said it is gone: one that may still carry keys is never
+/// replaced (a key attached to it would then look like someone else's).
 async fn round(inner: &Inner, which: Which, stream: &mut Stream) -> Result<Ack, DcsError> {
-    let state = *lock(inner.lease_state(which));
-    let lapsed = !inner.kept_in_background(which)
-        && lock(&inner.held).is_empty()
-        && now() + inner.options.request_timeout >= state.expires;
-    if state.lost || lapsed {
+    if lock(inner.lease_state(which)).lost {
         *stream = None;
         regrant(inner, which).await?;
-        let lease = *lock(inner.lease_state(which));
-        if lapsed && !state.lost {
-            // The grant is this round's proof of life.
-            return Ok(Ack { id: lease.id, expires: lease.expires });
-        }
     }
     let id = lock(inner.lease_state(which)).id;
     if inner.carries_members(which) {

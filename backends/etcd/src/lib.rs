@@ -14,7 +14,7 @@
 //! * One lease per [`EtcdClient`] (one per process), shared by every scope: a thousand
 //!   scopes cost one keep-alive stream. With [`EtcdOptions::member_ttl`], member keys get a
 //!   second, longer lease: an idle follower then keeps only that one alive (every
-//!   `member_ttl / 3`), and the ttl lease is granted anew by the next acquisition.
+//!   `member_ttl / 3`), and the ttl lease, once lapsed, is granted anew by the next acquisition.
 //! * Acquire: txn `create_revision(leader) == 0` → put with the lease. The key's
 //!   `create_revision` is the fencing [`Epoch`](leasehold::Epoch): every acquisition creates the
 //!   key anew at a higher store revision.

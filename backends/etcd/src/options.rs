@@ -48,8 +48,8 @@ pub struct EtcdOptions {
     ///
     /// What it buys: an idle follower's only request is then that lease's keep-alive, every
     /// `member_ttl / 3` instead of every `ttl / 3`, and a process that leads nothing keeps no
-    /// ttl lease alive (its next acquisition grants one first: one request more on a
-    /// failover). What it costs: a member that died stays listed, with its last record, until
+    /// ttl lease alive (its next acquisition first keeps it alive, and when etcd says it
+    /// lapsed, grants a new one: one to three requests more on a failover). What it costs: a member that died stays listed, with its last record, until
     /// `member_ttl` has passed; whatever reads member records sees it that long. In
     /// particular a synchronous-mode leader keeps waiting for a synchronous standby that
     /// died until its record expires (commits can wait up to `member_ttl` instead of the

@@ -69,11 +69,30 @@ async fn with_a_member_lease_an_idle_process_still_acquires_at_once_and_its_lead
     assert!(seen.load().await.expect("load").member("a").is_some(), "the member record lives on its own lease");
 
     let record = common::leader("a", "a-token");
-    let lease = match dcs.acquire(&record).await.expect("acquire after idling is not an error") {
+    // Twenty other scopes acquired within a few milliseconds: every key must land on the one
+    // new lease (a lease replaced under keys just attached to it makes their renewals `Lost`).
+    let others: Vec<_> = (0..20).map(|i| client.scope(&format!("memberlease-{i}"))).collect();
+    let (won, others_won) = tokio::join!(
+        dcs.acquire(&record),
+        futures::future::join_all(others.iter().enumerate().map(|(i, d)| {
+            let record = &record;
+            async move {
+                // Staggered, so some ask for their keep-alive while others' are being answered.
+                tokio::time::sleep(Duration::from_micros(250 * i as u64)).await;
+                d.acquire(record).await
+            }
+        }))
+    );
+    let lease = match won.expect("acquire after idling is not an error") {
         CasOutcome::Won(lease) => lease,
         CasOutcome::Lost(other) => panic!("nobody else holds the key: {other:?}"),
     };
     assert_ne!(client.lease_id(), first_lease, "the lapsed ttl lease was granted anew");
+    for (other, won) in others.iter().zip(others_won) {
+        let Ok(CasOutcome::Won(held)) = won else { panic!("a concurrent acquisition failed: {won:?}") };
+        let renewed = other.renew(&held).await;
+        assert!(matches!(renewed, Ok(CasOutcome::Won(_))), "a key acquired alongside renews: {renewed:?}");
+    }
     let mut raw = client.raw();
     let key_lease = |resp: etcd_client::GetResponse| resp.kvs().first().map(|kv| kv.lease());
     let leader_lease = key_lease(raw.get("/service/memberlease/leader", None).await.expect("get"));
