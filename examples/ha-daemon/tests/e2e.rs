@@ -42,7 +42,10 @@ fn crash_failover(store: Store) {
     assert!(!out.contains(&format!("\n{} ", c.members[first].name)) || out.contains("stopped?"), "{out}");
 
     let dsn = c.ctl(second, &["dsn"]);
-    assert_eq!(text(&dsn).trim(), format!("file://{}", c.members[second].name), "the leader's conn_url");
+    // Scripts read the DSN from stdout (`psql "$(leasehold-ha ctl dsn)"`); log lines, such as a
+    // ZooKeeper client's reconnect warning, go to stderr and must not reach it.
+    let printed = String::from_utf8_lossy(&dsn.stdout);
+    assert_eq!(printed.trim(), format!("file://{}", c.members[second].name), "the leader's conn_url: {}", text(&dsn));
     let nobody = c.ctl(second, &["dsn", "--member", "nobody"]);
     assert!(!nobody.status.success() && text(&nobody).contains("not a registered member"), "{}", text(&nobody));
     // The same for scripts.
