@@ -201,7 +201,6 @@ idle_window() { # <ttl> <loop_wait> <seconds>
   dt=$(lh_since "$t0")
   wal1=$([ "$l" = 0 ] || lh_psql_value "${PGPORT[$l]}" "select pg_current_wal_lsn() - '0/0'" || true)
   [ -z "$wal0" ] || [ -z "$wal1" ] || record "$COL" idle_wal_bytes "$((wal1 - wal0))"
-  l=$(leader_index || echo 0)
   pct() { awk -v d="$1" -v hz="$hz" -v t="$dt" 'BEGIN { printf "%.3f", 100 * d / hz / t }'; }
   for i in 1 2 3; do
     read -r a b < <(lh_proc_cpu_ticks "${DAEMON[$i]}")

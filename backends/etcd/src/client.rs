@@ -460,6 +460,15 @@ impl Inner {
         rx.await.map_err(|_| DcsError::fatal("the lease keeper of this EtcdClient has stopped"))?
     }
 
+    /// A keep-alive of the process lease; when etcd answers that it lapsed (the keeper then
+    /// grants a new one), a second keep-alive of the new lease.
+    pub(crate) async fn keep_alive_regranting(&self) -> Result<Ack, DcsError> {
+        match self.keep_alive().await {
+            Err(DcsError::LeaseLost { .. }) => self.keep_alive().await,
+            other => other,
+        }
+    }
+
     /// Writes a member key with the current lease; `Ok(false)` when the lease is gone.
     pub(crate) async fn put_member(&self, key: &str, bytes: Vec<u8>, lease: i64) -> Result<(), DcsError> {
         self.count();

@@ -301,17 +301,12 @@ impl Dcs for EtcdDcs {
         // it. A keep-alive of a lapsed lease fails and the keeper grants a new one, which the
         // second keep-alive then refreshes. One or two requests more per acquisition.
         let first = match &self.inner.members {
-            Some(_) => match self.inner.keep_alive().await {
-                Ok(ack) => Some(ack),
-                Err(DcsError::LeaseLost { .. }) => match self.inner.keep_alive().await {
-                    Ok(ack) => Some(ack),
-                    Err(DcsError::LeaseLost { message }) => {
-                        return Err(DcsError::unavailable(format!("{message}; a new lease is being granted, retry")));
-                    }
-                    Err(e) => return Err(e),
-                },
-                Err(e) => return Err(e),
-            },
+            Some(_) => Some(self.inner.keep_alive_regranting().await.map_err(|e| match e {
+                DcsError::LeaseLost { message } => {
+                    DcsError::unavailable(format!("{message}; a new lease is being granted, retry"))
+                }
+                other => other,
+            })?),
             None => None,
         };
         let lease = self.inner.current_lease()?;
