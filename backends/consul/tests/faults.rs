@@ -127,7 +127,10 @@ async fn a_session_invalidated_early_demotes_and_lock_delay_blocks_others() {
         matches!(&renew, Err(e) if e.is_lease_lost()) || matches!(&renew, Ok(CasOutcome::Lost(None))),
         "an invalidated session must lose the key: {renew:?}"
     );
-    assert!(pb.load().await.unwrap().leader.is_none(), "Behavior=delete removed the leader key");
+    // b reads through its own mirror, which learns of the deletion one blocking query later.
+    let deleted =
+        eventually(Duration::from_secs(2), || async { pb.load().await.is_ok_and(|v| v.leader.is_none()) }).await;
+    assert!(deleted, "Behavior=delete removed the leader key");
 
     let taken =
         eventually(Duration::from_secs(2), || async { pb.acquire(&record("b", "t2")).await.is_ok_and(|o| o.is_won()) })
