@@ -105,6 +105,7 @@ impl Resource for DemoResource {
             position: Some(s.2),
             timeline: Some(s.1.0),
             sync_confirmed: Vec::new(),
+            streaming: None,
         }
     }
 }

@@ -46,7 +46,14 @@ impl Resource for FakeResource {
 
     async fn status(&self) -> ResourceStatus {
         let (role, epoch) = *self.state.lock().unwrap();
-        ResourceStatus { running: true, role, position: Some(100), timeline: Some(epoch.0), sync_confirmed: Vec::new() }
+        ResourceStatus {
+            running: true,
+            role,
+            position: Some(100),
+            timeline: Some(epoch.0),
+            sync_confirmed: Vec::new(),
+            streaming: None,
+        }
     }
 }
 

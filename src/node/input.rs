@@ -28,6 +28,13 @@ pub struct ResourceStatus {
     /// Synchronous mode: standbys the resource confirms are synchronous and caught up.
     #[serde(default)]
     pub sync_confirmed: Vec<String>,
+    /// A primary's standbys that are connected and streaming from it now (PostgreSQL:
+    /// `pg_stat_replication` in state `streaming`), or `None` when the resource cannot tell.
+    /// Synchronous mode: when known, a standby that is not streaming is not chosen and a
+    /// chosen one is dropped, whatever its member record says (a member record can outlive
+    /// its process, by up to the store's member expiry).
+    #[serde(default)]
+    pub streaming: Option<Vec<String>>,
 }
 
 /// An operator's request, through the REST API or the ctl tool.

@@ -1496,7 +1496,10 @@ impl Node {
     /// The synchronous standbys the leader wants, at most `synchronous_node_count`: those it
     /// has (published, then asked of the resource) while they stay eligible, then the most
     /// advanced eligible replicas, ties by name. Eligible: another member, a running replica,
-    /// not tagged `nosync`. Keeping the ones it has matters (Patroni does too): choosing the
+    /// not tagged `nosync`, streaming from us when the resource says who streams (Patroni
+    /// picks from `pg_stat_replication` too: a dead standby's member record may live on for
+    /// the store's member expiry, and in non-strict mode every commit would wait for it
+    /// that long). Keeping the ones it has matters (Patroni does too): choosing the
     /// most advanced every cycle flipped between two replicas streaming at nearly the same
     /// position, and every flip narrows the key until the new standby is confirmed, a window
     /// in which a leader crash leaves nobody promotable.
@@ -1508,6 +1511,7 @@ impl Node {
             .iter()
             .map(|m| &m.value)
             .filter(|m| m.name != me && m.running && m.role == ResourceRole::Replica && !m.tags.nosync)
+            .filter(|m| self.resource.streaming.as_ref().is_none_or(|s| s.contains(&m.name)))
             .collect();
         let mut chosen: Vec<String> = Vec::with_capacity(count);
         for name in published.iter().chain(&self.resource_standbys) {

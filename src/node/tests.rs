@@ -1079,6 +1079,8 @@ struct SyncLeader {
     confirmed: Vec<String>,
     now: u64,
     steps: Vec<SyncStep>,
+    /// What the resource says streams from the leader (`None`: it cannot tell).
+    streaming: Option<Vec<String>>,
 }
 
 fn names(list: &[&str]) -> Vec<String> {
@@ -1105,6 +1107,7 @@ impl SyncLeader {
             confirmed: Vec::new(),
             now: 20,
             steps: Vec::new(),
+            streaming: None,
         };
         l.settle();
         assert!(l.n.is_acting_leader(at(l.now)), "the leader did not promote: {:?}", l.steps);
@@ -1175,6 +1178,7 @@ impl SyncLeader {
             position: Some(1000),
             timeline: Some(1),
             sync_confirmed: self.confirmed.clone(),
+            streaming: self.streaming.clone(),
         };
         self.n.handle_resource_status(status, at(self.now));
         self.n.handle_watch_event(WatchEvent::Changed, at(self.now));
@@ -1263,6 +1267,36 @@ fn sync_count_two_replaces_one_standby_without_dropping_the_other() {
     l.member("d").position = Some(9000);
     l.cycles(3);
     assert_eq!(l.take_steps(), []);
+}
+
+#[test]
+fn a_standby_that_stopped_streaming_leaves_the_set_while_its_member_record_lives_on() {
+    let mut l = two_of_three_standbys_published();
+    // d's process died: its member record still says a running replica (a member lease
+    // outlives it), but the resource no longer sees it stream. Out of the key first, then
+    // the resource waits for b instead, as when d's record goes.
+    l.streaming = Some(names(&["b", "c"]));
+    l.confirmed = names(&["c"]);
+    l.cycles(3);
+    assert_eq!(l.take_steps(), [SyncStep::Key(names(&["c"])), SyncStep::Resource(names(&["c", "b"]))]);
+    // d streams again, more advanced than anyone: the set stays (sticky).
+    l.streaming = Some(names(&["b", "c", "d"]));
+    l.member("d").position = Some(9000);
+    l.cycles(3);
+    assert_eq!(l.take_steps(), []);
+}
+
+#[test]
+fn a_new_standby_is_chosen_only_once_it_streams() {
+    let mut l = SyncLeader::new(1, false);
+    l.take_steps();
+    l.streaming = Some(Vec::new());
+    l.replica("b", 300);
+    l.cycles(2);
+    assert_eq!(l.take_steps(), [], "b's record alone does not make commits wait for it");
+    l.streaming = Some(names(&["b"]));
+    l.cycle();
+    assert_eq!(l.take_steps(), [SyncStep::Resource(names(&["b"]))]);
 }
 
 #[test]

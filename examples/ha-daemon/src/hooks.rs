@@ -121,6 +121,7 @@ impl HookResource {
             position: s.position,
             timeline: s.timeline,
             sync_confirmed: Vec::new(),
+            streaming: None,
         })
     }
 }

@@ -82,6 +82,11 @@ impl Cluster {
     }
 
     fn start_members(top: &str, extra: &str, nosync_third: bool) -> Cluster {
+        Cluster::start_spec(top, extra, nosync_third, "")
+    }
+
+    /// As [`start_members`](Self::start_members), with extra keys of `[etcd]`.
+    fn start_spec(top: &str, extra: &str, nosync_third: bool, etcd: &str) -> Cluster {
         let sync = top.contains("synchronous_mode = true");
         let sync_count = top
             .lines()
@@ -100,6 +105,7 @@ impl Cluster {
             postgresql: extra.to_string(),
             member_extra: if nosync_third { nosync } else { no_extra },
             proxies: true,
+            etcd: etcd.to_string(),
         };
         let mut c = Cluster { sync, sync_count, pg: PgCluster::new(&spec) };
         // n1 bootstraps; the others join once it leads (so a nosync member never bootstraps).
@@ -597,6 +603,53 @@ fn strict_mode_commits_wait_for_a_standby() {
     let n: i64 = rt.block_on(async { client.query_one("select count(*) from acked", &[]).await.unwrap().get(0) });
     assert_eq!(n, 2);
     eprintln!("---- strict: the commit was acknowledged once {} streamed again", c.members[replicas[0]].name);
+}
+
+/// With a member lease much longer than the ttl (`[etcd] member_ttl`), a dead member's record
+/// stays in the store that long. The leader goes by who streams from its primary, not by the
+/// record: once the synchronous standby's daemon and postmaster are killed (non-strict mode),
+/// the commit waiting for it is acknowledged while the dead standby's record is still there.
+/// Before the leader asked who streams, the commit waited until the record expired.
+#[test]
+fn a_dead_synchronous_standby_whose_member_record_lives_on_does_not_hold_commits() {
+    let Some(_serial) = postgres_turn() else { return };
+    let mut c = Cluster::start_spec("synchronous_mode = true", "", true, "member_ttl = \"900s\"");
+    let (l, _) = c.wait_healthy();
+    let port = c.members[l].pg_port;
+    let standby_name = c.status(l).expect("the leader answers")["sync_standby"][0].as_str().unwrap().to_string();
+    let s = c.members.iter().position(|m| m.name == standby_name).expect("a member");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let client = writable(port).await.expect("the primary answers");
+        client.batch_execute("create table acked(n bigint primary key); insert into acked values (1)").await.unwrap();
+    });
+    c.members[s].proc.as_mut().unwrap().kill9();
+    kill_postmaster(&c.members[s].data);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = connect(port).await.expect("the primary answers");
+            let r = c.execute("insert into acked values (2)", &[]).await;
+            let _ = done_tx.send(r.is_ok());
+        });
+    });
+    let acknowledged = done_rx.recv_timeout(LIMIT);
+    if acknowledged != Ok(true) {
+        c.dump();
+    }
+    assert_eq!(acknowledged, Ok(true), "the commit is acknowledged once the dead standby leaves the sync key");
+    let _ = waiter.join();
+    c.wait("the sync key no longer names the dead standby", |c| {
+        let sync = c.status(l)?["sync_standby"].as_array()?.clone();
+        (!sync.iter().any(|n| n == standby_name.as_str())).then_some(())
+    });
+    let (code, body) = common::http_get_blocking(&format!("{}/cluster", c.members[l].api)).expect("the leader answers");
+    assert_eq!(code, 200, "{body}");
+    let cluster: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let listed = cluster["members"].as_array().expect("members").iter().any(|m| m["name"] == standby_name.as_str());
+    assert!(listed, "the dead standby's member record is still in the store: {body}");
+    eprintln!("---- the commit was acknowledged while {standby_name}'s record still said it runs");
 }
 
 /// Failsafe mode (Patroni's `failsafe_mode`): every member loses the store for 2 x ttl while

@@ -34,6 +34,7 @@ impl Cluster {
             postgresql: String::new(),
             member_extra: no_extra,
             proxies: false,
+            etcd: String::new(),
         };
         let mut c = Cluster(PgCluster::new(&spec));
         c.0.start_member(0);

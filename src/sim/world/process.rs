@@ -199,12 +199,26 @@ impl World {
         } else {
             Vec::new()
         };
+        // Connected and streaming: alive, following us, both directions up (caught up or not).
+        let streaming = primary.then(|| {
+            (0..self.slots.len())
+                .filter(|&j| {
+                    j != n
+                        && self.alive(j)
+                        && self.slots[j].res.role == Role::Replica(Some(n))
+                        && self.peer_ok(n, j)
+                        && self.peer_ok(j, n)
+                })
+                .map(|j| self.slots[j].name.clone())
+                .collect()
+        });
         ResourceStatus {
             running: slot.res.running,
             role: if primary { ResourceRole::Primary } else { ResourceRole::Replica },
             position: Some(slot.res.position()),
             timeline: None,
             sync_confirmed,
+            streaming,
         }
     }
 

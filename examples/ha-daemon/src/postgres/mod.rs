@@ -70,6 +70,10 @@ const STATUS_SQL: &str = "select pg_is_in_recovery()::text, \
 const REPLICATION_SQL: &str = "select application_name, sync_state, \
   coalesce(pg_wal_lsn_diff(flush_lsn, '0/0'), 0)::bigint::text from pg_stat_replication";
 
+/// The standbys streaming from this primary now (a standby's `application_name` is its
+/// member name).
+const STREAMING_SQL: &str = "select application_name from pg_stat_replication where state = 'streaming'";
+
 /// How a former primary or a diverged standby came back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejoin {
@@ -646,6 +650,13 @@ impl PgResource {
     }
 
     /// The synchronous standbys confirmed now (see the module docs).
+    /// Who streams from us now; `None` when the server does not answer (the node then goes
+    /// by member records alone).
+    async fn streaming_standbys(&self) -> Option<Vec<String>> {
+        let rows = self.local_query(STREAMING_SQL).await.ok()?;
+        Some(rows.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect())
+    }
+
     async fn confirmed_sync(&self, primary_position: u64) -> Vec<String> {
         let names = {
             let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
@@ -902,9 +913,11 @@ impl Resource for PgResource {
     async fn status(&self) -> ResourceStatus {
         let Ok(r) = self.reading().await else { return ResourceStatus::default() };
         let mut sync_confirmed = Vec::new();
+        let mut streaming = None;
         if !r.in_recovery {
             if self.sync_mode {
                 sync_confirmed = self.confirmed_sync(r.position).await;
+                streaming = self.streaming_standbys().await;
             }
             if self.cfg.use_slots {
                 self.reconcile_slots(false).await;
@@ -916,6 +929,7 @@ impl Resource for PgResource {
             position: Some(r.position),
             timeline: Some(r.timeline),
             sync_confirmed,
+            streaming,
         }
     }
 

@@ -101,6 +101,8 @@ pub struct PgSpec {
     pub member_extra: fn(usize) -> String,
     /// Each member reaches etcd through its own [`CutProxy`], which the test can cut.
     pub proxies: bool,
+    /// Extra keys of `[etcd]`, such as `member_ttl`.
+    pub etcd: String,
 }
 
 /// No extra sections.
@@ -169,7 +171,7 @@ impl PgCluster {
                      [postgresql.parameters]\nfsync = \"off\"\nshared_buffers = \"16MB\"\n\
                      [postgresql.authentication.superuser]\nusername = \"postgres\"\npassword = \"{SU_PASSWORD}\"\n\
                      [postgresql.authentication.replication]\nusername = \"replicator\"\npassword = \"{REPL_PASSWORD}\"\n\
-                     [etcd]\nendpoints = [\"http://127.0.0.1:{etcd}\"]\nprefix = \"{prefix}\"\n",
+                     [etcd]\nendpoints = [\"http://127.0.0.1:{etcd}\"]\nprefix = \"{prefix}\"\n{etcd_extra}\n",
                     scope = spec.scope,
                     top = spec.top,
                     member = (spec.member_extra)(i),
@@ -177,6 +179,7 @@ impl PgCluster {
                     data = data.display(),
                     postgresql = spec.postgresql,
                     prefix = spec.prefix,
+                    etcd_extra = spec.etcd,
                 ),
             )
             .unwrap();
