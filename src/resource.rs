@@ -35,7 +35,9 @@ pub trait Resource: Send + Sync + 'static {
     /// names); any member the sync key names may be promoted, so each must hold every
     /// acknowledged write. `["*"]` ([`ANY_STANDBY`](crate::node::ANY_STANDBY), strict mode)
     /// means "some standby": acknowledge nothing until one has it. An empty list: do not wait.
-    /// Report the standbys that have caught up in [`ResourceStatus::sync_confirmed`].
+    /// Report the standbys that have caught up in [`ResourceStatus::sync_confirmed`], and
+    /// those connected at all in [`ResourceStatus::streaming`] (else the node goes by member
+    /// records, which may outlive a dead standby).
     async fn set_sync_standbys(&self, names: &[String]) -> Result<(), String> {
         let _ = names;
         Ok(())

@@ -49,13 +49,15 @@ pub struct EtcdOptions {
     /// What it buys: an idle follower's only request is then that lease's keep-alive, every
     /// `member_ttl / 3` instead of every `ttl / 3`, and a process that leads nothing keeps no
     /// ttl lease alive (its next acquisition first keeps it alive, and when etcd says it
-    /// lapsed, grants a new one: one to three requests more on a failover). What it costs: a member that died stays listed, with its last record, until
-    /// `member_ttl` has passed; whatever reads member records sees it that long. In
-    /// particular a synchronous-mode leader keeps waiting for a synchronous standby that
-    /// died until its record expires (commits can wait up to `member_ttl` instead of the
-    /// ttl), so leave it unset there unless that is acceptable. Election safety does not
-    /// depend on it: a leader key always lives on the ttl lease, and peers are probed before
-    /// a failover.
+    /// lapsed, grants a new one: one to three requests more on a failover). What it costs: a
+    /// member that died stays listed, with its last record, until `member_ttl` has passed;
+    /// whatever reads member records sees it that long. A synchronous-mode leader is not
+    /// misled when its resource reports who streams from it
+    /// ([`ResourceStatus::streaming`](leasehold::ResourceStatus::streaming); the daemon's
+    /// PostgreSQL resource does): a dead standby leaves the set whatever its record says.
+    /// Without that report it keeps waiting for a dead standby until the record expires.
+    /// Election safety does not depend on it: a leader key always lives on the ttl lease,
+    /// and peers are probed before a failover.
     pub member_ttl: Option<Duration>,
 }
 

@@ -231,8 +231,8 @@ pub struct EtcdSection {
     /// A lease of its own for the member keys, with this TTL (at least `ttl`); unset, they
     /// share the leader's ttl lease as in Patroni. A longer one makes an idle member send a
     /// keep-alive every `member_ttl / 3` instead of every `ttl / 3`; a member that died stays
-    /// listed until it runs out, and in synchronous mode a synchronous standby that died is
-    /// waited for that long. Leader keys always keep the ttl.
+    /// listed until it runs out (synchronous standbys are chosen among those streaming, so a
+    /// dead one does not hold commits that long). Leader keys always keep the ttl.
     #[serde(default, deserialize_with = "opt_duration")]
     pub member_ttl: Option<Duration>,
 }
