@@ -807,7 +807,17 @@ impl Node {
     fn handle_resource_status(&mut self, status: ResourceStatus, now: Instant) {
         let was_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
         let first = !std::mem::replace(&mut self.resource_known, true);
+        let standbys_moved =
+            status.streaming != self.resource.streaming || status.sync_confirmed != self.resource.sync_confirmed;
         self.resource = status;
+        // A standby that started or stopped streaming, or was confirmed: a cycle now, not a
+        // loop later (until the key grows after a promotion, nobody else may be promoted). A
+        // cycle, not the sync step on the view we have: that view may predate our own last
+        // write of the sync key, and the key must never name more than the resource waits for.
+        if standbys_moved && self.sync_on() && self.state.acting_epoch().is_some() {
+            self.view_stale = true;
+            self.schedule_cycle(now);
+        }
         let is_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
         // A resource that reports primary without our say-so is demoted (Patroni: "demoting
         // self because I do not have the lock").

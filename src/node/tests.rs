@@ -1172,18 +1172,21 @@ impl SyncLeader {
     /// store changed (the test changes members between loops), then a cycle.
     fn cycle(&mut self) {
         self.now += 1000;
-        let status = ResourceStatus {
+        self.n.handle_resource_status(self.status(), at(self.now));
+        self.n.handle_watch_event(WatchEvent::Changed, at(self.now));
+        self.n.handle_timeout(at(self.now));
+        self.settle();
+    }
+
+    fn status(&self) -> ResourceStatus {
+        ResourceStatus {
             running: true,
             role: ResourceRole::Primary,
             position: Some(1000),
             timeline: Some(1),
             sync_confirmed: self.confirmed.clone(),
             streaming: self.streaming.clone(),
-        };
-        self.n.handle_resource_status(status, at(self.now));
-        self.n.handle_watch_event(WatchEvent::Changed, at(self.now));
-        self.n.handle_timeout(at(self.now));
-        self.settle();
+        }
     }
 
     fn cycles(&mut self, count: usize) {
@@ -1297,6 +1300,31 @@ fn a_new_standby_is_chosen_only_once_it_streams() {
     l.streaming = Some(names(&["b"]));
     l.cycle();
     assert_eq!(l.take_steps(), [SyncStep::Resource(names(&["b"]))]);
+}
+
+#[test]
+fn a_standby_that_starts_streaming_or_is_confirmed_is_acted_on_at_once_not_a_loop_later() {
+    let mut l = SyncLeader::new(1, false);
+    l.streaming = Some(Vec::new());
+    l.replica("b", 300);
+    l.cycles(2);
+    l.take_steps();
+    let next_loop = l.n.poll_timeout();
+    l.now += 10;
+    l.n.handle_resource_status(l.status(), at(l.now));
+    assert_eq!(l.n.poll_timeout(), next_loop, "an unchanged status moves nothing");
+    for change in 0..2 {
+        match change {
+            0 => l.streaming = Some(names(&["b"])),
+            _ => l.confirmed = names(&["b"]),
+        }
+        l.now += 10;
+        l.n.handle_resource_status(l.status(), at(l.now));
+        assert_eq!(l.n.poll_timeout(), Some(at(l.now)), "a cycle at once after change {change}");
+        l.n.handle_timeout(at(l.now));
+        l.settle();
+    }
+    assert_eq!(l.take_steps(), [SyncStep::Resource(names(&["b"])), SyncStep::Key(names(&["b"]))]);
 }
 
 #[test]
