@@ -50,6 +50,13 @@ fn at(t: Nanos) -> Instant {
 enum Req {
     Node(Action),
     Keepalive,
+    /// A cleanly stopped process ends its store session (the daemon's `Store::close`, the
+    /// client's `shutdown`); nobody waits for the answer. `k8s_held` is the leader Lease as
+    /// the Kubernetes client last wrote it, if it still counts it held: (epoch, the write's
+    /// `k8s_renews`), its resourceVersion stand-in.
+    Close {
+        k8s_held: Option<(Epoch, u64)>,
+    },
 }
 
 #[derive(Debug)]
@@ -226,6 +233,10 @@ pub(crate) struct Slot {
     watch: Option<Version>,
     k8s_seen: Option<((u64, u64), Instant)>,
     k8s_expired: Option<(u64, u64)>,
+    /// Kubernetes: the leader Lease this process's client counts held (its `held` map), as
+    /// (epoch, `k8s_renews` of the write it was answered for); cleared by an answered
+    /// release or a lost renewal, as the client forgets it then.
+    k8s_held: Option<(Epoch, u64)>,
     to_store_cut: u32,
     from_store_cut: u32,
     watch_cut: u32,
@@ -408,6 +419,7 @@ impl World {
                 watch: None,
                 k8s_seen: None,
                 k8s_expired: None,
+                k8s_held: None,
                 to_store_cut: 0,
                 from_store_cut: 0,
                 watch_cut: 0,
