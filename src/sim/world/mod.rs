@@ -61,8 +61,9 @@ enum Req {
 
 #[derive(Debug)]
 enum Reply {
-    /// The answer to a node's request, as the node takes it. A load carries what a Kubernetes
-    /// observer saw of the leader key (epoch, renewals) for the observed-time rule.
+    /// The answer to a node's request, as the node takes it. Kubernetes only, the leader key
+    /// as (epoch, renewals): what a load's observer saw of it (the observed-time rule), or what
+    /// a won acquire or renewal wrote (what the client then counts held, for its close).
     Node(Input, Option<(u64, u64)>),
     /// The session keep-alive's answer (a new session if the old one was gone).
     Keepalive(Option<SessionId>),
