@@ -690,3 +690,44 @@ fn a_leader_cut_from_store_answers_loses_its_key_during_the_cut() {
         );
     }
 }
+
+/// A leader whose belief ends without its key being taken (a forward clock step: it demotes
+/// offline and releases nothing) and that then shuts down cleanly leaves that key orphaned in
+/// the store. The daemon's clean exit ends its store session (etcd revokes the lease,
+/// ZooKeeper closes the session, Consul destroys it; Kubernetes clears the holder of the Lease
+/// it still counts held), so the key goes at once and another member takes over, instead of
+/// the store expiring it a ttl after the last renewal. Simulated time: the same on every run.
+#[test]
+fn a_clean_shutdown_ends_the_session_and_frees_an_orphaned_key_at_once() {
+    let (s, ms) = (Duration::from_secs, Duration::from_millis);
+    let step_at = s(10);
+    for profile in StoreProfile::ALL {
+        let c = cfg(3, profile);
+        let (ttl, loop_wait) = (c.timing.ttl, c.timing.loop_wait);
+        let base = || Scenario::with_config(c.clone()).seed(3);
+        let first = base().run().picture.promotions().first().map(|p| p.node).expect("a first leader");
+        let r = base()
+            .fault(step_at, Fault::ClockStep { node: first, forward: ttl })
+            .fault(step_at + ms(1), Fault::Shutdown { node: first, down_for: s(20) })
+            .run();
+        r.assert_holds(&InvariantId::ALL);
+        let text = r.to_string();
+        assert!(
+            text.contains(&format!("n{first} demoting (Offline): lease belief ran out")),
+            "{profile}: n{first} no longer demotes offline on the step, so its key is not orphaned:\n{r}"
+        );
+        let promotions = r.picture.promotions();
+        assert!(
+            promotions.first().is_some_and(|p| p.node == first && p.at < step_at),
+            "{profile}: n{first} leads when its clock steps:\n{r}"
+        );
+        // Its last renewal reached the store at most a loop before the step; without the
+        // close, the key lives at least a ttl from then (longer on Consul, or after a store
+        // leader change).
+        let kept_until = step_at + ttl - loop_wait;
+        assert!(
+            promotions.iter().any(|p| p.node != first && p.at > step_at && p.at < kept_until),
+            "{profile}: nobody took over from n{first} before {kept_until:?}, when its orphaned key would expire on its own:\n{r}"
+        );
+    }
+}

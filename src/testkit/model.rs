@@ -121,6 +121,19 @@ impl MemoryModel {
         }
     }
 
+    /// Deletes `members/<name>` if `session` wrote it last (a conditional delete, as the
+    /// Kubernetes client's at shutdown: a record rewritten since by another process stays).
+    /// Returns whether it deleted.
+    pub(crate) fn delete_member_of(&mut self, scope: &str, name: &str, session: SessionId, now: Instant) -> bool {
+        self.expire(now);
+        let key = Key::Member(name.to_string());
+        let ours = self.scopes.get(scope).and_then(|d| d.keys.get(&key)).is_some_and(|e| e.owner == Some(session));
+        if ours {
+            self.delete(scope, &key);
+        }
+        ours
+    }
+
     /// When the session expires, if it is alive (as of the last operation).
     pub fn session_expiry(&self, id: SessionId) -> Option<Instant> {
         self.sessions.get(&id).map(|s| s.expires_at)

@@ -50,12 +50,20 @@ fn at(t: Nanos) -> Instant {
 enum Req {
     Node(Action),
     Keepalive,
+    /// A cleanly stopped process ends its store session (the daemon's `Store::close`, the
+    /// client's `shutdown`); nobody waits for the answer. `k8s_held` is the leader Lease as
+    /// the Kubernetes client last wrote it, if it still counts it held: (epoch, the write's
+    /// `k8s_renews`), its resourceVersion stand-in.
+    Close {
+        k8s_held: Option<(Epoch, u64)>,
+    },
 }
 
 #[derive(Debug)]
 enum Reply {
-    /// The answer to a node's request, as the node takes it. A load carries what a Kubernetes
-    /// observer saw of the leader key (epoch, renewals) for the observed-time rule.
+    /// The answer to a node's request, as the node takes it. Kubernetes only, the leader key
+    /// as (epoch, renewals): what a load's observer saw of it (the observed-time rule), or what
+    /// a won acquire or renewal wrote (what the client then counts held, for its close).
     Node(Input, Option<(u64, u64)>),
     /// The session keep-alive's answer (a new session if the old one was gone).
     Keepalive(Option<SessionId>),
@@ -226,6 +234,10 @@ pub(crate) struct Slot {
     watch: Option<Version>,
     k8s_seen: Option<((u64, u64), Instant)>,
     k8s_expired: Option<(u64, u64)>,
+    /// Kubernetes: the leader Lease this process's client counts held (its `held` map), as
+    /// (epoch, `k8s_renews` of the write it was answered for); cleared by an answered
+    /// release or a lost renewal, as the client forgets it then.
+    k8s_held: Option<(Epoch, u64)>,
     to_store_cut: u32,
     from_store_cut: u32,
     watch_cut: u32,
@@ -408,6 +420,7 @@ impl World {
                 watch: None,
                 k8s_seen: None,
                 k8s_expired: None,
+                k8s_held: None,
                 to_store_cut: 0,
                 from_store_cut: 0,
                 watch_cut: 0,

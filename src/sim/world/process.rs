@@ -27,6 +27,7 @@ impl World {
         slot.watch = None;
         slot.k8s_seen = None;
         slot.k8s_expired = None;
+        slot.k8s_held = None;
         slot.status_sent = None;
         // A new process opens a new connection.
         slot.unanswered_since = None;
@@ -117,6 +118,9 @@ impl World {
         let Some(node) = self.slots[n].node.as_ref() else { return };
         if node.is_stopped() {
             let d = self.slots[n].restart_after.take().unwrap_or(self.cfg.timing.loop_wait);
+            // The driver has stopped; the daemon then closes its store session, as it does
+            // after any stop of its loop (a crash or a kill sends nothing).
+            self.send_close(n);
             self.crash(n, d);
             return;
         }

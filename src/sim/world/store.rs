@@ -14,6 +14,50 @@ impl World {
         self.after(d, Ev::Arrive { n, session, req: Box::new(req) });
     }
 
+    /// A process whose driver stopped ends its store session, as the daemon's `Store::close`
+    /// does with the client's `shutdown`: etcd revokes the process lease, ZooKeeper closes the
+    /// session, Consul destroys it, so every key bound to it (its member key, a leader key it
+    /// demoted offline from, one an unanswered acquire created) goes at once instead of a ttl
+    /// later. Kubernetes has no session: see [`end_session`](Self::end_session). The request
+    /// takes the road every request takes (cuts, dead connection, loss, a store electing a
+    /// leader, a reconnecting ZooKeeper client, rejection): if it does not arrive the session
+    /// lives on until it expires, as when the real client's close fails. One attempt, no retry.
+    pub(super) fn send_close(&mut self, n: usize) {
+        let k8s_held = self.slots[n].k8s_held.take();
+        self.send_to_store(n, Req::Close { k8s_held });
+    }
+
+    /// The store side of [`send_close`](Self::send_close) for the process that ran on
+    /// `session`. Kubernetes (`end_all` in backends/kubernetes/src/client.rs): the member
+    /// Lease is deleted and the leader Lease the client still counts held has its holder
+    /// cleared, each only if unchanged since this process wrote it.
+    pub(super) fn end_session(&mut self, n: usize, session: SessionId, k8s_held: Option<(Epoch, u64)>, now: Instant) {
+        if self.cfg.profile != StoreProfile::Kubernetes {
+            self.model.close_session(session, now);
+            self.leader_dirty = true;
+            return;
+        }
+        if let Some((epoch, renews)) = k8s_held
+            && renews == self.k8s_renews
+            && let Some(current) = self.load_leader(now)
+            && current.epoch == epoch
+            && current.record.member == self.slots[n].name
+        {
+            let lease = Lease {
+                record: current.record.clone(),
+                epoch,
+                version: current.version.clone(),
+                valid_for: Duration::ZERO,
+            };
+            if self.model.release(SCOPE, &lease, now).is_won() {
+                self.leader_dirty = true;
+                self.just_released = true;
+            }
+        }
+        let name = self.slots[n].name.clone();
+        self.model.delete_member_of(SCOPE, &name, session, now);
+    }
+
     /// Mutation [`Mutation::UnknownAsWon`]: the driver answers an acquire whose outcome it
     /// cannot know as won, with a guessed epoch, instead of letting the node re-read.
     pub(super) fn unknown_as_won(&mut self, n: usize, req: &Req) {
@@ -110,6 +154,10 @@ impl World {
                     }
                 });
             }
+            Req::Close { k8s_held } => {
+                self.end_session(n, session, k8s_held, now);
+                return None;
+            }
             Req::Node(a) => a,
         };
         if matches!(action, Action::Acquire { .. } | Action::Renew { .. } | Action::Release { .. }) {
@@ -153,7 +201,8 @@ impl World {
                     self.k8s_renews += 1;
                     self.consul_lazy(session, now);
                 }
-                Reply::Node(Input::Acquired { id, result }, None)
+                let wrote = self.k8s_wrote(&result);
+                Reply::Node(Input::Acquired { id, result }, wrote)
             }
             Action::Renew { id, lease } => {
                 let result = self.model.renew(SCOPE, session, &lease, now);
@@ -168,7 +217,8 @@ impl World {
                             + ns(crate::time::shrink_by_drift(self.cfg.timing.ttl, self.cfg.timing.max_drift_ppm));
                     }
                 }
-                Reply::Node(Input::Renewed { id, result }, None)
+                let wrote = self.k8s_wrote(&result);
+                Reply::Node(Input::Renewed { id, result }, wrote)
             }
             Action::Release { id, lease } => {
                 let result = self.model.release(SCOPE, &lease, now);
@@ -191,6 +241,17 @@ impl World {
             }
             _ => return None,
         })
+    }
+
+    /// Kubernetes: the leader Lease a won acquire or renewal just wrote, as (epoch,
+    /// `k8s_renews`), carried in the reply so the client remembers it once answered.
+    fn k8s_wrote(&self, result: &Result<CasOutcome<Lease, Option<LeaderView>>, DcsError>) -> Option<(u64, u64)> {
+        match result {
+            Ok(CasOutcome::Won(lease)) if self.cfg.profile == StoreProfile::Kubernetes => {
+                Some((lease.epoch.0, self.k8s_renews))
+            }
+            _ => None,
+        }
     }
 
     /// `MemoryModel::load` with the decoded view cached per store revision: a load expires
@@ -349,6 +410,7 @@ impl World {
             }
             _ => {}
         }
+        self.k8s_remember(n, &input, key);
         let belief = match &input {
             Input::Acquired { id, result } | Input::Renewed { id, result } => Some((
                 *id,
@@ -370,6 +432,25 @@ impl World {
             self.note_belief(n, id, won);
         }
         self.note_shown_members(n, delivered);
+    }
+
+    /// Kubernetes: what node `n`'s client counts held after this answer (`remember` on a
+    /// won acquire or renewal, `forget_held` on a lost renewal or an answered release).
+    fn k8s_remember(&mut self, n: usize, input: &Input, wrote: Option<(u64, u64)>) {
+        if self.cfg.profile != StoreProfile::Kubernetes {
+            return;
+        }
+        let slot = &mut self.slots[n];
+        match input {
+            Input::Acquired { result: Ok(CasOutcome::Won(_)), .. }
+            | Input::Renewed { result: Ok(CasOutcome::Won(_)), .. } => {
+                slot.k8s_held = wrote.map(|(epoch, renews)| (Epoch(epoch), renews));
+            }
+            Input::Renewed { result: Ok(CasOutcome::Lost(_)), .. } | Input::Released { result: Ok(_), .. } => {
+                slot.k8s_held = None;
+            }
+            _ => {}
+        }
     }
 
     /// Records the members a delivered view showed registered to node `n`, if the node took
