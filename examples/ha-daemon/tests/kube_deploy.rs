@@ -511,6 +511,16 @@ fn manifests_labels_and_rbac_on_real_kube_apiserver() {
 
     // Switchover to a named candidate: the old leader's label goes before its demote.
     let target = (0..3).find(|&i| i != second).unwrap();
+    // The leader refuses a candidate it has not seen yet (the restarted member's record may
+    // reach it after the member's own status says it follows; a CI run met that).
+    wait("the leader lists the candidate", &members, || {
+        http_get_blocking(&format!("{}/cluster", members[second].api)).is_some_and(|(code, body)| {
+            code == 200
+                && serde_json::from_str::<Value>(&body).is_ok_and(|c| {
+                    c["members"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == members[target].pod.as_str()))
+                })
+        })
+    });
     let log_from = members[second].log().len();
     let out = Command::new(common::bin())
         .arg("--config")
