@@ -266,8 +266,17 @@ async fn observe_sees_every_change(suite: &Suite<'_>) {
     for member in [&a, &b, &a] {
         let term = suite.within("campaign", campaign_task(member.clone(), live.clone())).await.expect("task");
         suite.seen(&mut rx, &term).await;
+        // The collector too, before the term ends: a watch keeps only the latest value, so a
+        // collector the scheduler left behind would miss a term that came and went.
+        let want = Leader { holder: term.member().to_string(), epoch: term.epoch() };
+        let collected = async {
+            while seen.lock().unwrap_or_else(PoisonError::into_inner).last() != Some(&want) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        suite.within("the collector records the new leader", collected).await;
         member.resign().await;
-        terms.push(Leader { holder: term.member().to_string(), epoch: term.epoch() });
+        terms.push(want);
     }
     stop.notify_one();
     collector.await.expect("collector");
