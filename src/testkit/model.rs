@@ -124,6 +124,7 @@ impl MemoryModel {
     /// Deletes `members/<name>` if `session` wrote it last (a conditional delete, as the
     /// Kubernetes client's at shutdown: a record rewritten since by another process stays).
     /// Returns whether it deleted.
+    #[cfg(feature = "sim")]
     pub(crate) fn delete_member_of(&mut self, scope: &str, name: &str, session: SessionId, now: Instant) -> bool {
         self.expire(now);
         let key = Key::Member(name.to_string());

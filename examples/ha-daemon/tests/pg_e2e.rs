@@ -551,6 +551,24 @@ fn reclone_only_when_rewind_cannot_be_used() {
     assert!(home.join(&aside[0]).join("PG_VERSION").is_file(), "the kept directory is intact");
 }
 
+/// Runs `sql` on the instance at `port` in a thread; the receiver gets whether it was
+/// acknowledged (a commit that waits for a synchronous standby blocks that thread only).
+fn commit_in_background(
+    port: u16,
+    sql: &'static str,
+) -> (std::thread::JoinHandle<()>, std::sync::mpsc::Receiver<bool>) {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = connect(port).await.expect("the primary answers");
+            let r = c.execute(sql, &[]).await;
+            let _ = done_tx.send(r.is_ok());
+        });
+    });
+    (waiter, done_rx)
+}
+
 /// Strict synchronous mode: with no synchronous standby left, a commit waits instead of being
 /// acknowledged unprotected, and completes once a standby is back.
 #[test]
@@ -579,15 +597,7 @@ fn strict_mode_commits_wait_for_a_standby() {
         })?;
         (empty && names == "*").then_some(())
     });
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let c = connect(port).await.expect("the primary answers");
-            let r = c.execute("insert into acked values (2)", &[]).await;
-            let _ = done_tx.send(r.is_ok());
-        });
-    });
+    let (waiter, done_rx) = commit_in_background(port, "insert into acked values (2)");
     assert!(
         done_rx.recv_timeout(Duration::from_secs(3)).is_err(),
         "strict mode: a commit without a synchronous standby must not be acknowledged"
@@ -625,15 +635,7 @@ fn a_dead_synchronous_standby_whose_member_record_lives_on_does_not_hold_commits
     });
     c.members[s].proc.as_mut().unwrap().kill9();
     kill_postmaster(&c.members[s].data);
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let c = connect(port).await.expect("the primary answers");
-            let r = c.execute("insert into acked values (2)", &[]).await;
-            let _ = done_tx.send(r.is_ok());
-        });
-    });
+    let (waiter, done_rx) = commit_in_background(port, "insert into acked values (2)");
     let acknowledged = done_rx.recv_timeout(LIMIT);
     if acknowledged != Ok(true) {
         c.dump();
