@@ -807,8 +807,12 @@ impl Node {
     fn handle_resource_status(&mut self, status: ResourceStatus, now: Instant) {
         let was_primary = self.resource.role == ResourceRole::Primary && self.resource.running;
         let first = !std::mem::replace(&mut self.resource_known, true);
-        let standbys_moved =
-            status.streaming != self.resource.streaming || status.sync_confirmed != self.resource.sync_confirmed;
+        // As sets: PostgreSQL lists `pg_stat_replication` in no particular order.
+        let same_streaming = match (&status.streaming, &self.resource.streaming) {
+            (Some(a), Some(b)) => same_members(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        let standbys_moved = !same_streaming || !same_members(&status.sync_confirmed, &self.resource.sync_confirmed);
         self.resource = status;
         // A standby that started or stopped streaming, or was confirmed: a cycle now, not a
         // loop later (until the key grows after a promotion, nobody else may be promoted). A

@@ -1313,6 +1313,7 @@ fn a_standby_that_starts_streaming_or_is_confirmed_is_acted_on_at_once_not_a_loo
     l.now += 10;
     l.n.handle_resource_status(l.status(), at(l.now));
     assert_eq!(l.n.poll_timeout(), next_loop, "an unchanged status moves nothing");
+
     for change in 0..2 {
         match change {
             0 => l.streaming = Some(names(&["b"])),
@@ -1325,6 +1326,19 @@ fn a_standby_that_starts_streaming_or_is_confirmed_is_acted_on_at_once_not_a_loo
         l.settle();
     }
     assert_eq!(l.take_steps(), [SyncStep::Resource(names(&["b"])), SyncStep::Key(names(&["b"]))]);
+}
+
+#[test]
+fn the_same_standbys_listed_in_another_order_start_no_cycle() {
+    let mut l = two_of_three_standbys_published();
+    l.streaming = Some(names(&["b", "c", "d"]));
+    l.cycle();
+    let next_loop = l.n.poll_timeout();
+    l.streaming = Some(names(&["d", "c", "b"]));
+    l.confirmed = names(&["d", "c"]);
+    l.now += 10;
+    l.n.handle_resource_status(l.status(), at(l.now));
+    assert_eq!(l.n.poll_timeout(), next_loop, "pg_stat_replication lists rows in no particular order");
 }
 
 #[test]
