@@ -302,11 +302,6 @@ fn issue_13_replays_hold_every_invariant() {
     }
 }
 
-/// The 1,000,000-schedule sweep's one finding was the envelope's bookkeeping: n0 was frozen
-/// for 537 ms across its deadline, woke, started its demote and was frozen again 11 ms later
-/// for 653 ms. Each pause fit the pause budget; together they did not, and the run was still
-/// counted inside the envelope, where I1' and I6 fail it. Such a run is outside: measured, not
-/// failed.
 /// Issue 17, seed 20 of the default sweep (`sim_sweep --reproduce 20 --profile etcd --nodes 3
 /// --faults 12 --chaos-secs 120`): a clock step ends the leader's belief, it demotes offline
 /// while the store keeps its key, and it must take that key back within one loop. Member
@@ -332,6 +327,11 @@ fn an_offline_demotion_on_a_clock_step_re_elects_within_one_loop() {
     );
 }
 
+/// The 1,000,000-schedule sweep's one finding was the envelope's bookkeeping: n0 was frozen
+/// for 537 ms across its deadline, woke, started its demote and was frozen again 11 ms later
+/// for 653 ms. Each pause fit the pause budget; together they did not, and the run was still
+/// counted inside the envelope, where I1' and I6 fail it. Such a run is outside: measured, not
+/// failed.
 #[test]
 fn two_pauses_before_a_demote_completes_count_as_one() {
     let r = Replay {
