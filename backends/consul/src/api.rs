@@ -1,12 +1,15 @@
 //! A thin client of the Consul HTTP API: the few session and KV calls the backend makes,
 //! with errors classified by what the caller must do next.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use leasehold::DcsError;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use crate::options::{Consistency, ConsulOptions};
 
@@ -15,6 +18,17 @@ use crate::options::{Consistency, ConsulOptions};
 pub(crate) enum Kind {
     Read,
     Write,
+}
+
+/// How a request is sent: within the client's cap on requests in flight, or as a blocking
+/// query, which waits by design and is not counted against it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Counted against `max_requests`; the whole exchange, a wait for a slot included, within
+    /// `request_timeout`.
+    Counted,
+    /// A blocking query with its own timeout.
+    Blocking(Duration),
 }
 
 /// One KV entry as the agent returns it, value decoded.
@@ -80,6 +94,9 @@ pub(crate) struct Api {
     token: Option<String>,
     datacenter: Option<String>,
     timeout: Duration,
+    /// Slots for requests in flight (`ConsulOptions::max_requests`), shared by clones.
+    in_flight: Arc<Semaphore>,
+    max_requests: usize,
 }
 
 /// Session TTLs and waits in Go duration syntax, exact to the nanosecond.
@@ -155,7 +172,11 @@ fn transport(e: reqwest::Error, kind: Kind, what: &str) -> DcsError {
 
 impl Api {
     pub(crate) fn new(options: &ConsulOptions) -> Result<Api, DcsError> {
-        let builder = reqwest::Client::builder().connect_timeout(options.request_timeout.min(Duration::from_secs(5)));
+        // Idle connections kept are bounded like those in use: a burst (every scope acquiring
+        // at start-up) leaves no more behind than the cap lets it open.
+        let builder = reqwest::Client::builder()
+            .connect_timeout(options.request_timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(options.max_requests);
         let builder = tls(builder, options)?;
         let http = builder.build().map_err(|e| DcsError::fatal_with(format!("consul HTTP client: {e}"), e))?;
         Ok(Api {
@@ -164,6 +185,8 @@ impl Api {
             token: options.token.clone(),
             datacenter: options.datacenter.clone(),
             timeout: options.request_timeout,
+            in_flight: Arc::new(Semaphore::new(options.max_requests)),
+            max_requests: options.max_requests,
         })
     }
 
@@ -176,7 +199,7 @@ impl Api {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
         kind: Kind,
-        timeout: Duration,
+        lane: Lane,
     ) -> Result<(StatusCode, Option<u64>, Vec<u8>), DcsError> {
         let mut url = format!("{}{}", self.base, path);
         let mut params: Vec<String> = query
@@ -190,6 +213,24 @@ impl Api {
             url.push('?');
             url.push_str(&params.join("&"));
         }
+        let what = path.split('/').take(4).collect::<Vec<_>>().join("/");
+        let (_slot, timeout) = match lane {
+            Lane::Blocking(timeout) => (None, timeout),
+            Lane::Counted => {
+                let deadline = Instant::now() + self.timeout;
+                match tokio::time::timeout_at(deadline, self.in_flight.clone().acquire_owned()).await {
+                    Ok(Ok(slot)) => (Some(slot), deadline.saturating_duration_since(Instant::now())),
+                    // The semaphore is never closed; either way nothing was sent.
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(DcsError::unavailable(format!(
+                            "consul {what}: not sent: this client's {} requests in flight (max_requests) \
+                             did not free a slot within request_timeout ({:?})",
+                            self.max_requests, self.timeout
+                        )));
+                    }
+                }
+            }
+        };
         let mut request = self.http.request(method, &url).timeout(timeout);
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token);
@@ -197,7 +238,6 @@ impl Api {
         if let Some(body) = body {
             request = request.body(body);
         }
-        let what = path.split('/').take(4).collect::<Vec<_>>().join("/");
         let response = request.send().await.map_err(|e| transport(e, kind, &what))?;
         let status = response.status();
         let index = response.headers().get("X-Consul-Index").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
@@ -253,7 +293,7 @@ impl Api {
                 &[],
                 Some(body.to_string().into_bytes()),
                 Kind::Write,
-                self.timeout,
+                Lane::Counted,
             )
             .await?;
         if status.is_success() {
@@ -275,7 +315,7 @@ impl Api {
     /// `PUT /v1/session/renew/:id`: `false` when the session is gone (404).
     pub(crate) async fn renew_session(&self, id: &str) -> Result<bool, DcsError> {
         let path = format!("/v1/session/renew/{}", escape_path(id));
-        let (status, _, bytes) = self.send(Method::PUT, &path, &[], None, Kind::Write, self.timeout).await?;
+        let (status, _, bytes) = self.send(Method::PUT, &path, &[], None, Kind::Write, Lane::Counted).await?;
         match status {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -286,7 +326,7 @@ impl Api {
     /// `PUT /v1/session/destroy/:id`.
     pub(crate) async fn destroy_session(&self, id: &str) -> Result<(), DcsError> {
         let path = format!("/v1/session/destroy/{}", escape_path(id));
-        let (status, _, bytes) = self.send(Method::PUT, &path, &[], None, Kind::Write, self.timeout).await?;
+        let (status, _, bytes) = self.send(Method::PUT, &path, &[], None, Kind::Write, Lane::Counted).await?;
         if status.is_success() {
             Ok(())
         } else {
@@ -337,15 +377,15 @@ impl Api {
             query.push(("recurse", String::new()));
         }
         query.extend(Self::consistency(mode));
-        let mut timeout = self.timeout;
+        let mut lane = Lane::Counted;
         if let Some((index, wait)) = block {
             query.push(("index", index.to_string()));
             query.push(("wait", go_duration(wait)));
             // Consul adds up to wait/16 of jitter; the rest covers the network.
-            timeout = wait + wait / 16 + self.timeout;
+            lane = Lane::Blocking(wait + wait / 16 + self.timeout);
         }
         let path = format!("/v1/kv/{}", escape_path(key));
-        let (status, index, bytes) = self.send(Method::GET, &path, &query, None, Kind::Read, timeout).await?;
+        let (status, index, bytes) = self.send(Method::GET, &path, &query, None, Kind::Read, lane).await?;
         let index = match index {
             Some(i) => i,
             None if status == StatusCode::OK || status == StatusCode::NOT_FOUND => {
@@ -376,7 +416,7 @@ impl Api {
     ) -> Result<(StatusCode, Vec<u8>), DcsError> {
         let path = format!("/v1/kv/{}", escape_path(key));
         let (status, _, bytes) =
-            self.send(Method::PUT, &path, query, Some(value.to_vec()), Kind::Write, self.timeout).await?;
+            self.send(Method::PUT, &path, query, Some(value.to_vec()), Kind::Write, Lane::Counted).await?;
         Ok((status, bytes))
     }
 
@@ -411,7 +451,7 @@ impl Api {
     pub(crate) async fn delete_cas(&self, key: &str, cas: u64) -> Result<bool, DcsError> {
         let path = format!("/v1/kv/{}", escape_path(key));
         let (status, _, bytes) =
-            self.send(Method::DELETE, &path, &[("cas", cas.to_string())], None, Kind::Write, self.timeout).await?;
+            self.send(Method::DELETE, &path, &[("cas", cas.to_string())], None, Kind::Write, Lane::Counted).await?;
         Self::boolean(status, &bytes, "kv delete")
     }
 }

@@ -77,6 +77,14 @@ pub struct ConsulOptions {
     /// session renewal plus a read (see the crate documentation, "One blocking query per
     /// process").
     pub watch_mirror: bool,
+    /// Most requests this client has in flight at once (default 32); blocking queries, which
+    /// wait for minutes by design, are not counted. More wait for a free slot, within their
+    /// `request_timeout`; one that finds none is `Unavailable`, nothing sent. It bounds the
+    /// connections one process opens: without it, a process leading a thousand scopes opened
+    /// about a thousand at start-up, and Consul 1.6.3 and later close connections beyond
+    /// `limits.http_max_conns_per_client` (200 by default, counted per client address, so
+    /// shared by every process on the host).
+    pub max_requests: usize,
 }
 
 impl Default for ConsulOptions {
@@ -94,6 +102,7 @@ impl Default for ConsulOptions {
             request_timeout: Duration::from_secs(10),
             session_name: "leasehold".into(),
             watch_mirror: true,
+            max_requests: 32,
         }
     }
 }
@@ -175,6 +184,9 @@ impl ConsulOptions {
         if self.request_timeout.is_zero() {
             return fail("request_timeout", "must be greater than zero".into());
         }
+        if self.max_requests == 0 {
+            return fail("max_requests", "must be at least 1".into());
+        }
         if self.checks.iter().any(String::is_empty) {
             return fail("checks", "check names must not be empty".into());
         }
@@ -212,6 +224,7 @@ mod tests {
             (ConsulOptions { lock_delay: Duration::from_secs(61), ..ok.clone() }, "lock_delay"),
             (ConsulOptions { request_timeout: Duration::ZERO, ..ok.clone() }, "request_timeout"),
             (ConsulOptions { checks: vec![String::new()], ..ok.clone() }, "checks"),
+            (ConsulOptions { max_requests: 0, ..ok.clone() }, "max_requests"),
             (ConsulOptions { tls: Some(ConsulTls::default()), ..ok.clone() }, "tls"),
         ];
         for (options, field) in cases {

@@ -227,3 +227,31 @@ async fn loads_from_the_mirror_show_this_processes_own_writes_at_once() {
     }
     client.shutdown().await.expect("shutdown");
 }
+
+/// 200 scopes of one client acquiring at once (a process starting with many scopes), through a
+/// proxy that records the most connections open at once: `max_requests` bounds them.
+async fn peak_connections_of_a_burst(target: &Target, max_requests: usize, tag: &str) -> usize {
+    let (proxy, options) = proxied(target, true);
+    let client = ConsulClient::connect(ConsulOptions { max_requests, ..options }, &timing()).await.expect("connect");
+    let scopes: Vec<ConsulDcs> = (0..200).map(|i| client.scope(&format!("{tag}{i}"))).collect();
+    let record = record("a", "t1");
+    let outcomes = futures::future::join_all(scopes.iter().map(|dcs| dcs.acquire(&record))).await;
+    for outcome in outcomes {
+        assert!(outcome.expect("acquire").is_won(), "every scope is free");
+    }
+    proxy.peak_connections()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_acquires_opens_no_more_connections_than_max_requests_allows() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+    let target = Target::start().await;
+    // hyper opens a connection for a request that finds none idle, and one that loses that
+    // race stays in the pool: up to twice the cap, plus the mirror's blocking query.
+    let (cap, bound) = (4, 2 * 4 + 1);
+    let unbound = peak_connections_of_a_burst(&target, 1000, "wide").await;
+    assert!(unbound > bound, "the burst is concurrent: only {unbound} connections at once without a binding cap");
+    let capped = peak_connections_of_a_burst(&target, cap, "capped").await;
+    eprintln!("peak connections: {unbound} without a binding cap, {capped} with max_requests = {cap}");
+    assert!(capped <= bound, "{capped} connections at once with max_requests = {cap} (at most {bound})");
+}

@@ -14,9 +14,18 @@ use std::time::Duration;
 pub struct CutProxy {
     port: u16,
     cut: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
+    conns: Arc<Mutex<Conns>>,
     stop: Arc<AtomicBool>,
     requests: Arc<Mutex<RequestLines>>,
+}
+
+/// The connections open through a proxy: both sockets of each, so that a cut can close them,
+/// dropped (and their descriptors closed) when the connection ends.
+#[derive(Default)]
+struct Conns {
+    next_id: u64,
+    open: BTreeMap<u64, [TcpStream; 2]>,
+    peak: usize,
 }
 
 /// HTTP/1.x request lines seen from clients, by method and path (query left out): what a
@@ -64,7 +73,8 @@ impl CutProxy {
     /// Closes every open connection and refuses new ones until [`heal`](Self::heal).
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
-        for s in self.conns.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        let open = std::mem::take(&mut self.conns.lock().unwrap_or_else(|e| e.into_inner()).open);
+        for s in open.values().flatten() {
             let _ = s.shutdown(Shutdown::Both);
         }
     }
@@ -72,6 +82,11 @@ impl CutProxy {
     /// Accepts connections again.
     pub fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// The most connections that were open through the proxy at once since it started.
+    pub fn peak_connections(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|e| e.into_inner()).peak
     }
 
     /// HTTP/1.x requests forwarded so far, by `"METHOD /path"`. Counts request lines in the
@@ -155,16 +170,23 @@ fn request_line(line: &[u8]) -> Option<String> {
 fn forward(
     client: TcpStream,
     upstream: u16,
-    conns: &Mutex<Vec<TcpStream>>,
+    conns: &Arc<Mutex<Conns>>,
     requests: &Arc<Mutex<RequestLines>>,
 ) -> io::Result<()> {
     client.set_nonblocking(false)?;
     let server = TcpStream::connect(("127.0.0.1", upstream))?;
-    conns.lock().unwrap_or_else(|e| e.into_inner()).extend([client.try_clone()?, server.try_clone()?]);
+    let id = {
+        let mut c = conns.lock().unwrap_or_else(|e| e.into_inner());
+        let id = c.next_id;
+        c.next_id += 1;
+        c.open.insert(id, [client.try_clone()?, server.try_clone()?]);
+        c.peak = c.peak.max(c.open.len());
+        id
+    };
     for (upstream_bound, mut from, mut to) in
         [(true, client.try_clone()?, server.try_clone()?), (false, server, client)]
     {
-        let requests = requests.clone();
+        let (requests, conns) = (requests.clone(), conns.clone());
         thread::spawn(move || {
             let mut buf = [0u8; 16384];
             let mut scanner = RequestLineScanner::default();
@@ -178,6 +200,8 @@ fn forward(
             }
             let _ = to.shutdown(Shutdown::Both);
             let _ = from.shutdown(Shutdown::Both);
+            // Whichever direction ends first: the connection is over.
+            conns.lock().unwrap_or_else(|e| e.into_inner()).open.remove(&id);
         });
     }
     Ok(())
