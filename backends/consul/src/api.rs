@@ -9,7 +9,6 @@ use leasehold::DcsError;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
 use crate::options::{Consistency, ConsulOptions};
 
@@ -217,9 +216,9 @@ impl Api {
         let (_slot, timeout) = match lane {
             Lane::Blocking(timeout) => (None, timeout),
             Lane::Counted => {
-                let deadline = Instant::now() + self.timeout;
+                let deadline = crate::client::now() + self.timeout;
                 match tokio::time::timeout_at(deadline, self.in_flight.clone().acquire_owned()).await {
-                    Ok(Ok(slot)) => (Some(slot), deadline.saturating_duration_since(Instant::now())),
+                    Ok(Ok(slot)) => (Some(slot), deadline.saturating_duration_since(crate::client::now())),
                     // The semaphore is never closed; either way nothing was sent.
                     Ok(Err(_)) | Err(_) => {
                         return Err(DcsError::unavailable(format!(
