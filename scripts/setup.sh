@@ -18,6 +18,10 @@ missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# kubectl: the deploy test compares its Kubernetes objects with `kubectl kustomize`'s rendering
+# (without kubectl it says so and skips that comparison). Debian's kubernetes-client only when
+# no kubectl is on PATH: another package (Google's SDK) may own /usr/bin/kubectl already.
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   $SUDO apt-get update -qq
@@ -27,7 +31,7 @@ fi
 for svc in etcd zookeeper postgresql; do
   $SUDO systemctl stop "$svc" >/dev/null 2>&1 || true
 done
-for c in protoc etcd etcdctl java c++ curl ps xz openssl sha256sum; do
+for c in protoc etcd etcdctl java c++ curl ps xz openssl sha256sum kubectl; do
   command -v "$c" >/dev/null || { echo "setup: $c is missing after the install"; exit 1; }
 done
 # PostgreSQL's own programs, run by the daemon's native resource and its e2e tests.
