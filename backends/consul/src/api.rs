@@ -217,7 +217,7 @@ impl Api {
             Lane::Blocking(timeout) => (None, timeout),
             Lane::Counted => {
                 let deadline = crate::client::now() + self.timeout;
-                match tokio::time::timeout_at(deadline, self.in_flight.clone().acquire_owned()).await {
+                match tokio::time::timeout_at(deadline, self.in_flight.acquire()).await {
                     Ok(Ok(slot)) => (Some(slot), deadline.saturating_duration_since(crate::client::now())),
                     // The semaphore is never closed; either way nothing was sent.
                     Ok(Err(_)) | Err(_) => {
